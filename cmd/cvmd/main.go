@@ -1,0 +1,74 @@
+// Command cvmd is the guest binary: the supervisor (PID 1) and every child,
+// chosen by the first argument. It is a dispatch table and an exit code.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/cvmd/cvmd/children/agent"
+	"github.com/cvmd/cvmd/children/attestation"
+	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/children/egress"
+	"github.com/cvmd/cvmd/children/ingress"
+	"github.com/cvmd/cvmd/children/logfwd"
+	"github.com/cvmd/cvmd/children/runner"
+	"github.com/cvmd/cvmd/supervisor"
+)
+
+// children are internal entries: only the supervisor starts them.
+var children = map[string]child.Main{
+	"agent":       agent.Main,
+	"runner":      runner.Main,
+	"attestation": attestation.Main,
+	"ingress":     ingress.Main,
+	"egress":      egress.Main,
+	"logfwd":      logfwd.Main,
+}
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(args []string) int {
+	// PID 1 with no arguments is the supervisor: that is how the kernel starts /init.
+	if len(args) < 2 {
+		if os.Getpid() == 1 {
+			return exit(supervisor.Main(nil))
+		}
+		usage()
+		return 2
+	}
+	switch name := args[1]; name {
+	case "supervise":
+		return exit(supervisor.Main(args[2:]))
+	case "help", "-h", "--help":
+		usage()
+		return 0
+	default:
+		if m, ok := children[name]; ok {
+			return exit(child.Run(name, m))
+		}
+		fmt.Fprintf(os.Stderr, "cvmd: unknown command %q\n", name)
+		usage()
+		return 2
+	}
+}
+
+func exit(err error) int {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "cvmd: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: cvmd supervise [flags]   run the supervisor (what PID 1 runs with no arguments)
+       cvmd supervise --help     the supervisor's flags
+
+Internal commands, started by the supervisor only:
+  agent, runner, attestation, ingress, egress, logfwd   the children
+  init                                                   libcontainer's re-exec
+`)
+}

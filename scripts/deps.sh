@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# deps.sh installs what building and testing cvmd needs, idempotently.
+# Usage: scripts/deps.sh [build|test|vm|all]   (default: test)
+#   build: C libraries for cgo (libseccomp, libssl), protoc and the pinned Go tools
+#   test:  build + python3 packages for the sample algorithms
+#   vm:    test + qemu, swtpm, cpio and the Debian kernel package for images/
+set -euo pipefail
+what=${1:-test}
+
+apt_pkgs=(gcc libc6-dev make pkg-config libseccomp-dev libssl-dev protobuf-compiler libprotobuf-dev git ca-certificates)
+case "$what" in
+  build) ;;
+  test|all|vm) apt_pkgs+=(python3 python3-venv python3-pip python3-sklearn python3-pandas python3-joblib) ;;&
+  vm|all) apt_pkgs+=(qemu-system-x86 swtpm swtpm-tools cpio gzip zstd kmod) ;;
+  test) ;;
+  *) echo "deps.sh: unknown target $what (want build, test, vm or all)" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd=sudo
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Pinned Go tools, installed into $(go env GOPATH)/bin.
+gobin=$(go env GOPATH)/bin
+declare -A tools=(
+  [protoc-gen-go]=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+  [protoc-gen-go-grpc]=google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.0
+  [staticcheck]=honnef.co/go/tools/cmd/staticcheck@v0.7.0
+)
+for t in "${!tools[@]}"; do
+  want=${tools[$t]#*@}
+  if [ -x "$gobin/$t" ] && go version -m "$gobin/$t" 2>/dev/null | grep -q "$want"; then continue; fi
+  echo "deps: go install ${tools[$t]}"
+  GOFLAGS=-mod=mod go install "${tools[$t]}"
+done
