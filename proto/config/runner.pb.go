@@ -24,7 +24,24 @@ const (
 )
 
 type RunnerSettings struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The computation dir as the runner sees it (read-only). "" = <state_dir>/../computation.
+	ComputationDir string `protobuf:"bytes,1,opt,name=computation_dir,json=computationDir,proto3" json:"computation_dir,omitempty"`
+	// Python interpreter inside the base image for venvs. "" = /usr/bin/python3.
+	Python string `protobuf:"bytes,2,opt,name=python,proto3" json:"python,omitempty"`
+	// pip: index URL ("" = pip's default, through the egress proxy), extra
+	// trusted host, and an offline wheel dir (logical "work/..." or "computation/...").
+	PipIndexUrl    string `protobuf:"bytes,3,opt,name=pip_index_url,json=pipIndexUrl,proto3" json:"pip_index_url,omitempty"`
+	PipTrustedHost string `protobuf:"bytes,4,opt,name=pip_trusted_host,json=pipTrustedHost,proto3" json:"pip_trusted_host,omitempty"`
+	PipFindLinks   string `protobuf:"bytes,5,opt,name=pip_find_links,json=pipFindLinks,proto3" json:"pip_find_links,omitempty"`
+	PipNoIndex     bool   `protobuf:"varint,6,opt,name=pip_no_index,json=pipNoIndex,proto3" json:"pip_no_index,omitempty"`
+	// Longest output line forwarded as one log record; longer lines are split. 0 = 4096.
+	MaxLineBytes uint32 `protobuf:"varint,7,opt,name=max_line_bytes,json=maxLineBytes,proto3" json:"max_line_bytes,omitempty"`
+	// Wall-clock limits asked for the run and for preparation (pip). 0 = supervisor default.
+	WallClockMs        uint64 `protobuf:"varint,8,opt,name=wall_clock_ms,json=wallClockMs,proto3" json:"wall_clock_ms,omitempty"`
+	PrepareWallClockMs uint64 `protobuf:"varint,9,opt,name=prepare_wall_clock_ms,json=prepareWallClockMs,proto3" json:"prepare_wall_clock_ms,omitempty"`
+	// Memory asked for the algorithm sandbox; 0 = supervisor default.
+	MemoryBytes   uint64 `protobuf:"varint,10,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -59,12 +76,94 @@ func (*RunnerSettings) Descriptor() ([]byte, []int) {
 	return file_proto_config_runner_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *RunnerSettings) GetComputationDir() string {
+	if x != nil {
+		return x.ComputationDir
+	}
+	return ""
+}
+
+func (x *RunnerSettings) GetPython() string {
+	if x != nil {
+		return x.Python
+	}
+	return ""
+}
+
+func (x *RunnerSettings) GetPipIndexUrl() string {
+	if x != nil {
+		return x.PipIndexUrl
+	}
+	return ""
+}
+
+func (x *RunnerSettings) GetPipTrustedHost() string {
+	if x != nil {
+		return x.PipTrustedHost
+	}
+	return ""
+}
+
+func (x *RunnerSettings) GetPipFindLinks() string {
+	if x != nil {
+		return x.PipFindLinks
+	}
+	return ""
+}
+
+func (x *RunnerSettings) GetPipNoIndex() bool {
+	if x != nil {
+		return x.PipNoIndex
+	}
+	return false
+}
+
+func (x *RunnerSettings) GetMaxLineBytes() uint32 {
+	if x != nil {
+		return x.MaxLineBytes
+	}
+	return 0
+}
+
+func (x *RunnerSettings) GetWallClockMs() uint64 {
+	if x != nil {
+		return x.WallClockMs
+	}
+	return 0
+}
+
+func (x *RunnerSettings) GetPrepareWallClockMs() uint64 {
+	if x != nil {
+		return x.PrepareWallClockMs
+	}
+	return 0
+}
+
+func (x *RunnerSettings) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
 var File_proto_config_runner_proto protoreflect.FileDescriptor
 
 const file_proto_config_runner_proto_rawDesc = "" +
 	"\n" +
-	"\x19proto/config/runner.proto\x12\vcvmd.config\"\x10\n" +
-	"\x0eRunnerSettingsB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x19proto/config/runner.proto\x12\vcvmd.config\"\x87\x03\n" +
+	"\x0eRunnerSettings\x12'\n" +
+	"\x0fcomputation_dir\x18\x01 \x01(\tR\x0ecomputationDir\x12\x16\n" +
+	"\x06python\x18\x02 \x01(\tR\x06python\x12\"\n" +
+	"\rpip_index_url\x18\x03 \x01(\tR\vpipIndexUrl\x12(\n" +
+	"\x10pip_trusted_host\x18\x04 \x01(\tR\x0epipTrustedHost\x12$\n" +
+	"\x0epip_find_links\x18\x05 \x01(\tR\fpipFindLinks\x12 \n" +
+	"\fpip_no_index\x18\x06 \x01(\bR\n" +
+	"pipNoIndex\x12$\n" +
+	"\x0emax_line_bytes\x18\a \x01(\rR\fmaxLineBytes\x12\"\n" +
+	"\rwall_clock_ms\x18\b \x01(\x04R\vwallClockMs\x121\n" +
+	"\x15prepare_wall_clock_ms\x18\t \x01(\x04R\x12prepareWallClockMs\x12!\n" +
+	"\fmemory_bytes\x18\n" +
+	" \x01(\x04R\vmemoryBytesB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_runner_proto_rawDescOnce sync.Once

@@ -679,14 +679,23 @@ type SandboxRequest struct {
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	ComputationId string                 `protobuf:"bytes,2,opt,name=computation_id,json=computationId,proto3" json:"computation_id,omitempty"`
 	Args          []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"` // argv; args[0] is the path inside the sandbox
-	Env           []string               `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`   // KEY=VALUE; only PATH, HOME, HTTP(S)_PROXY, NO_PROXY, LANG, PYTHON* accepted
-	Cwd           string                 `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
-	// rootfs relative to the runner's work dir ("" = the base image root).
-	Rootfs        string   `protobuf:"bytes,6,opt,name=rootfs,proto3" json:"rootfs,omitempty"`
-	Mounts        []*Mount `protobuf:"bytes,7,rep,name=mounts,proto3" json:"mounts,omitempty"` // sources relative to the runner's work dir
-	Limits        *Limits  `protobuf:"bytes,8,opt,name=limits,proto3" json:"limits,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// KEY=VALUE, at most 256 entries of 32 KiB. HTTP_PROXY, HTTPS_PROXY, NO_PROXY
+	// (and lower-case forms) are always set by the supervisor and cannot be given.
+	Env []string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
+	Cwd string   `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"` // absolute inside the sandbox; "" = "/"
+	// rootfs as a logical path "work/..." ("" = the base image root, read-only).
+	Rootfs string `protobuf:"bytes,6,opt,name=rootfs,proto3" json:"rootfs,omitempty"`
+	// Logical sources: "computation/<rel>" (the agent's computation dir),
+	// "work/<rel>" (the runner's work dir), "cvmd" (the cvmd binary itself).
+	// No "..", no absolute paths, no symlinks anywhere on the way.
+	Mounts []*Mount `protobuf:"bytes,7,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	Limits *Limits  `protobuf:"bytes,8,opt,name=limits,proto3" json:"limits,omitempty"`
+	// Where the results of this sandbox go: a logical "computation/<rel>" dir.
+	// "" = no results mount. Inside the sandbox it is results_destination.
+	Results            string `protobuf:"bytes,9,opt,name=results,proto3" json:"results,omitempty"`
+	ResultsDestination string `protobuf:"bytes,10,opt,name=results_destination,json=resultsDestination,proto3" json:"results_destination,omitempty"` // "" = /cocos/results
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SandboxRequest) Reset() {
@@ -775,11 +784,25 @@ func (x *SandboxRequest) GetLimits() *Limits {
 	return nil
 }
 
+func (x *SandboxRequest) GetResults() string {
+	if x != nil {
+		return x.Results
+	}
+	return ""
+}
+
+func (x *SandboxRequest) GetResultsDestination() string {
+	if x != nil {
+		return x.ResultsDestination
+	}
+	return ""
+}
+
 type Mount struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`           // relative to the runner's work dir
-	Destination   string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"` // absolute inside the sandbox
-	Writable      bool                   `protobuf:"varint,3,opt,name=writable,proto3" json:"writable,omitempty"`
+	Source        string                 `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`           // logical path, see SandboxRequest.mounts
+	Destination   string                 `protobuf:"bytes,2,opt,name=destination,proto3" json:"destination,omitempty"` // absolute inside the sandbox, under /cocos or /opt
+	Writable      bool                   `protobuf:"varint,3,opt,name=writable,proto3" json:"writable,omitempty"`      // only "work/..." sources may be writable
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,6 +865,7 @@ type Limits struct {
 	CpuMillis     uint64                 `protobuf:"varint,3,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`          // CPU quota in millicores; 0 = default
 	WallClockMs   uint64                 `protobuf:"varint,4,opt,name=wall_clock_ms,json=wallClockMs,proto3" json:"wall_clock_ms,omitempty"`  // 0 = default
 	ResultsBytes  uint64                 `protobuf:"varint,5,opt,name=results_bytes,json=resultsBytes,proto3" json:"results_bytes,omitempty"` // cap on the writable results mount; 0 = default
+	TmpBytes      uint64                 `protobuf:"varint,6,opt,name=tmp_bytes,json=tmpBytes,proto3" json:"tmp_bytes,omitempty"`             // cap on the private /tmp; 0 = default
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -911,12 +935,20 @@ func (x *Limits) GetResultsBytes() uint64 {
 	return 0
 }
 
+func (x *Limits) GetTmpBytes() uint64 {
+	if x != nil {
+		return x.TmpBytes
+	}
+	return 0
+}
+
 // SandboxReply carries, as fds: "stdout" and "stderr" (read ends of pipes) and
 // "status" (read end of a pipe on which one SandboxExit message is written, then EOF).
 type SandboxReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"` // non-empty: no sandbox was made, no fds attached
+	Error         string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`                          // non-empty: no sandbox was made, no fds attached
+	SandboxId     string                 `protobuf:"bytes,3,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"` // the supervisor's name for it (logs, proxy:<sandbox_id>)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -965,6 +997,13 @@ func (x *SandboxReply) GetError() string {
 	return ""
 }
 
+func (x *SandboxReply) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
 type SandboxExit struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	ExitCode         int32                  `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"` // -1 if killed by a signal
@@ -972,7 +1011,10 @@ type SandboxExit struct {
 	OomKilled        bool                   `protobuf:"varint,3,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
 	TimedOut         bool                   `protobuf:"varint,4,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
 	ResultsOverQuota bool                   `protobuf:"varint,5,opt,name=results_over_quota,json=resultsOverQuota,proto3" json:"results_over_quota,omitempty"`
-	Error            string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"` // failure before the algorithm ran
+	Error            string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`                                    // failure before the algorithm ran, or while copying results
+	ResultsBytes     uint64                 `protobuf:"varint,7,opt,name=results_bytes,json=resultsBytes,proto3" json:"results_bytes,omitempty"` // bytes the sandbox left in its results mount
+	Stopped          bool                   `protobuf:"varint,8,opt,name=stopped,proto3" json:"stopped,omitempty"`                               // killed by a SandboxKill (or its runner's death)
+	StopReason       string                 `protobuf:"bytes,9,opt,name=stop_reason,json=stopReason,proto3" json:"stop_reason,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -1045,6 +1087,27 @@ func (x *SandboxExit) GetResultsOverQuota() bool {
 func (x *SandboxExit) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *SandboxExit) GetResultsBytes() uint64 {
+	if x != nil {
+		return x.ResultsBytes
+	}
+	return 0
+}
+
+func (x *SandboxExit) GetStopped() bool {
+	if x != nil {
+		return x.Stopped
+	}
+	return false
+}
+
+func (x *SandboxExit) GetStopReason() string {
+	if x != nil {
+		return x.StopReason
 	}
 	return ""
 }
@@ -1141,7 +1204,7 @@ const file_proto_control_control_proto_rawDesc = "" +
 	"\fCommandReply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12(\n" +
-	"\x04body\x18\x03 \x01(\v2\x14.google.protobuf.AnyR\x04body\"\xf2\x01\n" +
+	"\x04body\x18\x03 \x01(\v2\x14.google.protobuf.AnyR\x04body\"\xbd\x02\n" +
 	"\x0eSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12%\n" +
 	"\x0ecomputation_id\x18\x02 \x01(\tR\rcomputationId\x12\x12\n" +
@@ -1150,21 +1213,27 @@ const file_proto_control_control_proto_rawDesc = "" +
 	"\x03cwd\x18\x05 \x01(\tR\x03cwd\x12\x16\n" +
 	"\x06rootfs\x18\x06 \x01(\tR\x06rootfs\x12+\n" +
 	"\x06mounts\x18\a \x03(\v2\x13.cvmd.control.MountR\x06mounts\x12,\n" +
-	"\x06limits\x18\b \x01(\v2\x14.cvmd.control.LimitsR\x06limits\"]\n" +
+	"\x06limits\x18\b \x01(\v2\x14.cvmd.control.LimitsR\x06limits\x12\x18\n" +
+	"\aresults\x18\t \x01(\tR\aresults\x12/\n" +
+	"\x13results_destination\x18\n" +
+	" \x01(\tR\x12resultsDestination\"]\n" +
 	"\x05Mount\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12 \n" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x1a\n" +
-	"\bwritable\x18\x03 \x01(\bR\bwritable\"\xa7\x01\n" +
+	"\bwritable\x18\x03 \x01(\bR\bwritable\"\xc4\x01\n" +
 	"\x06Limits\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x04R\vmemoryBytes\x12\x12\n" +
 	"\x04pids\x18\x02 \x01(\x04R\x04pids\x12\x1d\n" +
 	"\n" +
 	"cpu_millis\x18\x03 \x01(\x04R\tcpuMillis\x12\"\n" +
 	"\rwall_clock_ms\x18\x04 \x01(\x04R\vwallClockMs\x12#\n" +
-	"\rresults_bytes\x18\x05 \x01(\x04R\fresultsBytes\"4\n" +
+	"\rresults_bytes\x18\x05 \x01(\x04R\fresultsBytes\x12\x1b\n" +
+	"\ttmp_bytes\x18\x06 \x01(\x04R\btmpBytes\"S\n" +
 	"\fSandboxReply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\xc2\x01\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x03 \x01(\tR\tsandboxId\"\xa2\x02\n" +
 	"\vSandboxExit\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\tR\x06signal\x12\x1d\n" +
@@ -1172,7 +1241,11 @@ const file_proto_control_control_proto_rawDesc = "" +
 	"oom_killed\x18\x03 \x01(\bR\toomKilled\x12\x1b\n" +
 	"\ttimed_out\x18\x04 \x01(\bR\btimedOut\x12,\n" +
 	"\x12results_over_quota\x18\x05 \x01(\bR\x10resultsOverQuota\x12\x14\n" +
-	"\x05error\x18\x06 \x01(\tR\x05error\"\x1d\n" +
+	"\x05error\x18\x06 \x01(\tR\x05error\x12#\n" +
+	"\rresults_bytes\x18\a \x01(\x04R\fresultsBytes\x12\x18\n" +
+	"\astopped\x18\b \x01(\bR\astopped\x12\x1f\n" +
+	"\vstop_reason\x18\t \x01(\tR\n" +
+	"stopReason\"\x1d\n" +
 	"\vSandboxKill\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02idB,Z*github.com/cvmd/cvmd/proto/control;controlb\x06proto3"
 
