@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cvmd/cvmd/ipc"
+	"github.com/cvmd/cvmd/logsink"
 	"github.com/cvmd/cvmd/proto/control"
 )
 
@@ -40,7 +41,8 @@ type Env struct {
 	Config *control.ChildConfig
 	Log    *slog.Logger
 
-	ctl *ipc.Control
+	ctl  *ipc.Control
+	sink *logsink.Sink // nil without a "to:logfwd" edge; see log.go
 
 	mu        sync.Mutex
 	files     map[string]*os.File                              // guarded by mu; not yet taken
@@ -70,6 +72,7 @@ func Run(name string, main Main) (err error) {
 		env.fail(err)
 		return err
 	}
+	defer env.closeLog()
 	ctx, cancel := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer cancel()
 	stopped := make(chan struct{})
