@@ -23,8 +23,71 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Which evidence providers to use. Zero value (AUTO) picks by what the VM
+// has: /dev/tpmrm0 (or /dev/tpm0) for the vTPM and configfs-tsm or
+// /dev/sev-guest for SNP; with neither, the child refuses to start unless
+// SIMULATED is chosen explicitly.
+type AttestationSettings_Mode int32
+
+const (
+	AttestationSettings_AUTO      AttestationSettings_Mode = 0
+	AttestationSettings_HARDWARE  AttestationSettings_Mode = 1 // vTPM and/or SNP devices; fail if neither is present
+	AttestationSettings_SIMULATED AttestationSettings_Mode = 2 // go-tpm-tools TPM simulator (+ simulated SNP if simulate_snp)
+)
+
+// Enum value maps for AttestationSettings_Mode.
+var (
+	AttestationSettings_Mode_name = map[int32]string{
+		0: "AUTO",
+		1: "HARDWARE",
+		2: "SIMULATED",
+	}
+	AttestationSettings_Mode_value = map[string]int32{
+		"AUTO":      0,
+		"HARDWARE":  1,
+		"SIMULATED": 2,
+	}
+)
+
+func (x AttestationSettings_Mode) Enum() *AttestationSettings_Mode {
+	p := new(AttestationSettings_Mode)
+	*p = x
+	return p
+}
+
+func (x AttestationSettings_Mode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AttestationSettings_Mode) Descriptor() protoreflect.EnumDescriptor {
+	return file_proto_config_attestation_proto_enumTypes[0].Descriptor()
+}
+
+func (AttestationSettings_Mode) Type() protoreflect.EnumType {
+	return &file_proto_config_attestation_proto_enumTypes[0]
+}
+
+func (x AttestationSettings_Mode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AttestationSettings_Mode.Descriptor instead.
+func (AttestationSettings_Mode) EnumDescriptor() ([]byte, []int) {
+	return file_proto_config_attestation_proto_rawDescGZIP(), []int{0, 0}
+}
+
 type AttestationSettings struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState   `protogen:"open.v1"`
+	Mode  AttestationSettings_Mode `protobuf:"varint,1,opt,name=mode,proto3,enum=cvmd.config.AttestationSettings_Mode" json:"mode,omitempty"`
+	// Only with SIMULATED: add a simulated SEV-SNP signed by go-sev-guest's
+	// test-only AMD chain, so SNP and SNP+vTPM evidence can be produced.
+	SimulateSnp bool `protobuf:"varint,2,opt,name=simulate_snp,json=simulateSnp,proto3" json:"simulate_snp,omitempty"`
+	// Path of the TPM device in HARDWARE/AUTO mode; "" = /dev/tpmrm0.
+	TpmPath string `protobuf:"bytes,3,opt,name=tpm_path,json=tpmPath,proto3" json:"tpm_path,omitempty"`
+	// VMPL to request SNP reports at; 0 = let the kernel choose.
+	Vmpl uint32 `protobuf:"varint,4,opt,name=vmpl,proto3" json:"vmpl,omitempty"`
+	// EAT issuer (claim 1 and COSE kid); "" = "cvmd-attestation".
+	Issuer        string `protobuf:"bytes,5,opt,name=issuer,proto3" json:"issuer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -59,12 +122,56 @@ func (*AttestationSettings) Descriptor() ([]byte, []int) {
 	return file_proto_config_attestation_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *AttestationSettings) GetMode() AttestationSettings_Mode {
+	if x != nil {
+		return x.Mode
+	}
+	return AttestationSettings_AUTO
+}
+
+func (x *AttestationSettings) GetSimulateSnp() bool {
+	if x != nil {
+		return x.SimulateSnp
+	}
+	return false
+}
+
+func (x *AttestationSettings) GetTpmPath() string {
+	if x != nil {
+		return x.TpmPath
+	}
+	return ""
+}
+
+func (x *AttestationSettings) GetVmpl() uint32 {
+	if x != nil {
+		return x.Vmpl
+	}
+	return 0
+}
+
+func (x *AttestationSettings) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
 var File_proto_config_attestation_proto protoreflect.FileDescriptor
 
 const file_proto_config_attestation_proto_rawDesc = "" +
 	"\n" +
-	"\x1eproto/config/attestation.proto\x12\vcvmd.config\"\x15\n" +
-	"\x13AttestationSettingsB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x1eproto/config/attestation.proto\x12\vcvmd.config\"\xe9\x01\n" +
+	"\x13AttestationSettings\x129\n" +
+	"\x04mode\x18\x01 \x01(\x0e2%.cvmd.config.AttestationSettings.ModeR\x04mode\x12!\n" +
+	"\fsimulate_snp\x18\x02 \x01(\bR\vsimulateSnp\x12\x19\n" +
+	"\btpm_path\x18\x03 \x01(\tR\atpmPath\x12\x12\n" +
+	"\x04vmpl\x18\x04 \x01(\rR\x04vmpl\x12\x16\n" +
+	"\x06issuer\x18\x05 \x01(\tR\x06issuer\"-\n" +
+	"\x04Mode\x12\b\n" +
+	"\x04AUTO\x10\x00\x12\f\n" +
+	"\bHARDWARE\x10\x01\x12\r\n" +
+	"\tSIMULATED\x10\x02B*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_attestation_proto_rawDescOnce sync.Once
@@ -78,16 +185,19 @@ func file_proto_config_attestation_proto_rawDescGZIP() []byte {
 	return file_proto_config_attestation_proto_rawDescData
 }
 
+var file_proto_config_attestation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_proto_config_attestation_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
 var file_proto_config_attestation_proto_goTypes = []any{
-	(*AttestationSettings)(nil), // 0: cvmd.config.AttestationSettings
+	(AttestationSettings_Mode)(0), // 0: cvmd.config.AttestationSettings.Mode
+	(*AttestationSettings)(nil),   // 1: cvmd.config.AttestationSettings
 }
 var file_proto_config_attestation_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	0, // 0: cvmd.config.AttestationSettings.mode:type_name -> cvmd.config.AttestationSettings.Mode
+	1, // [1:1] is the sub-list for method output_type
+	1, // [1:1] is the sub-list for method input_type
+	1, // [1:1] is the sub-list for extension type_name
+	1, // [1:1] is the sub-list for extension extendee
+	0, // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_attestation_proto_init() }
@@ -100,13 +210,14 @@ func file_proto_config_attestation_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_attestation_proto_rawDesc), len(file_proto_config_attestation_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   1,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_proto_config_attestation_proto_goTypes,
 		DependencyIndexes: file_proto_config_attestation_proto_depIdxs,
+		EnumInfos:         file_proto_config_attestation_proto_enumTypes,
 		MessageInfos:      file_proto_config_attestation_proto_msgTypes,
 	}.Build()
 	File_proto_config_attestation_proto = out.File
