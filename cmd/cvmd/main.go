@@ -13,8 +13,23 @@ import (
 	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/children/logfwd"
 	"github.com/cvmd/cvmd/children/runner"
+	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor"
+
+	// nsenter's cgo constructor runs before the Go runtime in every
+	// invocation; it acts only in libcontainer's `init` re-exec.
+	_ "github.com/opencontainers/runc/libcontainer/nsenter"
 )
+
+// init claims libcontainer's re-exec (`<exe> init`, with its init pipe in the
+// environment) before anything else runs; sandbox.Init never returns. The
+// supervisor's own entry is `supervise` (or no argument as PID 1), so the
+// two are never confused.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == "init" && os.Getenv("_LIBCONTAINER_INITPIPE") != "" {
+		sandbox.Init()
+	}
+}
 
 // children are internal entries: only the supervisor starts them.
 var children = map[string]child.Main{

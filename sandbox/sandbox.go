@@ -1,0 +1,254 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+
+	_ "github.com/opencontainers/cgroups/devices" // device rules in cgroups (without it they cannot be applied)
+	"github.com/opencontainers/runc/libcontainer"
+	devconfig "github.com/opencontainers/cgroups/devices/config"
+	"golang.org/x/sys/unix"
+)
+
+// Init is libcontainer's re-exec entry (`<exe> init`); it never returns.
+// Call it from func init() of the main package when os.Args[1] == "init".
+func Init() { libcontainer.Init() }
+
+// RuntimeConfig says where a Runtime keeps its state.
+type RuntimeConfig struct {
+	// StateDir holds libcontainer's per-container state (must be private to
+	// this Runtime; a tmpfs is best). Created if missing.
+	StateDir string
+	// CgroupRoot is the relative cgroup path under which every sandbox's
+	// cgroup is made (nested under the caller's own cgroup in each
+	// hierarchy), e.g. "cvmd". Required: it is what NewRuntime cleans.
+	CgroupRoot string
+}
+
+// Runtime starts sandboxes. It is safe for concurrent use.
+type Runtime struct {
+	cfg      RuntimeConfig
+	skeleton string
+
+	mu   sync.Mutex
+	live map[string]*Sandbox // guarded by mu
+}
+
+// NewRuntime prepares StateDir and an empty skeleton rootfs, and removes
+// whatever a previous Runtime with the same StateDir and CgroupRoot left
+// behind (a crashed supervisor): its containers are killed, its state and
+// cgroups removed.
+func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
+	if cfg.StateDir == "" || !filepath.IsAbs(cfg.StateDir) {
+		return nil, fmt.Errorf("sandbox: state dir %q: want an absolute path", cfg.StateDir)
+	}
+	if cfg.CgroupRoot == "" || filepath.IsAbs(cfg.CgroupRoot) || filepath.Clean(cfg.CgroupRoot) != cfg.CgroupRoot {
+		return nil, fmt.Errorf("sandbox: cgroup root %q: want a clean relative path", cfg.CgroupRoot)
+	}
+	r := &Runtime{cfg: cfg, live: map[string]*Sandbox{}}
+	if err := r.cleanStale(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "containers"), 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox: making state dir: %w", err)
+	}
+	r.skeleton = filepath.Join(cfg.StateDir, "skeleton")
+	if err := os.MkdirAll(r.skeleton, 0o755); err != nil {
+		return nil, fmt.Errorf("sandbox: making skeleton rootfs: %w", err)
+	}
+	return r, nil
+}
+
+// cleanStale kills and removes what a previous Runtime left.
+func (r *Runtime) cleanStale() error {
+	dir := filepath.Join(r.cfg.StateDir, "containers")
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if c, err := libcontainer.Load(dir, e.Name()); err == nil {
+			c.Signal(unix.SIGKILL)
+			c.Destroy()
+		}
+		os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+	return removeCgroupTree(r.cfg.CgroupRoot)
+}
+
+// Skeleton returns the empty rootfs used when Spec.Rootfs is "".
+func (r *Runtime) Skeleton() string { return r.skeleton }
+
+// IO is what a sandbox's process is connected to.
+type IO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// ExtraFiles become fds 3, 4, ... in the sandbox. Start does not take
+	// ownership: close your copies once Start returned.
+	ExtraFiles []*os.File
+}
+
+// Sandbox is one running container.
+type Sandbox struct {
+	rt   *Runtime
+	c    *libcontainer.Container
+	p    *libcontainer.Process
+	pid  int
+	once sync.Once
+	derr error
+}
+
+// Start creates the container described by spec and runs its process. On
+// error nothing is left behind.
+func (r *Runtime) Start(spec *Spec, stdio IO) (*Sandbox, error) {
+	cfg, err := spec.Config(ConfigOptions{Skeleton: r.skeleton, CgroupRoot: r.cfg.CgroupRoot})
+	if err != nil {
+		return nil, err
+	}
+	for _, path := range spec.Devices {
+		d, err := deviceFromPath(path)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox: %s: device %s: %w", spec.ID, path, err)
+		}
+		cfg.Devices = append(cfg.Devices, d)
+		cfg.Cgroups.Resources.Devices = append(cfg.Cgroups.Resources.Devices, &d.Rule)
+	}
+	r.mu.Lock()
+	if _, dup := r.live[spec.ID]; dup {
+		r.mu.Unlock()
+		return nil, fmt.Errorf("sandbox: %s: already running", spec.ID)
+	}
+	r.live[spec.ID] = nil // reserve
+	r.mu.Unlock()
+	release := func() {
+		r.mu.Lock()
+		delete(r.live, spec.ID)
+		r.mu.Unlock()
+	}
+	dir := filepath.Join(r.cfg.StateDir, "containers")
+	c, err := libcontainer.Create(dir, spec.ID, cfg)
+	if err != nil {
+		// A leftover of ours with that name (its Sandbox was never destroyed).
+		os.RemoveAll(filepath.Join(dir, spec.ID))
+		if c, err = libcontainer.Create(dir, spec.ID, cfg); err != nil {
+			release()
+			return nil, fmt.Errorf("sandbox: creating %s: %w", spec.ID, err)
+		}
+	}
+	cwd := spec.Cwd
+	if cwd == "" {
+		cwd = "/"
+	}
+	p := &libcontainer.Process{
+		Args:       spec.Args,
+		Env:        spec.Env,
+		Cwd:        cwd,
+		UID:        spec.UID,
+		GID:        spec.GID,
+		Stdin:      stdio.Stdin,
+		Stdout:     stdio.Stdout,
+		Stderr:     stdio.Stderr,
+		ExtraFiles: stdio.ExtraFiles,
+		Init:       true,
+	}
+	if err := c.Run(p); err != nil {
+		c.Destroy()
+		release()
+		return nil, fmt.Errorf("sandbox: running %s: %w", spec.ID, err)
+	}
+	pid, _ := p.Pid()
+	sb := &Sandbox{rt: r, c: c, p: p, pid: pid}
+	r.mu.Lock()
+	r.live[spec.ID] = sb
+	r.mu.Unlock()
+	return sb, nil
+}
+
+// ID returns the container id.
+func (s *Sandbox) ID() string { return s.c.ID() }
+
+// Pid returns the host pid of the sandbox's process.
+func (s *Sandbox) Pid() int { return s.pid }
+
+// Wait waits for the sandbox's process to exit. The other processes of the
+// sandbox die with it (it is PID 1 of its PID namespace).
+// A non-zero exit or a signal is reported in the state, not as an error.
+func (s *Sandbox) Wait() (*os.ProcessState, error) {
+	st, err := s.p.Wait()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ProcessState, nil
+	}
+	return st, err
+}
+
+// Signal sends sig to the sandbox's process.
+func (s *Sandbox) Signal(sig os.Signal) error { return s.p.Signal(sig) }
+
+// Kill SIGKILLs the sandbox's process.
+func (s *Sandbox) Kill() error { return s.p.Signal(unix.SIGKILL) }
+
+// OOMKilled reports whether the kernel's OOM killer acted in the sandbox's
+// cgroup (call it after Wait, before Destroy).
+func (s *Sandbox) OOMKilled() bool { return oomKilled(s.c) }
+
+// Destroy kills whatever is left in the container and removes its state and
+// cgroup. Call it after Wait. It is idempotent.
+func (s *Sandbox) Destroy() error {
+	s.once.Do(func() {
+		s.c.Signal(unix.SIGKILL)
+		s.derr = s.c.Destroy()
+		s.rt.mu.Lock()
+		delete(s.rt.live, s.c.ID())
+		s.rt.mu.Unlock()
+	})
+	return s.derr
+}
+
+// Close kills and destroys every live sandbox and removes the cgroup root.
+func (r *Runtime) Close() error {
+	r.mu.Lock()
+	var all []*Sandbox
+	for _, sb := range r.live {
+		if sb != nil {
+			all = append(all, sb)
+		}
+	}
+	r.mu.Unlock()
+	var errs []error
+	for _, sb := range all {
+		sb.Kill()
+		sb.Wait()
+		if err := sb.Destroy(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := removeCgroupTree(r.cfg.CgroupRoot); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// deviceFromPath describes the host device node at path, read-write.
+func deviceFromPath(path string) (*devconfig.Device, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, err
+	}
+	var typ devconfig.Type
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFCHR:
+		typ = devconfig.CharDevice
+	case unix.S_IFBLK:
+		typ = devconfig.BlockDevice
+	default:
+		return nil, fmt.Errorf("not a device node")
+	}
+	return &devconfig.Device{
+		Rule: devconfig.Rule{Type: typ, Major: int64(unix.Major(st.Rdev)), Minor: int64(unix.Minor(st.Rdev)),
+			Permissions: "rwm", Allow: true},
+		Path: path, FileMode: os.FileMode(st.Mode & 0o777), Uid: st.Uid, Gid: st.Gid,
+	}, nil
+}
