@@ -10,8 +10,8 @@ import (
 	"sync"
 
 	_ "github.com/opencontainers/cgroups/devices" // device rules in cgroups (without it they cannot be applied)
-	"github.com/opencontainers/runc/libcontainer"
 	devconfig "github.com/opencontainers/cgroups/devices/config"
+	"github.com/opencontainers/runc/libcontainer"
 	"golang.org/x/sys/unix"
 )
 
