@@ -24,9 +24,24 @@ const (
 )
 
 type EgressSettings struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Allowlist entries for every client, from the environment file variable
+	// COCOS_EGRESS_ALLOWLIST (syntax in docs/ingress-egress.md). Empty and
+	// allow_public false: everything is denied.
+	Allow []string `protobuf:"bytes,1,rep,name=allow,proto3" json:"allow,omitempty"`
+	// Extra entries per client (the name after "proxy:" or "from:").
+	Clients map[string]*EgressAllowlist `protobuf:"bytes,2,rep,name=clients,proto3" json:"clients,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Development only: with no matching entry, allow any host whose addresses
+	// pass the SSRF guard. Default false (deny).
+	AllowPublic bool `protobuf:"varint,3,opt,name=allow_public,json=allowPublic,proto3" json:"allow_public,omitempty"`
+	// Limits; 0 means the default given.
+	DnsTimeoutMs        uint32 `protobuf:"varint,4,opt,name=dns_timeout_ms,json=dnsTimeoutMs,proto3" json:"dns_timeout_ms,omitempty"`                        // default 5000
+	ConnectTimeoutMs    uint32 `protobuf:"varint,5,opt,name=connect_timeout_ms,json=connectTimeoutMs,proto3" json:"connect_timeout_ms,omitempty"`            // default 10000
+	IdleTimeoutMs       uint32 `protobuf:"varint,6,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`                     // tunnel with no byte either way; default 300000
+	MaxTunnelsPerClient uint32 `protobuf:"varint,7,opt,name=max_tunnels_per_client,json=maxTunnelsPerClient,proto3" json:"max_tunnels_per_client,omitempty"` // concurrent CONNECT tunnels and forwarded requests; default 64
+	HeaderTimeoutMs     uint32 `protobuf:"varint,8,opt,name=header_timeout_ms,json=headerTimeoutMs,proto3" json:"header_timeout_ms,omitempty"`               // reading the request head; default 10000
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *EgressSettings) Reset() {
@@ -59,12 +74,182 @@ func (*EgressSettings) Descriptor() ([]byte, []int) {
 	return file_proto_config_egress_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *EgressSettings) GetAllow() []string {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
+}
+
+func (x *EgressSettings) GetClients() map[string]*EgressAllowlist {
+	if x != nil {
+		return x.Clients
+	}
+	return nil
+}
+
+func (x *EgressSettings) GetAllowPublic() bool {
+	if x != nil {
+		return x.AllowPublic
+	}
+	return false
+}
+
+func (x *EgressSettings) GetDnsTimeoutMs() uint32 {
+	if x != nil {
+		return x.DnsTimeoutMs
+	}
+	return 0
+}
+
+func (x *EgressSettings) GetConnectTimeoutMs() uint32 {
+	if x != nil {
+		return x.ConnectTimeoutMs
+	}
+	return 0
+}
+
+func (x *EgressSettings) GetIdleTimeoutMs() uint32 {
+	if x != nil {
+		return x.IdleTimeoutMs
+	}
+	return 0
+}
+
+func (x *EgressSettings) GetMaxTunnelsPerClient() uint32 {
+	if x != nil {
+		return x.MaxTunnelsPerClient
+	}
+	return 0
+}
+
+func (x *EgressSettings) GetHeaderTimeoutMs() uint32 {
+	if x != nil {
+		return x.HeaderTimeoutMs
+	}
+	return 0
+}
+
+type EgressAllowlist struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Allow         []string               `protobuf:"bytes,1,rep,name=allow,proto3" json:"allow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EgressAllowlist) Reset() {
+	*x = EgressAllowlist{}
+	mi := &file_proto_config_egress_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EgressAllowlist) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EgressAllowlist) ProtoMessage() {}
+
+func (x *EgressAllowlist) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_egress_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EgressAllowlist.ProtoReflect.Descriptor instead.
+func (*EgressAllowlist) Descriptor() ([]byte, []int) {
+	return file_proto_config_egress_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *EgressAllowlist) GetAllow() []string {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
+}
+
+// EgressSetAllowlist is a control.Command body: replace one client's
+// per-computation entries (the settings' entries stay). Reply: empty.
+type EgressSetAllowlist struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Allow         []string               `protobuf:"bytes,2,rep,name=allow,proto3" json:"allow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EgressSetAllowlist) Reset() {
+	*x = EgressSetAllowlist{}
+	mi := &file_proto_config_egress_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EgressSetAllowlist) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EgressSetAllowlist) ProtoMessage() {}
+
+func (x *EgressSetAllowlist) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_egress_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EgressSetAllowlist.ProtoReflect.Descriptor instead.
+func (*EgressSetAllowlist) Descriptor() ([]byte, []int) {
+	return file_proto_config_egress_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EgressSetAllowlist) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *EgressSetAllowlist) GetAllow() []string {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
+}
+
 var File_proto_config_egress_proto protoreflect.FileDescriptor
 
 const file_proto_config_egress_proto_rawDesc = "" +
 	"\n" +
-	"\x19proto/config/egress.proto\x12\vcvmd.config\"\x10\n" +
-	"\x0eEgressSettingsB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x19proto/config/egress.proto\x12\vcvmd.config\"\xc4\x03\n" +
+	"\x0eEgressSettings\x12\x14\n" +
+	"\x05allow\x18\x01 \x03(\tR\x05allow\x12B\n" +
+	"\aclients\x18\x02 \x03(\v2(.cvmd.config.EgressSettings.ClientsEntryR\aclients\x12!\n" +
+	"\fallow_public\x18\x03 \x01(\bR\vallowPublic\x12$\n" +
+	"\x0edns_timeout_ms\x18\x04 \x01(\rR\fdnsTimeoutMs\x12,\n" +
+	"\x12connect_timeout_ms\x18\x05 \x01(\rR\x10connectTimeoutMs\x12&\n" +
+	"\x0fidle_timeout_ms\x18\x06 \x01(\rR\ridleTimeoutMs\x123\n" +
+	"\x16max_tunnels_per_client\x18\a \x01(\rR\x13maxTunnelsPerClient\x12*\n" +
+	"\x11header_timeout_ms\x18\b \x01(\rR\x0fheaderTimeoutMs\x1aX\n" +
+	"\fClientsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
+	"\x05value\x18\x02 \x01(\v2\x1c.cvmd.config.EgressAllowlistR\x05value:\x028\x01\"'\n" +
+	"\x0fEgressAllowlist\x12\x14\n" +
+	"\x05allow\x18\x01 \x03(\tR\x05allow\"B\n" +
+	"\x12EgressSetAllowlist\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x14\n" +
+	"\x05allow\x18\x02 \x03(\tR\x05allowB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_egress_proto_rawDescOnce sync.Once
@@ -78,16 +263,21 @@ func file_proto_config_egress_proto_rawDescGZIP() []byte {
 	return file_proto_config_egress_proto_rawDescData
 }
 
-var file_proto_config_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_proto_config_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_proto_config_egress_proto_goTypes = []any{
-	(*EgressSettings)(nil), // 0: cvmd.config.EgressSettings
+	(*EgressSettings)(nil),     // 0: cvmd.config.EgressSettings
+	(*EgressAllowlist)(nil),    // 1: cvmd.config.EgressAllowlist
+	(*EgressSetAllowlist)(nil), // 2: cvmd.config.EgressSetAllowlist
+	nil,                        // 3: cvmd.config.EgressSettings.ClientsEntry
 }
 var file_proto_config_egress_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	3, // 0: cvmd.config.EgressSettings.clients:type_name -> cvmd.config.EgressSettings.ClientsEntry
+	1, // 1: cvmd.config.EgressSettings.ClientsEntry.value:type_name -> cvmd.config.EgressAllowlist
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_egress_proto_init() }
@@ -101,7 +291,7 @@ func file_proto_config_egress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_egress_proto_rawDesc), len(file_proto_config_egress_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
