@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -84,7 +85,7 @@ type Stats struct {
 }
 
 type item struct {
-	rec  *logs.Record
+	raw  []byte // the encoded logs.Record
 	size int
 }
 
@@ -160,7 +161,13 @@ func (s *Sink) Stats() Stats {
 // Put takes ownership of rec.
 func (s *Sink) Put(rec *logs.Record) bool {
 	s.stamp(rec)
-	size := proto.Size(rec) + 8
+	raw, err := proto.Marshal(rec)
+	if err != nil {
+		// Only invalid UTF-8 in a string field gets here: keep the record,
+		// with the text made valid, rather than lose it.
+		raw = mustMarshalLossy(rec)
+	}
+	size := len(raw) + 8
 	var deadline *time.Timer
 	defer func() {
 		if deadline != nil {
@@ -207,9 +214,10 @@ func (s *Sink) Put(rec *logs.Record) bool {
 			Timestamp:     timestamppb.Now(),
 		}}}
 		s.unrep = 0
-		s.appendLocked(item{rec: note, size: proto.Size(note) + 8})
+		nraw, _ := proto.Marshal(note)
+		s.appendLocked(item{raw: nraw, size: len(nraw) + 8})
 	}
-	s.appendLocked(item{rec: rec, size: size})
+	s.appendLocked(item{raw: raw, size: size})
 	s.stats.Accepted++
 	s.mu.Unlock()
 	return true
@@ -379,9 +387,9 @@ func (s *Sink) stream(ctx context.Context, client logs.CollectorClient, seq *uin
 		work := s.work
 		s.mu.Unlock()
 		if b != nil {
-			msg := &logs.Batch{Seq: b.seq, Records: make([]*logs.Record, len(b.items))}
+			msg := &logs.Batch{Seq: b.seq, Raw: make([][]byte, len(b.items))}
 			for i, it := range b.items {
-				msg.Records[i] = it.rec
+				msg.Raw[i] = it.raw
 			}
 			if err := st.Send(msg); err != nil {
 				return fmt.Errorf("logsink: sending batch %d: %w", b.seq, err)
@@ -426,4 +434,22 @@ func (s *Sink) ack(upto uint64) {
 		close(s.idle)
 		s.idle = make(chan struct{})
 	}
+}
+
+// mustMarshalLossy encodes rec after replacing invalid UTF-8 in its strings.
+func mustMarshalLossy(rec *logs.Record) []byte {
+	fix := func(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+	switch b := rec.GetBody().(type) {
+	case *logs.Record_Log:
+		b.Log.Message = fix(b.Log.Message)
+		b.Log.ComputationId = fix(b.Log.ComputationId)
+		b.Log.Level = fix(b.Log.Level)
+	case *logs.Record_Event:
+		b.Event.EventType = fix(b.Event.EventType)
+		b.Event.Status = fix(b.Event.Status)
+		b.Event.Originator = fix(b.Event.Originator)
+		b.Event.ComputationId = fix(b.Event.ComputationId)
+	}
+	raw, _ := proto.Marshal(rec)
+	return raw
 }

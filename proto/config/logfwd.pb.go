@@ -24,7 +24,14 @@ const (
 )
 
 type LogfwdSettings struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bound on the queue's bytes on disk; when reached the oldest records are
+	// dropped and one event says how many. 0 = 256 MiB.
+	MaxBytes uint64 `protobuf:"varint,1,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// Size at which a segment file is sealed. 0 = max_bytes / 8.
+	SegmentBytes uint64 `protobuf:"varint,2,opt,name=segment_bytes,json=segmentBytes,proto3" json:"segment_bytes,omitempty"`
+	// Queue directory; "" = ChildConfig.state_dir.
+	Dir           string `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -59,12 +66,36 @@ func (*LogfwdSettings) Descriptor() ([]byte, []int) {
 	return file_proto_config_logfwd_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *LogfwdSettings) GetMaxBytes() uint64 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *LogfwdSettings) GetSegmentBytes() uint64 {
+	if x != nil {
+		return x.SegmentBytes
+	}
+	return 0
+}
+
+func (x *LogfwdSettings) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
 var File_proto_config_logfwd_proto protoreflect.FileDescriptor
 
 const file_proto_config_logfwd_proto_rawDesc = "" +
 	"\n" +
-	"\x19proto/config/logfwd.proto\x12\vcvmd.config\"\x10\n" +
-	"\x0eLogfwdSettingsB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x19proto/config/logfwd.proto\x12\vcvmd.config\"d\n" +
+	"\x0eLogfwdSettings\x12\x1b\n" +
+	"\tmax_bytes\x18\x01 \x01(\x04R\bmaxBytes\x12#\n" +
+	"\rsegment_bytes\x18\x02 \x01(\x04R\fsegmentBytes\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dirB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_logfwd_proto_rawDescOnce sync.Once

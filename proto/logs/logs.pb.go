@@ -108,9 +108,13 @@ func (*Record_Log) isRecord_Body() {}
 func (*Record_Event) isRecord_Body() {}
 
 type Batch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"` // client's batch sequence number
-	Records       []*Record              `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Seq     uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"` // client's batch sequence number
+	Records []*Record              `protobuf:"bytes,2,rep,name=records,proto3" json:"records,omitempty"`
+	// raw: Records already encoded (what logsink sends: encoded once, stored as is).
+	// A Record's encoding is also a valid cvms.ClientStreamMessage encoding
+	// (agent_log = 1, agent_event = 2), which the manager link relies on.
+	Raw           [][]byte `protobuf:"bytes,3,rep,name=raw,proto3" json:"raw,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -155,6 +159,13 @@ func (x *Batch) GetSeq() uint64 {
 func (x *Batch) GetRecords() []*Record {
 	if x != nil {
 		return x.Records
+	}
+	return nil
+}
+
+func (x *Batch) GetRaw() [][]byte {
+	if x != nil {
+		return x.Raw
 	}
 	return nil
 }
@@ -205,7 +216,7 @@ func (x *Ack) GetSeq() uint64 {
 
 type ReadRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	After         uint64                 `protobuf:"varint,1,opt,name=after,proto3" json:"after,omitempty"` // deliver records with offset > after
+	After         uint64                 `protobuf:"varint,1,opt,name=after,proto3" json:"after,omitempty"` // deliver records with offset > after; 0 = after the last commit
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -249,8 +260,9 @@ func (x *ReadRequest) GetAfter() uint64 {
 
 type Entry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Offset        uint64                 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"` // position in the queue, strictly increasing
-	Record        *Record                `protobuf:"bytes,2,opt,name=record,proto3" json:"record,omitempty"`
+	Offset        uint64                 `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"` // position in the queue, strictly increasing (gaps = records lost)
+	Record        *Record                `protobuf:"bytes,2,opt,name=record,proto3" json:"record,omitempty"`  // unused by logfwd's Read, which sends raw
+	Raw           []byte                 `protobuf:"bytes,3,opt,name=raw,proto3" json:"raw,omitempty"`        // the encoded Record as stored
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -299,6 +311,59 @@ func (x *Entry) GetRecord() *Record {
 	return nil
 }
 
+func (x *Entry) GetRaw() []byte {
+	if x != nil {
+		return x.Raw
+	}
+	return nil
+}
+
+// Entries is what Read streams: several entries per message to keep the
+// per-message cost low.
+type Entries struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Entries) Reset() {
+	*x = Entries{}
+	mi := &file_proto_logs_logs_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Entries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Entries) ProtoMessage() {}
+
+func (x *Entries) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_logs_logs_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Entries.ProtoReflect.Descriptor instead.
+func (*Entries) Descriptor() ([]byte, []int) {
+	return file_proto_logs_logs_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Entries) GetEntries() []*Entry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 type CommitRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Through       uint64                 `protobuf:"varint,1,opt,name=through,proto3" json:"through,omitempty"` // records through this offset were delivered; drop them
@@ -308,7 +373,7 @@ type CommitRequest struct {
 
 func (x *CommitRequest) Reset() {
 	*x = CommitRequest{}
-	mi := &file_proto_logs_logs_proto_msgTypes[5]
+	mi := &file_proto_logs_logs_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -320,7 +385,7 @@ func (x *CommitRequest) String() string {
 func (*CommitRequest) ProtoMessage() {}
 
 func (x *CommitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_logs_logs_proto_msgTypes[5]
+	mi := &file_proto_logs_logs_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -333,7 +398,7 @@ func (x *CommitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitRequest.ProtoReflect.Descriptor instead.
 func (*CommitRequest) Descriptor() ([]byte, []int) {
-	return file_proto_logs_logs_proto_rawDescGZIP(), []int{5}
+	return file_proto_logs_logs_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CommitRequest) GetThrough() uint64 {
@@ -351,7 +416,7 @@ type CommitResponse struct {
 
 func (x *CommitResponse) Reset() {
 	*x = CommitResponse{}
-	mi := &file_proto_logs_logs_proto_msgTypes[6]
+	mi := &file_proto_logs_logs_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -363,7 +428,7 @@ func (x *CommitResponse) String() string {
 func (*CommitResponse) ProtoMessage() {}
 
 func (x *CommitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_logs_logs_proto_msgTypes[6]
+	mi := &file_proto_logs_logs_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -376,7 +441,7 @@ func (x *CommitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitResponse.ProtoReflect.Descriptor instead.
 func (*CommitResponse) Descriptor() ([]byte, []int) {
-	return file_proto_logs_logs_proto_rawDescGZIP(), []int{6}
+	return file_proto_logs_logs_proto_rawDescGZIP(), []int{7}
 }
 
 var File_proto_logs_logs_proto protoreflect.FileDescriptor
@@ -387,23 +452,27 @@ const file_proto_logs_logs_proto_rawDesc = "" +
 	"\x06Record\x12\"\n" +
 	"\x03log\x18\x01 \x01(\v2\x0e.cvms.AgentLogH\x00R\x03log\x12(\n" +
 	"\x05event\x18\x02 \x01(\v2\x10.cvms.AgentEventH\x00R\x05eventB\x06\n" +
-	"\x04body\"F\n" +
+	"\x04body\"X\n" +
 	"\x05Batch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12+\n" +
-	"\arecords\x18\x02 \x03(\v2\x11.cvmd.logs.RecordR\arecords\"\x17\n" +
+	"\arecords\x18\x02 \x03(\v2\x11.cvmd.logs.RecordR\arecords\x12\x10\n" +
+	"\x03raw\x18\x03 \x03(\fR\x03raw\"\x17\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\"#\n" +
 	"\vReadRequest\x12\x14\n" +
-	"\x05after\x18\x01 \x01(\x04R\x05after\"J\n" +
+	"\x05after\x18\x01 \x01(\x04R\x05after\"\\\n" +
 	"\x05Entry\x12\x16\n" +
 	"\x06offset\x18\x01 \x01(\x04R\x06offset\x12)\n" +
-	"\x06record\x18\x02 \x01(\v2\x11.cvmd.logs.RecordR\x06record\")\n" +
+	"\x06record\x18\x02 \x01(\v2\x11.cvmd.logs.RecordR\x06record\x12\x10\n" +
+	"\x03raw\x18\x03 \x01(\fR\x03raw\"5\n" +
+	"\aEntries\x12*\n" +
+	"\aentries\x18\x01 \x03(\v2\x10.cvmd.logs.EntryR\aentries\")\n" +
 	"\rCommitRequest\x12\x18\n" +
 	"\athrough\x18\x01 \x01(\x04R\athrough\"\x10\n" +
-	"\x0eCommitResponse2\xb2\x01\n" +
+	"\x0eCommitResponse2\xb4\x01\n" +
 	"\tCollector\x12.\n" +
-	"\x04Push\x12\x10.cvmd.logs.Batch\x1a\x0e.cvmd.logs.Ack\"\x00(\x010\x01\x124\n" +
-	"\x04Read\x12\x16.cvmd.logs.ReadRequest\x1a\x10.cvmd.logs.Entry\"\x000\x01\x12?\n" +
+	"\x04Push\x12\x10.cvmd.logs.Batch\x1a\x0e.cvmd.logs.Ack\"\x00(\x010\x01\x126\n" +
+	"\x04Read\x12\x16.cvmd.logs.ReadRequest\x1a\x12.cvmd.logs.Entries\"\x000\x01\x12?\n" +
 	"\x06Commit\x12\x18.cvmd.logs.CommitRequest\x1a\x19.cvmd.logs.CommitResponse\"\x00B&Z$github.com/cvmd/cvmd/proto/logs;logsb\x06proto3"
 
 var (
@@ -418,34 +487,36 @@ func file_proto_logs_logs_proto_rawDescGZIP() []byte {
 	return file_proto_logs_logs_proto_rawDescData
 }
 
-var file_proto_logs_logs_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_proto_logs_logs_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_proto_logs_logs_proto_goTypes = []any{
 	(*Record)(nil),          // 0: cvmd.logs.Record
 	(*Batch)(nil),           // 1: cvmd.logs.Batch
 	(*Ack)(nil),             // 2: cvmd.logs.Ack
 	(*ReadRequest)(nil),     // 3: cvmd.logs.ReadRequest
 	(*Entry)(nil),           // 4: cvmd.logs.Entry
-	(*CommitRequest)(nil),   // 5: cvmd.logs.CommitRequest
-	(*CommitResponse)(nil),  // 6: cvmd.logs.CommitResponse
-	(*cvms.AgentLog)(nil),   // 7: cvms.AgentLog
-	(*cvms.AgentEvent)(nil), // 8: cvms.AgentEvent
+	(*Entries)(nil),         // 5: cvmd.logs.Entries
+	(*CommitRequest)(nil),   // 6: cvmd.logs.CommitRequest
+	(*CommitResponse)(nil),  // 7: cvmd.logs.CommitResponse
+	(*cvms.AgentLog)(nil),   // 8: cvms.AgentLog
+	(*cvms.AgentEvent)(nil), // 9: cvms.AgentEvent
 }
 var file_proto_logs_logs_proto_depIdxs = []int32{
-	7, // 0: cvmd.logs.Record.log:type_name -> cvms.AgentLog
-	8, // 1: cvmd.logs.Record.event:type_name -> cvms.AgentEvent
+	8, // 0: cvmd.logs.Record.log:type_name -> cvms.AgentLog
+	9, // 1: cvmd.logs.Record.event:type_name -> cvms.AgentEvent
 	0, // 2: cvmd.logs.Batch.records:type_name -> cvmd.logs.Record
 	0, // 3: cvmd.logs.Entry.record:type_name -> cvmd.logs.Record
-	1, // 4: cvmd.logs.Collector.Push:input_type -> cvmd.logs.Batch
-	3, // 5: cvmd.logs.Collector.Read:input_type -> cvmd.logs.ReadRequest
-	5, // 6: cvmd.logs.Collector.Commit:input_type -> cvmd.logs.CommitRequest
-	2, // 7: cvmd.logs.Collector.Push:output_type -> cvmd.logs.Ack
-	4, // 8: cvmd.logs.Collector.Read:output_type -> cvmd.logs.Entry
-	6, // 9: cvmd.logs.Collector.Commit:output_type -> cvmd.logs.CommitResponse
-	7, // [7:10] is the sub-list for method output_type
-	4, // [4:7] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	4, // 4: cvmd.logs.Entries.entries:type_name -> cvmd.logs.Entry
+	1, // 5: cvmd.logs.Collector.Push:input_type -> cvmd.logs.Batch
+	3, // 6: cvmd.logs.Collector.Read:input_type -> cvmd.logs.ReadRequest
+	6, // 7: cvmd.logs.Collector.Commit:input_type -> cvmd.logs.CommitRequest
+	2, // 8: cvmd.logs.Collector.Push:output_type -> cvmd.logs.Ack
+	5, // 9: cvmd.logs.Collector.Read:output_type -> cvmd.logs.Entries
+	7, // 10: cvmd.logs.Collector.Commit:output_type -> cvmd.logs.CommitResponse
+	8, // [8:11] is the sub-list for method output_type
+	5, // [5:8] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_proto_logs_logs_proto_init() }
@@ -463,7 +534,7 @@ func file_proto_logs_logs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_logs_logs_proto_rawDesc), len(file_proto_logs_logs_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,7 +34,7 @@ type CollectorClient interface {
 	// Push: a child streams batches; logfwd acks each once it is fsynced.
 	Push(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Batch, Ack], error)
 	// Read: the supervisor tails the queue from an offset.
-	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Entry], error)
+	Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Entries], error)
 	// Commit: the supervisor says what the manager has received.
 	Commit(ctx context.Context, in *CommitRequest, opts ...grpc.CallOption) (*CommitResponse, error)
 }
@@ -60,13 +60,13 @@ func (c *collectorClient) Push(ctx context.Context, opts ...grpc.CallOption) (gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Collector_PushClient = grpc.BidiStreamingClient[Batch, Ack]
 
-func (c *collectorClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Entry], error) {
+func (c *collectorClient) Read(ctx context.Context, in *ReadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Entries], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &Collector_ServiceDesc.Streams[1], Collector_Read_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[ReadRequest, Entry]{ClientStream: stream}
+	x := &grpc.GenericClientStream[ReadRequest, Entries]{ClientStream: stream}
 	if err := x.ClientStream.SendMsg(in); err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (c *collectorClient) Read(ctx context.Context, in *ReadRequest, opts ...grp
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Collector_ReadClient = grpc.ServerStreamingClient[Entry]
+type Collector_ReadClient = grpc.ServerStreamingClient[Entries]
 
 func (c *collectorClient) Commit(ctx context.Context, in *CommitRequest, opts ...grpc.CallOption) (*CommitResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -96,7 +96,7 @@ type CollectorServer interface {
 	// Push: a child streams batches; logfwd acks each once it is fsynced.
 	Push(grpc.BidiStreamingServer[Batch, Ack]) error
 	// Read: the supervisor tails the queue from an offset.
-	Read(*ReadRequest, grpc.ServerStreamingServer[Entry]) error
+	Read(*ReadRequest, grpc.ServerStreamingServer[Entries]) error
 	// Commit: the supervisor says what the manager has received.
 	Commit(context.Context, *CommitRequest) (*CommitResponse, error)
 	mustEmbedUnimplementedCollectorServer()
@@ -112,7 +112,7 @@ type UnimplementedCollectorServer struct{}
 func (UnimplementedCollectorServer) Push(grpc.BidiStreamingServer[Batch, Ack]) error {
 	return status.Error(codes.Unimplemented, "method Push not implemented")
 }
-func (UnimplementedCollectorServer) Read(*ReadRequest, grpc.ServerStreamingServer[Entry]) error {
+func (UnimplementedCollectorServer) Read(*ReadRequest, grpc.ServerStreamingServer[Entries]) error {
 	return status.Error(codes.Unimplemented, "method Read not implemented")
 }
 func (UnimplementedCollectorServer) Commit(context.Context, *CommitRequest) (*CommitResponse, error) {
@@ -151,11 +151,11 @@ func _Collector_Read_Handler(srv interface{}, stream grpc.ServerStream) error {
 	if err := stream.RecvMsg(m); err != nil {
 		return err
 	}
-	return srv.(CollectorServer).Read(m, &grpc.GenericServerStream[ReadRequest, Entry]{ServerStream: stream})
+	return srv.(CollectorServer).Read(m, &grpc.GenericServerStream[ReadRequest, Entries]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Collector_ReadServer = grpc.ServerStreamingServer[Entry]
+type Collector_ReadServer = grpc.ServerStreamingServer[Entries]
 
 func _Collector_Commit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CommitRequest)

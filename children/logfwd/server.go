@@ -1,0 +1,137 @@
+package logfwd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cvmd/cvmd/proto/logs"
+)
+
+// Server implements logs.CollectorServer over a Queue.
+type Server struct {
+	logs.UnimplementedCollectorServer
+	Q *Queue
+}
+
+type pendingAck struct {
+	seq  uint64
+	done <-chan appendRes
+}
+
+// Push appends each batch and acknowledges it, in order, once it is on disk.
+// Batches are pipelined: the next one is read while the previous one syncs.
+func (s *Server) Push(st logs.Collector_PushServer) error {
+	ctx := st.Context()
+	acks := make(chan pendingAck, 16)
+	var recvErr error
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		defer close(acks)
+		for {
+			b, err := st.Recv()
+			if err != nil {
+				recvErr = err
+				return
+			}
+			payloads, err := batchPayloads(b)
+			var p pendingAck
+			if err != nil {
+				ch := make(chan appendRes, 1)
+				ch <- appendRes{err: err}
+				p = pendingAck{seq: b.GetSeq(), done: ch}
+			} else if len(payloads) == 0 {
+				ch := make(chan appendRes, 1)
+				ch <- appendRes{}
+				p = pendingAck{seq: b.GetSeq(), done: ch}
+			} else {
+				p = pendingAck{seq: b.GetSeq(), done: s.Q.AppendAsync(payloads)}
+			}
+			select {
+			case acks <- p:
+			case <-ctx.Done():
+				return
+			}
+		}
+	})
+	for p := range acks {
+		res := <-p.done
+		if res.err != nil {
+			var inv *invalidBatch
+			if errors.As(res.err, &inv) {
+				return status.Error(codes.InvalidArgument, inv.Error())
+			}
+			// Nothing of this batch or later ones was acknowledged: the
+			// client sends them again on a new stream.
+			return status.Errorf(codes.Unavailable, "logfwd: batch %d not stored: %v", p.seq, res.err)
+		}
+		if err := st.Send(&logs.Ack{Seq: p.seq}); err != nil {
+			return err
+		}
+	}
+	if recvErr != nil && !errors.Is(recvErr, io.EOF) {
+		return recvErr
+	}
+	return nil
+}
+
+type invalidBatch struct{ msg string }
+
+func (e *invalidBatch) Error() string { return e.msg }
+
+func batchPayloads(b *logs.Batch) ([][]byte, error) {
+	out := make([][]byte, 0, len(b.GetRaw())+len(b.GetRecords()))
+	for i, r := range b.GetRaw() {
+		if len(r) > maxPayload {
+			return nil, &invalidBatch{fmt.Sprintf("logfwd: batch %d: raw record %d is %d bytes, over %d", b.GetSeq(), i, len(r), maxPayload)}
+		}
+		out = append(out, r)
+	}
+	for i, r := range b.GetRecords() {
+		p, err := proto.Marshal(r)
+		if err != nil || len(p) > maxPayload {
+			return nil, &invalidBatch{fmt.Sprintf("logfwd: batch %d: record %d not storable (%d bytes): %v", b.GetSeq(), i, len(p), err)}
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// Read streams the queue from req.After (0: after the last commit), waiting
+// for new records, until the client goes away.
+func (s *Server) Read(req *logs.ReadRequest, st logs.Collector_ReadServer) error {
+	r := s.Q.NewReader(req.GetAfter())
+	defer r.Close()
+	ctx := st.Context()
+	for {
+		ents, err := r.Next(ctx, 1024, 1<<20)
+		if err != nil {
+			if errors.Is(err, context.Canceled) || ctx.Err() != nil {
+				return nil
+			}
+			return status.Errorf(codes.Internal, "logfwd: reading queue: %v", err)
+		}
+		msg := &logs.Entries{Entries: make([]*logs.Entry, len(ents))}
+		for i, e := range ents {
+			msg.Entries[i] = &logs.Entry{Offset: e.Offset, Raw: e.Payload}
+		}
+		if err := st.Send(msg); err != nil {
+			return err
+		}
+	}
+}
+
+// Commit deletes what the manager has received.
+func (s *Server) Commit(_ context.Context, req *logs.CommitRequest) (*logs.CommitResponse, error) {
+	if err := s.Q.Commit(req.GetThrough()); err != nil {
+		return nil, status.Errorf(codes.Internal, "logfwd: commit through %d: %v", req.GetThrough(), err)
+	}
+	return &logs.CommitResponse{}, nil
+}
