@@ -1,0 +1,143 @@
+// Package guestboot brings up the devices of the cvmd VM image before the
+// supervisor starts its children: it loads the kernel modules the image
+// ships (virtio, 9p, overlay, vsock, the ACPI power button, sev-guest), mounts
+// the manager's 9p shares (env_share → /etc/cocos, certs_share → /etc/certs),
+// configures eth0 for qemu's user network, and turns a press of the ACPI power
+// button (qemu's system_powerdown) into SIGPWR for the calling process.
+//
+// It is image glue, not policy: it does not mount /proc, /sys or /dev, does
+// not move the root, read the environment file, or start anything. The
+// supervisor (PID 1) does those and calls Prepare once, after /proc, /sys and
+// /dev are mounted and after the root has been moved to its final place, so
+// that the 9p mounts land in the root the children see. Only cmd/cvmd's
+// PID-1 path and images/ may import it; it is a no-op outside the image only
+// in the sense that every step skips what is absent (no module list, no
+// share, no eth0), so never call it on a workstation.
+package guestboot
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Paths used by Prepare, relative to the root of the running system.
+const (
+	// ModulesDir holds one directory per kernel release; images/ writes the
+	// modules there with a load-order file named ModulesList.
+	ModulesDir = "/lib/modules"
+	// ModulesList is the file, inside ModulesDir/<release>, listing the
+	// modules to load, one path relative to that directory a line, in order.
+	ModulesList = "modules.cvmd"
+	// EnvDir is where the env_share 9p share is mounted (Cocos's /etc/cocos).
+	EnvDir = "/etc/cocos"
+	// CertsDir is where the certs_share 9p share is mounted (Cocos's /etc/certs).
+	CertsDir = "/etc/certs"
+)
+
+// Shares maps the 9p mount tags the manager gives the VM to the directories
+// they are mounted on, as Cocos's image does.
+var Shares = map[string]string{
+	"env_share":   EnvDir,
+	"certs_share": CertsDir,
+}
+
+// Prepare loads the image's kernel modules, mounts the 9p shares that are
+// present, configures the network and starts watching the power button.
+// Every step is attempted even when an earlier one failed; the error joins
+// what went wrong, each part naming its object. The caller logs it and
+// carries on: a VM whose share failed may still be configured from the kernel
+// command line, and PID 1 must not die.
+//
+// The power-button watcher goroutine lives as long as the process: it sends
+// SIGPWR to the calling process when the button is pressed, which the
+// supervisor treats as an orderly shutdown.
+func Prepare(log *slog.Logger) error {
+	start := time.Now()
+	log.Info("guestboot: start", "kernel_uptime_s", fmt.Sprintf("%.3f", uptime()))
+	cmd := readCmdline("/proc/cmdline")
+	var errs []error
+	n, err := loadModules(log, ModulesDir)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	log.Info("guestboot: modules loaded", "count", n, "ms", time.Since(start).Milliseconds())
+	if err := mountShares(log, Shares); err != nil {
+		errs = append(errs, err)
+	}
+	if err := configureNetwork(log, cmd.Get("cvmd.net")); err != nil {
+		errs = append(errs, err)
+	}
+	if err := watchPowerButton(log, os.Getpid()); err != nil {
+		errs = append(errs, err)
+	}
+	log.Info("guestboot: done", "ms", time.Since(start).Milliseconds())
+	return errors.Join(errs...)
+}
+
+// uptime returns the seconds since the kernel started (CLOCK_BOOTTIME), the
+// figure images/ reports as the kernel's part of the boot.
+func uptime() float64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return -1
+	}
+	return float64(ts.Sec) + float64(ts.Nsec)/1e9
+}
+
+// Cmdline is the kernel command line split into parameters.
+type Cmdline []string
+
+// ParseCmdline splits a kernel command line as the kernel does: on spaces,
+// with double quotes grouping a value that contains spaces (the quotes are
+// removed).
+func ParseCmdline(s string) Cmdline {
+	var out Cmdline
+	var cur strings.Builder
+	inQuote, have := false, false
+	for _, r := range s {
+		switch {
+		case r == '"':
+			inQuote = !inQuote
+			have = true
+		case !inQuote && (r == ' ' || r == '\t' || r == '\n'):
+			if have {
+				out = append(out, cur.String())
+				cur.Reset()
+				have = false
+			}
+		default:
+			cur.WriteRune(r)
+			have = true
+		}
+	}
+	if have {
+		out = append(out, cur.String())
+	}
+	return out
+}
+
+// Get returns the value of the last key=value parameter named key, or "" if
+// there is none.
+func (c Cmdline) Get(key string) string {
+	v := ""
+	for _, p := range c {
+		if k, val, ok := strings.Cut(p, "="); ok && k == key {
+			v = val
+		}
+	}
+	return v
+}
+
+func readCmdline(path string) Cmdline {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	return ParseCmdline(string(b))
+}

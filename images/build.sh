@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# build.sh builds the cvmd VM image: a Debian kernel and a reproducible initramfs
+# whose /init is cvmd. See images/README.md.
+#
+# Environment (all optional):
+#   INIT=bin/cvmd            the binary that becomes /init
+#   NAME=initramfs           output name: $OUT/$NAME.cpio.gz (and staging $OUT/root-$NAME)
+#   OUT=images/out           outputs and the download cache
+#   KERNEL_PKG=...           Debian kernel package (default: what linux-image-amd64 depends on)
+#   IMAGE_PYTHON=1           add python3 with numpy, pandas, scikit-learn and joblib
+#   SOURCE_DATE_EPOCH=N      time of every file (default: the last commit's time)
+#   EXTRA=dir                a tree copied over the root last (tests add probes this way)
+set -euo pipefail
+umask 022
+cd "$(dirname "$0")/.."
+repo=$PWD
+INIT=${INIT:-bin/cvmd}
+NAME=${NAME:-initramfs}
+OUT=${OUT:-images/out}
+IMAGE_PYTHON=${IMAGE_PYTHON:-0}
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}
+export SOURCE_DATE_EPOCH
+log() { echo "image: $*" >&2; }
+
+[ -x "$INIT" ] || { log "$INIT is missing: run make cvmd first"; exit 1; }
+command -v dpkg-deb >/dev/null && command -v modinfo >/dev/null && command -v qemu-system-x86_64 >/dev/null \
+  || scripts/deps.sh vm
+
+mkdir -p "$OUT/debs"
+debs=$(cd "$OUT/debs" && pwd)
+
+# fetch PKG...: download each package into the cache unless a deb of it is there.
+fetch() {
+  local need=()
+  for p in "$@"; do
+    compgen -G "$debs/${p}_*.deb" >/dev/null || need+=("$p")
+  done
+  if ((${#need[@]})); then
+    log "downloading ${need[*]}"
+    (cd "$debs" && apt-get download -q "${need[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) || {
+      log "apt-get download failed; is the package index current? (apt-get update)"; exit 1; }
+  fi
+}
+# deb PKG: the cached deb of a package (the newest if there are several).
+deb() { ls "$debs/${1}"_*.deb | sort -V | tail -1; }
+
+# --- kernel -------------------------------------------------------------------
+if [ -z "${KERNEL_PKG:-}" ]; then
+  KERNEL_PKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  [ -n "$KERNEL_PKG" ] || KERNEL_PKG=$(ls "$debs" | sed -n 's/^\(linux-image-[0-9][^_]*\)_.*/\1/p' | sort -V | tail -1)
+  [ -n "$KERNEL_PKG" ] || { log "cannot find the kernel package (apt-get update?)"; exit 1; }
+fi
+kver=${KERNEL_PKG#linux-image-}
+fetch "$KERNEL_PKG"
+kdir="$OUT/kernel-$kver"
+if [ ! -f "$kdir/.done" ]; then
+  log "extracting $KERNEL_PKG"
+  rm -rf "$kdir" && mkdir -p "$kdir"
+  dpkg-deb -x "$(deb "$KERNEL_PKG")" "$kdir"
+  touch "$kdir/.done"
+fi
+cp "$kdir/boot/vmlinuz-$kver" "$OUT/vmlinuz"
+mroot="$kdir/lib/modules/$kver"
+
+# --- staging root ---------------------------------------------------------------
+root="$OUT/root-$NAME"
+rm -rf "$root"
+mkdir -p "$root"/{proc,sys,dev,run,tmp,root,etc/cocos,etc/certs,etc/ssl/certs,var/lib/cvmd,usr/bin,usr/lib,usr/lib64}
+chmod 1777 "$root/tmp"
+chmod 0700 "$root/root"
+# Merged /usr, as Debian has it: one place for every library path a binary may name.
+ln -s usr/bin "$root/bin"; ln -s usr/bin "$root/sbin"; ln -s usr/lib "$root/lib"; ln -s usr/lib64 "$root/lib64"
+
+# extract PKG DEST: unpack a cached deb into DEST, folding /lib* and /bin into /usr.
+extract() {
+  local tmp; tmp=$(mktemp -d)
+  dpkg-deb -x "$(deb "$1")" "$tmp"
+  for d in bin sbin lib lib64; do
+    if [ -d "$tmp/$d" ] && [ ! -L "$tmp/$d" ]; then
+      local to=$d; [ "$d" = sbin ] && to=bin
+      mkdir -p "$tmp/usr/$to"; cp -a "$tmp/$d/." "$tmp/usr/$to/"; rm -rf "${tmp:?}/$d"
+    fi
+  done
+  rm -rf "$tmp/usr/share/doc" "$tmp/usr/share/lintian" "$tmp/usr/share/man" "$tmp/usr/share/locale" "$tmp/usr/share/info"
+  cp -a "$tmp/." "$2/"
+  rm -rf "$tmp"
+}
+
+# The base of the algorithm sandboxes: a C and C++ runtime for `bin` algorithms.
+base_pkgs=(libc6 libgcc-s1 libstdc++6 zlib1g ca-certificates)
+fetch "${base_pkgs[@]}"
+for p in libc6 libgcc-s1 libstdc++6 zlib1g; do extract "$p" "$root"; done
+# Tools and data a sandbox base does not need.
+rm -rf "$root/usr/lib/x86_64-linux-gnu/gconv" "$root/usr/bin" "$root/usr/sbin" "$root/usr/libexec" "$root/etc/ld.so.conf.d" "$root/usr/share"
+mkdir -p "$root/usr/bin"
+# CA certificates: what update-ca-certificates would make, in a fixed order.
+cadir=$(mktemp -d); dpkg-deb -x "$(deb ca-certificates)" "$cadir"
+find "$cadir/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort | xargs cat > "$root/etc/ssl/certs/ca-certificates.crt"
+rm -rf "$cadir"
+
+if [ "$IMAGE_PYTHON" = 1 ]; then
+  # python3 and the sample algorithm's packages, with their library closure,
+  # copied from the host's installed Debian packages (scripts/deps.sh installs them).
+  log "adding python3 (IMAGE_PYTHON=1)"
+  pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces \
+           --no-enhances --no-pre-depends python3 python3-sklearn python3-pandas python3-joblib 2>/dev/null \
+         | grep -E '^[a-z0-9]' | sort -u)
+  for p in $pkgs; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || continue
+    case "$p" in dpkg|perl*|debconf*|libc-bin|tzdata|readline-common|install-info|mime-support|media-types|sensible-utils|python3-pip*) continue;; esac
+    dpkg -L "$p" | while read -r f; do
+      [ -f "$f" ] || [ -L "$f" ] || continue
+      case "$f" in /usr/share/doc/*|/usr/share/man/*|/usr/share/locale/*|/usr/share/lintian/*|*/__pycache__/*|*/tests/*) continue;; esac
+      dest="$root${f}"
+      case "$f" in /lib/*|/lib64/*|/bin/*|/sbin/*) dest="$root/usr${f/#\/sbin/\/bin}";; esac
+      mkdir -p "$(dirname "$dest")"; cp -a "$f" "$dest"
+    done
+  done
+fi
+
+# --- kernel modules, with their dependencies, in load order ----------------------
+# Built-in on Debian's kernel: tpm_tis, tpm_crb, the 8250 serial, cgroups, seccomp.
+wanted=(virtio_pci virtio_net virtio_console virtio-rng 9pnet_virtio 9p overlay
+        vsock vmw_vsock_virtio_transport vsock_loopback button evdev sev-guest)
+optional=" sev-guest "
+declare -A modpath=() seen=()
+while read -r f; do m=${f##*/}; m=${m%.ko}; modpath[$m]=${f#"$mroot"/}; done < <(find "$mroot/kernel" -name '*.ko')
+order=()
+visit() {
+  local m=$1 dep
+  [ -n "${seen[$m]:-}" ] && return
+  seen[$m]=1
+  [ -n "${modpath[$m]:-}" ] || { log "module $m not found in $KERNEL_PKG"; exit 1; }
+  for dep in $(modinfo -F depends "$mroot/${modpath[$m]}" | tr ',' ' '); do
+    dep=${dep//-/_}; [ -n "${modpath[$dep]:-}" ] || dep=${dep//_/-}
+    visit "$dep"
+  done
+  order+=("$m")
+}
+for m in "${wanted[@]}"; do visit "$m"; done
+kmods="$root/usr/lib/modules/$kver"
+mkdir -p "$kmods"
+{
+  echo "# load order for cvmd's guestboot: module [optional]"
+  for m in "${order[@]}"; do
+    mkdir -p "$kmods/$(dirname "${modpath[$m]}")"
+    cp "$mroot/${modpath[$m]}" "$kmods/${modpath[$m]}"
+    if [[ $optional == *" $m "* ]]; then echo "${modpath[$m]} optional"; else echo "${modpath[$m]}"; fi
+  done
+} > "$kmods/modules.cvmd"
+
+# --- /init and /etc -----------------------------------------------------------------
+install -m 0755 "$INIT" "$root/init"
+printf 'root:x:0:0:root:/root:/init\nnobody:x:65534:65534:nobody:/nonexistent:/init\n' > "$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' > "$root/etc/hosts"
+printf 'hosts: files dns\n' > "$root/etc/nsswitch.conf"
+printf 'nameserver 10.0.2.3\n' > "$root/etc/resolv.conf"
+printf 'cvmd\n' > "$root/etc/hostname"
+printf 'ID=cvmd\nNAME="cvmd VM image"\nVERSION_ID=%s\n' "$(git describe --always --dirty 2>/dev/null || echo dev)" > "$root/etc/os-release"
+if [ -n "${EXTRA:-}" ]; then cp -a "$EXTRA/." "$root/"; fi
+
+# --- archive ---------------------------------------------------------------------------
+go run ./images/cmd/mkinitramfs -root "$root" -epoch "$SOURCE_DATE_EPOCH" -o "$OUT/$NAME.cpio.gz" >/dev/null
+{
+  echo "kernel    $KERNEL_PKG ($(dpkg-deb -f "$(deb "$KERNEL_PKG")" Version))"
+  for p in "${base_pkgs[@]}"; do echo "package   $p $(dpkg-deb -f "$(deb "$p")" Version)"; done
+  echo "modules   ${order[*]}"
+  echo "epoch     $SOURCE_DATE_EPOCH"
+  echo "python    $IMAGE_PYTHON"
+} > "$OUT/$NAME.manifest"
+for f in "$OUT/vmlinuz" "$OUT/$NAME.cpio.gz"; do
+  size=$(stat -c %s "$f")
+  printf 'image: %s  sha256 %s  %s bytes (%s MiB)\n' "$f" "$(sha256sum "$f" | cut -d' ' -f1)" "$size" \
+    "$(awk -v s="$size" 'BEGIN{printf "%.1f", s/1048576}')"
+done

@@ -1,0 +1,377 @@
+// Package qemu boots the cvmd image under qemu for development and the
+// end-to-end tests: a swtpm vTPM, qemu's user network restricted to one
+// hostfwd (127.0.0.1:port → guest :7002) and one guestfwd (the manager
+// address inside the guest → a 127.0.0.1 port on the host), the manager's 9p
+// shares, and the serial console captured line by line with host
+// timestamps. Power-off goes through QMP's system_powerdown (the ACPI power
+// button), as a cloud host would do it.
+//
+// It runs TCG by default (this project's machine has no usable KVM); it does
+// not build images (images/build.sh does) and does not know what runs in the
+// guest. Only tests and images/cmd may import it.
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// GuestManagerAddr is where the guest reaches the manager: qemu forwards
+// connections to it (guestfwd) to Config.ManagerAddr on the host.
+const GuestManagerAddr = "10.0.2.100:7001"
+
+// Config says what to boot and how to wire it.
+type Config struct {
+	// Kernel and Initrd are the image files (required).
+	Kernel, Initrd string
+	// Append is added to the kernel command line after
+	// "console=ttyS0 panic=-1 quiet".
+	Append string
+	// MemoryMiB is the guest's memory; 0 means 1024.
+	MemoryMiB int
+	// CPUs is the number of vCPUs; 0 means 2.
+	CPUs int
+	// Accel is qemu's accelerator; "" means "tcg". With "kvm", ExtraArgs
+	// can add the SEV-SNP objects (images/README.md).
+	Accel string
+	// TPM attaches a fresh swtpm vTPM (tpm-tis) whose state lives in Dir.
+	TPM bool
+	// EnvDir and CertsDir, when set, are shared read-only over 9p with the
+	// tags env_share and certs_share, as Cocos's manager does.
+	EnvDir, CertsDir string
+	// HostPort is the 127.0.0.1 port forwarded to the guest's :7002; 0
+	// picks a free one (see VM.HostAddr).
+	HostPort int
+	// ManagerAddr, when set, is the host address ("127.0.0.1:port") the
+	// guest reaches at GuestManagerAddr. It requires PipeCommand.
+	ManagerAddr string
+	// PipeCommand is the command qemu runs for each guest connection to
+	// GuestManagerAddr, with ManagerAddr appended as its last argument; it
+	// must copy stdin to that address and the answers to stdout (Pipe does).
+	PipeCommand []string
+	// Dir holds the sockets, the vTPM state and the serial log; required.
+	Dir string
+	// SerialLog, when set, receives every serial line prefixed with the
+	// host time since qemu started; "" means Dir/serial.log.
+	SerialLog string
+	// Console, when set, also receives every timestamped serial line.
+	Console io.Writer
+	// ExtraArgs are appended to qemu's command line.
+	ExtraArgs []string
+	// Stderr receives qemu's and swtpm's own messages; nil discards them.
+	Stderr io.Writer
+}
+
+// Line is one line of the serial console.
+type Line struct {
+	// At is the host time since qemu was started.
+	At time.Duration
+	// Text is the line without its end.
+	Text string
+}
+
+// VM is a running qemu.
+type VM struct {
+	cfg      Config
+	start    time.Time
+	cmd      *exec.Cmd
+	swtpm    *exec.Cmd
+	qmpPath  string
+	hostPort int
+	logFile  *os.File
+	readDone chan struct{}
+	exited   chan struct{}
+	exitErr  error
+
+	mu      sync.Mutex
+	lines   []Line    // guarded by mu
+	changed chan bool // closed and replaced when lines grows; guarded by mu
+}
+
+// Start boots the VM. The context bounds only the start: stop the VM with
+// Powerdown and Wait, or Kill.
+func Start(ctx context.Context, cfg Config) (*VM, error) {
+	if cfg.Kernel == "" || cfg.Initrd == "" || cfg.Dir == "" {
+		return nil, errors.New("qemu: Kernel, Initrd and Dir are required")
+	}
+	if cfg.ManagerAddr != "" && len(cfg.PipeCommand) == 0 {
+		return nil, errors.New("qemu: ManagerAddr needs a PipeCommand")
+	}
+	if cfg.MemoryMiB == 0 {
+		cfg.MemoryMiB = 1024
+	}
+	if cfg.CPUs == 0 {
+		cfg.CPUs = 2
+	}
+	if cfg.Accel == "" {
+		cfg.Accel = "tcg"
+	}
+	if cfg.SerialLog == "" {
+		cfg.SerialLog = filepath.Join(cfg.Dir, "serial.log")
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = io.Discard
+	}
+	v := &VM{cfg: cfg, qmpPath: filepath.Join(cfg.Dir, "qmp.sock"), readDone: make(chan struct{}),
+		exited: make(chan struct{}), changed: make(chan bool)}
+	if cfg.HostPort == 0 {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		cfg.HostPort = p
+	}
+	v.hostPort = cfg.HostPort
+	var err error
+	if v.logFile, err = os.Create(cfg.SerialLog); err != nil {
+		return nil, fmt.Errorf("qemu: creating serial log: %w", err)
+	}
+	args := []string{
+		"-accel", cfg.Accel, "-cpu", "max", "-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMiB),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-serial", "stdio", "-monitor", "none", "-qmp", "unix:" + v.qmpPath + ",server=on,wait=off",
+		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd,
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet " + cfg.Append),
+		"-device", "virtio-rng-pci",
+	}
+	netdev := fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:7002", cfg.HostPort)
+	if cfg.ManagerAddr != "" {
+		for _, a := range append(cfg.PipeCommand, cfg.ManagerAddr) {
+			if strings.ContainsAny(a, " ,'\"\\") {
+				return nil, fmt.Errorf("qemu: guestfwd command argument %q has a space, comma or quote", a)
+			}
+		}
+		netdev += ",guestfwd=tcp:" + GuestManagerAddr + "-cmd:" + strings.Join(append(cfg.PipeCommand, cfg.ManagerAddr), " ")
+	}
+	args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile=")
+	for tag, dir := range map[string]string{"env_share": cfg.EnvDir, "certs_share": cfg.CertsDir} {
+		if dir != "" {
+			args = append(args, "-virtfs", "local,path="+dir+",mount_tag="+tag+",security_model=none,readonly=on,id="+tag)
+		}
+	}
+	if cfg.TPM {
+		sock, err := v.startSwtpm(ctx)
+		if err != nil {
+			v.logFile.Close()
+			return nil, err
+		}
+		args = append(args, "-chardev", "socket,id=chrtpm,path="+sock,
+			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
+	}
+	args = append(args, cfg.ExtraArgs...)
+
+	v.cmd = exec.Command("qemu-system-x86_64", args...)
+	v.cmd.Stderr = cfg.Stderr
+	// Own process group: a Ctrl-C meant for runvm must reach the guest as a
+	// power-button press, not kill qemu.
+	v.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	out, err := v.cmd.StdoutPipe()
+	if err != nil {
+		v.cleanup()
+		return nil, err
+	}
+	fmt.Fprintf(v.logFile, "# qemu-system-x86_64 %s\n", strings.Join(args, " "))
+	v.start = time.Now()
+	if err := v.cmd.Start(); err != nil {
+		v.cleanup()
+		return nil, fmt.Errorf("qemu: starting qemu-system-x86_64: %w", err)
+	}
+	go v.readSerial(out)
+	go func() {
+		<-v.readDone
+		v.exitErr = v.cmd.Wait()
+		v.cleanup()
+		close(v.exited)
+	}()
+	return v, nil
+}
+
+// startSwtpm starts a swtpm socket emulator for one qemu and returns its
+// control socket. swtpm exits when qemu disconnects (--terminate).
+func (v *VM) startSwtpm(ctx context.Context) (string, error) {
+	state := filepath.Join(v.cfg.Dir, "tpm")
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return "", fmt.Errorf("qemu: making vTPM state dir: %w", err)
+	}
+	sock := filepath.Join(v.cfg.Dir, "swtpm.sock")
+	v.swtpm = exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
+		"--ctrl", "type=unixio,path="+sock, "--terminate", "--log", "level=1")
+	v.swtpm.Stdout, v.swtpm.Stderr = v.cfg.Stderr, v.cfg.Stderr
+	v.swtpm.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := v.swtpm.Start(); err != nil {
+		return "", fmt.Errorf("qemu: starting swtpm: %w", err)
+	}
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			return sock, nil
+		}
+		select {
+		case <-ctx.Done():
+			v.swtpm.Process.Kill()
+			v.swtpm.Wait()
+			return "", fmt.Errorf("qemu: waiting for swtpm's socket: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (v *VM) cleanup() {
+	if v.swtpm != nil && v.swtpm.Process != nil {
+		// swtpm ends by itself when qemu disconnects; give it a moment.
+		done := make(chan struct{})
+		go func() { v.swtpm.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			v.swtpm.Process.Kill()
+			<-done
+		}
+	}
+	v.logFile.Close()
+}
+
+// readSerial stamps and records each serial line until qemu closes stdout.
+func (v *VM) readSerial(r io.Reader) {
+	defer close(v.readDone)
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		s, err := br.ReadString('\n')
+		if s != "" {
+			at := time.Since(v.start)
+			text := strings.TrimRight(s, "\r\n")
+			fmt.Fprintf(v.logFile, "[%9.3f] %s\n", at.Seconds(), text)
+			if v.cfg.Console != nil {
+				fmt.Fprintf(v.cfg.Console, "[%9.3f] %s\n", at.Seconds(), text)
+			}
+			v.mu.Lock()
+			v.lines = append(v.lines, Line{At: at, Text: text})
+			close(v.changed)
+			v.changed = make(chan bool)
+			v.mu.Unlock()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// HostAddr is the host address forwarded to the guest's port 7002.
+func (v *VM) HostAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(v.hostPort)) }
+
+// SerialLog is the path of the timestamped serial log.
+func (v *VM) SerialLog() string { return v.cfg.SerialLog }
+
+// Started is the host time at which qemu was started.
+func (v *VM) Started() time.Time { return v.start }
+
+// Lines returns the serial lines so far.
+func (v *VM) Lines() []Line {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append([]Line(nil), v.lines...)
+}
+
+// Tail returns the last n serial lines, timestamped, for error messages.
+func (v *VM) Tail(n int) string {
+	ls := v.Lines()
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	var b strings.Builder
+	for _, l := range ls {
+		fmt.Fprintf(&b, "  [%8.3f] %s\n", l.At.Seconds(), l.Text)
+	}
+	return b.String()
+}
+
+// Grep returns the serial lines that match re, timestamped.
+func (v *VM) Grep(re *regexp.Regexp) string {
+	var b strings.Builder
+	for _, l := range v.Lines() {
+		if re.MatchString(l.Text) {
+			fmt.Fprintf(&b, "  [%8.3f] %s\n", l.At.Seconds(), l.Text)
+		}
+	}
+	return b.String()
+}
+
+// WaitLine waits for the first serial line at index from or later that
+// matches re and returns it with its index. It fails when ctx ends or qemu
+// exits first.
+func (v *VM) WaitLine(ctx context.Context, from int, re *regexp.Regexp) (int, Line, error) {
+	for i := from; ; {
+		v.mu.Lock()
+		for ; i < len(v.lines); i++ {
+			if re.MatchString(v.lines[i].Text) {
+				l := v.lines[i]
+				v.mu.Unlock()
+				return i, l, nil
+			}
+		}
+		changed := v.changed
+		v.mu.Unlock()
+		select {
+		case <-changed:
+		case <-v.readDone:
+			// Look once more at what arrived before the end.
+			v.mu.Lock()
+			n := len(v.lines)
+			v.mu.Unlock()
+			if i < n {
+				continue
+			}
+			return -1, Line{}, fmt.Errorf("qemu: exited before a serial line matched %q", re)
+		case <-ctx.Done():
+			return -1, Line{}, fmt.Errorf("qemu: waiting for a serial line matching %q: %w", re, ctx.Err())
+		}
+	}
+}
+
+// Powerdown presses the ACPI power button (QMP system_powerdown).
+func (v *VM) Powerdown() error { return qmp(v.qmpPath, "system_powerdown") }
+
+// Exited is closed when qemu has exited and its output has been read.
+func (v *VM) Exited() <-chan struct{} { return v.exited }
+
+// Wait waits for qemu to exit, up to ctx, and returns its exit error.
+func (v *VM) Wait(ctx context.Context) error {
+	select {
+	case <-v.exited:
+		return v.exitErr
+	case <-ctx.Done():
+		return fmt.Errorf("qemu: waiting for exit: %w", ctx.Err())
+	}
+}
+
+// Kill stops qemu at once (and swtpm with it) and waits for it.
+func (v *VM) Kill() {
+	select {
+	case <-v.exited:
+		return
+	default:
+	}
+	v.cmd.Process.Kill()
+	<-v.exited
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("qemu: finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
