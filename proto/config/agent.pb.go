@@ -23,8 +23,27 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AgentSettings. Every zero value means the documented default.
 type AgentSettings struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// computation_dir holds the computation's files, shared with the runner:
+	// algo, requirements.txt, datasets/, results/. "" = <state_dir>/computation.
+	ComputationDir string `protobuf:"bytes,1,opt,name=computation_dir,json=computationDir,proto3" json:"computation_dir,omitempty"`
+	// Largest algorithm accepted, bytes. 0 = 4 GiB.
+	MaxAlgorithmBytes uint64 `protobuf:"varint,2,opt,name=max_algorithm_bytes,json=maxAlgorithmBytes,proto3" json:"max_algorithm_bytes,omitempty"`
+	// Largest single dataset upload accepted, bytes. 0 = 64 GiB.
+	MaxDatasetBytes uint64 `protobuf:"varint,3,opt,name=max_dataset_bytes,json=maxDatasetBytes,proto3" json:"max_dataset_bytes,omitempty"`
+	// Free space the agent keeps on the computation dir's filesystem: an upload
+	// that would go below it is refused. 0 = 64 MiB.
+	MinFreeBytes uint64 `protobuf:"varint,4,opt,name=min_free_bytes,json=minFreeBytes,proto3" json:"min_free_bytes,omitempty"`
+	// Caps on `decompress` extraction: entries (0 = 10000) and total
+	// uncompressed bytes (0 = max_dataset_bytes).
+	MaxZipEntries    uint32 `protobuf:"varint,5,opt,name=max_zip_entries,json=maxZipEntries,proto3" json:"max_zip_entries,omitempty"`
+	MaxUnzippedBytes uint64 `protobuf:"varint,6,opt,name=max_unzipped_bytes,json=maxUnzippedBytes,proto3" json:"max_unzipped_bytes,omitempty"`
+	// Where the kernel's IMA list is. "" = /sys/kernel/security/integrity/ima/ascii_runtime_measurements.
+	ImaMeasurementsPath string `protobuf:"bytes,7,opt,name=ima_measurements_path,json=imaMeasurementsPath,proto3" json:"ima_measurements_path,omitempty"`
+	// Where PCR10 (SHA-1 bank) is readable as hex. "" = /sys/class/tpm/tpm0/pcr-sha1/10.
+	Pcr10Path     string `protobuf:"bytes,8,opt,name=pcr10_path,json=pcr10Path,proto3" json:"pcr10_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -59,12 +78,77 @@ func (*AgentSettings) Descriptor() ([]byte, []int) {
 	return file_proto_config_agent_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *AgentSettings) GetComputationDir() string {
+	if x != nil {
+		return x.ComputationDir
+	}
+	return ""
+}
+
+func (x *AgentSettings) GetMaxAlgorithmBytes() uint64 {
+	if x != nil {
+		return x.MaxAlgorithmBytes
+	}
+	return 0
+}
+
+func (x *AgentSettings) GetMaxDatasetBytes() uint64 {
+	if x != nil {
+		return x.MaxDatasetBytes
+	}
+	return 0
+}
+
+func (x *AgentSettings) GetMinFreeBytes() uint64 {
+	if x != nil {
+		return x.MinFreeBytes
+	}
+	return 0
+}
+
+func (x *AgentSettings) GetMaxZipEntries() uint32 {
+	if x != nil {
+		return x.MaxZipEntries
+	}
+	return 0
+}
+
+func (x *AgentSettings) GetMaxUnzippedBytes() uint64 {
+	if x != nil {
+		return x.MaxUnzippedBytes
+	}
+	return 0
+}
+
+func (x *AgentSettings) GetImaMeasurementsPath() string {
+	if x != nil {
+		return x.ImaMeasurementsPath
+	}
+	return ""
+}
+
+func (x *AgentSettings) GetPcr10Path() string {
+	if x != nil {
+		return x.Pcr10Path
+	}
+	return ""
+}
+
 var File_proto_config_agent_proto protoreflect.FileDescriptor
 
 const file_proto_config_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18proto/config/agent.proto\x12\vcvmd.config\"\x0f\n" +
-	"\rAgentSettingsB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x18proto/config/agent.proto\x12\vcvmd.config\"\xe3\x02\n" +
+	"\rAgentSettings\x12'\n" +
+	"\x0fcomputation_dir\x18\x01 \x01(\tR\x0ecomputationDir\x12.\n" +
+	"\x13max_algorithm_bytes\x18\x02 \x01(\x04R\x11maxAlgorithmBytes\x12*\n" +
+	"\x11max_dataset_bytes\x18\x03 \x01(\x04R\x0fmaxDatasetBytes\x12$\n" +
+	"\x0emin_free_bytes\x18\x04 \x01(\x04R\fminFreeBytes\x12&\n" +
+	"\x0fmax_zip_entries\x18\x05 \x01(\rR\rmaxZipEntries\x12,\n" +
+	"\x12max_unzipped_bytes\x18\x06 \x01(\x04R\x10maxUnzippedBytes\x122\n" +
+	"\x15ima_measurements_path\x18\a \x01(\tR\x13imaMeasurementsPath\x12\x1d\n" +
+	"\n" +
+	"pcr10_path\x18\b \x01(\tR\tpcr10PathB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_agent_proto_rawDescOnce sync.Once

@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"google.golang.org/grpc/status"
+
+	agentpb "github.com/cvmd/cvmd/proto/agent"
+	"github.com/cvmd/cvmd/proto/attestation"
+)
+
+// attestation fetches evidence from the attestation child and streams it.
+// Unauthenticated, as in Cocos.
+func (a *Agent) attestation(req *agentpb.AttestationRequest, stream agentpb.AgentService_AttestationServer) error {
+	tee, vtpm := req.GetTeeNonce(), req.GetVtpmNonce()
+	switch {
+	case len(tee) > 64:
+		return fmt.Errorf("%w: teeNonce has %d bytes, at most 64", ErrInvalidArgument, len(tee))
+	case len(vtpm) > 32:
+		return fmt.Errorf("%w: vtpmNonce has %d bytes, at most 32", ErrInvalidArgument, len(vtpm))
+	case req.GetType() < 0 || req.GetType() > 4:
+		return fmt.Errorf("%w: invalid attestation type %d", ErrInvalidArgument, req.GetType())
+	}
+	if a.cfg.Attestation == nil {
+		return fmt.Errorf("%w: attestation: no attestation service is wired to this agent", ErrUnavailable)
+	}
+	res, err := a.cfg.Attestation.Evidence(stream.Context(), &attestation.EvidenceRequest{
+		ReportData: pad(tee, 64), Nonce: pad(vtpm, 32), PlatformType: req.GetType(),
+	})
+	if err != nil {
+		msg := err.Error()
+		if s, ok := status.FromError(err); ok {
+			msg = s.Message()
+		}
+		return fmt.Errorf("%w: attestation: %s", ErrUnavailable, msg)
+	}
+	tok := res.GetEatToken()
+	return sendFile(stream, bytes.NewReader(tok), int64(len(tok)), func(b []byte) any { return &agentpb.AttestationResponse{File: b} })
+}
+
+// pad zero-pads b to n bytes, as Cocos does with nonces.
+func pad(b []byte, n int) []byte {
+	out := make([]byte, n)
+	copy(out, b)
+	return out
+}
+
+// maxIMA bounds the IMA list copied for one request.
+const maxIMA = 512 << 20
+
+// imaMeasurements streams the kernel's IMA list and, where the TPM exposes
+// it, PCR10 in the first message.
+func (a *Agent) imaMeasurements(stream agentpb.AgentService_IMAMeasurementsServer) error {
+	src, err := os.Open(a.lim.imaPath)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return fmt.Errorf("%w: IMA measurements: %s does not exist (the kernel has no IMA, or securityfs is not mounted)", ErrUnavailable, a.lim.imaPath)
+		}
+		return fmt.Errorf("%w: IMA measurements: %v", ErrUnavailable, err)
+	}
+	defer src.Close()
+	// securityfs reports size 0: copy the list to learn its length, since
+	// the file-size header comes first.
+	tmp, err := os.CreateTemp(a.dirs.incoming, "ima-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	n, err := io.Copy(tmp, io.LimitReader(src, maxIMA+1))
+	if err != nil {
+		return fmt.Errorf("reading IMA measurements: %w", err)
+	}
+	if n > maxIMA {
+		return fmt.Errorf("%w: IMA list is larger than %d bytes", ErrTooLarge, maxIMA)
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	pcr10 := a.readPCR10()
+	first := true
+	err = sendFile(stream, tmp, n, func(b []byte) any {
+		m := &agentpb.IMAMeasurementsResponse{File: b}
+		if first {
+			m.Pcr10, first = pcr10, false
+		}
+		return m
+	})
+	if err == nil && n == 0 && pcr10 != nil {
+		err = stream.Send(&agentpb.IMAMeasurementsResponse{Pcr10: pcr10})
+	}
+	return err
+}
+
+// readPCR10 returns PCR10 of the SHA-1 bank from sysfs, or nil.
+func (a *Agent) readPCR10() []byte {
+	b, err := os.ReadFile(a.lim.pcr10Path)
+	if err != nil {
+		return nil
+	}
+	v, err := hex.DecodeString(strings.TrimSpace(string(b)))
+	if err != nil || len(v) != 20 {
+		a.log.Warn("unreadable PCR10", "path", a.lim.pcr10Path)
+		return nil
+	}
+	return v
+}

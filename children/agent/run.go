@@ -1,0 +1,112 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cvmd/cvmd/cocoszip"
+	"github.com/cvmd/cvmd/proto/runner"
+)
+
+// startRunLocked starts the goroutine that runs the algorithm. resumed says
+// the agent restarted in Running: the runner may still hold the old run, so
+// it is stopped first. Preconditions: a.mu held, state Running.
+func (a *Agent) startRunLocked(resumed bool) {
+	if a.closed || a.runCancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.runCancel = cancel
+	compID := a.man.ID
+	req := &runner.RunRequest{
+		ComputationId: compID,
+		AlgoType:      a.rec.AlgoType,
+		AlgorithmPath: "algo",
+		Args:          a.rec.AlgoArgs,
+		PythonRuntime: a.rec.PythonRuntime,
+	}
+	if a.rec.Requirements {
+		req.RequirementsPath = "requirements.txt"
+	}
+	a.runs.Add(1)
+	go func() {
+		defer a.runs.Done()
+		defer cancel()
+		runErr := a.run(ctx, req, resumed)
+		if ctx.Err() != nil {
+			// Stopped or the agent is closing: Stop resets the state, and a
+			// closing agent resumes the run when it comes back.
+			a.mu.Lock()
+			a.runCancel = nil
+			a.mu.Unlock()
+			return
+		}
+		a.finishRun(compID, runErr)
+	}()
+}
+
+// run does one run: a fresh results dir, the runner, the results zip.
+func (a *Agent) run(ctx context.Context, req *runner.RunRequest, resumed bool) error {
+	if a.cfg.Runner == nil {
+		return errors.New("no runner is wired to this agent")
+	}
+	if resumed {
+		if _, err := a.cfg.Runner.Stop(ctx, &runner.StopRequest{ComputationId: req.ComputationId}); err != nil {
+			a.log.Info("stopping the previous run before resuming", "err", err)
+		}
+	}
+	os.Remove(a.dirs.resultsZip)
+	if err := os.RemoveAll(a.dirs.results); err != nil {
+		return fmt.Errorf("clearing results: %w", err)
+	}
+	if err := os.Mkdir(a.dirs.results, 0o777); err != nil {
+		return fmt.Errorf("making results dir: %w", err)
+	}
+	// The algorithm runs as another user in its sandbox: it must be able to
+	// write results. Mkdir's mode is filtered by the umask.
+	os.Chmod(a.dirs.results, 0o777)
+	a.log.Info("running algorithm", "computation_id", req.ComputationId, "algo_type", req.AlgoType, "args", req.Args)
+	res, err := a.cfg.Runner.Run(ctx, req)
+	if err != nil {
+		return fmt.Errorf("runner: %w", err)
+	}
+	if res.GetError() != "" {
+		return errors.New(res.GetError())
+	}
+	tmp := a.dirs.resultsZip + ".tmp"
+	os.Remove(tmp)
+	if err := cocoszip.WriteDirFile(tmp, a.dirs.results); err != nil {
+		return fmt.Errorf("zipping results: %w", err)
+	}
+	if err := os.Rename(tmp, a.dirs.resultsZip); err != nil {
+		return fmt.Errorf("zipping results: %w", err)
+	}
+	return nil
+}
+
+// finishRun records the outcome of compID's run, publishes it and moves
+// the machine on.
+func (a *Agent) finishRun(compID string, runErr error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.runCancel = nil
+	if a.man == nil || a.man.ID != compID || a.rec.State != Running {
+		return
+	}
+	ev := EvRunComplete
+	if runErr != nil {
+		a.log.Warn("computation failed", "computation_id", compID, "err", runErr)
+		a.rec.RunError = runErr.Error()
+		a.events.Publish(string(Running), StatusFailed)
+		ev = EvRunFailed
+	} else {
+		a.events.Publish(string(Running), StatusCompleted)
+	}
+	a.removeInputs()
+	os.RemoveAll(a.dirs.results)
+	if err := a.transitionLocked(ev); err != nil {
+		a.log.Error("recording the end of the run", "err", err)
+	}
+}

@@ -1,0 +1,146 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	agentpb "github.com/cvmd/cvmd/proto/agent"
+	"github.com/cvmd/cvmd/proto/agentctl"
+	"github.com/cvmd/cvmd/proto/cvms"
+)
+
+// ServerOptions are the gRPC server settings the agent wants: messages up to
+// 8 MiB (Cocos sends 1 MiB chunks plus framing), and flow-control windows
+// and buffers large enough that one upload is not paced by round trips.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(8 << 20),
+		grpc.InitialWindowSize(4 << 20),
+		grpc.InitialConnWindowSize(8 << 20),
+		grpc.ReadBufferSize(1 << 20),
+		grpc.WriteBufferSize(1 << 20),
+		grpc.SharedWriteBuffer(true),
+	}
+}
+
+// RegisterPublic registers agent.AgentService and grpc.health.v1 (service
+// "agent" SERVING, which Cocos's CLI checks) on s.
+func (a *Agent) RegisterPublic(s *grpc.Server) {
+	agentpb.RegisterAgentServiceServer(s, &publicService{a: a})
+	h := health.NewServer()
+	h.SetServingStatus("agent", healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(s, h)
+}
+
+// RegisterControl registers agentctl.Control on s. Only the supervisor may
+// reach this server: never register it where the ingress's connections
+// arrive.
+func (a *Agent) RegisterControl(s *grpc.Server) {
+	agentctl.RegisterControlServer(s, &controlService{a: a})
+}
+
+// Run serves the public API on public and the control API on control (nil
+// for none) until ctx ends; then it stops the servers (gracefully, for at
+// most 2 s) and returns nil.
+func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
+	pub := grpc.NewServer(ServerOptions()...)
+	a.RegisterPublic(pub)
+	servers := []*grpc.Server{pub}
+	lns := []net.Listener{public}
+	if control != nil {
+		ctl := grpc.NewServer()
+		a.RegisterControl(ctl)
+		servers = append(servers, ctl)
+		lns = append(lns, control)
+	}
+	errc := make(chan error, len(servers))
+	var wg sync.WaitGroup
+	for i, s := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- s.Serve(lns[i])
+		}()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	for _, s := range servers {
+		done := make(chan struct{})
+		go func() { s.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			s.Stop()
+			<-done
+		}
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+type publicService struct {
+	agentpb.UnimplementedAgentServiceServer
+	a *Agent
+}
+
+func (s *publicService) Algo(stream agentpb.AgentService_AlgoServer) error {
+	return toStatus(s.a.log, "Algo", s.a.algo(stream))
+}
+
+func (s *publicService) Data(stream agentpb.AgentService_DataServer) error {
+	return toStatus(s.a.log, "Data", s.a.data(stream))
+}
+
+func (s *publicService) Result(_ *agentpb.ResultRequest, stream agentpb.AgentService_ResultServer) error {
+	return toStatus(s.a.log, "Result", s.a.result(stream))
+}
+
+func (s *publicService) Attestation(req *agentpb.AttestationRequest, stream agentpb.AgentService_AttestationServer) error {
+	return toStatus(s.a.log, "Attestation", s.a.attestation(req, stream))
+}
+
+func (s *publicService) IMAMeasurements(_ *agentpb.IMAMeasurementsRequest, stream agentpb.AgentService_IMAMeasurementsServer) error {
+	return toStatus(s.a.log, "IMAMeasurements", s.a.imaMeasurements(stream))
+}
+
+func (s *publicService) AzureAttestationToken(context.Context, *agentpb.AttestationTokenRequest) (*agentpb.AttestationTokenResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "Azure attestation tokens are not available: this agent does not run on Azure")
+}
+
+type controlService struct {
+	agentctl.UnimplementedControlServer
+	a *Agent
+}
+
+func (s *controlService) Start(_ context.Context, req *cvms.ComputationRunReq) (*agentctl.StartResponse, error) {
+	if err := s.a.Start(req); err != nil {
+		return &agentctl.StartResponse{Error: err.Error()}, nil
+	}
+	return &agentctl.StartResponse{}, nil
+}
+
+func (s *controlService) State(context.Context, *agentctl.StateRequest) (*agentctl.StateResponse, error) {
+	st, id := s.a.State()
+	return &agentctl.StateResponse{State: string(st), ComputationId: id}, nil
+}
+
+func (s *controlService) Stop(ctx context.Context, req *agentctl.StopRequest) (*agentctl.StopResponse, error) {
+	if err := s.a.Stop(ctx, req.GetComputationId()); err != nil {
+		return &agentctl.StopResponse{Error: err.Error()}, nil
+	}
+	return &agentctl.StopResponse{}, nil
+}

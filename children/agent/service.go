@@ -1,0 +1,362 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/cvmd/cvmd/cocoszip"
+	"github.com/cvmd/cvmd/manifest"
+	agentpb "github.com/cvmd/cvmd/proto/agent"
+	"github.com/cvmd/cvmd/rolesig"
+)
+
+// maxRequirements caps requirements.txt.
+const maxRequirements = 16 << 20
+
+// snapshot is what a request needs from the shared state, read under mu.
+type snapshot struct {
+	state State
+	man   *manifest.Computation
+	keys  *manifest.Keys
+	rec   record
+}
+
+func (a *Agent) snapshot() snapshot {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return snapshot{state: a.rec.State, man: a.man, keys: a.keys, rec: *a.rec}
+}
+
+func incomingMeta(ctx context.Context) (requestMeta, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return parseMeta(md)
+}
+
+// algo receives the algorithm (and requirements). Checks run in Cocos's
+// order: signature, then state, then content.
+func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
+	m, err := incomingMeta(stream.Context())
+	if err != nil {
+		return err
+	}
+	sn := a.snapshot()
+	if sn.man == nil {
+		return ErrWrongState
+	}
+	if sn.keys.Algorithm == nil {
+		return ErrAlgorithmNotDeclared
+	}
+	if !rolesig.Verify(sn.keys.Algorithm, rolesig.AlgorithmProvider, m.Signature) {
+		return fmt.Errorf("%w: the signature is not the algorithm provider's", ErrUnauthenticated)
+	}
+	if sn.state != ReceivingAlgorithm {
+		return ErrWrongState
+	}
+	sp, err := a.newSpool("algorithm", a.lim.maxAlgorithm)
+	if err != nil {
+		return err
+	}
+	defer sp.abort()
+	reqs := smallFile{max: maxRequirements, what: "requirements"}
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			if err := recvErr(err); err != nil {
+				return err
+			}
+			break
+		}
+		if err := reqs.add(msg.GetRequirements()); err != nil {
+			return err
+		}
+		if err := sp.Write(msg.GetAlgorithm()); err != nil {
+			return err
+		}
+	}
+	if sp.n == 0 {
+		return ErrEmptyAlgorithm
+	}
+	sum, err := sp.finish()
+	if err != nil {
+		return err
+	}
+	if sum != sn.man.Algorithm.Hash {
+		return ErrHashMismatch
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.rec.State != ReceivingAlgorithm || a.man != sn.man {
+		return ErrWrongState // another upload won, or the computation changed
+	}
+	if reqs.Len() > 0 {
+		if err := os.WriteFile(a.dirs.requirements, reqs.Bytes(), 0o644); err != nil {
+			return fmt.Errorf("saving requirements: %w", err)
+		}
+	} else {
+		os.Remove(a.dirs.requirements)
+	}
+	if err := os.Chmod(sp.path, 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(sp.path, a.dirs.algo); err != nil {
+		return fmt.Errorf("saving algorithm: %w", err)
+	}
+	// The manifest's declaration wins over the request's metadata.
+	a.rec.AlgoType, a.rec.AlgoArgs = m.AlgoType, m.AlgoArgs
+	if t := a.man.Algorithm.AlgoType; t != "" {
+		if t != m.AlgoType {
+			a.log.Warn("algo_type metadata differs from the manifest; using the manifest's", "metadata", m.AlgoType, "manifest", t)
+		}
+		a.rec.AlgoType = t
+	}
+	if len(a.man.Algorithm.AlgoArgs) > 0 {
+		a.rec.AlgoArgs = a.man.Algorithm.AlgoArgs
+	}
+	a.rec.PythonRuntime = m.PythonRuntime
+	a.rec.Requirements = reqs.Len() > 0
+	a.log.Info("algorithm received", "bytes", sp.n, "algo_type", a.rec.AlgoType)
+	if err := a.transitionLocked(EvAlgorithmReceived); err != nil {
+		return err
+	}
+	return stream.SendAndClose(&agentpb.AlgoResponse{})
+}
+
+// data receives one dataset, matched by filename.
+func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
+	m, err := incomingMeta(stream.Context())
+	if err != nil {
+		return err
+	}
+	sn := a.snapshot()
+	if sn.man == nil {
+		return ErrWrongState
+	}
+	if !slices.ContainsFunc(sn.keys.Datasets, func(k crypto.PublicKey) bool { return rolesig.Verify(k, rolesig.DataProvider, m.Signature) }) {
+		return fmt.Errorf("%w: the signature is no data provider's", ErrUnauthenticated)
+	}
+	if sn.state != ReceivingData {
+		return ErrWrongState
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		if err := recvErr(err); err != nil {
+			return err
+		}
+		return ErrEmptyDataset
+	}
+	name := first.GetFilename()
+	if err := manifest.ValidFilename(name); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadFilename, err)
+	}
+	idx := slices.IndexFunc(sn.man.Datasets, func(d manifest.Dataset) bool { return d.Filename == name })
+	if idx < 0 {
+		return fmt.Errorf("%w: %q", ErrDatasetNotDeclared, name)
+	}
+	if slices.Contains(sn.rec.Received, name) {
+		return fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
+	}
+	if !rolesig.Verify(sn.keys.Datasets[idx], rolesig.DataProvider, m.Signature) {
+		return fmt.Errorf("%w: dataset %q belongs to another data provider", ErrPermissionDenied, name)
+	}
+	sp, err := a.newSpool("dataset "+name, a.lim.maxDataset)
+	if err != nil {
+		return err
+	}
+	defer sp.abort()
+	for msg := first; ; {
+		if f := msg.GetFilename(); f != "" && f != name {
+			return fmt.Errorf("%w: filename changed from %q to %q during the upload", ErrBadFilename, name, f)
+		}
+		if err := sp.Write(msg.GetDataset()); err != nil {
+			return err
+		}
+		if msg, err = stream.Recv(); err != nil {
+			if err := recvErr(err); err != nil {
+				return err
+			}
+			break
+		}
+	}
+	if sp.n == 0 {
+		return ErrEmptyDataset
+	}
+	sum, err := sp.finish()
+	if err != nil {
+		return err
+	}
+	if sum != sn.man.Datasets[idx].Hash {
+		return ErrHashMismatch
+	}
+	decompress := m.Decompress || sn.man.Datasets[idx].Decompress
+	staged := sp.path
+	if decompress {
+		// Extract outside the lock (it can take a while), into a private
+		// staging dir, then move the entries in under the lock.
+		if staged, err = a.extract(sp.path, sp.n); err != nil {
+			return err
+		}
+		defer os.RemoveAll(staged)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.rec.State != ReceivingData || a.man != sn.man {
+		return ErrWrongState
+	}
+	if slices.Contains(a.rec.Received, name) {
+		return fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
+	}
+	if err := a.install(staged, name, decompress); err != nil {
+		return err
+	}
+	a.rec.Received = append(a.rec.Received, name)
+	a.log.Info("dataset received", "filename", name, "bytes", sp.n, "decompressed", decompress)
+	if len(a.rec.Received) == len(a.man.Datasets) {
+		if err := a.transitionLocked(EvDataReceived); err != nil {
+			return err
+		}
+	} else if err := a.rec.save(a.dirs.state); err != nil {
+		a.rec.Received = a.rec.Received[:len(a.rec.Received)-1]
+		return err
+	}
+	return stream.SendAndClose(&agentpb.DataResponse{})
+}
+
+// extract unpacks the zip at p into a new staging dir and returns it.
+func (a *Agent) extract(p string, size int64) (string, error) {
+	dir, err := os.MkdirTemp(a.dirs.incoming, "unzip-*")
+	if err != nil {
+		return "", err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	defer f.Close()
+	if err := cocoszip.Extract(f, size, dir, cocoszip.Limits{MaxEntries: a.lim.maxZipEntries, MaxBytes: a.lim.maxUnzipped}); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+// install moves a received dataset into the datasets dir: the file itself,
+// or the top-level entries of an extracted zip, refusing to replace
+// anything. Preconditions: a.mu held.
+func (a *Agent) install(staged, name string, decompressed bool) error {
+	if err := os.MkdirAll(a.dirs.datasets, 0o755); err != nil {
+		return err
+	}
+	if !decompressed {
+		os.Chmod(staged, 0o644)
+		return renameNew(staged, filepath.Join(a.dirs.datasets, name))
+	}
+	ents, err := os.ReadDir(staged)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if _, err := os.Lstat(filepath.Join(a.dirs.datasets, e.Name())); err == nil {
+			return fmt.Errorf("%w: dataset %q: %q already exists in the datasets", ErrInvalidArgument, name, e.Name())
+		}
+	}
+	for _, e := range ents {
+		if err := renameNew(filepath.Join(staged, e.Name()), filepath.Join(a.dirs.datasets, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// renameNew renames src to dst unless dst exists.
+func renameNew(src, dst string) error {
+	if _, err := os.Lstat(dst); err == nil {
+		return fmt.Errorf("%w: %s already exists", ErrInvalidArgument, filepath.Base(dst))
+	}
+	if err := os.Rename(src, dst); err != nil {
+		return fmt.Errorf("saving %s: %w", filepath.Base(dst), err)
+	}
+	return nil
+}
+
+// result streams the results zip to a declared consumer.
+func (a *Agent) result(stream agentpb.AgentService_ResultServer) error {
+	m, err := incomingMeta(stream.Context())
+	if err != nil {
+		return err
+	}
+	sn := a.snapshot()
+	if sn.man == nil {
+		return ErrResultsNotReady
+	}
+	if !slices.ContainsFunc(sn.keys.Consumers, func(k crypto.PublicKey) bool { return rolesig.Verify(k, rolesig.Consumer, m.Signature) }) {
+		return ErrUndeclaredConsumer
+	}
+	switch sn.state {
+	case ConsumingResults, Complete:
+	case Failed:
+		return fmt.Errorf("%w: %s", ErrRunFailed, sn.rec.RunError)
+	default:
+		return ErrResultsNotReady
+	}
+	f, err := os.Open(a.dirs.resultsZip)
+	if err != nil {
+		return fmt.Errorf("opening results: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	err = sendFile(stream, f, st.Size(), func(b []byte) any { return &agentpb.ResultResponse{File: b} })
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.rec.State == ConsumingResults && a.man == sn.man {
+		return a.transitionLocked(EvResultsConsumed)
+	}
+	return nil
+}
+
+// chunkSize is the largest chunk a download sends, as Cocos (1 MiB).
+const chunkSize = 1 << 20
+
+// sendFile sends the file-size header, then r in chunks of at most 1 MiB.
+func sendFile(stream grpc.ServerStream, r io.Reader, size int64, msg func([]byte) any) error {
+	if err := stream.SetHeader(metadata.Pairs(mdFileSize, fmt.Sprint(size))); err != nil {
+		return fmt.Errorf("sending header: %w", err)
+	}
+	var sent int64
+	for {
+		// A fresh buffer per message: gRPC may hold a sent message.
+		buf := make([]byte, chunkSize)
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if serr := stream.SendMsg(msg(buf[:n])); serr != nil {
+				return fmt.Errorf("sending: %w", serr)
+			}
+			sent += int64(n)
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("reading: %w", err)
+		}
+	}
+	if sent != size {
+		return fmt.Errorf("sent %d bytes of %d", sent, size)
+	}
+	return nil
+}

@@ -1,0 +1,173 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/digest"
+)
+
+// spool receives one upload into a temporary file in the incoming dir while
+// hashing it. Hashing and writing run in their own goroutines so that
+// receiving, hashing and writing overlap: SHA3-256 is the slowest stage and
+// sets the rate. Chunks are never copied: each received chunk goes to both.
+type spool struct {
+	path    string
+	f       *os.File
+	h       hash.Hash
+	max     int64
+	minFree int64
+	what    string
+
+	n         int64
+	nextCheck int64
+	hashCh    chan []byte
+	writeCh   chan []byte
+	wg        sync.WaitGroup
+	mu        sync.Mutex
+	werr      error // guarded by mu: the writer's first error
+}
+
+// spoolDepth bounds the chunks in flight per stage (≈ MiB of memory each).
+const spoolDepth = 4
+
+// diskCheckEvery is how often (bytes) free space is checked during an upload.
+const diskCheckEvery = 64 << 20
+
+func (a *Agent) newSpool(what string, max int64) (*spool, error) {
+	if err := checkFree(a.dirs.incoming, a.lim.minFree, 0); err != nil {
+		return nil, err
+	}
+	f, err := os.CreateTemp(a.dirs.incoming, "upload-*")
+	if err != nil {
+		return nil, fmt.Errorf("creating upload file: %w", err)
+	}
+	s := &spool{path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
+		nextCheck: diskCheckEvery, hashCh: make(chan []byte, spoolDepth), writeCh: make(chan []byte, spoolDepth)}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		for b := range s.hashCh {
+			s.h.Write(b)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		failed := false
+		for b := range s.writeCh {
+			if failed {
+				continue // drain
+			}
+			if _, err := s.f.Write(b); err != nil {
+				s.mu.Lock()
+				s.werr = fmt.Errorf("writing %s: %w", s.what, err)
+				s.mu.Unlock()
+				failed = true
+			}
+		}
+	}()
+	return s, nil
+}
+
+// Write queues b, which the caller must not modify afterwards.
+func (s *spool) Write(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	err := s.werr
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.n += int64(len(b))
+	if s.n > s.max {
+		return fmt.Errorf("%w: %s is larger than %d bytes", ErrTooLarge, s.what, s.max)
+	}
+	if s.n >= s.nextCheck {
+		s.nextCheck += diskCheckEvery
+		if err := checkFree(filepath.Dir(s.path), s.minFree, 0); err != nil {
+			return err
+		}
+	}
+	s.hashCh <- b
+	s.writeCh <- b
+	return nil
+}
+
+// finish waits for the stages and returns the digest. The file stays.
+func (s *spool) finish() ([digest.Size]byte, error) {
+	var sum [digest.Size]byte
+	s.stop()
+	if err := s.f.Close(); err != nil && s.werr == nil {
+		s.werr = fmt.Errorf("writing %s: %w", s.what, err)
+	}
+	if s.werr != nil {
+		os.Remove(s.path)
+		return sum, s.werr
+	}
+	copy(sum[:], s.h.Sum(nil))
+	return sum, nil
+}
+
+// abort stops the stages and removes the file. Safe after finish.
+func (s *spool) abort() {
+	s.stop()
+	s.f.Close()
+	os.Remove(s.path)
+}
+
+func (s *spool) stop() {
+	if s.hashCh != nil {
+		close(s.hashCh)
+		close(s.writeCh)
+		s.hashCh, s.writeCh = nil, nil
+		s.wg.Wait()
+	}
+}
+
+// checkFree refuses when the filesystem of dir has less than minFree+need
+// bytes available.
+func checkFree(dir string, minFree, need int64) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("checking free disk space: %w", err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if free-need < minFree {
+		return fmt.Errorf("%w: %d bytes free, the agent keeps %d", ErrNoSpace, free, minFree)
+	}
+	return nil
+}
+
+// smallFile collects a small upload (requirements.txt) with a cap.
+type smallFile struct {
+	bytes.Buffer
+	max  int
+	what string
+}
+
+func (s *smallFile) add(b []byte) error {
+	if s.Len()+len(b) > s.max {
+		return fmt.Errorf("%w: %s is larger than %d bytes", ErrTooLarge, s.what, s.max)
+	}
+	s.Write(b)
+	return nil
+}
+
+// recvErr turns a stream receive error into the error to return: EOF is
+// the normal end and is never returned here.
+func recvErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return fmt.Errorf("receiving upload: %w", err)
+}
