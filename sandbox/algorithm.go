@@ -25,8 +25,10 @@ type Algorithm struct {
 	// read-only into an otherwise empty root.
 	Rootfs   string
 	BaseDirs []string
-	// Hide are host paths under BaseDirs (e.g. /etc/cocos) covered inside
-	// the sandbox by an empty read-only directory (EmptyDir) or /dev/null.
+	// Hide are host directories under BaseDirs (e.g. /etc/cocos) covered
+	// inside the sandbox by the empty read-only directory EmptyDir. Each must
+	// exist (the caller drops missing ones: the read-only view cannot grow a
+	// mount point).
 	Hide     []string
 	EmptyDir string
 	// Mounts are the request's binds, sources already resolved on the host.
@@ -53,8 +55,6 @@ type AlgorithmMount struct {
 	// Exec allows executing and mmap-executing files from it (the
 	// algorithm itself, a venv with compiled extensions).
 	Exec bool
-	// IsFile says Source is a file (Hide uses /dev/null for files).
-	IsFile bool
 }
 
 // AlgorithmProfile is the seccomp profile of untrusted algorithm code:

@@ -13,6 +13,7 @@ import (
 	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/children/logfwd"
 	"github.com/cvmd/cvmd/children/runner"
+	"github.com/cvmd/cvmd/children/runner/wasmrun"
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor"
 
@@ -57,6 +58,8 @@ func run(args []string) int {
 	switch name := args[1]; name {
 	case "supervise":
 		return exit(supervisor.Main(args[2:]))
+	case "wasm-run": // inside an algorithm sandbox only: the runtime of wasm algorithms
+		return wasmrun.Command(args[2:])
 	case "help", "-h", "--help":
 		usage()
 		return 0

@@ -1,0 +1,35 @@
+package runner
+
+import (
+	"bufio"
+	"io"
+	"strings"
+	"unicode/utf8"
+)
+
+// streamLines reads r until EOF and calls emit for every line (without its
+// newline). A line longer than max bytes is emitted in max-byte pieces, so
+// memory stays bounded whatever the algorithm prints. Invalid UTF-8 is
+// replaced, so every record is valid protobuf string.
+func streamLines(r io.Reader, max int, emit func(string)) {
+	br := bufio.NewReaderSize(r, max)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			s := strings.TrimSuffix(string(line), "\n")
+			s = strings.TrimSuffix(s, "\r")
+			if !utf8.ValidString(s) {
+				s = strings.ToValidUTF8(s, "\uFFFD")
+			}
+			if s != "" || err == nil {
+				emit(s)
+			}
+		}
+		switch err {
+		case nil, bufio.ErrBufferFull:
+			continue
+		default:
+			return
+		}
+	}
+}
