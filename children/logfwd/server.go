@@ -32,7 +32,8 @@ func (s *Server) Push(st logs.Collector_PushServer) error {
 	acks := make(chan pendingAck, 16)
 	var recvErr error
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// On an error return, the receiving goroutine ends when grpc cancels
+	// the stream right after Push returns; on a clean end it has ended.
 	wg.Go(func() {
 		defer close(acks)
 		for {
@@ -76,6 +77,7 @@ func (s *Server) Push(st logs.Collector_PushServer) error {
 			return err
 		}
 	}
+	wg.Wait()
 	if recvErr != nil && !errors.Is(recvErr, io.EOF) {
 		return recvErr
 	}
