@@ -2,7 +2,6 @@ package ingress
 
 import (
 	"bytes"
-	"errors"
 	"context"
 	"crypto/rsa"
 	"crypto/sha3"
@@ -10,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"io"
 	"net"
 	"os"

@@ -72,9 +72,9 @@ type Server struct {
 	drop *rateLimited
 
 	mu      sync.Mutex
-	pending *list.List            // guarded by mu; *pendingConn, oldest first
+	pending *list.List                 // guarded by mu; *pendingConn, oldest first
 	active  map[net.Conn]*atomic.Int64 // guarded by mu; raw conns being proxied → last activity (unix ns)
-	closing bool                  // guarded by mu
+	closing bool                       // guarded by mu
 }
 
 type pendingConn struct{ raw net.Conn }
