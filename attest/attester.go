@@ -1,0 +1,210 @@
+package attest
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	sevclient "github.com/google/go-sev-guest/client"
+	"github.com/google/go-tpm-tools/client"
+	attestpb "github.com/google/go-tpm-tools/proto/attest"
+	"github.com/google/go-tpm-tools/proto/tpm"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cvmd/cvmd/attest/eat"
+)
+
+// DefaultIssuer is the EAT issuer and COSE kid when none is configured.
+const DefaultIssuer = "cvmd-attestation"
+
+// Request asks for evidence, as the agent's Attestation RPC does.
+type Request struct {
+	ReportData []byte   // teeNonce, ≤ 64 bytes
+	Nonce      []byte   // vtpmNonce, ≤ 32 bytes
+	Platform   Platform // SNP, VTPM or SNPvTPM
+}
+
+// Attester turns requests into EAT tokens. Set the fields, then call Attest
+// from any goroutine.
+type Attester struct {
+	// TPM is the vTPM; nil means none (vTPM and SNP-vTPM are unavailable).
+	TPM *TPM
+	// SNP produces SEV-SNP reports; nil means none.
+	SNP sevclient.QuoteProvider
+	// Simulated marks every token as coming from a simulated platform.
+	Simulated bool
+	// Issuer is claim 1 and the COSE kid; "" = DefaultIssuer.
+	Issuer string
+	// SWVersion is claim 271 (the cvmd version); "" = omitted.
+	SWVersion string
+	// Log returns the current measurement log; nil = no log in tokens.
+	Log func() EventLog
+	// Now is the clock; nil = time.Now.
+	Now func() time.Time
+
+	keyMu     sync.Mutex
+	key       *ecdsa.PrivateKey // guarded by keyMu; SNP-only signing key
+	keySPKI   []byte            // guarded by keyMu
+	keyReport []byte            // guarded by keyMu
+}
+
+// Has reports whether the attester can produce evidence for p.
+func (a *Attester) Has(p Platform) bool {
+	switch p {
+	case SNP:
+		return a.SNP != nil
+	case VTPM:
+		return a.TPM != nil
+	case SNPvTPM:
+		return a.SNP != nil && a.TPM != nil
+	}
+	return false
+}
+
+// Describe names what produces evidence for p, e.g. "simulated SNP-vTPM".
+func (a *Attester) Describe(p Platform) string {
+	if a.Simulated {
+		return "simulated " + p.String()
+	}
+	return p.String()
+}
+
+// Attest produces a signed EAT token for req.
+func (a *Attester) Attest(req Request) ([]byte, error) {
+	switch req.Platform {
+	case SNP, VTPM, SNPvTPM:
+	case Azure, TDX:
+		return nil, fmt.Errorf("%w: %s", ErrUnimplemented, req.Platform)
+	default:
+		return nil, fmt.Errorf("%w: attestation type %d (want 0–4)", ErrBadRequest, int32(req.Platform))
+	}
+	if !a.Has(req.Platform) {
+		return nil, fmt.Errorf("%w: %s", ErrUnsupportedPlatform, req.Platform)
+	}
+	tee, err := PadTEENonce(req.ReportData)
+	if err != nil {
+		return nil, err
+	}
+	nonce, err := PadVTPMNonce(req.Nonce)
+	if err != nil {
+		return nil, err
+	}
+	c := &eat.Claims{
+		PlatformType: req.Platform.String(),
+		IntUse:       1,
+		DebugStatus:  eat.DebugDisabledSinceBoot,
+		SWName:       "cvmd",
+		SWVersion:    a.SWVersion,
+		Simulated:    a.Simulated,
+	}
+	// eat_nonce: the vTPM nonce if one was given, else the report data (Cocos).
+	if len(req.Nonce) > 0 {
+		c.Nonce = nonce[:]
+	} else {
+		c.Nonce = tee[:]
+	}
+	var sign eat.Signer
+	switch req.Platform {
+	case SNP:
+		att, err := sevclient.GetQuoteProto(a.SNP, tee)
+		if err != nil {
+			return nil, fmt.Errorf("attest: SEV-SNP report: %w", err)
+		}
+		if c.RawReport, err = proto.Marshal(att); err != nil {
+			return nil, err
+		}
+		SNPClaims(c, att.GetReport())
+		signing, signer, err := a.snpSigner()
+		if err != nil {
+			return nil, err
+		}
+		c.Signer, sign = signing, signer
+	case VTPM, SNPvTPM:
+		var att *attestpb.Attestation
+		if req.Platform == VTPM {
+			att, err = a.TPM.Attest(nonce[:], nil, nil)
+		} else {
+			rd := SNPvTPMReportData(tee, a.TPM.AKPub())
+			c.ReportData = tee[:]
+			att, err = a.TPM.Attest(nonce[:], &client.SevSnpQuoteProvider{QuoteProvider: a.SNP}, rd[:])
+		}
+		if err != nil {
+			return nil, err
+		}
+		if c.RawReport, err = proto.Marshal(att); err != nil {
+			return nil, err
+		}
+		if r := att.GetSevSnpAttestation().GetReport(); r != nil {
+			SNPClaims(c, r)
+		}
+		VTPMClaims(c, SHA256Quote(att), att.GetAkPub())
+		spki, err := x509.MarshalPKIXPublicKey(a.TPM.AKPublicKey())
+		if err != nil {
+			return nil, err
+		}
+		c.Signer = &eat.Signing{Kind: eat.SignerTPMAK, Key: spki}
+		sign = a.TPM.Sign
+		if a.Log != nil {
+			if c.EventLog, err = MarshalLog(a.Log()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if a.Simulated {
+		c.SWName = "cvmd (simulated platform: not for production)"
+	}
+	now := time.Now
+	if a.Now != nil {
+		now = a.Now
+	}
+	issuer := a.Issuer
+	if issuer == "" {
+		issuer = DefaultIssuer
+	}
+	return eat.Encode(c, issuer, now(), sign)
+}
+
+// SHA256Quote returns the quote of the SHA-256 bank, or nil.
+func SHA256Quote(att *attestpb.Attestation) *tpm.Quote {
+	for _, q := range att.GetQuotes() {
+		if q.GetPcrs().GetHash() == tpm.HashAlgo_SHA256 {
+			return q
+		}
+	}
+	return nil
+}
+
+// snpSigner returns the SNP-only signing key, creating it and the SNP report
+// that binds it on first use.
+func (a *Attester) snpSigner() (*eat.Signing, eat.Signer, error) {
+	a.keyMu.Lock()
+	defer a.keyMu.Unlock()
+	if a.key == nil {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, nil, err
+		}
+		spki, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+		if err != nil {
+			return nil, nil, err
+		}
+		att, err := sevclient.GetQuoteProto(a.SNP, KeyReportData(spki))
+		if err != nil {
+			return nil, nil, fmt.Errorf("attest: SEV-SNP report binding the token key: %w", err)
+		}
+		report, err := proto.Marshal(att)
+		if err != nil {
+			return nil, nil, err
+		}
+		a.key, a.keySPKI, a.keyReport = key, spki, report
+	}
+	if a.keyReport == nil {
+		return nil, nil, errors.New("attest: no SNP key report")
+	}
+	return &eat.Signing{Kind: eat.SignerSNPKeyReport, Key: a.keySPKI, KeyReport: a.keyReport}, eat.KeySigner(a.key), nil
+}

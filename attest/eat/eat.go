@@ -1,0 +1,149 @@
+// Package eat encodes and decodes the Entity Attestation Tokens that cvmd's
+// attestation child returns: a COSE_Sign1 (ES256) over a CBOR claims map with
+// Cocos's claim keys and platform_type names, so Cocos's CLI decodes them,
+// plus cvmd's own text-keyed claims (x-cvmd-*) that Cocos ignores.
+//
+// eat only encodes, decodes and checks the COSE signature against a key the
+// caller supplies; it does not decide which key to trust or what the evidence
+// inside means (that is attest/verify). It has no cgo and no platform access,
+// so anyone may import it (the CLI, aTLS, tests).
+package eat
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Errors.
+var (
+	// ErrBadSignature is returned when a COSE_Sign1 signature does not verify.
+	ErrBadSignature = errors.New("eat: COSE signature does not verify")
+)
+
+// MinNonceLen is the shortest eat_nonce accepted (RFC 9711 and Cocos).
+const MinNonceLen = 8
+
+// Debug status values (RFC 9711 §4.2.9).
+const (
+	DebugEnabled           = 0
+	DebugDisabled          = 1
+	DebugDisabledSinceBoot = 2
+)
+
+// OEM IDs (IANA PENs) used in claim 258, as Cocos sets them.
+const (
+	OEMAMD   = 3704
+	OEMIntel = 343
+)
+
+// Claims is the token payload. Integer keys and text keys follow Cocos's
+// claim table (docs/attestation.md repeats it); fields without omitempty are
+// always present, as Cocos encodes them.
+type Claims struct {
+	Issuer       string         `cbor:"1,keyasint,omitempty"`
+	Subject      string         `cbor:"2,keyasint,omitempty"`
+	ExpiresAt    int64          `cbor:"4,keyasint,omitempty"`
+	IssuedAt     int64          `cbor:"6,keyasint,omitempty"`
+	Nonce        []byte         `cbor:"10,keyasint"`
+	UEID         []byte         `cbor:"256,keyasint"`
+	OEMID        int            `cbor:"258,keyasint,omitempty"`
+	HWModel      []byte         `cbor:"259,keyasint,omitempty"`
+	HWVersion    string         `cbor:"260,keyasint,omitempty"`
+	IntUse       int            `cbor:"262,keyasint,omitempty"`
+	DebugStatus  int            `cbor:"263,keyasint"`
+	Measurements []byte         `cbor:"265,keyasint"`
+	Submods      map[string]any `cbor:"266,keyasint,omitempty"`
+	SWName       string         `cbor:"270,keyasint,omitempty"`
+	SWVersion    string         `cbor:"271,keyasint,omitempty"`
+
+	// PlatformType is one of SNP, TDX, vTPM, SNP-vTPM, Azure, NoCC.
+	PlatformType string `cbor:"platform_type"`
+	SNP          *SNP   `cbor:"x-cocos-sevsnp,omitempty"`
+	VTPM         *VTPM  `cbor:"x-cocos-vtpm,omitempty"`
+	RawReport    []byte `cbor:"raw_report,omitempty"`
+	Simulated    bool   `cbor:"x-cvmd-simulated,omitempty"`
+	// ReportData is the (padded) teeNonce of an SNP-vTPM token, so a verifier
+	// that did not send it can still check the AK binding.
+	ReportData []byte   `cbor:"x-cvmd-report-data,omitempty"`
+	Signer     *Signing `cbor:"x-cvmd-signer,omitempty"`
+	// EventLog is cvmd's measurement log (attest.EventLog, CBOR), replayable
+	// against PCR 15 and PCR 16 of the quote in RawReport.
+	EventLog []byte `cbor:"x-cvmd-eventlog,omitempty"`
+}
+
+// SNP mirrors Cocos's x-cocos-sevsnp claims, read from the SNP report.
+type SNP struct {
+	Measurement   []byte `cbor:"measurement"`
+	TCB           string `cbor:"tcb"`
+	PlatformInfo  uint64 `cbor:"platform_info"`
+	Policy        uint64 `cbor:"policy"`
+	FamilyID      []byte `cbor:"family_id,omitempty"`
+	ImageID       []byte `cbor:"image_id,omitempty"`
+	VMPL          int    `cbor:"vmpl,omitempty"`
+	SignatureAlgo int    `cbor:"signature_algo,omitempty"`
+	CurrentTCB    uint64 `cbor:"current_tcb,omitempty"`
+	ReportedTCB   uint64 `cbor:"reported_tcb,omitempty"`
+	ChipID        []byte `cbor:"chip_id,omitempty"`
+	CommittedTCB  uint64 `cbor:"committed_tcb,omitempty"`
+	LaunchTCB     uint64 `cbor:"launch_tcb,omitempty"`
+	Signature     []byte `cbor:"signature,omitempty"`
+}
+
+// VTPM mirrors Cocos's x-cocos-vtpm claims. PCRs maps "sha256:<index>" to
+// hex; Quote is the SHA-256 bank's TPMS_ATTEST.
+type VTPM struct {
+	PCRs     map[string]string `cbor:"pcrs"`
+	EventLog []byte            `cbor:"event_log,omitempty"`
+	Quote    []byte            `cbor:"quote,omitempty"`
+}
+
+// Signing says which key signed the token and how a verifier can trust it.
+type Signing struct {
+	// Kind is SignerTPMAK (the TPM attestation key in RawReport signed the
+	// token) or SignerSNPKeyReport (an ephemeral P-256 key whose SHA-512
+	// binding is the REPORT_DATA of KeyReport).
+	Kind string `cbor:"kind"`
+	// Key is the PKIX DER of the signing public key.
+	Key []byte `cbor:"key"`
+	// KeyReport is a marshalled sevsnp.Attestation (SignerSNPKeyReport only).
+	KeyReport []byte `cbor:"key_report,omitempty"`
+}
+
+// Signer kinds.
+const (
+	SignerTPMAK        = "tpm-ak"
+	SignerSNPKeyReport = "snp-key-report"
+)
+
+// Token validity, as Cocos: iat + 5 minutes.
+const Validity = 5 * time.Minute
+
+// Encode sets iss/iat/exp, marshals claims deterministically and signs them.
+func Encode(c *Claims, issuer string, now time.Time, sign Signer) ([]byte, error) {
+	if len(c.Nonce) < MinNonceLen {
+		return nil, fmt.Errorf("eat: eat_nonce is %d bytes, want at least %d", len(c.Nonce), MinNonceLen)
+	}
+	c.Issuer = issuer
+	c.IssuedAt = now.Unix()
+	c.ExpiresAt = now.Add(Validity).Unix()
+	payload, err := encMode.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("eat: encoding claims: %w", err)
+	}
+	return SignSign1(payload, []byte(issuer), sign)
+}
+
+// Decode parses a token and its claims without checking the signature: the
+// caller must then call Verify on the returned Sign1 with a key it trusts.
+func Decode(token []byte) (*Sign1, *Claims, error) {
+	m, err := ParseSign1(token)
+	if err != nil {
+		return nil, nil, err
+	}
+	var c Claims
+	if err := decMode.Unmarshal(m.Payload, &c); err != nil {
+		return nil, nil, fmt.Errorf("eat: decoding claims: %w", err)
+	}
+	return m, &c, nil
+}

@@ -1,0 +1,222 @@
+package attest
+
+import (
+	"crypto/sha256"
+	"crypto/sha3"
+	"crypto/sha512"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/fxamacker/cbor/v2"
+)
+
+// PCRs cvmd extends.
+//
+// MeasurePCR (15) holds cvmd's own measurements: the platform label, the
+// supervisor's child table hash and every child start. PCR 15 is in the
+// "static OS" range 8–15, so unlike 16 (debug) and 23 (application) it cannot
+// be reset at locality 0 without a TPM reset (reboot): a process that reaches
+// the TPM can add events but cannot erase the history. Nothing in cvmd's boot
+// chain (firmware 0–7, GRUB 8–9, IMA 10, shim 14) uses it; systemd, which
+// uses 15 for machine-id and volume keys, is not in the image.
+//
+// ManifestPCR (16) receives the computation manifest exactly as Cocos extends
+// it (§1.3), so Cocos-side policies keep working.
+const (
+	MeasurePCR  = 15
+	ManifestPCR = 16
+)
+
+// Event types.
+const (
+	EventPlatform   = "platform"    // first event: what TPM/SNP this is, simulated or not
+	EventChildTable = "child-table" // the supervisor's child table hash, at boot
+	EventChildStart = "child-start" // a child (re)started with this sandbox spec
+	EventManifest   = "manifest"    // PCR 16: a computation manifest
+)
+
+// MaxEventData bounds Event.Data for PCR 15 events (TPM2_PCR_Event takes at
+// most 1024 bytes, and the event prefix takes some).
+const MaxEventData = 900
+
+// MaxEvents bounds the log (a restart loop must not grow tokens forever).
+const MaxEvents = 4096
+
+// Event is one entry of the measurement log.
+type Event struct {
+	PCR    uint32 `cbor:"1,keyasint" json:"pcr"`
+	Type   string `cbor:"2,keyasint" json:"type"`
+	Data   []byte `cbor:"3,keyasint" json:"data"`
+	BootID string `cbor:"4,keyasint,omitempty" json:"boot_id,omitempty"`
+	Seq    uint64 `cbor:"5,keyasint,omitempty" json:"seq,omitempty"`
+}
+
+// EventBytes is what TPM2_PCR_Event hashes into every bank for a PCR 15 event.
+func (e *Event) EventBytes() []byte {
+	b := make([]byte, 0, len("cvmd:")+len(e.Type)+1+len(e.Data))
+	b = append(b, "cvmd:"...)
+	b = append(b, e.Type...)
+	b = append(b, 0)
+	return append(b, e.Data...)
+}
+
+// Digest returns the digest extended into the SHA-256 bank.
+func (e *Event) Digest() ([]byte, error) {
+	switch {
+	case e.PCR == ManifestPCR && e.Type == EventManifest:
+		if len(e.Data) != 32+48 {
+			return nil, fmt.Errorf("attest: manifest event data is %d bytes, want 80", len(e.Data))
+		}
+		return e.Data[:32], nil
+	case e.PCR == MeasurePCR:
+		d := sha256.Sum256(e.EventBytes())
+		return d[:], nil
+	}
+	return nil, fmt.Errorf("attest: event %q on PCR %d is not a cvmd event", e.Type, e.PCR)
+}
+
+// Validate checks an event before it is extended.
+func (e *Event) Validate() error {
+	switch {
+	case e.PCR == MeasurePCR && (e.Type == EventPlatform || e.Type == EventChildTable || e.Type == EventChildStart):
+		if len(e.Data) > MaxEventData {
+			return fmt.Errorf("attest: %s event data is %d bytes, at most %d", e.Type, len(e.Data), MaxEventData)
+		}
+		if !json.Valid(e.Data) {
+			return fmt.Errorf("attest: %s event data is not JSON", e.Type)
+		}
+		return nil
+	case e.PCR == ManifestPCR && e.Type == EventManifest:
+		_, err := e.Digest()
+		return err
+	}
+	return fmt.Errorf("attest: event type %q on PCR %d not allowed", e.Type, e.PCR)
+}
+
+// ManifestEvent is the PCR 16 event for a manifest: SHA3-256 ‖ SHA3-384 of its JSON.
+func ManifestEvent(manifestJSON []byte) Event {
+	a := sha3.Sum256(manifestJSON)
+	b := sha3.Sum384(manifestJSON)
+	return Event{PCR: ManifestPCR, Type: EventManifest, Data: append(a[:], b[:]...)}
+}
+
+// PlatformInfo is the data of the platform event.
+type PlatformInfo struct {
+	TPM       string `json:"tpm"`           // "simulator" or the device path
+	SNP       string `json:"snp,omitempty"` // "", "simulated", "hardware"
+	Simulated bool   `json:"simulated"`
+}
+
+// ChildTable is the data of a child-table event.
+type ChildTable struct {
+	SHA256   string   `json:"sha256"` // hex of the canonical child table hash
+	Children []string `json:"children,omitempty"`
+}
+
+// ChildStart is the data of a child-start event.
+type ChildStart struct {
+	Child      string `json:"child"`
+	Generation uint32 `json:"generation"`
+	SpecSHA256 string `json:"spec_sha256,omitempty"` // hex of the child's sandbox spec
+}
+
+// JSONEvent builds a PCR 15 event whose data is v as JSON.
+func JSONEvent(typ string, v any) (Event, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return Event{}, err
+	}
+	e := Event{PCR: MeasurePCR, Type: typ, Data: b}
+	return e, e.Validate()
+}
+
+// EventLog is the ordered list of events, oldest first.
+type EventLog []Event
+
+// Replay computes the SHA-256 bank value of pcr after the events of the log
+// that target it, from all zeros.
+func (l EventLog) Replay(pcr uint32) ([]byte, error) {
+	v := make([]byte, sha256.Size)
+	for i := range l {
+		if l[i].PCR != pcr {
+			continue
+		}
+		d, err := l[i].Digest()
+		if err != nil {
+			return nil, fmt.Errorf("event %d: %w", i, err)
+		}
+		h := sha256.New()
+		h.Write(v)
+		h.Write(d)
+		v = h.Sum(nil)
+	}
+	return v, nil
+}
+
+// ReplaySHA384 is Replay for the SHA-384 bank (used to mirror the banks).
+func (l EventLog) ReplaySHA384(pcr uint32) ([]byte, error) {
+	v := make([]byte, sha512.Size384)
+	for i := range l {
+		if l[i].PCR != pcr {
+			continue
+		}
+		var d []byte
+		if l[i].PCR == ManifestPCR {
+			if len(l[i].Data) != 80 {
+				return nil, fmt.Errorf("event %d: manifest data is %d bytes", i, len(l[i].Data))
+			}
+			d = l[i].Data[32:]
+		} else {
+			s := sha512.Sum384(l[i].EventBytes())
+			d = s[:]
+		}
+		h := sha512.New384()
+		h.Write(v)
+		h.Write(d)
+		v = h.Sum(nil)
+	}
+	return v, nil
+}
+
+var logDec cbor.DecMode
+
+func init() {
+	var err error
+	logDec, err = cbor.DecOptions{
+		MaxArrayElements: MaxEvents,
+		MaxNestedLevels:  4,
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+		IndefLength:      cbor.IndefLengthForbidden,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+}
+
+// MarshalLog encodes the log as a CBOR array.
+func MarshalLog(l EventLog) ([]byte, error) {
+	if l == nil {
+		l = EventLog{}
+	}
+	return cbor.Marshal(l)
+}
+
+// ParseLog decodes a log produced by MarshalLog, refusing trailing bytes and
+// events that are not cvmd events.
+func ParseLog(b []byte) (EventLog, error) {
+	var l EventLog
+	rest, err := logDec.UnmarshalFirst(b, &l)
+	if err != nil {
+		return nil, fmt.Errorf("attest: decoding event log: %w", err)
+	}
+	if len(rest) != 0 {
+		return nil, errors.New("attest: trailing bytes after event log")
+	}
+	for i := range l {
+		if err := l[i].Validate(); err != nil {
+			return nil, fmt.Errorf("attest: event log entry %d: %w", i, err)
+		}
+	}
+	return l, nil
+}

@@ -1,0 +1,195 @@
+// Package sim provides the simulated platforms cvmd uses where there is no
+// hardware: the go-tpm-tools TPM 2.0 simulator (Microsoft's reference TPM,
+// cgo, linked against libcrypto) and a simulated SEV-SNP whose reports are
+// signed by go-sev-guest's test-only AMD chain (ARK → ASK → VCEK, keys
+// published in go-sev-guest's testing/data).
+//
+// Everything sim produces is evidence of nothing: the attester marks its
+// tokens simulated, the first PCR 15 event says so, and the SNP chain does not
+// lead to a real AMD root, so attest/verify refuses it unless explicitly told
+// to allow simulated evidence.
+//
+// The test-only chain comes from github.com/google/go-sev-guest/testing,
+// which imports the standard library's testing package and registers the
+// flags -product, -product_name and -test_kds on flag.CommandLine. We accept
+// that in the cvmd binary (nothing in cvmd parses flag.CommandLine) rather than
+// copy AMD's certificate profile; the cost is a larger binary. The simulator
+// is process-global: one OpenTPM at a time per process.
+//
+// Only the attestation child and tests import sim.
+package sim
+
+import (
+	"crypto/sha512"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
+	"github.com/google/go-sev-guest/proto/sevsnp"
+	sevtest "github.com/google/go-sev-guest/testing"
+	"github.com/google/go-tpm-tools/simulator"
+	"google.golang.org/protobuf/proto"
+)
+
+// OpenTPM starts the TPM simulator. It blocks while another one is open in
+// this process. Close the result to stop it.
+func OpenTPM() (io.ReadWriteCloser, error) {
+	s, err := simulator.Get()
+	if err != nil {
+		return nil, fmt.Errorf("sim: starting TPM simulator: %w", err)
+	}
+	return s, nil
+}
+
+// DefaultTCB is the TCB the simulated chip reports (and its VCEK certifies).
+var DefaultTCB = kds.TCBParts{BlSpl: 3, TeeSpl: 0, SnpSpl: 8, UcodeSpl: 115}
+
+// DefaultPolicy is the guest policy of the simulated VM: SMT allowed, no
+// debug, ABI 0.0 (0x30000, the policy Cocos's examples use).
+const DefaultPolicy = 0x30000
+
+// SNPOptions shape the simulated chip and VM. Zero values take the defaults.
+type SNPOptions struct {
+	Measurement [48]byte           // zero: SHA-384("cvmd simulated launch measurement")
+	Policy      uint64             // 0: DefaultPolicy
+	TCB         *kds.TCBParts      // nil: DefaultTCB
+	GuestSVN    uint32             //
+	HostData    [32]byte           //
+	VMPL        uint32             //
+	Now         time.Time          // certificate creation time; zero: time.Now()
+	Product     *sevsnp.SevProduct // nil: Milan B1
+}
+
+// SNP is a simulated SEV-SNP report interface: a go-sev-guest
+// client.QuoteProvider producing signed reports for any REPORT_DATA.
+type SNP struct {
+	signer  *sevtest.AmdSigner
+	product *sevsnp.SevProduct
+	base    *sevsnp.Report
+	certs   []byte // extended cert table appended to every report
+}
+
+// NewSNP builds the test-only AMD chain for a simulated chip.
+func NewSNP(o SNPOptions) (*SNP, error) {
+	if o.Product == nil {
+		o.Product = abi.DefaultSevProduct()
+	}
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	tcbParts := DefaultTCB
+	if o.TCB != nil {
+		tcbParts = *o.TCB
+	}
+	tcb, err := kds.ComposeTCBParts(tcbParts)
+	if err != nil {
+		return nil, fmt.Errorf("sim: TCB: %w", err)
+	}
+	if o.Measurement == ([48]byte{}) {
+		o.Measurement = sha512.Sum384([]byte("cvmd simulated launch measurement"))
+	}
+	if o.Policy == 0 {
+		o.Policy = DefaultPolicy
+	}
+	chipID := sha512.Sum512([]byte("cvmd simulated SEV-SNP chip"))
+	productName := kds.ProductName(o.Product)
+	b := &sevtest.AmdSignerBuilder{
+		Keys:             sevtest.DefaultAmdKeys(),
+		ProductName:      productName,
+		CSPID:            "go-sev-guest",
+		ArkCreationTime:  o.Now,
+		AskCreationTime:  o.Now,
+		AsvkCreationTime: o.Now,
+		VcekCreationTime: o.Now,
+		VlekCreationTime: o.Now,
+		HWID:             chipID,
+		TCB:              tcb,
+		// The VCEK certifies this chip's ID and TCB, as AMD's KDS would.
+		VcekCustom: sevtest.CertOverride{Extensions: sevtest.CustomExtensions(tcbParts, chipID[:], "", productName)},
+	}
+	signer, err := b.TestOnlyCertChain()
+	if err != nil {
+		return nil, fmt.Errorf("sim: building test-only AMD chain: %w", err)
+	}
+	table, err := signer.CertTableBytes()
+	if err != nil {
+		return nil, fmt.Errorf("sim: certificate table: %w", err)
+	}
+	certs, err := abi.ExtendPlatformCertTable(table, &abi.ExtraPlatformInfo{
+		Size:      abi.ExtraPlatformInfoV0Size,
+		Cpuid1Eax: abi.MaskedCpuid1EaxFromSevProduct(o.Product),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sim: certificate table: %w", err)
+	}
+	fms := abi.MaskedCpuid1EaxFromSevProduct(o.Product)
+	family, model, stepping := abi.FmsFromCpuid1Eax(fms)
+	base := &sevsnp.Report{
+		Version:         3,
+		GuestSvn:        o.GuestSVN,
+		Policy:          o.Policy,
+		FamilyId:        make([]byte, abi.FamilyIDSize),
+		ImageId:         make([]byte, abi.ImageIDSize),
+		Vmpl:            o.VMPL,
+		SignatureAlgo:   uint32(abi.SignEcdsaP384Sha384),
+		CurrentTcb:      uint64(tcb),
+		PlatformInfo:    1, // SMT enabled
+		ReportData:      make([]byte, abi.ReportDataSize),
+		Measurement:     o.Measurement[:],
+		HostData:        o.HostData[:],
+		IdKeyDigest:     make([]byte, abi.IDKeyDigestSize),
+		AuthorKeyDigest: make([]byte, abi.AuthorKeyDigestSize),
+		ReportId:        make([]byte, abi.ReportIDSize),
+		ReportIdMa:      make([]byte, abi.ReportIDMASize),
+		ReportedTcb:     uint64(tcb),
+		ChipId:          chipID[:],
+		CommittedTcb:    uint64(tcb),
+		CurrentBuild:    20,
+		CurrentMinor:    55,
+		CurrentMajor:    1,
+		CommittedBuild:  20,
+		CommittedMinor:  55,
+		CommittedMajor:  1,
+		LaunchTcb:       uint64(tcb),
+		Cpuid1EaxFms:    abi.FmsToCpuid1Eax(family, model, stepping),
+		Signature:       make([]byte, abi.SignatureSize),
+	}
+	return &SNP{signer: signer, product: o.Product, base: base, certs: certs}, nil
+}
+
+// IsSupported reports true: the simulated interface always works.
+func (*SNP) IsSupported() bool { return true }
+
+// Product returns the simulated chip's product.
+func (s *SNP) Product() *sevsnp.SevProduct { return s.product }
+
+// GetRawQuote returns a signed report over reportData followed by the
+// extended certificate table (VCEK, ASK, ARK), as configfs-tsm returns it.
+func (s *SNP) GetRawQuote(reportData [64]byte) ([]byte, error) {
+	r := proto.Clone(s.base).(*sevsnp.Report)
+	r.ReportData = reportData[:]
+	raw, err := abi.ReportToAbiBytes(r)
+	if err != nil {
+		return nil, fmt.Errorf("sim: encoding report: %w", err)
+	}
+	rr, ss, err := s.signer.Sign(abi.SignedComponent(raw))
+	if err != nil {
+		return nil, fmt.Errorf("sim: signing report: %w", err)
+	}
+	if err := abi.SetSignature(rr, ss, raw); err != nil {
+		return nil, fmt.Errorf("sim: setting signature: %w", err)
+	}
+	return append(raw, s.certs...), nil
+}
+
+// RootsPEM returns the test-only ARK and ASK as PEM, the "AMD bundle" a
+// verifier must be given (with AllowSimulated) to accept this chip.
+func (s *SNP) RootsPEM() []byte {
+	var out []byte
+	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.signer.Ask.Raw})...)
+	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.signer.Ark.Raw})...)
+	return out
+}

@@ -1,0 +1,201 @@
+// Package verify checks cvmd (and Cocos-format) EAT tokens: the COSE
+// signature against a key the evidence vouches for, the SEV-SNP certificate
+// chain ARK → ASK → VCEK from a bundle (no network), the report signature,
+// REPORT_DATA against the expected binding, the guest policy, TCB, SVN, VMPL,
+// host data and ID keys (go-sev-guest check.Policy), the vTPM quotes against
+// the AK and nonce, PCR values, and cvmd's measurement log replayed to PCRs
+// 15 and 16 with the expected child table.
+//
+// Every refusal is a *CheckError naming the check and the values. verify has
+// no cgo and opens nothing but what the caller passes; the cvm CLI and the
+// aTLS client (attest/atls) import it.
+package verify
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/go-sev-guest/proto/sevsnp"
+	attestpb "github.com/google/go-tpm-tools/proto/attest"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/eat"
+)
+
+// Options say what to expect. The zero value verifies against go-sev-guest's
+// embedded AMD roots with DefaultPolicy and checks no binding: callers that
+// sent a nonce must set ReportData and/or Nonce.
+type Options struct {
+	// Policy; nil = the default (debug refused, nothing pinned).
+	Policy *Policy
+	// ReportData is the expected teeNonce (≤ 64 bytes, zero-padded as the
+	// agent pads it). nil = not checked (SNP and SNP-vTPM evidence is then
+	// only as fresh as the caller can otherwise tell).
+	ReportData []byte
+	// Nonce is the expected vtpmNonce (≤ 32 bytes, zero-padded). nil = not checked.
+	Nonce []byte
+	// AMDBundle is PEM: the ASK and ARK (any order), optionally a VCEK. nil =
+	// go-sev-guest's embedded AMD roots, plus rootOfTrust bundles of the policy.
+	AMDBundle []byte
+	// AllowSimulated accepts evidence from simulated platforms (the result is
+	// still marked Simulated). With no AMDBundle it also trusts the test-only
+	// chain carried in the evidence itself.
+	AllowSimulated bool
+	// Now is the time certificates are checked at; zero = time.Now().
+	Now time.Time
+}
+
+// Result describes evidence that passed.
+type Result struct {
+	Platform  attest.Platform
+	Simulated bool
+	Claims    *eat.Claims
+	SNP       *sevsnp.Report        // nil without SNP
+	TPM       *attestpb.Attestation // nil without vTPM
+	PCRs      map[uint32][]byte     // SHA-256 bank, from the verified quote
+	Events    attest.EventLog       // replayed and matching PCRs 15 and 16
+	Checks    []string              // the checks that ran and passed, in order
+	Restarts  map[string]uint32     // child → highest generation seen in the log
+}
+
+func (r *Result) pass(check string) { r.Checks = append(r.Checks, check) }
+
+// Token verifies an EAT token.
+func Token(token []byte, o Options) (*Result, error) {
+	if o.Now.IsZero() {
+		o.Now = time.Now()
+	}
+	if o.Policy == nil {
+		o.Policy = &Policy{}
+	}
+	msg, c, err := eat.Decode(token)
+	if err != nil {
+		return nil, fail("eat.decode", err)
+	}
+	r := &Result{Claims: c}
+	r.pass("eat.decode")
+	p, err := attest.ParsePlatform(c.PlatformType)
+	if err != nil || (p != attest.SNP && p != attest.VTPM && p != attest.SNPvTPM) {
+		return nil, mismatch("eat.platform_type", fmt.Sprintf("%q", c.PlatformType), `"SNP", "vTPM" or "SNP-vTPM"`)
+	}
+	r.Platform = p
+	if c.Simulated {
+		r.Simulated = true
+		if !o.AllowSimulated {
+			return nil, fail("simulated", fmt.Errorf("%w (token claim x-cvmd-simulated)", ErrSimulated))
+		}
+	}
+	if err := checkNonceClaim(c, o); err != nil {
+		return nil, err
+	}
+	r.pass("eat.nonce")
+	roots, err := o.rootSet()
+	if err != nil {
+		return nil, err
+	}
+
+	var signKey *ecdsa.PublicKey
+	switch p {
+	case attest.SNP:
+		var att sevsnp.Attestation
+		if err := proto.Unmarshal(c.RawReport, &att); err != nil {
+			return nil, fail("snp.decode", err)
+		}
+		if err := verifySNP(r, &att, roots, o, expectedSNPReportData(o.ReportData)); err != nil {
+			return nil, err
+		}
+		if signKey, err = verifyKeyReport(r, c, &att, roots, o); err != nil {
+			return nil, err
+		}
+	case attest.VTPM, attest.SNPvTPM:
+		var att attestpb.Attestation
+		if err := proto.Unmarshal(c.RawReport, &att); err != nil {
+			return nil, fail("vtpm.decode", err)
+		}
+		r.TPM = &att
+		ak, err := verifyVTPM(r, &att, c, roots, o)
+		if err != nil {
+			return nil, err
+		}
+		if c.Signer == nil || c.Signer.Kind != eat.SignerTPMAK {
+			return nil, mismatch("eat.signer", fmt.Sprintf("%+v", kindOf(c.Signer)), eat.SignerTPMAK)
+		}
+		spki, err := x509.MarshalPKIXPublicKey(ak)
+		if err != nil || !bytes.Equal(spki, c.Signer.Key) {
+			return nil, mismatch("eat.signer", "a key other than the quoting AK", "the AK of the quote")
+		}
+		signKey = ak
+	}
+	if err := msg.Verify(signKey); err != nil {
+		return nil, fail("eat.signature", err)
+	}
+	r.pass("eat.signature")
+	if r.Simulated && !o.AllowSimulated {
+		return nil, fail("simulated", ErrSimulated)
+	}
+	return r, nil
+}
+
+func kindOf(s *eat.Signing) string {
+	if s == nil {
+		return "none"
+	}
+	return s.Kind
+}
+
+// checkNonceClaim checks eat_nonce against what the caller sent (Cocos's
+// rule: the vTPM nonce if one was sent, else the report data).
+func checkNonceClaim(c *eat.Claims, o Options) error {
+	var want []byte
+	switch {
+	case o.Nonce != nil:
+		n, err := attest.PadVTPMNonce(o.Nonce)
+		if err != nil {
+			return fail("eat.nonce", err)
+		}
+		want = n[:]
+	case o.ReportData != nil:
+		n, err := attest.PadTEENonce(o.ReportData)
+		if err != nil {
+			return fail("eat.nonce", err)
+		}
+		want = n[:]
+	default:
+		if len(c.Nonce) < eat.MinNonceLen {
+			return mismatch("eat.nonce", fmt.Sprintf("%d bytes", len(c.Nonce)), fmt.Sprintf("at least %d", eat.MinNonceLen))
+		}
+		return nil
+	}
+	if subtle.ConstantTimeCompare(c.Nonce, want) != 1 {
+		return mismatch("eat.nonce", hex.EncodeToString(c.Nonce), hex.EncodeToString(want))
+	}
+	return nil
+}
+
+func expectedSNPReportData(rd []byte) []byte {
+	if rd == nil {
+		return nil
+	}
+	n, err := attest.PadTEENonce(rd)
+	if err != nil {
+		return rd // too long: compared as is, and fails
+	}
+	return n[:]
+}
+
+func hexs(b []byte) string { return hex.EncodeToString(b) }
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+var errNoRoots = errors.New("no trusted AMD roots for this product line")
