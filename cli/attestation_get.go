@@ -1,0 +1,117 @@
+package cli
+
+import (
+	"encoding/hex"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	agentpb "github.com/cvmd/cvmd/proto/agent"
+)
+
+func init() { Register("attestation", newAttestationGetCmd) }
+
+// platformTypes maps the CLI's names to the agent wire numbering.
+var platformTypes = map[string]int32{"snp": 0, "vtpm": 1, "snp-vtpm": 2, "azure-token": 3, "tdx": 4}
+
+func newAttestationGetCmd() *cobra.Command {
+	var tee, vtpm, token, out string
+	c := &cobra.Command{
+		Use:   "get <snp|vtpm|snp-vtpm|tdx|azure-token>",
+		Short: "Download attestation evidence (an EAT token) from the agent",
+		Long: `get asks the agent for evidence of the given platform type, bound to the
+nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
+--vtpm (up to 32 bytes; vtpm and snp-vtpm need it). The token is written to
+--output (default attestation.bin). azure-token asks for an Azure MAA token
+(--token, up to 32 bytes), which cvmd agents do not provide.`,
+		Example: `  cvm attestation get snp-vtpm --tee $(openssl rand -hex 64) --vtpm $(openssl rand -hex 32)`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			typ, ok := platformTypes[a[0]]
+			if !ok {
+				return &UsageError{fmt.Errorf("attestation type %q: want snp, vtpm, snp-vtpm, tdx or azure-token", a[0])}
+			}
+			teeB, err := hexArg("tee", tee, 64)
+			if err != nil {
+				return err
+			}
+			vtpmB, err := hexArg("vtpm", vtpm, 32)
+			if err != nil {
+				return err
+			}
+			tokB, err := hexArg("token", token, 32)
+			if err != nil {
+				return err
+			}
+			needTee, needVTPM := typ == 0 || typ == 2 || typ == 4, typ == 1 || typ == 2
+			if needTee && teeB == nil {
+				return &UsageError{fmt.Errorf("%s evidence needs --tee", a[0])}
+			}
+			if needVTPM && vtpmB == nil {
+				return &UsageError{fmt.Errorf("%s evidence needs --vtpm", a[0])}
+			}
+			ag, err := DialAgent(cmd)
+			if err != nil {
+				return err
+			}
+			defer ag.Close()
+			o := IOOf(cmd)
+			if typ == 3 {
+				res, err := ag.AzureAttestationToken(cmd.Context(), &agentpb.AttestationTokenRequest{TokenNonce: tokB, Type: typ})
+				if err != nil {
+					return fmt.Errorf("getting Azure token: %s", statusText(err))
+				}
+				if out == "" {
+					out = "azure_attest_token.jwt"
+				}
+				if err := os.WriteFile(out, res.GetFile(), 0o644); err != nil {
+					return err
+				}
+				return o.Print("Azure token saved to "+out, map[string]any{"file": out, "bytes": len(res.GetFile())})
+			}
+			if out == "" {
+				out = "attestation.bin"
+			}
+			stream, err := ag.Attestation(cmd.Context(), &agentpb.AttestationRequest{TeeNonce: teeB, VtpmNonce: vtpmB, Type: typ})
+			if err != nil {
+				return fmt.Errorf("getting attestation: %s", statusText(err))
+			}
+			f, err := os.Create(out)
+			if err != nil {
+				return err
+			}
+			n, err := recvFile(stream, f, o, "attestation", func() ([]byte, error) {
+				m, err := stream.Recv()
+				return m.GetFile(), err
+			})
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				os.Remove(out)
+				return fmt.Errorf("getting attestation: %s", statusText(err))
+			}
+			return o.Print(fmt.Sprintf("attestation saved to %s (%d bytes)", out, n), map[string]any{"file": out, "bytes": n})
+		},
+	}
+	c.Flags().StringVar(&tee, "tee", "", "TEE report data nonce, hex, up to 64 bytes")
+	c.Flags().StringVar(&vtpm, "vtpm", "", "vTPM quote nonce, hex, up to 32 bytes")
+	c.Flags().StringVar(&token, "token", "", "Azure token nonce, hex, up to 32 bytes")
+	c.Flags().StringVarP(&out, "output", "o", "", "output file (default attestation.bin)")
+	return c
+}
+
+func hexArg(name, v string, max int) ([]byte, error) {
+	if v == "" {
+		return nil, nil
+	}
+	b, err := hex.DecodeString(v)
+	if err != nil {
+		return nil, &UsageError{fmt.Errorf("--%s is not hex: %v", name, err)}
+	}
+	if len(b) > max {
+		return nil, &UsageError{fmt.Errorf("--%s has %d bytes, at most %d", name, len(b), max)}
+	}
+	return b, nil
+}
