@@ -1,0 +1,482 @@
+package manager
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cvmd/cvmd/children/logfwd"
+	"github.com/cvmd/cvmd/devmanager"
+	"github.com/cvmd/cvmd/ipc"
+	"github.com/cvmd/cvmd/logsink"
+	"github.com/cvmd/cvmd/proto/cvms"
+	"github.com/cvmd/cvmd/proto/logs"
+)
+
+// testSupervisor is the supervisor side the link drives: it records calls
+// and refuses a second computation as the real one does.
+type testSupervisor struct {
+	mu     sync.Mutex
+	active string
+	starts []string
+	stops  int
+}
+
+func (s *testSupervisor) Start(_ context.Context, r *cvms.ComputationRunReq) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active != "" {
+		return fmt.Errorf("supervisor: computation %q is active", s.active)
+	}
+	s.active = r.GetId()
+	s.starts = append(s.starts, r.GetId())
+	return nil
+}
+
+func (s *testSupervisor) Stop(context.Context, string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.active = ""
+	s.stops++
+	return nil
+}
+
+func (s *testSupervisor) State(context.Context) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active != "" {
+		return "ReceivingAlgorithm", nil
+	}
+	return "ReceivingManifest", nil
+}
+
+// rig is a real logfwd (queue + Collector over ipc edges), a child's logsink
+// and the supervisor's Collector client.
+type rig struct {
+	q      *logfwd.Queue
+	sink   *logsink.Sink
+	client logs.CollectorClient
+	stop   func()
+}
+
+func edge(t *testing.T, name string) (client, server *os.File) {
+	t.Helper()
+	a, b, err := ipc.Socketpair(unix.SOCK_SEQPACKET, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, b
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	q, _, err := logfwd.OpenQueue(t.TempDir(), logfwd.QueueOptions{}, logfwd.DropRecord)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := ipc.NewListener("logfwd")
+	childEnd, srvA := edge(t, "child")
+	supEnd, srvB := edge(t, "supervisor")
+	ln.Add(srvA)
+	ln.Add(srvB)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { logfwd.Serve(ctx, q, ln, nil); close(done) }()
+	cd := ipc.NewDialer("logfwd", childEnd)
+	sink, err := logsink.New(cd, logsink.Options{Originator: "agent", ComputationID: "c1", MaxWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sd := ipc.NewDialer("logfwd", supEnd)
+	conn, err := ipc.GRPCClient(sd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{q: q, sink: sink, client: logs.NewCollectorClient(conn)}
+	r.stop = func() {
+		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		sink.Close(sctx)
+		c()
+		conn.Close()
+		cancel()
+		<-done
+		ln.Close()
+		cd.Close()
+		sd.Close()
+		q.Close()
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+func pubKeyDER(t *testing.T) []byte {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func sampleReq(t *testing.T, id string) *cvms.ComputationRunReq {
+	k := pubKeyDER(t)
+	h := make([]byte, 32)
+	return &cvms.ComputationRunReq{Id: id, Name: "sample",
+		Algorithm:       &cvms.Algorithm{Hash: h, UserKey: k, AlgoType: "bin"},
+		Datasets:        []*cvms.Dataset{{Hash: h, UserKey: k, Filename: "iris.csv"}},
+		ResultConsumers: []*cvms.ResultConsumer{{UserKey: k}}}
+}
+
+// startManager serves a devmanager on addr ("" = any port).
+func startManager(t *testing.T, addr string, opts devmanager.Options) (*devmanager.Server, string, func()) {
+	t.Helper()
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ { // the port may linger briefly after a restart
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := devmanager.New(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { devmanager.Serve(ctx, ln, srv, nil); close(done) }()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return srv, ln.Addr().String(), stop
+}
+
+func startLink(t *testing.T, cfg Config, deps Deps) *Link {
+	t.Helper()
+	cfg.MinBackoff, cfg.MaxBackoff = 20*time.Millisecond, 200*time.Millisecond
+	if cfg.CommitDelay == 0 {
+		cfg.CommitDelay = 300 * time.Millisecond
+	}
+	if cfg.CVMID == "" {
+		cfg.CVMID = "cvm-1"
+	}
+	l, err := New(cfg, deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return l
+}
+
+// lines extracts "line N" messages received on log streams, in arrival order.
+func lines(msgs []devmanager.Received) []int {
+	var out []int
+	for _, m := range msgs {
+		if m.Stream != "log" {
+			continue
+		}
+		var n int
+		if _, err := fmt.Sscanf(m.Msg.GetAgentLog().GetMessage(), "line %d", &n); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// checkLines verifies that 0..n-1 all arrived, first occurrences in order,
+// and returns the number of duplicates.
+func checkLines(t *testing.T, got []int, n int) int {
+	t.Helper()
+	seen := make([]bool, n)
+	next, dups := 0, 0
+	for _, v := range got {
+		if v < 0 || v >= n {
+			t.Fatalf("unexpected line %d", v)
+		}
+		if seen[v] {
+			dups++
+			continue
+		}
+		if v != next {
+			t.Fatalf("line %d arrived before line %d", v, next)
+		}
+		seen[v] = true
+		next++
+	}
+	if next != n {
+		t.Fatalf("only lines 0..%d arrived, want %d", next-1, n)
+	}
+	return dups
+}
+
+func waitLines(t *testing.T, srvs []*devmanager.Server, n int, d time.Duration) []int {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var all []int
+		for _, s := range srvs {
+			all = append(all, lines(s.Messages())...)
+		}
+		distinct := map[int]bool{}
+		for _, v := range all {
+			distinct[v] = true
+		}
+		if len(distinct) >= n {
+			return all
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d lines arrived in %s", len(distinct), n, d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ln.Addr().String()
+	ln.Close()
+	return a
+}
+
+func TestLinkManagerDownAtBootThenUp(t *testing.T) {
+	r := newRig(t)
+	sup := &testSupervisor{}
+	addr := freeAddr(t)
+	l := startLink(t, Config{URL: addr}, Deps{Supervisor: sup, Logs: r.client})
+	const n = 2000
+	for i := 0; i < n; i++ {
+		if !r.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: fmt.Sprintf("line %d", i), Level: "INFO"}}}) {
+			t.Fatalf("line %d refused", i)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the manager is down meanwhile
+	srv, _, _ := startManager(t, addr, devmanager.Options{Computation: sampleReq(t, "c1")})
+	got := waitLines(t, []*devmanager.Server{srv}, n, 20*time.Second)
+	dups := checkLines(t, got, n)
+	t.Logf("delivery: %d lines, %d duplicates", n, dups)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := srv.Wait(ctx, func(ms []devmanager.Received) bool {
+		for _, m := range ms {
+			if m.Msg.GetRunRes() != nil {
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatal("no RunResponse")
+	}
+	var ctl []*cvms.ClientStreamMessage
+	for _, m := range srv.Messages() {
+		if m.Stream == "control" {
+			ctl = append(ctl, m.Msg)
+		}
+		if m.JobID != "cvm-1" {
+			t.Fatalf("stream %s without job-id metadata", m.Stream)
+		}
+	}
+	if ctl[0].GetVTPMattestationReport() == nil {
+		t.Fatalf("first control message is %v, want the attestation report", ctl[0])
+	}
+	if rr := ctl[1].GetRunRes(); rr == nil || rr.GetError() != "" || rr.GetComputationId() != "c1" {
+		t.Fatalf("run response %v", ctl[1])
+	}
+	if l.Stats().Connects < 1 || len(sup.starts) != 1 {
+		t.Fatalf("stats %+v starts %v", l.Stats(), sup.starts)
+	}
+}
+
+func TestLinkManagerRestartedMidStream(t *testing.T) {
+	r := newRig(t)
+	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
+	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
+	const n = 20000
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; i < n; i++ {
+			r.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: fmt.Sprintf("line %d", i), Level: "INFO"}}})
+			if i%1000 == 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+	})
+	// Kill the manager once some lines arrived, then bring a new one up.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv1.Wait(ctx, func(ms []devmanager.Received) bool { return len(ms) > 3000 })
+	stop1()
+	time.Sleep(200 * time.Millisecond)
+	srv2, _, _ := startManager(t, addr, devmanager.Options{})
+	wg.Wait()
+	if st := r.sink.Stats(); st.Dropped != 0 {
+		t.Fatalf("sink dropped %d", st.Dropped)
+	}
+	got := waitLines(t, []*devmanager.Server{srv1, srv2}, n, 30*time.Second)
+	dups := checkLines(t, got, n)
+	t.Logf("delivery across a manager restart: %d lines, %d duplicates (at-least-once)", n, dups)
+}
+
+func unknownOneof() *cvms.ServerStreamMessage {
+	m := &cvms.ServerStreamMessage{}
+	b := protowire.AppendTag(nil, 9, protowire.BytesType)
+	b = protowire.AppendBytes(b, []byte("future"))
+	m.ProtoReflect().SetUnknown(b)
+	return m
+}
+
+func chunk(id string, data []byte, last bool) *cvms.ServerStreamMessage {
+	return &cvms.ServerStreamMessage{Message: &cvms.ServerStreamMessage_RunReqChunks{RunReqChunks: &cvms.RunReqChunks{Id: id, Data: data, IsLast: last}}}
+}
+
+func TestLinkRefusesMalformedServerMessages(t *testing.T) {
+	r := newRig(t)
+	srv, addr, _ := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
+	l := startLink(t, Config{URL: addr, MaxRunReqBytes: 4096, ChunkTimeout: 500 * time.Millisecond}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
+	wait := func(what string, cond func(*cvms.ClientStreamMessage) bool) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		from := len(srv.Messages())
+		_ = from
+		if err := srv.Wait(ctx, func(ms []devmanager.Received) bool {
+			for _, m := range ms {
+				if cond(m.Msg) {
+					return true
+				}
+			}
+			return false
+		}); err != nil {
+			t.Fatalf("%s: no matching answer", what)
+		}
+	}
+	wait("first computation", func(m *cvms.ClientStreamMessage) bool { return m.GetRunRes().GetComputationId() == "c1" })
+	bad := func(id string) func(*cvms.ClientStreamMessage) bool {
+		return func(m *cvms.ClientStreamMessage) bool {
+			return m.GetRunRes().GetComputationId() == id && m.GetRunRes().GetError() != ""
+		}
+	}
+	errOf := func(id string) string {
+		for _, m := range srv.Messages() {
+			if rr := m.Msg.GetRunRes(); rr.GetComputationId() == id && rr.GetError() != "" {
+				return rr.GetError()
+			}
+		}
+		return ""
+	}
+	garbage, _ := proto.Marshal(&cvms.ComputationRunReq{Id: "x"})
+	tests := []struct {
+		name string
+		send []*cvms.ServerStreamMessage
+		id   string // RunResponse id carrying the error; "" = none expected
+		want string // substring of the error
+	}{
+		{"unknown oneof", []*cvms.ServerStreamMessage{unknownOneof()}, "", ""},
+		{"chunks without is_last", []*cvms.ServerStreamMessage{chunk("c-partial", garbage, false)}, "c-partial", "no chunk with is_last"},
+		{"oversized chunks", []*cvms.ServerStreamMessage{chunk("c-big", make([]byte, 3000), false), chunk("c-big", make([]byte, 3000), false), chunk("c-big", nil, true)}, "c-big", "over the 4096-byte cap"},
+		{"chunks that are not a manifest", []*cvms.ServerStreamMessage{chunk("c-junk", []byte{0xff, 0xff, 0xff}, true)}, "c-junk", "not a ComputationRunReq"},
+		{"runReq without algorithm", []*cvms.ServerStreamMessage{{Message: &cvms.ServerStreamMessage_RunReq{RunReq: &cvms.ComputationRunReq{Id: "c-noalgo"}}}}, "c-noalgo", "algorithm is missing"},
+		{"runReq with a bad key", []*cvms.ServerStreamMessage{{Message: &cvms.ServerStreamMessage_RunReq{RunReq: func() *cvms.ComputationRunReq {
+			q := sampleReq(t, "c-badkey")
+			q.Algorithm.UserKey = []byte("nope")
+			return q
+		}()}}}, "c-badkey", "algorithm.userKey"},
+		{"second computation while one runs", []*cvms.ServerStreamMessage{{Message: &cvms.ServerStreamMessage_RunReq{RunReq: sampleReq(t, "c2")}}}, "c2", "is active"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := l.Stats().Rejected
+			for _, m := range tc.send {
+				if err := srv.SendControl(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.id != "" {
+				wait(tc.name, bad(tc.id))
+				if e := errOf(tc.id); !strings.Contains(e, tc.want) {
+					t.Fatalf("error %q, want it to mention %q", e, tc.want)
+				}
+			} else {
+				deadline := time.Now().Add(5 * time.Second)
+				for l.Stats().Rejected == before && time.Now().Before(deadline) {
+					time.Sleep(10 * time.Millisecond)
+				}
+				if l.Stats().Rejected == before {
+					t.Fatal("message not refused")
+				}
+			}
+			// The link survives: a state request is still answered.
+			sid := fmt.Sprintf("state-%d", i)
+			srv.SendControl(&cvms.ServerStreamMessage{Message: &cvms.ServerStreamMessage_AgentStateReq{AgentStateReq: &cvms.AgentStateReq{Id: sid}}})
+			wait("state after "+tc.name, func(m *cvms.ClientStreamMessage) bool { return m.GetAgentStateRes().GetId() == sid })
+		})
+	}
+	if c := l.Stats().Connects; c != 1 {
+		t.Fatalf("link reconnected %d times; malformed messages must not break it", c)
+	}
+	// Stop, then a later computation works.
+	srv.Command("stop c1")
+	wait("stop", func(m *cvms.ClientStreamMessage) bool { return m.GetStopComputationRes().GetComputationId() == "c1" })
+	srv.SendControl(&cvms.ServerStreamMessage{Message: &cvms.ServerStreamMessage_RunReq{RunReq: sampleReq(t, "c3")}})
+	wait("computation after stop", func(m *cvms.ClientStreamMessage) bool {
+		return m.GetRunRes().GetComputationId() == "c3" && m.GetRunRes().GetError() == ""
+	})
+	// Disconnect: the link comes back.
+	srv.Command("disconnect")
+	deadline := time.Now().Add(10 * time.Second)
+	for l.Stats().Connects < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if l.Stats().Connects < 2 {
+		t.Fatal("no reconnect after disconnectReq")
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	env := dir + "/environment"
+	os.WriteFile(env, []byte("# cocos\nAGENT_LOG_LEVEL=debug\nAGENT_CVM_GRPC_URL=\"10.0.2.2:7001\"\nAGENT_CVM_ID=abc\n"), 0o600)
+	tests := []struct {
+		name, file, cmdline string
+		wantURL, wantID     string
+		wantErr             bool
+	}{
+		{"file only", env, "", "10.0.2.2:7001", "abc", false},
+		{"cmdline wins", env, "console=ttyS0 AGENT_CVM_GRPC_URL=127.0.0.1:9 quiet", "127.0.0.1:9", "abc", false},
+		{"missing file, cmdline only", dir + "/none", "AGENT_CVM_GRPC_URL=h:1", "h:1", "", false},
+		{"nothing", dir + "/none", "", "", "", true},
+		{"cert without key", env, "AGENT_CVM_GRPC_CLIENT_CERT=/c.pem", "", "", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := LoadConfig(tc.file, tc.cmdline)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err %v, want error %v", err, tc.wantErr)
+			}
+			if !tc.wantErr && (c.URL != tc.wantURL || c.CVMID != tc.wantID) {
+				t.Fatalf("config %+v", c)
+			}
+		})
+	}
+}
