@@ -561,6 +561,18 @@ func (a *AlgoSandboxes) start(req *control.SandboxRequest, run *algoRun) (status
 			g()
 		}
 	})
+	// Bind every opened source onto a mount point of ours first: a bind's
+	// source must be in the mounting process's namespace, and the sandbox
+	// copies ours; the opened fd pins exactly what was checked.
+	for i := range plan.spec.Mounts {
+		m := &plan.spec.Mounts[i]
+		target, err := bindOpened(filepath.Join(dir, "mnt"), i, m.Source)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		cleanups = append(cleanups, func() { unix.Unmount(target, unix.MNT_DETACH) })
+		m.Source = target
+	}
 	spec, err := sandbox.AlgorithmSpec(plan.spec)
 	if err != nil {
 		return nil, nil, nil, err

@@ -172,3 +172,31 @@ func ownerOf(fi fs.FileInfo) (uid, gid int) {
 	}
 	return 0, 0
 }
+
+// bindOpened bind-mounts src (a /proc/<pid>/fd/<n> of an O_PATH fd) onto a
+// fresh mount point dir/<i> (a file or a directory like src) and returns it.
+func bindOpened(dir string, i int, src string) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return "", err
+	}
+	target := filepath.Join(dir, fmt.Sprint(i))
+	if fi.IsDir() {
+		err = os.Mkdir(target, 0o700)
+	} else {
+		var f *os.File
+		if f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err == nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		return "", fmt.Errorf("binding %s: %w", src, err)
+	}
+	return target, nil
+}
