@@ -1,9 +1,653 @@
-// Package supervisor is cvmd's PID 1. Placeholder until issue 2 lands.
 package supervisor
 
-import "errors"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
 
-// Main runs the supervisor with its command-line arguments.
-func Main(args []string) error {
-	return errors.New("supervisor: not built yet")
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	"github.com/cvmd/cvmd/ipc"
+	"github.com/cvmd/cvmd/logsink"
+	"github.com/cvmd/cvmd/sandbox"
+)
+
+// Config is what the supervisor proper runs with (from flags).
+type Config struct {
+	// State is the --state directory (absolute); children see parts of it.
+	State string
+	// RunDir holds runtime state: libcontainer's, the skeleton rootfs and
+	// children.json. Private to one supervisor.
+	RunDir string
+	// CgroupRoot is the relative cgroup path of all children (cleaned at
+	// start and at exit).
+	CgroupRoot string
+	// Listen is ingress's TCP address; the supervisor listens and hands the
+	// fd over as "listen".
+	Listen string
+	// Exe is argv before the child name: how a child re-executes cvmd
+	// inside its sandbox. Default {"/proc/self/exe"}.
+	Exe []string
+	// LogLevel is passed to every child.
+	LogLevel string
+	// Dev is set in development mode (not the VM's PID 1).
+	Dev bool
+	// EnvFile is the Cocos environment file given to the manager link.
+	EnvFile string
+	// SimulatedAttestation makes the attestation child use the TPM simulator.
+	SimulatedAttestation bool
+	// Table is the child table; nil means DefaultTable().
+	Table *Table
+	// Log receives the supervisor's own log.
+	Log *slog.Logger
+	// Hooks connect other parts of the supervisor (see doc.go).
+	Hooks Hooks
+	// PanicOnSIGUSR1 is a test-only switch: SIGUSR1 makes the event loop
+	// panic, to prove that PID 1 survives and the children come back.
+	PanicOnSIGUSR1 bool
 }
+
+// Supervisor runs the children of a Table.
+type Supervisor struct {
+	cfg    Config
+	table  *Table
+	log    *slog.Logger
+	rt     *sandbox.Runtime
+	wiring *wiring
+	cmds   *commands
+	events chan event
+	calls  chan func()
+	done   chan struct{} // closed when Run returns
+	sink   *logsink.Sink
+	listen *os.File
+
+	// Owned by the loop goroutine.
+	children map[string]*childState
+	compID   string
+	stopping bool
+
+	dialMu    sync.Mutex
+	dialers   map[string]*ipc.Dialer // guarded by dialMu; supervisor's "to:<server>"
+	agentConn *grpc.ClientConn       // guarded by dialMu; over dialers["agent"]
+}
+
+type childState struct {
+	spec     *ChildSpec
+	status   Status
+	gen      uint32
+	inc      *incarnation
+	restarts Restarts
+	failText string // last StartFailed text
+	timer    *time.Timer
+	readyAt  time.Time
+	startAt  time.Time
+}
+
+// Status of a child.
+type Status string
+
+const (
+	StatusPending  Status = "pending"  // waiting for its dependencies
+	StatusStarting Status = "starting" // started, not yet READY
+	StatusReady    Status = "ready"
+	StatusBackoff  Status = "backoff" // exited, restart scheduled
+	StatusFailed   Status = "failed"  // too many restarts; left stopped
+	StatusStopping Status = "stopping"
+	StatusStopped  Status = "stopped"
+)
+
+// New prepares a supervisor: state directories, the sandbox runtime (which
+// removes what a crashed predecessor left), the ingress listener.
+func New(cfg Config) (*Supervisor, error) {
+	if cfg.Table == nil {
+		cfg.Table = DefaultTable()
+	}
+	if err := cfg.Table.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if len(cfg.Exe) == 0 {
+		cfg.Exe = []string{"/proc/self/exe"}
+	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "info"
+	}
+	if !filepath.IsAbs(cfg.State) || !filepath.IsAbs(cfg.RunDir) {
+		return nil, fmt.Errorf("supervisor: state %q and run dir %q must be absolute", cfg.State, cfg.RunDir)
+	}
+	for _, d := range []string{"agent", "computation", "computation/datasets", "computation/results", "runner", "logfwd", "attestation"} {
+		if err := os.MkdirAll(filepath.Join(cfg.State, d), 0o700); err != nil {
+			return nil, fmt.Errorf("supervisor: making state dir: %w", err)
+		}
+	}
+	rt, err := sandbox.NewRuntime(sandbox.RuntimeConfig{StateDir: filepath.Join(cfg.RunDir, "sandbox"), CgroupRoot: cfg.CgroupRoot})
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: %w", err)
+	}
+	s := &Supervisor{
+		cfg:      cfg,
+		table:    cfg.Table,
+		log:      cfg.Log,
+		rt:       rt,
+		wiring:   newWiring(cfg.Table),
+		cmds:     newCommands(),
+		events:   make(chan event, 64),
+		calls:    make(chan func()),
+		done:     make(chan struct{}),
+		children: map[string]*childState{},
+		dialers:  map[string]*ipc.Dialer{},
+	}
+	for i := range cfg.Table.Children {
+		spec := &cfg.Table.Children[i]
+		s.children[spec.Name] = &childState{spec: spec, status: StatusPending, restarts: Restarts{Policy: cfg.Table.Policy}}
+		for _, fd := range spec.Fds {
+			if fd == "listen" && s.listen == nil {
+				if s.listen, err = listenTCP(cfg.Listen); err != nil {
+					rt.Close()
+					return nil, err
+				}
+			}
+		}
+	}
+	for _, e := range cfg.Table.Edges {
+		if e.Client == SupervisorName {
+			s.dialers[e.Server] = ipc.NewDialer(e.Server, nil)
+		}
+	}
+	if d := s.dialers["logfwd"]; d != nil {
+		if s.sink, err = logsink.New(d, logsink.Options{Originator: SupervisorName, BufferBytes: 1 << 20}); err != nil {
+			s.log.Warn("no event sink; events go to the log", "err", err)
+		}
+	}
+	s.installExtensions()
+	return s, nil
+}
+
+func listenTCP(addr string) (*os.File, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: ingress listener: %w", err)
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: ingress listener: %w", err)
+	}
+	return f, nil
+}
+
+// ListenAddr is the ingress listener's address ("" without one).
+func (s *Supervisor) ListenAddr() string {
+	if s.listen == nil {
+		return ""
+	}
+	sa, err := unix.Getsockname(int(s.listen.Fd()))
+	if err != nil {
+		return ""
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), fmt.Sprint(a.Port))
+	case *unix.SockaddrInet6:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), fmt.Sprint(a.Port))
+	}
+	return ""
+}
+
+func (s *Supervisor) extraFD(child, name string) (*os.File, error) {
+	switch name {
+	case "listen":
+		if s.listen == nil {
+			return nil, fmt.Errorf("supervisor: %s: no listener", child)
+		}
+		fd, err := unix.FcntlInt(s.listen.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, os.NewSyscallError("dup listener", err)
+		}
+		return os.NewFile(uintptr(fd), "listen"), nil
+	}
+	return nil, fmt.Errorf("supervisor: %s: unknown fd %q", child, name)
+}
+
+// Dialer returns the supervisor's dialer to server (edge "to:<server>"), or nil.
+func (s *Supervisor) Dialer(server string) *ipc.Dialer {
+	s.dialMu.Lock()
+	defer s.dialMu.Unlock()
+	return s.dialers[server]
+}
+
+func (s *Supervisor) replaceDialer(server string, f *os.File) {
+	s.dialMu.Lock()
+	d := s.dialers[server]
+	s.dialMu.Unlock()
+	if d == nil {
+		f.Close()
+		return
+	}
+	d.Replace(f)
+}
+
+func (s *Supervisor) liveness(name string) (uint32, bool) {
+	c := s.children[name]
+	if c == nil || c.inc == nil {
+		return 0, false
+	}
+	return c.inc.gen, true
+}
+
+// Events returns the supervisor's event publisher (AgentEvents with
+// originator "supervisor", through logfwd, buffered while logfwd is down).
+func (s *Supervisor) Events() logsink.Publisher {
+	if s.sink != nil {
+		return s.sink
+	}
+	return logsink.LogPublisher(s.log, SupervisorName)
+}
+
+// Run starts the children and supervises them until ctx ends, then stops
+// them in reverse dependency order and releases everything.
+func (s *Supervisor) Run(ctx context.Context) error {
+	defer s.release()
+	if m := s.cfg.Hooks.Measure; m != nil {
+		b, _ := s.table.Canonical()
+		m(ctx, MeasureTable, b)
+	}
+	s.Events().Event("supervisor.started", "ok", "table_hash", s.table.HashHex())
+	var usr1 chan os.Signal
+	if s.cfg.PanicOnSIGUSR1 {
+		usr1 = notifyUSR1()
+	}
+	s.kick()
+	var linkDone chan error
+	if link := s.cfg.Hooks.ManagerLink; link != nil {
+		linkDone = make(chan error, 1)
+		lctx, cancel := context.WithCancel(ctx)
+		defer func() { cancel(); <-linkDone }()
+		go func() { linkDone <- link(lctx, s) }()
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			s.shutdown()
+			return nil
+		case ev := <-s.events:
+			s.handle(ev)
+		case f := <-s.calls:
+			f()
+		case <-usr1:
+			panic("supervisor: test-only panic (SIGUSR1)")
+		case err := <-linkDone:
+			s.log.Error("manager link ended", "err", err)
+			linkDone = nil
+		}
+	}
+}
+
+// do runs f on the loop and waits for it (or ctx).
+func (s *Supervisor) do(ctx context.Context, f func()) error {
+	done := make(chan struct{})
+	select {
+	case s.calls <- func() { f(); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// post hands an event to the loop; after Run returned it is dropped.
+func (s *Supervisor) post(ev event) {
+	select {
+	case s.events <- ev:
+	case <-s.done:
+	}
+}
+
+// kick starts every pending child whose dependencies are ready.
+func (s *Supervisor) kick() {
+	if s.stopping {
+		return
+	}
+	for i := range s.table.Children {
+		c := s.children[s.table.Children[i].Name]
+		if c.status != StatusPending {
+			continue
+		}
+		ok := true
+		for _, d := range c.spec.Deps {
+			if s.children[d].status != StatusReady {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			s.start(c)
+		}
+	}
+	s.writeStatus()
+}
+
+func (s *Supervisor) start(c *childState) {
+	c.gen++
+	c.startAt = time.Now()
+	inc, err := s.spawn(c.spec, c.gen)
+	if err != nil {
+		s.log.Error("starting child", "child", c.spec.Name, "err", err)
+		s.Events().Event("child.start_failed", "error", "child", c.spec.Name, "error", err.Error())
+		s.afterExit(c)
+		return
+	}
+	c.inc = inc
+	c.status = StatusStarting
+	c.failText = ""
+	gen := c.gen
+	name := c.spec.Name
+	c.setTimer(s.table.ReadyTimeout, func() { s.post(evReadyTimeout{name: name, gen: gen}) })
+	s.log.Info("child started", "child", name, "pid", inc.sb.Pid(), "generation", gen)
+	s.Events().Event("child.started", "ok", "child", name, "pid", inc.sb.Pid(), "generation", gen)
+	if gen > 1 {
+		if m := s.cfg.Hooks.Measure; m != nil {
+			b, _ := json.Marshal(map[string]any{"child": name, "generation": gen, "computation_id": s.compID})
+			m(context.Background(), MeasureRestart, b)
+		}
+	}
+}
+
+func (c *childState) setTimer(d time.Duration, f func()) {
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.timer = time.AfterFunc(d, f)
+}
+
+func (c *childState) stopTimer() {
+	if c.timer != nil {
+		c.timer.Stop()
+		c.timer = nil
+	}
+}
+
+// current returns the child if ev is about its current incarnation.
+func (s *Supervisor) current(name string, gen uint32) *childState {
+	c := s.children[name]
+	if c == nil || c.inc == nil || c.inc.gen != gen {
+		return nil
+	}
+	return c
+}
+
+func (s *Supervisor) handle(ev event) {
+	switch e := ev.(type) {
+	case evReady:
+		c := s.current(e.name, e.gen)
+		if c == nil || c.status != StatusStarting {
+			return
+		}
+		c.status = StatusReady
+		c.readyAt = time.Now()
+		c.setTimer(s.table.Policy.Window, func() { s.post(evStable{name: e.name, gen: e.gen}) })
+		s.log.Info("child ready", "child", e.name, "generation", e.gen, "after", c.readyAt.Sub(c.startAt).Round(time.Microsecond))
+		s.Events().Event("child.ready", "ok", "child", e.name, "generation", e.gen)
+		s.kick()
+	case evStable:
+		if c := s.current(e.name, e.gen); c != nil && c.status == StatusReady {
+			c.restarts.Stable()
+		}
+	case evStartFailed:
+		if c := s.current(e.name, e.gen); c != nil {
+			c.failText = e.text
+			s.log.Error("child could not start", "child", e.name, "error", e.text)
+		}
+	case evGarbage:
+		if c := s.current(e.name, e.gen); c != nil && !s.stopping {
+			s.log.Error("garbage on control channel; killing child", "child", e.name, "err", e.err)
+			c.failText = "protocol error: " + e.err.Error()
+			c.inc.sb.Kill()
+		}
+	case evReadyTimeout:
+		if c := s.current(e.name, e.gen); c != nil && c.status == StatusStarting {
+			s.log.Error("child never said READY; killing it", "child", e.name, "timeout", s.table.ReadyTimeout)
+			c.failText = fmt.Sprintf("not READY within %v", s.table.ReadyTimeout)
+			c.inc.sb.Kill()
+		}
+	case evExit:
+		c := s.current(e.name, e.gen)
+		if c == nil {
+			return
+		}
+		s.reap(c, e)
+		s.afterExit(c)
+	case evRestart:
+		c := s.children[e.name]
+		if c != nil && c.status == StatusBackoff && c.gen == e.gen {
+			c.status = StatusPending
+			s.kick()
+		}
+	}
+}
+
+// reap releases an exited incarnation and logs why it ended.
+func (s *Supervisor) reap(c *childState, e evExit) {
+	inc := c.inc
+	c.inc = nil
+	c.stopTimer()
+	inc.ctl.Close()
+	inc.cancel()
+	if c.spec.Name == "runner" && s.cfg.Hooks.Sandbox != nil {
+		s.cfg.Hooks.Sandbox.KillAll()
+	}
+	if err := inc.sb.Destroy(); err != nil {
+		s.log.Warn("destroying sandbox", "child", c.spec.Name, "err", err)
+	}
+	s.cmds.fail(inc)
+	how := "unknown"
+	if e.err != nil {
+		how = e.err.Error()
+	} else if e.state != nil {
+		how = e.state.String()
+	}
+	if e.oom {
+		how += " (OOM-killed in its cgroup)"
+	}
+	attrs := []any{"child", c.spec.Name, "generation", inc.gen, "status", how, "uptime", time.Since(inc.started).Round(time.Millisecond)}
+	if c.failText != "" {
+		attrs = append(attrs, "reason", c.failText)
+	}
+	if s.stopping || c.status == StatusStopping {
+		s.log.Info("child stopped", attrs...)
+	} else {
+		s.log.Error("child exited", append(attrs, "output", inc.tail.String())...)
+	}
+	s.Events().Event("child.exited", "error", "child", c.spec.Name, "generation", inc.gen, "status", how, "reason", c.failText)
+	// The incarnation's goroutines end now that the channel is closed and the
+	// process is gone; wait for them outside the loop.
+	go inc.wg.Wait()
+}
+
+// afterExit applies the restart policy.
+func (s *Supervisor) afterExit(c *childState) {
+	if s.stopping || c.status == StatusStopping {
+		c.status = StatusStopped
+		s.writeStatus()
+		return
+	}
+	delay, failed := c.restarts.Next(time.Now())
+	if failed {
+		c.status = StatusFailed
+		s.log.Error("child failed: too many restarts; others keep running", "child", c.spec.Name,
+			"max", s.table.Policy.MaxRestarts, "window", s.table.Policy.Window)
+		s.Events().Event("child.failed", "error", "child", c.spec.Name, "restarts", c.restarts.Total())
+		s.writeStatus()
+		return
+	}
+	c.status = StatusBackoff
+	name, gen := c.spec.Name, c.gen
+	s.log.Info("restarting child", "child", name, "in", delay.Round(time.Millisecond), "restart", c.restarts.Total())
+	s.Events().Event("child.restarting", "ok", "child", name, "delay_ms", delay.Milliseconds(), "restart", c.restarts.Total())
+	if delay == 0 {
+		c.status = StatusPending
+		s.kick()
+		return
+	}
+	c.setTimer(delay, func() { s.post(evRestart{name: name, gen: gen}) })
+	s.writeStatus()
+}
+
+// shutdown stops every child in reverse table order (dependents first),
+// each with a grace period, then SIGKILL.
+func (s *Supervisor) shutdown() {
+	s.stopping = true
+	s.log.Info("shutting down")
+	s.Events().Event("supervisor.shutdown", "ok")
+	for i := len(s.table.Children) - 1; i >= 0; i-- {
+		c := s.children[s.table.Children[i].Name]
+		c.stopTimer()
+		if c.inc == nil {
+			c.status = StatusStopped
+			continue
+		}
+		if c.spec.Name == "logfwd" && s.sink != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			s.sink.Flush(ctx)
+			cancel()
+		}
+		s.stopChild(c, "supervisor shutting down")
+	}
+	s.writeStatus()
+}
+
+// stopChild asks the child to stop, waits up to StopGrace, then kills it,
+// and processes its exit. Runs on the loop; other events wait meanwhile
+// (except the exit itself, which is picked out of the queue).
+func (s *Supervisor) stopChild(c *childState, reason string) {
+	c.status = StatusStopping
+	inc := c.inc
+	inc.ctl.Send((&stopMsg{reason}).msg(), nil)
+	inc.sb.Signal(unix.SIGTERM)
+	deadline := time.NewTimer(s.table.StopGrace)
+	defer deadline.Stop()
+	killed := false
+	for c.inc == inc {
+		select {
+		case ev := <-s.events:
+			if e, ok := ev.(evExit); ok && e.name == c.spec.Name {
+				if cur := s.current(e.name, e.gen); cur != nil {
+					s.reap(cur, e)
+					s.afterExit(cur)
+				}
+				continue
+			}
+			if e, ok := ev.(evExit); ok {
+				// another child died meanwhile: reap it, no restart while stopping
+				if cur := s.current(e.name, e.gen); cur != nil {
+					prev := cur.status
+					cur.status = StatusStopping
+					s.reap(cur, e)
+					s.afterExit(cur)
+					_ = prev
+				}
+			}
+		case <-deadline.C:
+			if !killed {
+				s.log.Warn("child did not stop in time; killing it", "child", c.spec.Name, "grace", s.table.StopGrace)
+				inc.sb.Kill()
+				killed = true
+				deadline.Reset(2 * time.Second)
+			} else {
+				s.log.Error("child did not die after SIGKILL", "child", c.spec.Name)
+				return
+			}
+		}
+	}
+}
+
+// release closes everything the supervisor holds.
+func (s *Supervisor) release() {
+	close(s.done)
+	for _, c := range s.children {
+		c.stopTimer()
+		if c.inc != nil {
+			c.inc.sb.Kill()
+			c.inc.sb.Wait()
+			c.inc.sb.Destroy()
+			c.inc.ctl.Close()
+			c.inc = nil
+		}
+	}
+	if s.sink != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		s.sink.Close(ctx)
+		cancel()
+	}
+	s.dialMu.Lock()
+	if s.agentConn != nil {
+		s.agentConn.Close()
+	}
+	for _, d := range s.dialers {
+		d.Close()
+	}
+	s.dialMu.Unlock()
+	s.wiring.close()
+	if s.listen != nil {
+		s.listen.Close()
+	}
+	if err := s.rt.Close(); err != nil {
+		s.log.Warn("closing sandbox runtime", "err", err)
+	}
+}
+
+// ChildInfo is one child's state as shown in children.json and Children.
+type ChildInfo struct {
+	Name       string `json:"name"`
+	Status     Status `json:"status"`
+	Pid        int    `json:"pid,omitempty"`
+	Generation uint32 `json:"generation"`
+	Restarts   int    `json:"restarts"`
+}
+
+func (s *Supervisor) snapshot() []ChildInfo {
+	out := make([]ChildInfo, 0, len(s.table.Children))
+	for _, spec := range s.table.Children {
+		c := s.children[spec.Name]
+		ci := ChildInfo{Name: spec.Name, Status: c.status, Generation: c.gen, Restarts: c.restarts.Total()}
+		if c.inc != nil {
+			ci.Pid = c.inc.sb.Pid()
+		}
+		out = append(out, ci)
+	}
+	return out
+}
+
+// Children returns the state of every child.
+func (s *Supervisor) Children(ctx context.Context) ([]ChildInfo, error) {
+	var out []ChildInfo
+	err := s.do(ctx, func() { out = s.snapshot() })
+	return out, err
+}
+
+// writeStatus writes RunDir/children.json atomically (for operators and tests).
+func (s *Supervisor) writeStatus() {
+	b, _ := json.MarshalIndent(map[string]any{"pid": os.Getpid(), "listen": s.ListenAddr(), "computation_id": s.compID, "children": s.snapshot()}, "", " ")
+	tmp := filepath.Join(s.cfg.RunDir, "children.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err == nil {
+		os.Rename(tmp, filepath.Join(s.cfg.RunDir, "children.json"))
+	}
+}
+
+var errNoChild = errors.New("supervisor: no such child")
+
+func childErr(name string) error { return fmt.Errorf("%w %q", errNoChild, name) }

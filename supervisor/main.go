@@ -1,0 +1,166 @@
+package supervisor
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// options are the flags of `cvmd supervise`.
+type options struct {
+	state        string
+	runDir       string
+	dev          bool
+	listen       string
+	env          string
+	logLevel     string
+	print        bool
+	cgroupRoot   string
+	attestation  string
+	proper       bool
+	testPanic    bool
+	properBinary string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("cvmd supervise", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.state, "state", "", "state directory (default /var/lib/cvmd; required with --dev)")
+	fs.StringVar(&o.runDir, "run-dir", "", "runtime directory (default /run/cvmd, or STATE/run with --dev)")
+	fs.BoolVar(&o.dev, "dev", false, "development mode: become PID 1 of new PID and mount namespaces on this host; exit instead of powering off")
+	fs.StringVar(&o.listen, "listen", "", "ingress TCP address (default :7002, or 127.0.0.1:7002 with --dev)")
+	fs.StringVar(&o.env, "env", "", "Cocos environment file for the manager link (AGENT_CVM_GRPC_URL, ...)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level of the supervisor and the children: debug, info, warn, error")
+	fs.BoolVar(&o.print, "print-sandbox", false, "print the child table (the measured sandbox policy) and its hash, then exit")
+	fs.StringVar(&o.cgroupRoot, "cgroup-root", "", "relative cgroup path of the children (default cvmd, or cvmd-<hash of STATE> with --dev)")
+	fs.StringVar(&o.attestation, "attestation", "", "attestation mode: auto or simulated (default auto, simulated with --dev)")
+	// Internal flags: how PID 1 starts the supervisor proper, and a test switch.
+	fs.BoolVar(&o.proper, "proper", false, "internal: run the supervisor proper (started by PID 1)")
+	fs.BoolVar(&o.testPanic, "test-panic-on-sigusr1", false, "internal, tests only: SIGUSR1 makes the supervisor proper panic")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("supervise: unexpected argument %q", fs.Arg(0))
+	}
+	if o.state == "" {
+		if o.dev {
+			return nil, errors.New("supervise: --dev needs --state DIR")
+		}
+		o.state = "/var/lib/cvmd"
+	}
+	abs, err := filepath.Abs(o.state)
+	if err != nil {
+		return nil, fmt.Errorf("supervise: --state: %w", err)
+	}
+	o.state = abs
+	if o.runDir == "" {
+		o.runDir = "/run/cvmd"
+		if o.dev {
+			o.runDir = filepath.Join(o.state, "run")
+		}
+	}
+	if o.listen == "" {
+		o.listen = ":7002"
+		if o.dev {
+			o.listen = "127.0.0.1:7002"
+		}
+	}
+	if o.cgroupRoot == "" {
+		o.cgroupRoot = "cvmd"
+		if o.dev {
+			h := sha256.Sum256([]byte(o.state))
+			o.cgroupRoot = "cvmd-" + hex.EncodeToString(h[:6])
+		}
+	}
+	switch o.attestation {
+	case "":
+		o.attestation = "auto"
+		if o.dev {
+			o.attestation = "simulated"
+		}
+	case "auto", "simulated":
+	default:
+		return nil, fmt.Errorf("supervise: --attestation %q: want auto or simulated", o.attestation)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("supervise: --log-level %q: %w", o.logLevel, err)
+	}
+	return o, nil
+}
+
+// Main is `cvmd supervise` (and what PID 1 runs with no arguments).
+//
+// Three processes share the work so that PID 1 cannot die:
+//   - with --dev on an ordinary host, the command re-executes itself as
+//     PID 1 of new PID and mount namespaces and waits for it;
+//   - PID 1 mounts, reaps orphans and handles shutdown signals; it runs
+//     the supervisor proper as its child and restarts it if it dies;
+//   - the supervisor proper (--proper) starts and supervises the children.
+func Main(args []string) error {
+	o, err := parseFlags(args, os.Stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(o.logLevel))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	switch {
+	case o.print:
+		return DefaultTable().Print(os.Stdout)
+	case o.proper:
+		return runProper(o, log.With("proc", "supervisor"))
+	case os.Getpid() == 1:
+		return runPID1(o, args, log.With("proc", "pid1"))
+	case o.dev:
+		return runDev(args, log.With("proc", "dev"))
+	default:
+		return errors.New("supervise: not PID 1; use --dev --state DIR on a workstation")
+	}
+}
+
+func runProper(o *options, log *slog.Logger) error {
+	ctx, cancel := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer cancel()
+	if err := os.MkdirAll(o.runDir, 0o700); err != nil {
+		return fmt.Errorf("supervise: run dir: %w", err)
+	}
+	s, err := New(Config{
+		State:                o.state,
+		RunDir:               o.runDir,
+		CgroupRoot:           o.cgroupRoot,
+		Listen:               o.listen,
+		LogLevel:             o.logLevel,
+		Dev:                  o.dev,
+		EnvFile:              o.env,
+		SimulatedAttestation: o.attestation == "simulated",
+		Log:                  log,
+		PanicOnSIGUSR1:       o.testPanic,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("supervisor started", "state", o.state, "listen", s.ListenAddr(), "table_hash", s.table.HashHex(), "dev", o.dev)
+	return s.Run(ctx)
+}
+
+func notifyUSR1() chan os.Signal {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, unix.SIGUSR1)
+	return ch
+}

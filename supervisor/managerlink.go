@@ -1,0 +1,73 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cvmd/cvmd/ipc"
+	"github.com/cvmd/cvmd/proto/cvms"
+	"github.com/cvmd/cvmd/proto/logs"
+	"github.com/cvmd/cvmd/supervisor/manager"
+)
+
+// The manager link (supervisor/manager) plugs in here: it reads Cocos's
+// environment file (--env, else /etc/cocos/environment in the VM) and, in
+// the VM only, the kernel command line; it drives computations through the
+// Supervisor and forwards logfwd's queue. Without a configured manager URL
+// the VM runs without a link (a log line says so).
+func init() { RegisterManagerLink(runManagerLink) }
+
+func runManagerLink(ctx context.Context, s *Supervisor) error {
+	cfg := s.Config()
+	env := cfg.EnvFile
+	cmdline := ""
+	if !cfg.Dev {
+		if env == "" {
+			env = manager.DefaultEnvFile
+		}
+		if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+			cmdline = string(b)
+		}
+	}
+	mc, err := manager.LoadConfig(env, cmdline)
+	if errors.Is(err, manager.ErrNoConfig) {
+		s.Log().Info("no manager configured; running without a manager link", "env", env)
+		<-ctx.Done()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	deps := manager.Deps{Supervisor: linkSupervisor{s}, Log: s.Log().With("part", "manager-link"), Events: s.Events()}
+	if d := s.Dialer("logfwd"); d != nil {
+		conn, err := ipc.GRPCClient(d)
+		if err != nil {
+			return fmt.Errorf("supervisor: logfwd client for the manager link: %w", err)
+		}
+		defer conn.Close()
+		deps.Logs = logs.NewCollectorClient(conn)
+	}
+	return manager.Run(ctx, mc, deps)
+}
+
+// linkSupervisor adapts *Supervisor to manager.Supervisor.
+type linkSupervisor struct{ s *Supervisor }
+
+func (l linkSupervisor) Start(ctx context.Context, req *cvms.ComputationRunReq) error {
+	return l.s.StartComputation(ctx, req)
+}
+
+func (l linkSupervisor) Stop(ctx context.Context, id string) error {
+	return l.s.StopComputation(ctx, id)
+}
+
+func (l linkSupervisor) State(ctx context.Context) (string, error) {
+	st, err := l.s.AgentState(ctx)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(st.GetState()), nil
+}

@@ -1,0 +1,197 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pid1 is the minimal PID 1: it owns no children but the supervisor proper,
+// reaps every orphan, turns SIGTERM/SIGINT/SIGPWR into one orderly
+// shutdown, and restarts the supervisor proper whenever it dies (a panic
+// there must not kill PID 1: the kernel panics when PID 1 exits).
+type pid1 struct {
+	log    *slog.Logger
+	dev    bool
+	args   []string // of the supervisor proper
+	proper *os.Process
+	exited chan struct{} // closed when proper was reaped
+	starts []time.Time
+}
+
+// properGrace is how long the supervisor proper has to stop its children.
+const properGrace = 4 * time.Second
+
+func runPID1(o *options, args []string, log *slog.Logger) error {
+	p := &pid1{log: log, dev: o.dev, args: append([]string{"supervise", "--proper"}, args...)}
+	if o.dev {
+		if err := devMounts(); err != nil {
+			return err
+		}
+	} else if err := vmSetup(log); err != nil {
+		// Keep going: a half-mounted system still gets a supervisor and a log line.
+		log.Error("PID 1 setup incomplete", "err", err)
+	}
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR, unix.SIGCHLD)
+	tick := time.NewTicker(time.Second) // in case a SIGCHLD was coalesced
+	defer tick.Stop()
+	var restart <-chan time.Time
+	p.start()
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == unix.SIGCHLD {
+				if p.reap() {
+					restart = p.scheduleRestart()
+				}
+				continue
+			}
+			log.Info("shutdown requested", "signal", sig)
+			return p.shutdown()
+		case <-tick.C:
+			if p.reap() {
+				restart = p.scheduleRestart()
+			}
+		case <-restart:
+			restart = nil
+			p.start()
+		}
+	}
+}
+
+func (p *pid1) start() {
+	attr := &os.ProcAttr{
+		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Env:   os.Environ(),
+		Sys:   &unix.SysProcAttr{Pdeathsig: unix.SIGKILL},
+	}
+	proc, err := os.StartProcess("/proc/self/exe", append([]string{"cvmd"}, p.args...), attr)
+	if err != nil {
+		p.log.Error("starting the supervisor proper", "err", err)
+		p.proper = nil
+		return
+	}
+	p.proper = proc
+	p.starts = append(p.starts, time.Now())
+	p.log.Info("supervisor proper started", "pid", proc.Pid)
+}
+
+// scheduleRestart returns when to start the supervisor proper again: at
+// once the first time, then with a back-off up to 2 s while it keeps dying.
+func (p *pid1) scheduleRestart() <-chan time.Time {
+	recent := 0
+	for _, t := range p.starts {
+		if time.Since(t) < 10*time.Second {
+			recent++
+		}
+	}
+	d := time.Duration(0)
+	if recent > 1 {
+		d = min(100*time.Millisecond<<(recent-2), 2*time.Second)
+	}
+	p.log.Info("restarting the supervisor proper", "in", d)
+	return time.After(d)
+}
+
+// reap collects every exited child. It peeks with WNOWAIT first so that it
+// reaps the supervisor proper through its os.Process (which owns that exit
+// status) and only the orphans with wait4. It reports whether the
+// supervisor proper exited.
+func (p *pid1) reap() (properExited bool) {
+	for {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		pid := siginfoPid(&info)
+		if err != nil || pid == 0 {
+			return properExited
+		}
+		if p.proper != nil && pid == p.proper.Pid {
+			st, werr := p.proper.Wait()
+			p.log.Error("supervisor proper exited", "status", fmt.Sprint(st), "err", werr)
+			p.proper = nil
+			properExited = true
+			continue
+		}
+		var ws unix.WaitStatus
+		if _, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil); err != nil && err != unix.EINTR {
+			return properExited
+		}
+		p.log.Debug("reaped orphan", "pid", pid)
+	}
+}
+
+// shutdown stops the supervisor proper (which stops the children in
+// reverse dependency order), kills whatever is left, syncs, and powers off
+// (or exits in dev mode).
+func (p *pid1) shutdown() error {
+	if p.proper != nil {
+		p.proper.Signal(unix.SIGTERM)
+		deadline := time.Now().Add(properGrace)
+		for p.proper != nil && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+			p.reap()
+		}
+		if p.proper != nil {
+			p.log.Warn("supervisor proper did not stop in time; killing it")
+			p.proper.Kill()
+		}
+	}
+	// Everything else in this PID namespace (or the VM) goes now.
+	unix.Kill(-1, unix.SIGKILL)
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if errors.Is(err, unix.ECHILD) {
+			break
+		}
+		if pid == 0 {
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	unix.Sync()
+	p.log.Info("stopped")
+	if !p.dev {
+		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	}
+	return nil
+}
+
+// runDev re-executes `cvmd supervise` as PID 1 of new PID and mount
+// namespaces and waits for it, passing on SIGTERM, SIGINT and SIGPWR.
+func runDev(args []string, log *slog.Logger) error {
+	cmd := exec.Command("/proc/self/exe", append([]string{"supervise"}, args...)...)
+	cmd.Args[0] = "cvmd"
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &unix.SysProcAttr{Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS, Pdeathsig: unix.SIGKILL}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR)
+	defer signal.Stop(sigs)
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("supervise: starting PID 1 in new namespaces: %w", err)
+	}
+	log.Debug("dev PID 1 started", "host_pid", cmd.Process.Pid)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for {
+		select {
+		case sig := <-sigs:
+			cmd.Process.Signal(sig)
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("supervise: dev PID 1: %w", err)
+			}
+			return nil
+		}
+	}
+}

@@ -1,0 +1,303 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/cvmd/cvmd/ipc"
+	"github.com/cvmd/cvmd/proto/control"
+	"github.com/cvmd/cvmd/sandbox"
+)
+
+// incarnation is one run of a child: its sandbox, control channel and the
+// goroutines that follow them. The event loop owns it; its goroutines only
+// send events.
+type incarnation struct {
+	name    string
+	gen     uint32
+	sb      *sandbox.Sandbox
+	ctl     *ipc.Control
+	started time.Time
+	tail    *tail
+	wg      sync.WaitGroup
+	cancel  context.CancelFunc // ends in-flight sandbox requests
+}
+
+// sortStrings sorts in place (kept here so wiring.go needs no sort import).
+func sortStrings(s []string) { sort.Strings(s) }
+
+// spawn starts one incarnation of spec: makes its control channel and edge
+// ends, starts the sandbox, sends Hello and the peers' rewires, and starts
+// the goroutines that report to the loop. Runs on the loop.
+func (s *Supervisor) spawn(spec *ChildSpec, gen uint32) (*incarnation, error) {
+	ctlMine, ctlChild, err := ipc.Socketpair(unix.SOCK_SEQPACKET, spec.Name+":control")
+	if err != nil {
+		return nil, err
+	}
+	defer ctlChild.Close()
+	named, rewires, err := s.wiring.endsFor(spec.Name, gen, s.liveness)
+	if err != nil {
+		ctlMine.Close()
+		return nil, fmt.Errorf("wiring %s: %w", spec.Name, err)
+	}
+	closeAll := func() {
+		for _, f := range named {
+			f.Close()
+		}
+		for _, r := range rewires {
+			r.f.Close()
+		}
+	}
+	for _, fd := range spec.Fds {
+		f, err := s.extraFD(spec.Name, fd)
+		if err != nil {
+			closeAll()
+			ctlMine.Close()
+			return nil, err
+		}
+		named[fd] = f
+	}
+	extra, fds := extraFiles(ctlChild, named)
+	settings, err := anypb.New(s.settings(spec.Name))
+	if err != nil {
+		closeAll()
+		ctlMine.Close()
+		return nil, fmt.Errorf("encoding settings of %s: %w", spec.Name, err)
+	}
+	cfg := &control.ChildConfig{
+		Version:       1,
+		Name:          spec.Name,
+		ComputationId: s.compID,
+		LogLevel:      s.cfg.LogLevel,
+		StateDir:      stateDirOf(spec),
+		Fds:           fds,
+		Settings:      settings,
+		Generation:    gen,
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		closeAll()
+		ctlMine.Close()
+		return nil, err
+	}
+	sb, err := s.rt.Start(s.sandboxSpec(spec), sandbox.IO{Stdout: pw, Stderr: pw, ExtraFiles: extra})
+	pw.Close()
+	// The child has its copies now (or never will): ours go (style 5).
+	for _, f := range named {
+		f.Close()
+	}
+	if err != nil {
+		pr.Close()
+		for _, r := range rewires {
+			r.f.Close()
+		}
+		ctlMine.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	inc := &incarnation{name: spec.Name, gen: gen, sb: sb, ctl: ipc.NewControl(ctlMine), started: time.Now(), tail: newTail(4096), cancel: cancel}
+	if err := inc.ctl.Send(&control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: cfg}}}, nil); err != nil {
+		s.log.Warn("sending hello", "child", spec.Name, "err", err)
+	}
+	s.sendRewires(rewires)
+	log := s.log.With("child", spec.Name)
+	outDone := make(chan struct{})
+	inc.wg.Add(3)
+	go func() { defer inc.wg.Done(); defer close(outDone); inc.readOutput(pr, log) }()
+	go func() { defer inc.wg.Done(); s.readControl(ctx, inc, log) }()
+	go func() {
+		defer inc.wg.Done()
+		st, err := sb.Wait()
+		oom := sb.OOMKilled()
+		// The pipe ends when the last process of the sandbox is gone; wait
+		// (briefly) so the crash text is complete.
+		select {
+		case <-outDone:
+		case <-time.After(500 * time.Millisecond):
+		}
+		s.post(evExit{name: inc.name, gen: inc.gen, state: st, err: err, oom: oom})
+	}()
+	return inc, nil
+}
+
+// sendRewires hands the peers their new ends and closes our copies.
+func (s *Supervisor) sendRewires(rs []rewire) {
+	for _, r := range rs {
+		if r.peer == SupervisorName {
+			s.replaceDialer(strings.TrimPrefix(r.name, "to:"), r.f)
+			continue
+		}
+		c := s.children[r.peer]
+		if c == nil || c.inc == nil {
+			r.f.Close()
+			continue
+		}
+		err := c.inc.ctl.Send(&control.Message{Body: &control.Message_Rewire{Rewire: &control.Rewire{Edge: r.name}}}, map[string]*os.File{r.name: r.f})
+		r.f.Close()
+		if err != nil {
+			s.log.Warn("rewiring", "child", r.peer, "edge", r.name, "err", err)
+		} else {
+			s.log.Debug("rewired", "child", r.peer, "edge", r.name)
+		}
+	}
+}
+
+// readControl follows the child's control channel until it closes.
+// Garbage is logged and makes the child count as failed (it is killed and
+// the restart policy applies); the supervisor itself never stops for it.
+func (s *Supervisor) readControl(ctx context.Context, inc *incarnation, log *slog.Logger) {
+	var reqs sync.WaitGroup
+	defer reqs.Wait()
+	defer inc.cancel()
+	for {
+		msg, files, err := inc.ctl.Recv()
+		if err != nil {
+			if _, bad := err.(*ipc.ProtocolError); bad {
+				s.post(evGarbage{name: inc.name, gen: inc.gen, err: err})
+				continue
+			}
+			return // EOF or closed: the waiter reports the exit
+		}
+		switch b := msg.GetBody().(type) {
+		case *control.Message_Ready:
+			closeFiles(files)
+			s.post(evReady{name: inc.name, gen: inc.gen})
+		case *control.Message_StartFailed:
+			closeFiles(files)
+			s.post(evStartFailed{name: inc.name, gen: inc.gen, text: b.StartFailed.GetError()})
+		case *control.Message_CommandReply:
+			closeFiles(files)
+			s.cmds.deliver(inc, b.CommandReply)
+		case *control.Message_SandboxRequest:
+			closeFiles(files)
+			h := s.cfg.Hooks.Sandbox
+			reqs.Add(1)
+			go func() {
+				defer reqs.Done()
+				s.serveSandboxRequest(ctx, inc, h, b.SandboxRequest, log)
+			}()
+		case *control.Message_SandboxKill:
+			closeFiles(files)
+			if h := s.cfg.Hooks.Sandbox; h != nil {
+				h.Kill(b.SandboxKill.GetId())
+			}
+		default:
+			closeFiles(files)
+			s.post(evGarbage{name: inc.name, gen: inc.gen, err: fmt.Errorf("unexpected control message %T", b)})
+		}
+	}
+}
+
+func (s *Supervisor) serveSandboxRequest(ctx context.Context, inc *incarnation, h SandboxHandler, req *control.SandboxRequest, log *slog.Logger) {
+	reply := &control.SandboxReply{Id: req.GetId()}
+	var files map[string]*os.File
+	if h == nil {
+		reply.Error = "supervisor: no algorithm sandbox handler"
+	} else if f, err := h.Request(ctx, req); err != nil {
+		reply.Error = err.Error()
+		log.Warn("sandbox request refused", "id", req.GetId(), "err", err)
+	} else {
+		files = f
+	}
+	err := inc.ctl.Send(&control.Message{Body: &control.Message_SandboxReply{SandboxReply: reply}}, files)
+	closeFiles(files)
+	if err != nil {
+		log.Warn("sending sandbox reply", "id", req.GetId(), "err", err)
+		if h != nil && reply.Error == "" {
+			h.Kill(req.GetId())
+		}
+	}
+}
+
+// readOutput logs what the child writes on stdout/stderr and keeps the tail
+// as its crash text.
+func (inc *incarnation) readOutput(r io.ReadCloser, log *slog.Logger) {
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	for sc.Scan() {
+		line := sc.Text()
+		inc.tail.add(line)
+		log.Info("child output", "line", line)
+	}
+}
+
+func closeFiles(files map[string]*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// stateDirOf is the child's own writable directory inside its view.
+func stateDirOf(spec *ChildSpec) string {
+	for _, d := range spec.StateDirs {
+		if d.Writable {
+			return filepath.Join(ViewState, d.Dir)
+		}
+	}
+	return ""
+}
+
+// sandboxSpec is the translation of a table entry into a sandbox.Spec.
+func (s *Supervisor) sandboxSpec(spec *ChildSpec) *sandbox.Spec {
+	ss := &sandbox.Spec{
+		ID:      spec.Name,
+		Args:    append(append([]string(nil), s.cfg.Exe...), spec.Name),
+		Env:     []string{"PATH=/usr/bin:/bin", "GOMAXPROCS=2"},
+		Caps:    spec.Caps,
+		Seccomp: spec.Seccomp,
+		Limits:  spec.Limits,
+		Mounts:  []sandbox.Mount{{Kind: sandbox.Tmpfs, Dest: "/tmp", SizeBytes: spec.TmpBytes}},
+	}
+	if spec.HostNet {
+		ss.Net = sandbox.NetHost
+	}
+	for _, d := range spec.StateDirs {
+		ss.Mounts = append(ss.Mounts, sandbox.Mount{Kind: sandbox.Bind, Source: filepath.Join(s.cfg.State, d.Dir), Dest: filepath.Join(ViewState, d.Dir), Writable: d.Writable})
+	}
+	for _, d := range spec.Devices {
+		if _, err := os.Stat(d); err == nil {
+			ss.Devices = append(ss.Devices, d)
+		}
+	}
+	return ss
+}
+
+// tail keeps the last n bytes of a child's output.
+type tail struct {
+	mu    sync.Mutex
+	n     int
+	lines []string // guarded by mu
+	size  int      // guarded by mu
+}
+
+func newTail(n int) *tail { return &tail{n: n} }
+
+func (t *tail) add(l string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.lines = append(t.lines, l)
+	t.size += len(l) + 1
+	for t.size > t.n && len(t.lines) > 1 {
+		t.size -= len(t.lines[0]) + 1
+		t.lines = t.lines[1:]
+	}
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines, "\n")
+}

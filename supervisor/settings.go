@@ -1,0 +1,32 @@
+package supervisor
+
+import (
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cvmd/cvmd/proto/config"
+)
+
+// settings returns the typed settings sent to a child in its ChildConfig.
+// Each child's issue adds what its child needs here (one case each).
+func (s *Supervisor) settings(name string) proto.Message {
+	switch name {
+	case "agent":
+		return &config.AgentSettings{}
+	case "runner":
+		return &config.RunnerSettings{}
+	case "attestation":
+		m := &config.AttestationSettings{}
+		if s.cfg.SimulatedAttestation {
+			m.Mode = config.AttestationSettings_SIMULATED
+			m.SimulateSnp = true
+		}
+		return m
+	case "ingress":
+		return &config.IngressSettings{}
+	case "egress":
+		return &config.EgressSettings{}
+	case "logfwd":
+		return &config.LogfwdSettings{}
+	}
+	return &config.AgentSettings{} // unreachable for a validated table
+}
