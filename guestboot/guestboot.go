@@ -56,7 +56,8 @@ var Shares = map[string]string{
 //
 // The power-button watcher goroutine lives as long as the process: it sends
 // SIGPWR to the calling process when the button is pressed, which the
-// supervisor treats as an orderly shutdown.
+// supervisor treats as an orderly shutdown. In test images only (see
+// DebugMarker) it also serves the debug port.
 func Prepare(log *slog.Logger) error {
 	start := time.Now()
 	log.Info("guestboot: start", "kernel_uptime_s", fmt.Sprintf("%.3f", uptime()))
@@ -74,6 +75,9 @@ func Prepare(log *slog.Logger) error {
 		errs = append(errs, err)
 	}
 	if err := watchPowerButton(log, os.Getpid()); err != nil {
+		errs = append(errs, err)
+	}
+	if err := startDebugPort(log); err != nil {
 		errs = append(errs, err)
 	}
 	log.Info("guestboot: done", "ms", time.Since(start).Milliseconds())

@@ -228,3 +228,49 @@ func FuzzParseInputEvent(f *testing.F) {
 		}
 	})
 }
+
+var debugTests = []struct {
+	in      string
+	want    DebugCommand
+	wantErr bool
+}{
+	{"ping", DebugCommand{Verb: "ping"}, false},
+	{"kill agent", DebugCommand{Verb: "kill", Arg: "agent"}, false},
+	{"  kill   logfwd \r", DebugCommand{Verb: "kill", Arg: "logfwd"}, false},
+	{"kill", DebugCommand{}, true},
+	{"kill ../x", DebugCommand{}, true},
+	{"kill Agent", DebugCommand{}, true},
+	{"kill a b", DebugCommand{}, true},
+	{"reboot", DebugCommand{}, true},
+	{"", DebugCommand{}, true},
+}
+
+func TestParseDebugCommand(t *testing.T) {
+	for _, tt := range debugTests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseDebugCommand(tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Fatalf("ParseDebugCommand(%q) = %+v, %v", tt.in, got, err)
+			}
+		})
+	}
+}
+
+func FuzzParseDebugCommand(f *testing.F) {
+	for _, tt := range debugTests {
+		f.Add(tt.in)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ParseDebugCommand(s)
+		if err == nil && c.Verb == "kill" && !validChildName(c.Arg) {
+			t.Fatalf("accepted child name %q", c.Arg)
+		}
+	})
+}
+
+func TestChildPIDsFindsNothingForUnknownName(t *testing.T) {
+	pids, err := childPIDs("no-such-child-xyz")
+	if err != nil || len(pids) != 0 {
+		t.Fatalf("childPIDs = %v, %v", pids, err)
+	}
+}

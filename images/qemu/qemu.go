@@ -67,6 +67,9 @@ type Config struct {
 	// SerialLog, when set, receives every serial line prefixed with the
 	// host time since qemu started; "" means Dir/serial.log.
 	SerialLog string
+	// DebugPort adds the virtio-serial port "cvmd.debug" that test images
+	// serve (guestboot.DebugMarker); see VM.Debug.
+	DebugPort bool
 	// Console, when set, also receives every timestamped serial line.
 	Console io.Writer
 	// ExtraArgs are appended to qemu's command line.
@@ -95,6 +98,10 @@ type VM struct {
 	readDone chan struct{}
 	exited   chan struct{}
 	exitErr  error
+
+	dbgMu   sync.Mutex
+	dbgConn net.Conn      // guarded by dbgMu
+	dbgR    *bufio.Reader // guarded by dbgMu
 
 	mu      sync.Mutex
 	lines   []Line    // guarded by mu
@@ -171,6 +178,11 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		args = append(args, "-chardev", "socket,id=chrtpm,path="+sock,
 			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
 	}
+	if cfg.DebugPort {
+		args = append(args, "-device", "virtio-serial-pci",
+			"-chardev", "socket,id=dbg,path="+filepath.Join(cfg.Dir, "debug.sock")+",server=on,wait=off",
+			"-device", "virtserialport,chardev=dbg,name=cvmd.debug")
+	}
 	args = append(args, cfg.ExtraArgs...)
 
 	v.cmd = exec.Command("qemu-system-x86_64", args...)
@@ -229,6 +241,9 @@ func (v *VM) startSwtpm(ctx context.Context) (string, error) {
 }
 
 func (v *VM) cleanup() {
+	v.dbgMu.Lock()
+	v.closeDebug()
+	v.dbgMu.Unlock()
 	if v.swtpm != nil && v.swtpm.Process != nil {
 		// swtpm ends by itself when qemu disconnects; give it a moment.
 		done := make(chan struct{})
@@ -337,6 +352,48 @@ func (v *VM) WaitLine(ctx context.Context, from int, re *regexp.Regexp) (int, Li
 		case <-ctx.Done():
 			return -1, Line{}, fmt.Errorf("qemu: waiting for a serial line matching %q: %w", re, ctx.Err())
 		}
+	}
+}
+
+// Debug sends one command to a test image's debug port ("ping",
+// "kill CHILD") and returns the guest's answer line. The connection is kept
+// for the VM's life: the guest sees one host session, not one per command.
+func (v *VM) Debug(ctx context.Context, command string) (string, error) {
+	if !v.cfg.DebugPort {
+		return "", errors.New("qemu: the VM has no debug port")
+	}
+	v.dbgMu.Lock()
+	defer v.dbgMu.Unlock()
+	if v.dbgConn == nil {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", filepath.Join(v.cfg.Dir, "debug.sock"))
+		if err != nil {
+			return "", fmt.Errorf("qemu: debug port: %w", err)
+		}
+		v.dbgConn, v.dbgR = c, bufio.NewReader(c)
+	}
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(time.Minute)
+	}
+	v.dbgConn.SetDeadline(dl)
+	if _, err := fmt.Fprintln(v.dbgConn, command); err != nil {
+		v.closeDebug()
+		return "", fmt.Errorf("qemu: debug port: %w", err)
+	}
+	s, err := v.dbgR.ReadString('\n')
+	if err != nil {
+		v.closeDebug()
+		return "", fmt.Errorf("qemu: debug port %q: %w", command, err)
+	}
+	return strings.TrimSpace(s), nil
+}
+
+// closeDebug drops the debug connection. Preconditions: dbgMu held.
+func (v *VM) closeDebug() {
+	if v.dbgConn != nil {
+		v.dbgConn.Close()
+		v.dbgConn, v.dbgR = nil, nil
 	}
 }
 

@@ -3,6 +3,7 @@ package vm
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -26,6 +27,8 @@ func probeImage(t testing.TB, name string) image {
 	probe := goBuild(t, dir, "./images/cmd/bootprobe", "bootprobe", []string{"CGO_ENABLED=0"}, "-trimpath")
 	extra := filepath.Join(dir, "extra")
 	os.MkdirAll(filepath.Join(extra, "usr/bin"), 0o755)
+	os.MkdirAll(filepath.Join(extra, "etc/cvmd"), 0o755)
+	os.WriteFile(filepath.Join(extra, "etc/cvmd/debug-port"), nil, 0o644)
 	src := filepath.Join(dir, "hello.c")
 	os.WriteFile(src, []byte("#include <stdio.h>\nint main(void){puts(\"hello from libc\");return 0;}\n"), 0o644)
 	if out, err := exec.Command("gcc", "-O2", "-o", filepath.Join(extra, "usr/bin/hello-dyn"), src).CombinedOutput(); err != nil {
@@ -66,6 +69,7 @@ func TestImageBoots(t *testing.T) {
 	g := boot(t, qemu.Config{
 		Kernel: img.Kernel, Initrd: img.Initrd, TPM: true, EnvDir: envDir, CertsDir: certsDir,
 		ManagerAddr: mgr.Addr().String(), Append: "cvmd.probe.manager=" + qemu.GuestManagerAddr,
+		DebugPort: true,
 	})
 	ready, _ := g.wait("boot to ready", 0, `^bootprobe: ready$`, 3*time.Minute)
 
@@ -114,6 +118,17 @@ func TestImageBoots(t *testing.T) {
 			}
 		case <-time.After(30 * time.Second):
 			t.Errorf("the manager heard nothing from the guest")
+		}
+	})
+
+	t.Run("debug port", func(t *testing.T) {
+		for cmd, want := range map[string]string{"ping": "pong", "kill nosuch": "error: no running child nosuch"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			got, err := g.vm.Debug(ctx, cmd)
+			cancel()
+			if err != nil || got != want {
+				t.Errorf("debug %q = %q, %v; want %q", cmd, got, err, want)
+			}
 		}
 	})
 
