@@ -632,7 +632,8 @@ func (a *AlgoSandboxes) start(req *control.SandboxRequest, run *algoRun) (status
 	done = func() *control.SandboxExit {
 		ps, werr := sb.Wait()
 		timer.Stop()
-		exit := &control.SandboxExit{ExitCode: -1}
+		exit := &control.SandboxExit{ExitCode: -1, Complete: true, MemoryLimitBytes: uint64(plan.spec.MemoryBytes),
+			ResultsLimitBytes: uint64(plan.resultsBytes), WallClockLimitMs: uint64(plan.wall.Milliseconds())}
 		exit.OomKilled = sb.OOMKilled()
 		sb.Destroy()
 		if werr != nil && ps == nil {

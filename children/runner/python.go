@@ -47,7 +47,7 @@ func (r *run) preparePython(ctx context.Context, base *control.SandboxRequest) (
 	}
 	exit, err := r.sandbox(ctx, prep(py, "-m", "venv", "--system-site-packages", "--without-pip", venvDest), "python venv", slog.LevelDebug)
 	if err == nil {
-		err = exitError("creating the python venv", exit, base.GetLimits())
+		err = exitError("creating the python venv", exit)
 	}
 	if err != nil {
 		return nil, err
@@ -75,7 +75,7 @@ func (r *run) preparePython(ctx context.Context, base *control.SandboxRequest) (
 		}
 		exit, err := r.sandbox(ctx, p, "pip install", slog.LevelInfo)
 		if err == nil {
-			err = exitError("installing requirements (pip)", exit, base.GetLimits())
+			err = exitError("installing requirements (pip)", exit)
 		}
 		if err != nil {
 			return nil, err

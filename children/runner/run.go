@@ -80,7 +80,7 @@ func (r *run) do(ctx context.Context) (*control.SandboxExit, error) {
 	if err != nil {
 		return exit, err
 	}
-	return exit, exitError("algorithm", exit, req.GetLimits())
+	return exit, exitError("algorithm", exit)
 }
 
 // copyAlgorithm copies the algorithm into the run's work dir, readable and
@@ -243,18 +243,18 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 }
 
 // exitError says why a sandbox failed, or nil if it succeeded.
-func exitError(what string, e *control.SandboxExit, l *control.Limits) error {
+func exitError(what string, e *control.SandboxExit) error {
 	switch {
 	case e.GetError() != "":
 		return fmt.Errorf("%s: %s", what, e.GetError())
 	case e.GetStopped():
 		return fmt.Errorf("%w: %s", ErrStopped, e.GetStopReason())
 	case e.GetTimedOut():
-		return fmt.Errorf("%s timed out (wall-clock limit %s)", what, limitText(l.GetWallClockMs(), "ms"))
+		return fmt.Errorf("%s timed out (wall-clock limit %d ms)", what, e.GetWallClockLimitMs())
 	case e.GetOomKilled():
-		return fmt.Errorf("%s killed: out of memory (limit %s)", what, limitText(l.GetMemoryBytes(), "bytes"))
+		return fmt.Errorf("%s killed: out of memory (limit %d bytes)", what, e.GetMemoryLimitBytes())
 	case e.GetResultsOverQuota():
-		return fmt.Errorf("%s results over quota (%d bytes written, limit %s)", what, e.GetResultsBytes(), limitText(l.GetResultsBytes(), "bytes"))
+		return fmt.Errorf("%s results over quota (%d bytes written, limit %d bytes)", what, e.GetResultsBytes(), e.GetResultsLimitBytes())
 	case e.GetSignal() != "":
 		return fmt.Errorf("%s killed by signal: %s", what, e.GetSignal())
 	case e.GetExitCode() != 0:
@@ -263,9 +263,3 @@ func exitError(what string, e *control.SandboxExit, l *control.Limits) error {
 	return nil
 }
 
-func limitText(v uint64, unit string) string {
-	if v == 0 {
-		return "default"
-	}
-	return fmt.Sprintf("%d %s", v, unit)
-}

@@ -124,12 +124,12 @@ func (s *sbStarted) wait() (*control.SandboxExit, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the sandbox's status: %w", err)
 	}
-	if len(b) == 0 {
-		return nil, errors.New("the supervisor closed the sandbox's status without an exit record")
-	}
 	var exit control.SandboxExit
 	if err := proto.Unmarshal(b, &exit); err != nil {
 		return nil, fmt.Errorf("decoding the sandbox's status: %w", err)
+	}
+	if !exit.GetComplete() {
+		return nil, errors.New("the supervisor closed the sandbox's status without an exit record")
 	}
 	return &exit, nil
 }

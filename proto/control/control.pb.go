@@ -1015,8 +1015,13 @@ type SandboxExit struct {
 	ResultsBytes     uint64                 `protobuf:"varint,7,opt,name=results_bytes,json=resultsBytes,proto3" json:"results_bytes,omitempty"` // bytes the sandbox left in its results mount
 	Stopped          bool                   `protobuf:"varint,8,opt,name=stopped,proto3" json:"stopped,omitempty"`                               // killed by a SandboxKill (or its runner's death)
 	StopReason       string                 `protobuf:"bytes,9,opt,name=stop_reason,json=stopReason,proto3" json:"stop_reason,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	Complete         bool                   `protobuf:"varint,10,opt,name=complete,proto3" json:"complete,omitempty"` // always true: an empty status means the record was lost
+	// The limits the sandbox had (after defaults), for the failure's text.
+	MemoryLimitBytes  uint64 `protobuf:"varint,11,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	ResultsLimitBytes uint64 `protobuf:"varint,12,opt,name=results_limit_bytes,json=resultsLimitBytes,proto3" json:"results_limit_bytes,omitempty"`
+	WallClockLimitMs  uint64 `protobuf:"varint,13,opt,name=wall_clock_limit_ms,json=wallClockLimitMs,proto3" json:"wall_clock_limit_ms,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SandboxExit) Reset() {
@@ -1110,6 +1115,34 @@ func (x *SandboxExit) GetStopReason() string {
 		return x.StopReason
 	}
 	return ""
+}
+
+func (x *SandboxExit) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *SandboxExit) GetMemoryLimitBytes() uint64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
+func (x *SandboxExit) GetResultsLimitBytes() uint64 {
+	if x != nil {
+		return x.ResultsLimitBytes
+	}
+	return 0
+}
+
+func (x *SandboxExit) GetWallClockLimitMs() uint64 {
+	if x != nil {
+		return x.WallClockLimitMs
+	}
+	return 0
 }
 
 type SandboxKill struct {
@@ -1233,7 +1266,7 @@ const file_proto_control_control_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1d\n" +
 	"\n" +
-	"sandbox_id\x18\x03 \x01(\tR\tsandboxId\"\xa2\x02\n" +
+	"sandbox_id\x18\x03 \x01(\tR\tsandboxId\"\xcb\x03\n" +
 	"\vSandboxExit\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\tR\x06signal\x12\x1d\n" +
@@ -1245,7 +1278,12 @@ const file_proto_control_control_proto_rawDesc = "" +
 	"\rresults_bytes\x18\a \x01(\x04R\fresultsBytes\x12\x18\n" +
 	"\astopped\x18\b \x01(\bR\astopped\x12\x1f\n" +
 	"\vstop_reason\x18\t \x01(\tR\n" +
-	"stopReason\"\x1d\n" +
+	"stopReason\x12\x1a\n" +
+	"\bcomplete\x18\n" +
+	" \x01(\bR\bcomplete\x12,\n" +
+	"\x12memory_limit_bytes\x18\v \x01(\x04R\x10memoryLimitBytes\x12.\n" +
+	"\x13results_limit_bytes\x18\f \x01(\x04R\x11resultsLimitBytes\x12-\n" +
+	"\x13wall_clock_limit_ms\x18\r \x01(\x04R\x10wallClockLimitMs\"\x1d\n" +
 	"\vSandboxKill\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02idB,Z*github.com/cvmd/cvmd/proto/control;controlb\x06proto3"
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,11 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "init" && os.Getenv("_LIBCONTAINER_INITPIPE") != "" {
 		sandbox.Init()
 	}
+	// runc joins each new container's mount namespace on a locked thread it
+	// then lets die; on the main thread Go cannot end it and parks it for
+	// good, pinning that namespace (and its mounts) for the process's life.
+	// Keeping the main goroutine on the main thread prevents that.
+	runtime.LockOSThread()
 	if os.Geteuid() != 0 {
 		fmt.Println("tests/runner: skipped, needs root (sandboxes, cgroups, mounts)")
 		os.Exit(0)
@@ -247,8 +253,10 @@ func newWorld(t testing.TB, o worldOpts) *world {
 		}
 		// Nothing mounted under the state dir may remain.
 		b, _ := os.ReadFile("/proc/self/mountinfo")
-		if strings.Contains(string(b), w.state) {
-			t.Errorf("mounts left under %s", w.state)
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, w.state) {
+				t.Errorf("mount left: %s", l)
+			}
 		}
 	})
 	return w
@@ -298,3 +306,11 @@ func (w *world) result(t testing.TB, name string) string {
 	}
 	return strings.TrimSpace(string(b))
 }
+
+func (r *records) reset() {
+	r.mu.Lock()
+	r.lines, r.events = nil, nil
+	r.mu.Unlock()
+}
+
+func dupCloexec(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }

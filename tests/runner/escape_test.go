@@ -1,0 +1,282 @@
+package runner_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvmd/cvmd/proto/config"
+	pb "github.com/cvmd/cvmd/proto/runner"
+	"github.com/cvmd/cvmd/supervisor"
+)
+
+// withPlatformSecrets makes /etc/cocos/environment exist for the test (as in
+// a CVM) unless it already does, and removes what it made.
+func withPlatformSecrets(t *testing.T) string {
+	t.Helper()
+	const dir, file = "/etc/cocos", "/etc/cocos/environment"
+	if _, err := os.Stat(file); err == nil {
+		return file
+	}
+	made := false
+	if _, err := os.Stat(dir); err != nil {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Skipf("cannot make %s: %v", dir, err)
+		}
+		made = true
+	}
+	if err := os.WriteFile(file, []byte("AWS_SECRET_ACCESS_KEY=platform-secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.Remove(file)
+		if made {
+			os.Remove(dir)
+		}
+	})
+	return file
+}
+
+// TestEscapeAttempts runs each attempt as an algorithm: it must fail (the
+// program prints "blocked:") and the run must end as the case says.
+func TestEscapeAttempts(t *testing.T) {
+	secrets := withPlatformSecrets(t)
+	hostLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostLn.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := hostLn.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	w := newWorld(t, worldOpts{
+		max:      supervisor.AlgoLimits{MemoryBytes: 64 << 20, Pids: 48, ResultsBytes: 4 << 20},
+		settings: &config.RunnerSettings{},
+	})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string // "" = the run succeeds
+	}{
+		{"read the platform environment file", []string{"read", secrets}, ""},
+		{"read the agent's state", []string{"read", filepath.Join(w.state, "agent", "secret")}, ""},
+		{"read the computation dir by host path", []string{"read", filepath.Join(w.comp, "algo")}, ""},
+		{"see other processes", []string{"ps"}, ""},
+		{"mount", []string{"mount"}, ""},
+		{"ptrace", []string{"ptrace"}, ""},
+		{"unshare namespaces", []string{"unshare"}, ""},
+		{"load a kernel module", []string{"module"}, ""},
+		{"bpf", []string{"bpf"}, ""},
+		{"use the kernel keyring", []string{"keyring"}, ""},
+		{"write the algorithm", []string{"write", "/cocos/algo"}, ""},
+		{"write into datasets", []string{"write", "/cocos/datasets/x"}, ""},
+		{"write into the base root", []string{"write", "/etc/x"}, ""},
+		{"write at the root", []string{"write", "/x"}, ""},
+		{"tcp to a host loopback server", []string{"connect", hostLn.Addr().String()}, ""},
+		{"tcp to the outside", []string{"connect", "1.1.1.1:80"}, ""},
+		{"tcp to a private address", []string{"connect", "10.0.2.2:80"}, ""},
+		{"fork bomb", []string{"forkbomb"}, ""},
+		{"fill results past the cap", []string{"fill"}, "results over quota"},
+		{"allocate past the memory limit", []string{"oom"}, "out of memory"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w.rec.reset()
+			resp := w.run(t, "bin", tc.args...)
+			out := strings.Join(w.rec.output("stdout"), "\n")
+			if strings.Contains(out, "ESCAPED") {
+				t.Fatalf("escape succeeded: %s", out)
+			}
+			if tc.wantErr == "" {
+				if resp.GetError() != "" {
+					t.Fatalf("run failed: %s\nlogs:\n%s", resp.GetError(), w.rec.all())
+				}
+				if !strings.Contains(out, "blocked:") {
+					t.Fatalf("attempt did not report being blocked:\n%s", w.rec.all())
+				}
+				t.Log(out)
+				return
+			}
+			if !strings.Contains(resp.GetError(), tc.wantErr) {
+				t.Fatalf("run error %q, want it to contain %q\nlogs:\n%s", resp.GetError(), tc.wantErr, w.rec.all())
+			}
+			t.Log(resp.GetError())
+		})
+	}
+	select {
+	case <-accepted:
+		t.Error("the host loopback server accepted a connection from an algorithm")
+	default:
+	}
+	if _, err := os.Stat(filepath.Join(w.comp, "results", "big")); err == nil {
+		t.Error("results over quota were copied out")
+	}
+}
+
+// TestSandboxProperties checks what the algorithm sees of itself: no
+// capabilities, no_new_privs, seccomp, a non-root uid, a clean environment
+// and a reachable proxy.
+func TestSandboxProperties(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	for _, args := range [][]string{{"caps"}, {"env"}, {"proxy"}} {
+		if resp := w.run(t, "bin", args...); resp.GetError() != "" {
+			t.Fatalf("%v: %s\n%s", args, resp.GetError(), w.rec.all())
+		}
+	}
+	out := w.rec.output("stdout")
+	want := map[string]bool{"CapEff:\t0000000000000000": false, "CapPrm:\t0000000000000000": false,
+		"CapBnd:\t0000000000000000": false, "NoNewPrivs:\t1": false, "Seccomp:\t2": false, "proxy reachable; env http://127.0.0.1:3128": false}
+	for _, l := range out {
+		if _, ok := want[l]; ok {
+			want[l] = true
+		}
+		if strings.HasPrefix(l, "Uid:\t0") {
+			t.Errorf("algorithm runs as root: %s", l)
+		}
+		if k, _, ok := strings.Cut(l, "="); ok && !strings.Contains(l, ":") || strings.HasPrefix(l, "PATH=") {
+			switch strings.ToUpper(k) {
+			case "PATH", "HOME", "LANG", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY":
+			default:
+				t.Errorf("unexpected environment variable %s", l)
+			}
+		}
+	}
+	for l, seen := range want {
+		if !seen {
+			t.Errorf("missing %q in:\n%s", l, strings.Join(out, "\n"))
+		}
+	}
+}
+
+// TestSetuidEscalation: a setuid-root binary given to the sandbox still
+// runs as the sandbox's uid (nosuid mounts and no_new_privs).
+func TestSetuidEscalation(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	suid := filepath.Join(w.work, "suid")
+	os.MkdirAll(suid, 0o755)
+	b, _ := os.ReadFile(testBinary(t, "escape"))
+	if err := os.WriteFile(filepath.Join(suid, "escape"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(suid, "escape"), 0o4755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(suid, "plain"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, exit := runDirect(t, w, []string{"/opt/suid/plain", "setuid", "/opt/suid/escape"}, mount("work/suid", "/opt/suid"))
+	if exit.GetExitCode() != 0 || !strings.Contains(out, "blocked:") || strings.Contains(out, "ESCAPED") {
+		t.Fatalf("exit %v, output:\n%s", exit, out)
+	}
+	t.Log(out)
+}
+
+// TestStopLeavesNoProcess stops a run whose algorithm made a process tree:
+// the run fails as stopped and no process of it remains.
+func TestStopLeavesNoProcess(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	done := make(chan *pb.RunResponse, 1)
+	go func() {
+		resp, err := w.svc.Run(context.Background(), &pb.RunRequest{ComputationId: "c-stop", AlgoType: "bin", AlgorithmPath: "algo", Args: []string{"sleep", "120", "tree"}})
+		if err != nil {
+			resp = &pb.RunResponse{Error: "rpc: " + err.Error()}
+		}
+		done <- resp
+	}()
+	waitFor(t, func() bool { return w.rec.has("stdout", "sleeping") })
+	if n := countProcs("sleep 120"); n < 4 {
+		t.Fatalf("want the algorithm's 4 processes running, found %d", n)
+	}
+	start := time.Now()
+	w.svc.Stop(context.Background(), &pb.StopRequest{ComputationId: "c-stop"})
+	resp := <-done
+	t.Logf("stopped in %v: %s", time.Since(start), resp.GetError())
+	if !strings.Contains(resp.GetError(), "stopped") {
+		t.Errorf("run error %q, want stopped", resp.GetError())
+	}
+	if n := countProcs("sleep 120"); n != 0 {
+		t.Errorf("%d processes of the algorithm remain", n)
+	}
+	if n := w.algo.Live(); n != 0 {
+		t.Errorf("%d sandboxes live", n)
+	}
+}
+
+// TestRunnerDeathKillsSandbox: when the runner's control channel ends (the
+// runner died), the supervisor kills its sandboxes.
+func TestRunnerDeathKillsSandbox(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	done := make(chan *pb.RunResponse, 1)
+	go func() {
+		resp, _ := w.svc.Run(context.Background(), &pb.RunRequest{ComputationId: "c-death", AlgoType: "bin", AlgorithmPath: "algo", Args: []string{"sleep", "121"}})
+		done <- resp
+	}()
+	waitFor(t, func() bool { return w.rec.has("stdout", "sleeping") })
+	w.algo.KillAll("runner exited")
+	resp := <-done
+	if !strings.Contains(resp.GetError(), "runner exited") {
+		t.Errorf("run error %q, want the runner's death as reason", resp.GetError())
+	}
+	if n := countProcs("sleep 121"); n != 0 {
+		t.Errorf("%d processes of the algorithm remain", n)
+	}
+}
+
+func TestWallClockLimit(t *testing.T) {
+	w := newWorld(t, worldOpts{settings: &config.RunnerSettings{WallClockMs: 500}})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	resp := w.run(t, "bin", "sleep", "30")
+	if !strings.Contains(resp.GetError(), "timed out") {
+		t.Fatalf("run error %q, want timed out", resp.GetError())
+	}
+	if n := countProcs("sleep 30"); n != 0 {
+		t.Errorf("%d processes remain", n)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// countProcs counts host processes whose command line contains s.
+func countProcs(s string) int {
+	ents, _ := os.ReadDir("/proc")
+	n := 0
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if strings.Contains(strings.ReplaceAll(string(b), "\x00", " "), s) {
+			n++
+		}
+	}
+	return n
+}
+
+var _ = fmt.Sprint
