@@ -262,4 +262,3 @@ func exitError(what string, e *control.SandboxExit) error {
 	}
 	return nil
 }
-
