@@ -338,7 +338,7 @@ func TestMalformedRequests(t *testing.T) {
 		"GARBAGE\r\n\r\n",
 		"GET http://a.test/ HTTP/1.1\r\nBad Header\r\n\r\n",
 	} {
-		t.Run(strings.Fields(req)[0]+" "+strings.Fields(req+" x")[1], func(t *testing.T) {
+		t.Run(strings.Fields(req)[0]+" "+strings.Fields(req + " x")[1], func(t *testing.T) {
 			res, _, _ := rawRequest(t, h.addr, req)
 			if res.StatusCode != 400 {
 				t.Fatalf("%q: status %d, want 400", req, res.StatusCode)
