@@ -15,6 +15,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// CgroupDirs reads /proc/thread-self, not /proc/self: libcontainer runs a
+// goroutine locked to its thread in the container's mount namespace and
+// never unlocks it; when that happens on the main thread, the thread stays
+// there, wedged, and /proc/self/mountinfo (the leader's) shows the
+// container's mounts.
+
 // CgroupDirs returns the directories of the relative cgroup path rel (nested
 // under this process's own cgroup) in every mounted hierarchy, v1 and v2,
 // whether or not they exist.
@@ -23,7 +29,7 @@ func CgroupDirs(rel string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	mi, err := os.ReadFile("/proc/self/mountinfo")
+	mi, err := os.ReadFile("/proc/thread-self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: reading mountinfo: %w", err)
 	}
@@ -75,9 +81,9 @@ func CgroupDirs(rel string) ([]string, error) {
 // ownCgroups maps each v1 controller (and "name=x" hierarchy) to this
 // process's cgroup path in it; "" is the v2 path.
 func ownCgroups() (map[string]string, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
+	b, err := os.ReadFile("/proc/thread-self/cgroup")
 	if err != nil {
-		return nil, fmt.Errorf("sandbox: reading /proc/self/cgroup: %w", err)
+		return nil, fmt.Errorf("sandbox: reading /proc/thread-self/cgroup: %w", err)
 	}
 	m := map[string]string{}
 	sc := bufio.NewScanner(bytes.NewReader(b))

@@ -521,8 +521,9 @@ func (s *Supervisor) shutdown() {
 			continue
 		}
 		if c.spec.Name == "logfwd" && s.sink != nil {
+			// Our own stream to logfwd must end, or its gRPC server waits for it.
 			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			s.sink.Flush(ctx)
+			s.sink.Close(ctx)
 			cancel()
 		}
 		s.stopChild(c, "supervisor shutting down")
