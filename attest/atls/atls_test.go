@@ -168,19 +168,21 @@ func TestRequestBytes(t *testing.T) {
 // forge is a misbehaving server: it builds an authenticator like Serve but
 // lets a test change one thing.
 type forge struct {
-	id        tls.Certificate
-	signer    *testSigner
-	context   []byte // authenticator context instead of the request's
-	binding   []byte // binder.binding instead of the true one
-	nonce     []byte // eat_nonce instead of the true one
-	scheme    uint16
-	finished  []byte // Finished verify_data instead of the true MAC
-	onlyFin   bool   // send a Finished-only (unsigned, empty) authenticator
-	badSig    bool   // flip a bit of the signature
-	replay    []byte // send these bytes as the authenticator
-	capture   *[]byte
-	tlsCert   *tls.Certificate // a different certificate for the TLS handshake
-	cmwOnBoth bool
+	id         tls.Certificate
+	signer     *testSigner
+	evidence   func(reportData [64]byte, nonce [32]byte) []byte // instead of signer
+	reportData []byte                                           // report data asked of evidence instead of the true one
+	context    []byte                                           // authenticator context instead of the request's
+	binding    []byte                                           // binder.binding instead of the true one
+	nonce      []byte                                           // eat_nonce instead of the true one
+	scheme     uint16
+	finished   []byte // Finished verify_data instead of the true MAC
+	onlyFin    bool   // send a Finished-only (unsigned, empty) authenticator
+	badSig     bool   // flip a bit of the signature
+	replay     []byte // send these bytes as the authenticator
+	capture    *[]byte
+	tlsCert    *tls.Certificate // a different certificate for the TLS handshake
+	cmwOnBoth  bool
 }
 
 func (f *forge) serve(t *testing.T) func(net.Conn) {
@@ -222,14 +224,23 @@ func (f *forge) serve(t *testing.T) func(net.Conn) {
 		}
 		leaf, _ := x509.ParseCertificate(f.id.Certificate[0])
 		b, _ := ComputeBinding(&st, req.Context, leaf.RawSubjectPublicKeyInfo)
-		binding, nonce := b.Binding, b.Nonce[:]
+		binding, nonce, rd := b.Binding, b.Nonce, b.ReportData
 		if f.binding != nil {
 			binding = f.binding
 		}
 		if f.nonce != nil {
-			nonce = f.nonce
+			copy(nonce[:], f.nonce)
 		}
-		payload, _ := json.Marshal(Payload{Version: 1, MediaType: mediaTypeEAT, Evidence: f.signer.token(nonce),
+		if f.reportData != nil {
+			copy(rd[:], f.reportData)
+		}
+		var ev []byte
+		if f.evidence != nil {
+			ev = f.evidence(rd, nonce)
+		} else {
+			ev = f.signer.token(nonce[:])
+		}
+		payload, _ := json.Marshal(Payload{Version: 1, MediaType: mediaTypeEAT, Evidence: ev,
 			Binder: Binder{ExporterLabel: ExporterLabel, AIKPubHash: b.AIKPubHash, Binding: binding}})
 		ext, _ := cmwExtension(payload)
 		entries := []CertEntry{{DER: f.id.Certificate[0], Extensions: []Extension{ext}}}
