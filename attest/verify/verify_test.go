@@ -409,4 +409,3 @@ func mustSNP(t *testing.T) *sim.SNP {
 	}
 	return s
 }
-
