@@ -2,16 +2,74 @@ package cli
 
 import (
 	"context"
-	"errors"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strconv"
 
 	"google.golang.org/grpc"
+
+	"github.com/cvmd/cvmd/attest/atls"
+	"github.com/cvmd/cvmd/attest/verify"
 )
+
+// allowSimulatedEnv, set to true, lets aTLS accept evidence from simulated
+// platforms (development VMs, `make run`); the default refuses it.
+const allowSimulatedEnv = "CVM_ATTESTATION_ALLOW_SIMULATED"
 
 // atlsDialOptions is THE hook where the attested-TLS client (attest/atls)
 // plugs in: it returns the dial options (transport credentials and/or a
 // context dialer) that make the connection attested TLS, verifying the
 // agent's evidence against cfg.AttestationPolicy (and cfg.ServerCAs for
 // maTLS, cfg.ClientCert/ClientKey for the client side).
-func atlsDialOptions(ctx context.Context, cfg *AgentConfig) ([]grpc.DialOption, error) {
-	return nil, errors.New("attested TLS is not available in this build of cvm")
+//
+// The aTLS exchange runs as gRPC transport credentials over whatever
+// connection gRPC dials, so a test's Options.Dial works too. Every check is
+// made (authenticator, binding, evidence against the policy); a failure
+// names the check.
+func atlsDialOptions(_ context.Context, cfg *AgentConfig) ([]grpc.DialOption, error) {
+	if cfg.AttestationPolicy == "" {
+		return nil, &UsageError{fmt.Errorf("attested TLS needs an attestation policy file (AGENT_GRPC_ATTESTATION_POLICY, --attestation-policy)")}
+	}
+	b, err := os.ReadFile(cfg.AttestationPolicy)
+	if err != nil {
+		return nil, fmt.Errorf("reading attestation policy: %w", err)
+	}
+	policy, err := verify.ParsePolicy(b)
+	if err != nil {
+		return nil, err
+	}
+	opts := verify.Options{Policy: policy}
+	if v := os.Getenv(allowSimulatedEnv); v != "" {
+		if opts.AllowSimulated, err = strconv.ParseBool(v); err != nil {
+			return nil, &UsageError{fmt.Errorf("%s=%q: want true or false", allowSimulatedEnv, v)}
+		}
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS13}
+	if cfg.ServerCAs != "" {
+		pem, err := os.ReadFile(cfg.ServerCAs)
+		if err != nil {
+			return nil, fmt.Errorf("reading server CA certificates: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("server CA file %s holds no PEM certificate", cfg.ServerCAs)
+		}
+	}
+	if cfg.ClientCert != "" {
+		c, err := tls.LoadX509KeyPair(cfg.ClientCert, cfg.ClientKey)
+		if err != nil {
+			return nil, fmt.Errorf("loading client certificate: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	ac := &atls.ClientConfig{TLS: tc, VerifyEvidence: atls.PolicyVerifier(opts)}
+	if cfg.RequestContext != "" {
+		if ac.Context, err = hex.DecodeString(cfg.RequestContext); err != nil || len(ac.Context) == 0 || len(ac.Context) > 255 {
+			return nil, &UsageError{fmt.Errorf("attestation request context %q: want 1 to 255 bytes in hex", cfg.RequestContext)}
+		}
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(atls.NewCredentials(ac))}, nil
 }

@@ -75,6 +75,11 @@ func Client(ctx context.Context, raw net.Conn, serverName string, cfg *ClientCon
 	if cfg.VerifyEvidence == nil {
 		return nil, nil, fail(CheckEvidenceMissing, "no evidence verifier configured")
 	}
+	// Bound the frames as well as the handshake by ctx's deadline.
+	if dl, ok := ctx.Deadline(); ok {
+		raw.SetDeadline(dl)
+		defer raw.SetDeadline(time.Time{})
+	}
 	conn := tls.Client(raw, cfg.tlsConfig(serverName))
 	if err := conn.HandshakeContext(ctx); err != nil {
 		return nil, nil, wrap(CheckTLS, err)
@@ -218,16 +223,12 @@ func (cfg *ClientConfig) Dialer() func(ctx context.Context, addr string) (net.Co
 		if err != nil {
 			return nil, err
 		}
-		if dl, ok := ctx.Deadline(); ok {
-			raw.SetDeadline(dl)
-		}
 		host, _, _ := net.SplitHostPort(addr)
 		conn, _, err := Client(ctx, raw, host, cfg)
 		if err != nil {
 			raw.Close()
 			return nil, err
 		}
-		raw.SetDeadline(time.Time{})
 		return conn, nil
 	}
 }

@@ -61,6 +61,10 @@ func modeCases(t *testing.T, signer *atlstest.Signer) []modeCase {
 			atlsClient(nil)},
 		{"aTLS with configured certificate and CA check", &config.IngressSettings{AttestedTls: true, CertFile: string(srvCert), KeyFile: string(srvKey)}, "with aTLS",
 			atlsClient(&tls.Config{RootCAs: ca.pool(), ServerName: "localhost"})},
+		{"aTLS through gRPC transport credentials (the cvm CLI's way)", &config.IngressSettings{AttestedTls: true}, "with aTLS",
+			func(t *testing.T) []grpc.DialOption {
+				return []grpc.DialOption{grpc.WithTransportCredentials(atls.NewCredentials(&atls.ClientConfig{VerifyEvidence: signer.Verifier()}))}
+			}},
 		{"maTLS", &config.IngressSettings{AttestedTls: true, ClientCaFile: string(users.caPEM)}, "with maTLS",
 			atlsClient(&tls.Config{Certificates: []tls.Certificate{clientPair}})},
 	}
