@@ -1,8 +1,10 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path"
@@ -70,9 +72,6 @@ var DefaultBaseDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"
 // environment file, certificates and configuration.
 var DefaultHide = []string{"/etc/cocos", "/etc/cvmd"}
 
-// AlgoReply sends a control message back to the runner.
-type AlgoReply func(*control.Message, map[string]*os.File) error
-
 // AlgoSandboxes serves the runner's SandboxRequest and SandboxKill. Each
 // request gets a fresh sandbox, destroyed when its process ends. It is safe
 // for concurrent use.
@@ -80,6 +79,10 @@ type AlgoSandboxes struct {
 	cfg AlgoConfig
 	log *slog.Logger
 	wg  sync.WaitGroup
+
+	cvmdOnce sync.Once
+	cvmdCopy string // RunDir/cvmd once made
+	cvmdErr  error
 
 	mu     sync.Mutex
 	seq    uint64              // guarded by mu
@@ -145,6 +148,41 @@ func NewAlgoSandboxes(cfg AlgoConfig) (*AlgoSandboxes, error) {
 	return &AlgoSandboxes{cfg: cfg, log: log, live: map[uint64]*algoRun{}}, nil
 }
 
+var _ SandboxHandler = (*AlgoSandboxes)(nil)
+
+// cvmd returns a copy of the cvmd binary in RunDir, made on first use. The
+// supervisor may run from a sealed memfd, which cannot be bind-mounted (it
+// is in no mount namespace of ours); a root-only regular copy can.
+func (a *AlgoSandboxes) cvmd() (string, error) {
+	a.cvmdOnce.Do(func() {
+		dst := filepath.Join(a.cfg.RunDir, "cvmd")
+		tmp := dst + ".tmp"
+		in, err := os.Open(a.cfg.Cvmd)
+		if err != nil {
+			a.cvmdErr = fmt.Errorf("opening cvmd for wasm: %w", err)
+			return
+		}
+		defer in.Close()
+		os.Remove(tmp)
+		out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o555)
+		if err == nil {
+			_, err = io.Copy(out, in)
+			if cerr := out.Close(); err == nil {
+				err = cerr
+			}
+		}
+		if err == nil {
+			err = os.Rename(tmp, dst)
+		}
+		if err != nil {
+			a.cvmdErr = fmt.Errorf("copying cvmd for wasm: %w", err)
+			return
+		}
+		a.cvmdCopy = dst
+	})
+	return a.cvmdCopy, a.cvmdErr
+}
+
 func orDefault[T int64 | time.Duration](v, d T) T {
 	if v == 0 {
 		return d
@@ -152,38 +190,81 @@ func orDefault[T int64 | time.Duration](v, d T) T {
 	return v
 }
 
-// Handle takes a message from the runner's control channel. It reports
-// whether the message was one of its own (SandboxRequest, SandboxKill); if
-// so it takes ownership of files. It never blocks on a sandbox: each request
-// is served by its own goroutine, which replies with reply.
-func (a *AlgoSandboxes) Handle(msg *control.Message, files map[string]*os.File, reply AlgoReply) bool {
-	switch b := msg.GetBody().(type) {
-	case *control.Message_SandboxRequest:
-		closeAll(files) // a request carries no fds
-		a.mu.Lock()
-		if a.closed {
-			a.mu.Unlock()
-			reply(errorReply(b.SandboxRequest.GetId(), "supervisor is stopping"), nil)
-			return true
+func init() {
+	RegisterSandboxHandler(func(s *Supervisor) SandboxHandler {
+		a, err := NewAlgoSandboxes(AlgoConfig{
+			Runtime:        s.rt,
+			ComputationDir: filepath.Join(s.cfg.State, "computation"),
+			WorkDir:        filepath.Join(s.cfg.State, "runner"),
+			RunDir:         filepath.Join(s.cfg.RunDir, "algorithms"),
+			Proxy: func(edge string, ln *os.File) error {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				// The proxy listener goes to egress like any rewired fd.
+				return s.do(ctx, func() { s.sendRewires([]rewire{{peer: "egress", name: edge, f: ln}}) })
+			},
+			Log: s.log.With("part", "algorithm-sandboxes"),
+		})
+		if err != nil {
+			s.log.Error("algorithm sandboxes unavailable", "err", err)
+			return nil
 		}
-		a.wg.Add(1)
-		a.mu.Unlock()
-		go func() {
-			defer a.wg.Done()
-			a.serve(b.SandboxRequest, reply)
-		}()
-		return true
-	case *control.Message_SandboxKill:
-		closeAll(files)
-		a.kill(b.SandboxKill.GetId(), "stopped by the runner")
-		return true
-	}
-	return false
+		return a
+	})
 }
 
-// KillAll kills every live sandbox with reason (e.g. "runner exited"); their
-// SandboxExit says stopped with that reason.
-func (a *AlgoSandboxes) KillAll(reason string) {
+// Request validates req, makes the sandbox and starts it. It returns the
+// fds for the runner ("stdout", "stderr", "status"); the caller sends and
+// closes them. The sandbox is waited for, its results copied out and
+// everything cleaned up in a goroutine of a's; the SandboxExit is written on
+// "status" at the end.
+func (a *AlgoSandboxes) Request(ctx context.Context, req *control.SandboxRequest) (map[string]*os.File, error) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil, errors.New("supervisor: algorithm sandboxes: stopping")
+	}
+	if _, dup := a.live[req.GetId()]; dup {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("supervisor: algorithm sandboxes: request id %d already running", req.GetId())
+	}
+	a.seq++
+	run := &algoRun{id: fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq)}
+	a.live[req.GetId()] = run
+	a.wg.Add(1)
+	a.mu.Unlock()
+	forget := func() {
+		a.mu.Lock()
+		delete(a.live, req.GetId())
+		a.mu.Unlock()
+		a.wg.Done()
+	}
+	status, files, done, err := a.start(req, run)
+	if err != nil {
+		forget()
+		a.log.Warn("algorithm sandbox refused", "request", req.GetId(), "computation_id", req.GetComputationId(), "err", err)
+		return nil, err
+	}
+	go func() {
+		defer forget()
+		st := done()
+		a.log.Info("algorithm sandbox ended", "sandbox", run.id, "computation_id", req.GetComputationId(),
+			"exit_code", st.GetExitCode(), "signal", st.GetSignal(), "oom", st.GetOomKilled(), "timed_out", st.GetTimedOut(),
+			"stopped", st.GetStopReason(), "error", st.GetError())
+		b, _ := proto.Marshal(st)
+		status.Write(b)
+		status.Close()
+	}()
+	return files, nil
+}
+
+// Kill kills the sandbox of request id (the runner's SandboxKill).
+func (a *AlgoSandboxes) Kill(id uint64) { a.kill(id, "stopped by the runner") }
+
+// KillAll kills every sandbox: the runner exited, so nobody reads them.
+func (a *AlgoSandboxes) KillAll() { a.killAll("runner exited") }
+
+func (a *AlgoSandboxes) killAll(reason string) {
 	a.mu.Lock()
 	ids := make([]uint64, 0, len(a.live))
 	for id := range a.live {
@@ -201,7 +282,7 @@ func (a *AlgoSandboxes) Close() {
 	a.mu.Lock()
 	a.closed = true
 	a.mu.Unlock()
-	a.KillAll("supervisor stopping")
+	a.killAll("supervisor stopping")
 	a.wg.Wait()
 }
 
@@ -226,16 +307,6 @@ func (a *AlgoSandboxes) kill(id uint64, reason string) {
 	}
 	if r.sb != nil {
 		r.sb.Kill()
-	}
-}
-
-func errorReply(id uint64, err string) *control.Message {
-	return &control.Message{Body: &control.Message_SandboxReply{SandboxReply: &control.SandboxReply{Id: id, Error: err}}}
-}
-
-func closeAll(files map[string]*os.File) {
-	for _, f := range files {
-		f.Close()
 	}
 }
 
@@ -367,7 +438,10 @@ func (a *AlgoSandboxes) validate(req *control.SandboxRequest, id string) (*algoP
 		var f *os.File
 		switch kind {
 		case srcCvmd:
-			f, err = os.OpenFile(a.cfg.Cvmd, unix.O_PATH|unix.O_CLOEXEC, 0)
+			var exe string
+			if exe, err = a.cvmd(); err == nil {
+				f, err = os.OpenFile(exe, unix.O_PATH|unix.O_CLOEXEC, 0)
+			}
 		case srcComputation:
 			f, err = openBeneath(a.cfg.ComputationDir, rel)
 		case srcWork:
@@ -435,45 +509,6 @@ func (a *AlgoSandboxes) resolveDir(logical string) (string, error) {
 		return "", fmt.Errorf("%q: not a directory", logical)
 	}
 	return filepath.Join(base, rel), nil
-}
-
-// serve runs one request to its end.
-func (a *AlgoSandboxes) serve(req *control.SandboxRequest, reply AlgoReply) {
-	a.mu.Lock()
-	a.seq++
-	id := fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq)
-	run := &algoRun{id: id}
-	if _, dup := a.live[req.GetId()]; dup {
-		a.mu.Unlock()
-		reply(errorReply(req.GetId(), fmt.Sprintf("request id %d already running", req.GetId())), nil)
-		return
-	}
-	a.live[req.GetId()] = run
-	a.mu.Unlock()
-	defer func() {
-		a.mu.Lock()
-		delete(a.live, req.GetId())
-		a.mu.Unlock()
-	}()
-	exit, files, done, err := a.start(req, run)
-	if err != nil {
-		a.log.Warn("algorithm sandbox refused", "request", req.GetId(), "computation_id", req.GetComputationId(), "err", err)
-		reply(errorReply(req.GetId(), err.Error()), nil)
-		return
-	}
-	rep := &control.Message{Body: &control.Message_SandboxReply{SandboxReply: &control.SandboxReply{Id: req.GetId(), SandboxId: id}}}
-	if err := reply(rep, files); err != nil {
-		// The runner is gone: nobody will read the output or the status.
-		a.kill(req.GetId(), "runner unreachable: "+err.Error())
-	}
-	closeAll(files)
-	st := done()
-	a.log.Info("algorithm sandbox ended", "sandbox", id, "computation_id", req.GetComputationId(),
-		"exit_code", st.GetExitCode(), "signal", st.GetSignal(), "oom", st.GetOomKilled(), "timed_out", st.GetTimedOut(),
-		"stopped", st.GetStopReason(), "error", st.GetError())
-	b, _ := proto.Marshal(st)
-	exit.Write(b)
-	exit.Close()
 }
 
 // start makes the sandbox's resources and starts it. It returns the write

@@ -1,11 +1,11 @@
 package runner_test
 
 import (
+	"context"
 	"io"
 	"os"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -23,39 +23,11 @@ func runDirect(t *testing.T, w *world, args []string, mounts ...*control.Mount) 
 	directSeq++
 	req := &control.SandboxRequest{Id: directSeq, ComputationId: "direct", Args: args, Mounts: mounts,
 		Env: []string{"PATH=/usr/bin:/bin"}, Cwd: "/cocos"}
-	got := make(chan struct {
-		rep   *control.SandboxReply
-		files map[string]*os.File
-	}, 1)
-	w.algo.Handle(&control.Message{Body: &control.Message_SandboxRequest{SandboxRequest: req}}, nil,
-		func(m *control.Message, files map[string]*os.File) error {
-			// Own copies, as the runner gets through SCM_RIGHTS.
-			dup := map[string]*os.File{}
-			for k, f := range files {
-				fd, err := dupFile(f)
-				if err != nil {
-					return err
-				}
-				dup[k] = fd
-			}
-			got <- struct {
-				rep   *control.SandboxReply
-				files map[string]*os.File
-			}{m.GetSandboxReply(), dup}
-			return nil
-		})
-	var r struct {
-		rep   *control.SandboxReply
-		files map[string]*os.File
+	files, err := w.algo.Request(context.Background(), req)
+	if err != nil {
+		t.Fatalf("sandbox refused: %v", err)
 	}
-	select {
-	case r = <-got:
-	case <-time.After(30 * time.Second):
-		t.Fatal("no sandbox reply")
-	}
-	if r.rep.GetError() != "" {
-		t.Fatalf("sandbox refused: %s", r.rep.GetError())
-	}
+	r := struct{ files map[string]*os.File }{files}
 	var out []byte
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -82,10 +54,3 @@ func runDirect(t *testing.T, w *world, args []string, mounts ...*control.Mount) 
 	return string(out), &exit
 }
 
-func dupFile(f *os.File) (*os.File, error) {
-	fd, err := dupCloexec(int(f.Fd()))
-	if err != nil {
-		return nil, err
-	}
-	return os.NewFile(uintptr(fd), f.Name()), nil
-}

@@ -230,7 +230,7 @@ func TestRunnerDeathKillsSandbox(t *testing.T) {
 		done <- resp
 	}()
 	waitFor(t, func() bool { return w.rec.has("stdout", "sleeping") })
-	w.algo.KillAll("runner exited")
+	w.algo.KillAll()
 	resp := <-done
 	if !strings.Contains(resp.GetError(), "runner exited") {
 		t.Errorf("run error %q, want the runner's death as reason", resp.GetError())

@@ -19,6 +19,7 @@ import (
 	"github.com/cvmd/cvmd/children/runner"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/config"
+	"github.com/cvmd/cvmd/proto/control"
 	pb "github.com/cvmd/cvmd/proto/runner"
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor"
@@ -221,18 +222,36 @@ func newWorld(t testing.TB, o worldOpts) *world {
 			}
 		}
 	})
-	wg.Go(func() { // the supervisor's routing of the runner's messages
+	wg.Go(func() { // the supervisor's routing of the runner's messages (as supervisor/run.go)
+		var reqs sync.WaitGroup
+		defer reqs.Wait()
 		for {
 			msg, files, err := supCtl.Recv()
 			if err != nil {
 				// The runner's channel closed: as the supervisor does when the runner dies.
-				w.algo.KillAll("runner exited")
+				w.algo.KillAll()
 				return
 			}
-			if !w.algo.Handle(msg, files, supCtl.Send) {
-				for _, f := range files {
-					f.Close()
-				}
+			for _, f := range files {
+				f.Close()
+			}
+			switch b := msg.GetBody().(type) {
+			case *control.Message_SandboxRequest:
+				reqs.Go(func() {
+					reply := &control.SandboxReply{Id: b.SandboxRequest.GetId()}
+					files, err := w.algo.Request(context.Background(), b.SandboxRequest)
+					if err != nil {
+						reply.Error = err.Error()
+					}
+					if err := supCtl.Send(&control.Message{Body: &control.Message_SandboxReply{SandboxReply: reply}}, files); err != nil {
+						w.algo.Kill(b.SandboxRequest.GetId())
+					}
+					for _, f := range files {
+						f.Close()
+					}
+				})
+			case *control.Message_SandboxKill:
+				w.algo.Kill(b.SandboxKill.GetId())
 			}
 		}
 	})
@@ -312,5 +331,3 @@ func (r *records) reset() {
 	r.lines, r.events = nil, nil
 	r.mu.Unlock()
 }
-
-func dupCloexec(fd int) (int, error) { return unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0) }
