@@ -53,4 +53,3 @@ func runDirect(t *testing.T, w *world, args []string, mounts ...*control.Mount) 
 	}
 	return string(out), &exit
 }
-
