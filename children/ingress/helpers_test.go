@@ -185,3 +185,9 @@ func upload(ctx context.Context, cc *grpc.ClientConn, data []byte, total int64) 
 	}
 	return v[0], nil
 }
+
+func newHealth() *health.Server {
+	hs := health.NewServer()
+	hs.SetServingStatus("agent", healthpb.HealthCheckResponse_SERVING)
+	return hs
+}
