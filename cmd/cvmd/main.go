@@ -16,6 +16,7 @@ import (
 	"github.com/cvmd/cvmd/children/runner/wasmrun"
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor"
+	"github.com/cvmd/cvmd/supervisor/probe"
 
 	// nsenter's cgo constructor runs before the Go runtime in every
 	// invocation; it acts only in libcontainer's `init` re-exec.
@@ -58,6 +59,8 @@ func run(args []string) int {
 	switch name := args[1]; name {
 	case "supervise":
 		return exit(supervisor.Main(args[2:]))
+	case "probe": // hidden, tests only: looks at a child's sandbox from inside
+		return exit(probe.Main(args[2:]))
 	case "wasm-run": // inside an algorithm sandbox only: the runtime of wasm algorithms
 		return wasmrun.Command(args[2:])
 	case "help", "-h", "--help":
