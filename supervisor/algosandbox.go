@@ -570,8 +570,11 @@ func (a *AlgoSandboxes) start(req *control.SandboxRequest, run *algoRun) (status
 		net.listener = nil
 		cleanups = append(cleanups, func() { ln.Close() })
 	}
+	// A writable work dir is lent to the algorithm's uid for the sandbox's
+	// life (everything in it: a venv made by one sandbox is filled by the
+	// next) and given back to its owner afterwards.
 	for _, o := range plan.owned {
-		if err := os.Chown(o.path, a.cfg.UID, a.cfg.GID); err != nil {
+		if err := chownTree(o.path, a.cfg.UID, a.cfg.GID); err != nil {
 			return nil, nil, nil, fmt.Errorf("lending a writable dir: %w", err)
 		}
 	}
