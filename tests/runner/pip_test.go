@@ -27,7 +27,7 @@ import (
 func buildWheel(t *testing.T, name, version string, value int) (string, []byte) {
 	t.Helper()
 	files := map[string]string{
-		name + "/__init__.py": fmt.Sprintf("VALUE = %d\n", value),
+		name + "/__init__.py":                        fmt.Sprintf("VALUE = %d\n", value),
 		name + "-" + version + ".dist-info/METADATA": fmt.Sprintf("Metadata-Version: 2.1\nName: %s\nVersion: %s\n", name, version),
 		name + "-" + version + ".dist-info/WHEEL":    "Wheel-Version: 1.0\nGenerator: cvmd-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
 	}
