@@ -1,18 +1,323 @@
-// Package attestation is the attestation child (`cvmd attestation`). Placeholder until its issue lands:
-// it only says READY and waits to be stopped.
+// Package attestation is the attestation child (`cvmd attestation`): the only
+// process that holds the TPM and the SEV-SNP report interface. It serves
+// proto/attestation's Evidence and ExtendManifest on every "from:*" edge
+// (agent, ingress, supervisor), answers the supervisor's MeasureRequest
+// commands, and keeps the measurement log in its state dir.
+//
+// It has no network and keeps no platform key beyond the TPM's attestation
+// key (which stays in the TPM) and, on SNP without a TPM, one ephemeral
+// token-signing key bound by an SNP report. It does not verify anything.
+//
+// Platforms (config.AttestationSettings.mode): AUTO and HARDWARE use
+// /dev/tpmrm0 and configfs-tsm or /dev/sev-guest; SIMULATED uses the
+// go-tpm-tools simulator and, with simulate_snp, a simulated SEV-SNP signed
+// by go-sev-guest's test-only chain. Simulated tokens say so (attest/sim).
 package attestation
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"time"
 
+	sevclient "github.com/google/go-sev-guest/client"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/children/child"
+	pb "github.com/cvmd/cvmd/proto/attestation"
+	"github.com/cvmd/cvmd/proto/config"
 )
+
+// DefaultTPMPath is the TPM resource manager device.
+const DefaultTPMPath = "/dev/tpmrm0"
+
+// firmwareLogPath is where the kernel exposes the firmware's TCG event log.
+const firmwareLogPath = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
 // Main runs the attestation child.
 func Main(ctx context.Context, env *child.Env) error {
-	if err := env.Ready(); err != nil {
+	var st config.AttestationSettings
+	if err := env.Settings(&st); err != nil {
 		return err
 	}
-	<-ctx.Done()
-	return nil
+	svc, err := New(&st, env.Config.GetStateDir())
+	if err != nil {
+		return fmt.Errorf("attestation: %w", err)
+	}
+	defer svc.Close()
+	if svc.simulated {
+		env.Log.Warn("SIMULATED attestation platform: tokens prove nothing and verifiers refuse them by default",
+			"tpm", "simulator", "snp", svc.att.SNP != nil)
+	}
+	env.HandleCommand(&pb.MeasureRequest{}, func(ctx context.Context, body proto.Message) (proto.Message, error) {
+		return svc.Measure(body.(*pb.MeasureRequest))
+	})
+	env.HandleCommand(&pb.ExtendManifestRequest{}, func(ctx context.Context, body proto.Message) (proto.Message, error) {
+		return svc.ExtendManifest(ctx, body.(*pb.ExtendManifestRequest))
+	})
+	return svc.Run(ctx, env.Listener(), env.Ready)
 }
+
+// Service is the attestation child's state, usable without a child.Env (tests).
+type Service struct {
+	pb.UnimplementedAttestationServer
+
+	att       *attest.Attester
+	tpm       *attest.TPM
+	store     *store
+	simulated bool
+	closers   []io.Closer
+
+	mu       sync.Mutex // serializes measurements (log append + extend)
+	lastBoot string     // guarded by mu
+	lastSeq  uint64     // guarded by mu
+}
+
+// New opens the platform chosen by st and the measurement log in stateDir
+// ("" = in memory only, which a hardware TPM refuses: a restart would lose
+// the log while the PCRs keep its events).
+func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error) {
+	s := &Service{att: &attest.Attester{Issuer: st.GetIssuer(), SWVersion: version()}}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	switch st.GetMode() {
+	case config.AttestationSettings_SIMULATED:
+		rw, err := sim.OpenTPM()
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, rw)
+		if s.tpm, err = attest.NewTPM(rw); err != nil {
+			return nil, err
+		}
+		if st.GetSimulateSnp() {
+			if s.att.SNP, err = sim.NewSNP(sim.SNPOptions{}); err != nil {
+				return nil, err
+			}
+		}
+		s.simulated = true
+	case config.AttestationSettings_AUTO, config.AttestationSettings_HARDWARE:
+		if st.GetSimulateSnp() {
+			return nil, errors.New("simulate_snp needs mode SIMULATED")
+		}
+		path := st.GetTpmPath()
+		if path == "" {
+			path = DefaultTPMPath
+		}
+		if f, err := os.OpenFile(path, os.O_RDWR, 0); err == nil {
+			s.closers = append(s.closers, f)
+			if s.tpm, err = attest.NewTPM(f); err != nil {
+				return nil, fmt.Errorf("TPM %s: %w", path, err)
+			}
+			s.tpm.EventLogPath = firmwareLogPath
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("opening TPM: %w", err)
+		}
+		if qp, err := attest.SNPQuoteProvider(); err == nil {
+			s.att.SNP = qp
+		}
+		if s.tpm == nil && s.att.SNP == nil {
+			return nil, fmt.Errorf("%w: no TPM at %s and no SEV-SNP report interface (use mode SIMULATED for development)", attest.ErrUnsupportedPlatform, path)
+		}
+	default:
+		return nil, fmt.Errorf("unknown mode %v", st.GetMode())
+	}
+	s.att.Simulated = s.simulated
+	s.att.TPM = s.tpm
+	if s.store, err = openStore(stateDir); err != nil {
+		return nil, err
+	}
+	s.att.Log = s.store.snapshot
+	if s.tpm != nil {
+		if stateDir == "" && !s.simulated {
+			return nil, errors.New("a hardware TPM needs a state dir for the measurement log")
+		}
+		if _, err := recoverLog(s.store, s.tpm, s.simulated); err != nil {
+			return nil, err
+		}
+		if len(s.store.snapshot()) == 0 {
+			// First start of this boot: the platform label is the first event,
+			// so simulated evidence is marked inside the quoted PCR itself.
+			info := attest.PlatformInfo{TPM: "simulator", Simulated: s.simulated}
+			if !s.simulated {
+				info.TPM = DefaultTPMPath
+			}
+			switch {
+			case s.att.SNP == nil:
+			case s.simulated:
+				info.SNP = "simulated"
+			default:
+				info.SNP = "hardware"
+			}
+			e, err := attest.JSONEvent(attest.EventPlatform, info)
+			if err != nil {
+				return nil, err
+			}
+			if err := s.apply(e); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return s, nil
+}
+
+// Close releases the TPM and the log.
+func (s *Service) Close() {
+	if s.tpm != nil {
+		s.tpm.Close()
+	}
+	if s.store != nil {
+		s.store.close()
+	}
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i].Close()
+	}
+	s.closers = nil
+}
+
+// Attester returns the evidence producer (benchmarks, tests).
+func (s *Service) Attester() *attest.Attester { return s.att }
+
+// Run serves ln until ctx ends (cancellation is not an error); ready is
+// called once the server is set up.
+func (s *Service) Run(ctx context.Context, ln net.Listener, ready func() error) error {
+	srv := grpc.NewServer()
+	pb.RegisterAttestationServer(srv, s)
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	wg.Go(func() { errc <- srv.Serve(ln) })
+	defer wg.Wait()
+	if ready != nil {
+		if err := ready(); err != nil {
+			srv.Stop()
+			return err
+		}
+	}
+	select {
+	case <-ctx.Done():
+		done := make(chan struct{})
+		go func() { srv.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			srv.Stop()
+			<-done
+		}
+		return nil
+	case err := <-errc:
+		if errors.Is(err, grpc.ErrServerStopped) {
+			return nil
+		}
+		return fmt.Errorf("serving: %w", err)
+	}
+}
+
+// Evidence implements the Attestation service.
+func (s *Service) Evidence(ctx context.Context, req *pb.EvidenceRequest) (*pb.EvidenceResponse, error) {
+	p := attest.Platform(req.GetPlatformType())
+	tok, err := s.att.Attest(attest.Request{ReportData: req.GetReportData(), Nonce: req.GetNonce(), Platform: p})
+	if err != nil {
+		return nil, grpcError(err)
+	}
+	return &pb.EvidenceResponse{EatToken: tok, Platform: s.att.Describe(p)}, nil
+}
+
+// ExtendManifest implements the Attestation service and the supervisor's
+// command of the same name: PCR 16, as Cocos.
+func (s *Service) ExtendManifest(ctx context.Context, req *pb.ExtendManifestRequest) (*pb.MeasureReply, error) {
+	if len(req.GetManifestJson()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "attestation: manifest_json is empty")
+	}
+	if s.tpm == nil {
+		return nil, status.Error(codes.Unimplemented, "attestation: no TPM: PCR 16 cannot be extended")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.apply(attest.ManifestEvent(req.GetManifestJson())); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return s.reply(attest.ManifestPCR)
+}
+
+// Measure applies a supervisor MeasureRequest exactly once per (boot_id, seq).
+func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
+	if s.tpm == nil {
+		return nil, errors.New("attestation: no TPM: measurement not recorded")
+	}
+	if req.GetSeq() == 0 || req.GetBootId() == "" {
+		return nil, errors.New("attestation: measure: boot_id and seq (≥ 1) are required")
+	}
+	e := attest.Event{PCR: attest.MeasurePCR, Type: req.GetType(), Data: req.GetData(), BootID: req.GetBootId(), Seq: req.GetSeq()}
+	if e.Type == attest.EventPlatform {
+		return nil, errors.New("attestation: measure: the platform event is the attestation child's own")
+	}
+	if err := e.Validate(); err != nil {
+		return nil, fmt.Errorf("attestation: measure: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastBoot == "" {
+		for _, old := range s.store.snapshot() {
+			if old.BootID != "" {
+				s.lastBoot, s.lastSeq = old.BootID, old.Seq
+			}
+		}
+	}
+	if req.GetBootId() == s.lastBoot && req.GetSeq() <= s.lastSeq {
+		return s.reply(attest.MeasurePCR) // already applied: a resend after a restart
+	}
+	if err := s.apply(e); err != nil {
+		return nil, err
+	}
+	s.lastBoot, s.lastSeq = e.BootID, e.Seq
+	return s.reply(attest.MeasurePCR)
+}
+
+// apply logs e durably, then extends it. Preconditions: s.mu held (or New).
+func (s *Service) apply(e attest.Event) error {
+	if err := s.store.append(e); err != nil {
+		return err
+	}
+	return s.tpm.Extend(e)
+}
+
+func (s *Service) reply(pcr uint32) (*pb.MeasureReply, error) {
+	v, err := s.tpm.ReadPCR(int(pcr))
+	if err != nil {
+		return nil, err
+	}
+	return &pb.MeasureReply{Pcr: pcr, PcrSha256: v, Events: uint64(len(s.store.snapshot()))}, nil
+}
+
+// grpcError chooses what leaves the child (style 12).
+func grpcError(err error) error {
+	switch {
+	case errors.Is(err, attest.ErrBadRequest):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, attest.ErrUnimplemented), errors.Is(err, attest.ErrUnsupportedPlatform):
+		return status.Error(codes.Unimplemented, err.Error())
+	}
+	return status.Error(codes.Internal, "attestation: producing evidence failed: "+err.Error())
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return ""
+}
+
+var _ sevclient.QuoteProvider = (*sim.SNP)(nil)

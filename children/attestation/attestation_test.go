@@ -1,0 +1,270 @@
+package attestation
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/sim"
+	"github.com/cvmd/cvmd/attest/verify"
+	"github.com/cvmd/cvmd/ipc"
+	pb "github.com/cvmd/cvmd/proto/attestation"
+	"github.com/cvmd/cvmd/proto/config"
+)
+
+// serve runs s behind a real edge and returns a client. Tests using the
+// simulator are not parallel: it is process-global.
+func serve(t testing.TB, s *Service) pb.AttestationClient {
+	t.Helper()
+	ln := ipc.NewListener("attestation")
+	cli, srv, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "from:agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Add(srv)
+	d := ipc.NewDialer("attestation", cli)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, ln, nil) }()
+	conn, err := ipc.GRPCClient(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+		ln.Close()
+		d.Close()
+	})
+	return pb.NewAttestationClient(conn)
+}
+
+func simulated(t testing.TB, dir string) *Service {
+	t.Helper()
+	s, err := New(&config.AttestationSettings{Mode: config.AttestationSettings_SIMULATED, SimulateSnp: true}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+func measure(t testing.TB, s *Service, boot string, seq uint64, typ string, v any) *pb.MeasureReply {
+	t.Helper()
+	e, err := attest.JSONEvent(typ, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.Measure(&pb.MeasureRequest{BootId: boot, Seq: seq, Type: typ, Data: e.Data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestServiceEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	s := simulated(t, dir)
+	table := sha256.Sum256([]byte("table"))
+	tableHex := hex.EncodeToString(table[:])
+	measure(t, s, "b1", 1, attest.EventChildTable, attest.ChildTable{SHA256: tableHex})
+	r1 := measure(t, s, "b1", 2, attest.EventChildStart, attest.ChildStart{Child: "agent", Generation: 1})
+	// A resend of seq 2 (the supervisor retrying after a restart) is not applied twice.
+	r2 := measure(t, s, "b1", 2, attest.EventChildStart, attest.ChildStart{Child: "agent", Generation: 1})
+	if r1.GetEvents() != 3 || r2.GetEvents() != 3 || string(r1.GetPcrSha256()) != string(r2.GetPcrSha256()) {
+		t.Fatalf("duplicate applied: %v %v", r1, r2)
+	}
+	c := serve(t, s)
+	ctx := context.Background()
+	if _, err := c.ExtendManifest(ctx, &pb.ExtendManifestRequest{ManifestJson: []byte(`{"id":"c1"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	tee, nonce := []byte("tee nonce"), []byte("vtpm nonce")
+	for _, p := range []attest.Platform{attest.SNP, attest.VTPM, attest.SNPvTPM} {
+		res, err := c.Evidence(ctx, &pb.EvidenceRequest{ReportData: tee, Nonce: nonce, PlatformType: int32(p)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.GetPlatform() != "simulated "+p.String() {
+			t.Fatalf("platform %q", res.GetPlatform())
+		}
+		akSum := sha256.Sum256(s.tpm.AKPub())
+		o := verify.Options{ReportData: tee, Nonce: nonce, AllowSimulated: true, Policy: &verify.Policy{CVMD: verify.CVMDPolicy{
+			TrustedAKSHA256: []string{hex.EncodeToString(akSum[:])},
+		}}}
+		if p != attest.SNP {
+			o.Policy.CVMD.ChildTableSHA256 = tableHex
+			m := attest.ManifestEvent([]byte(`{"id":"c1"}`))
+			o.Policy.CVMD.ManifestSHA3256 = hex.EncodeToString(m.Data[:32])
+		}
+		r, err := verify.Token(res.GetEatToken(), o)
+		if err != nil {
+			t.Fatalf("%v: %v", p, err)
+		}
+		if p != attest.SNP && (len(r.Events) != 4 || r.Events[0].Type != attest.EventPlatform) {
+			t.Fatalf("%v: events %+v", p, r.Events)
+		}
+	}
+	for _, tc := range []struct {
+		req  *pb.EvidenceRequest
+		code codes.Code
+	}{
+		{&pb.EvidenceRequest{Nonce: make([]byte, 33), PlatformType: 1}, codes.InvalidArgument},
+		{&pb.EvidenceRequest{ReportData: make([]byte, 65), PlatformType: 0}, codes.InvalidArgument},
+		{&pb.EvidenceRequest{PlatformType: 3}, codes.Unimplemented},
+		{&pb.EvidenceRequest{PlatformType: 4}, codes.Unimplemented},
+		{&pb.EvidenceRequest{PlatformType: 9}, codes.InvalidArgument},
+	} {
+		if _, err := c.Evidence(ctx, tc.req); status.Code(err) != tc.code {
+			t.Errorf("%v: %v, want %v", tc.req, err, tc.code)
+		}
+	}
+}
+
+// TestRestartKeepsLog: a restarted attestation child (same state dir) keeps
+// its log, and with the simulator replays it so tokens still verify.
+func TestRestartKeepsLog(t *testing.T) {
+	dir := t.TempDir()
+	s := simulated(t, dir)
+	measure(t, s, "b1", 1, attest.EventChildStart, attest.ChildStart{Child: "agent", Generation: 1})
+	before := s.store.snapshot()
+	s.Close()
+	// A torn record at the end (crash mid-append) is cut off.
+	f, err := os.OpenFile(filepath.Join(dir, LogFile), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{0, 0, 0, 40, 1, 2})
+	f.Close()
+
+	s2 := simulated(t, dir)
+	if got := s2.store.snapshot(); len(got) != len(before) {
+		t.Fatalf("log after restart has %d events, want %d", len(got), len(before))
+	}
+	// The resend after restart is recognised as applied.
+	if r := measure(t, s2, "b1", 1, attest.EventChildStart, attest.ChildStart{Child: "agent", Generation: 1}); r.GetEvents() != uint64(len(before)) {
+		t.Fatalf("resend applied again: %d events", r.GetEvents())
+	}
+	measure(t, s2, "b1", 2, attest.EventChildStart, attest.ChildStart{Child: "agent", Generation: 2})
+	tok, err := s2.att.Attest(attest.Request{Nonce: []byte("n0nce123"), Platform: attest.SNPvTPM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := verify.Token(tok, verify.Options{Nonce: []byte("n0nce123"), AllowSimulated: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Restarts["agent"] != 2 {
+		t.Fatalf("restarts %v", r.Restarts)
+	}
+}
+
+// TestRecoverHardware drives the hardware start-up rules with the simulator
+// standing in as a TPM whose PCRs survive the child.
+func TestRecoverHardware(t *testing.T) {
+	rw, err := sim.OpenTPM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	tpm, err := attest.NewTPM(rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	ev := func(gen uint32) attest.Event {
+		e, _ := attest.JSONEvent(attest.EventChildStart, attest.ChildStart{Child: "x", Generation: gen})
+		return e
+	}
+	dir := t.TempDir()
+	st, err := openStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+
+	// Fresh PCRs and a log from a previous boot: set aside.
+	st.append(ev(1))
+	if _, err := recoverLog(st, tpm, false); err != nil || len(st.snapshot()) != 0 {
+		t.Fatalf("previous boot's log: %v, %d events", err, len(st.snapshot()))
+	}
+	if _, err := os.Stat(filepath.Join(dir, LogFile+".prev")); err != nil {
+		t.Fatal(err)
+	}
+	// Consistent: nothing to do.
+	for g := uint32(1); g <= 2; g++ {
+		st.append(ev(g))
+		tpm.Extend(ev(g))
+	}
+	if n, err := recoverLog(st, tpm, false); err != nil || n != 0 {
+		t.Fatalf("consistent log: %d, %v", n, err)
+	}
+	// Logged but not extended (crash in between): extended now.
+	st.append(ev(3))
+	if n, err := recoverLog(st, tpm, false); err != nil || n != 1 {
+		t.Fatalf("torn extend: %d, %v", n, err)
+	}
+	if n, err := recoverLog(st, tpm, false); err != nil || n != 0 {
+		t.Fatalf("after repair: %d, %v", n, err)
+	}
+	// Extended but never logged: refused.
+	tpm.Extend(ev(9))
+	if _, err := recoverLog(st, tpm, false); !errors.Is(err, errLogMismatch) {
+		t.Fatalf("unlogged extension: %v", err)
+	}
+}
+
+// TestBenchAttest measures request → token (simulator, over the edge and
+// gRPC) and token → verdict.
+func TestBenchAttest(t *testing.T) {
+	if os.Getenv("CVMD_BENCH") != "1" {
+		t.Skip("CVMD_BENCH=1 runs benchmarks")
+	}
+	s := simulated(t, t.TempDir())
+	c := serve(t, s)
+	ctx := context.Background()
+	for _, p := range []attest.Platform{attest.VTPM, attest.SNPvTPM} {
+		const n = 50
+		var tok []byte
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			res, err := c.Evidence(ctx, &pb.EvidenceRequest{ReportData: []byte("tee"), Nonce: []byte(fmt.Sprint(i)), PlatformType: int32(p)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok = res.GetEatToken()
+		}
+		attestMS := float64(time.Since(start).Microseconds()) / 1000 / n
+		akSum := sha256.Sum256(s.tpm.AKPub())
+		o := verify.Options{AllowSimulated: true, Policy: &verify.Policy{CVMD: verify.CVMDPolicy{TrustedAKSHA256: []string{hex.EncodeToString(akSum[:])}}}}
+		start = time.Now()
+		for i := 0; i < n; i++ {
+			if _, err := verify.Token(tok, o); err != nil {
+				t.Fatal(err)
+			}
+		}
+		verifyMS := float64(time.Since(start).Microseconds()) / 1000 / n
+		suffix := map[attest.Platform]string{attest.VTPM: "vtpm", attest.SNPvTPM: "snp_vtpm"}[p]
+		fmt.Printf("BENCH attest_ms_%s %.2f ms\n", suffix, attestMS)
+		fmt.Printf("BENCH verify_ms_%s %.2f ms\n", suffix, verifyMS)
+		if p == attest.SNPvTPM {
+			fmt.Printf("BENCH attest_ms %.2f ms\n", attestMS)
+			fmt.Printf("BENCH verify_ms %.2f ms\n", verifyMS)
+			fmt.Printf("BENCH eat_token_bytes %d bytes\n", len(tok))
+		}
+	}
+}
