@@ -10,9 +10,9 @@ import (
 // streamLines reads r until EOF and calls emit for every line (without its
 // newline). A line longer than max bytes is emitted in max-byte pieces, so
 // memory stays bounded whatever the algorithm prints. Invalid UTF-8 is
-// replaced, so every record is valid protobuf string.
-func streamLines(r io.Reader, max int, emit func(string)) {
-	br := bufio.NewReaderSize(r, max)
+// replaced, so every record is valid protobuf string. max is at least 16.
+func streamLines(r io.Reader, maxLine int, emit func(string)) {
+	br := bufio.NewReaderSize(r, max(maxLine, 16))
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {

@@ -1,0 +1,148 @@
+package runner
+
+import (
+	"archive/tar"
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var lineTests = []struct {
+	name string
+	in   string
+	max  int
+	want []string
+}{
+	{"lines", "a\nb\n", 16, []string{"a", "b"}},
+	{"no final newline", "a\nb", 16, []string{"a", "b"}},
+	{"crlf", "a\r\nb\r\n", 16, []string{"a", "b"}},
+	{"empty lines kept", "a\n\nb\n", 16, []string{"a", "", "b"}},
+	{"long line split", "abcdefghijklmnopqrstuvwxyz0123456789\n", 16, []string{"abcdefghijklmnop", "qrstuvwxyz012345", "6789"}},
+	{"invalid utf-8 replaced", "a\xffb\n", 16, []string{"a\uFFFDb"}},
+	{"nothing", "", 16, nil},
+}
+
+func TestStreamLines(t *testing.T) {
+	for _, tc := range lineTests {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			streamLines(strings.NewReader(tc.in), tc.max, func(s string) { got = append(got, s) })
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzStreamLines(f *testing.F) {
+	for _, tc := range lineTests {
+		f.Add(tc.in, tc.max)
+	}
+	f.Fuzz(func(t *testing.T, in string, max int) {
+		if max < 16 || max > 1<<16 {
+			return
+		}
+		streamLines(strings.NewReader(in), max, func(s string) {
+			if len(s) > max {
+				t.Fatalf("line of %d bytes with max %d", len(s), max)
+			}
+		})
+	})
+}
+
+func TestCompPath(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "algo"), []byte("x"), 0o644)
+	s := &Service{cfg: Config{ComputationDir: dir}}
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"algo", "computation/algo", true},
+		{"/cocos/algo", "computation/algo", true}, // Cocos's agent sends absolute paths
+		{"../algo", "", false},
+		{"", "", false},
+		{"missing", "", false},
+		{"a/../algo", "", false},
+	} {
+		got, err := s.compPath("algorithm_path", tc.in, true)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("compPath(%q) = %q, %v; want %q ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func tarBytes(t testing.TB, hs []*tar.Header, data map[string]string) []byte {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for _, h := range hs {
+		h.Size = int64(len(data[h.Name]))
+		tw.WriteHeader(h)
+		tw.Write([]byte(data[h.Name]))
+	}
+	tw.Close()
+	return b.Bytes()
+}
+
+// TestUnpackImageRefusesEscapes: a layer cannot write outside the rootfs,
+// whatever its names and links say.
+func TestUnpackImageRefusesEscapes(t *testing.T) {
+	layer := tarBytes(t, []*tar.Header{
+		{Name: "../../outside", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "evil", Typeflag: tar.TypeSymlink, Linkname: "/"},
+		{Name: "evil/etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "dev/sda", Typeflag: tar.TypeBlock, Mode: 0o600},
+		{Name: "bin/tool", Typeflag: tar.TypeReg, Mode: 0o4755},
+	}, map[string]string{"../../outside": "x", "evil/etc/passwd": "root::0:0", "bin/tool": "y"})
+	cfg := `{"config":{"Cmd":["/bin/tool"]}}`
+	man := `[{"Config":"config.json","Layers":["l/layer.tar"]}]`
+	archive := tarBytes(t, []*tar.Header{
+		{Name: "config.json", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "l/layer.tar", Typeflag: tar.TypeReg, Mode: 0o644},
+		{Name: "manifest.json", Typeflag: tar.TypeReg, Mode: 0o644},
+	}, map[string]string{"config.json": cfg, "l/layer.tar": string(layer), "manifest.json": man})
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "image.tar"), archive, 0o644)
+	for _, d := range []string{"blobs", "work/rootfs"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
+	_, err := unpackImage(filepath.Join(dir, "image.tar"), filepath.Join(dir, "blobs"), filepath.Join(dir, "work/rootfs"))
+	if err == nil {
+		t.Log("unpacked (the escaping entries must have been contained)")
+	} else {
+		t.Logf("refused: %v", err)
+	}
+	for _, p := range []string{"outside", "work/outside", "etc/passwd"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err == nil {
+			t.Errorf("%s written outside the rootfs", p)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "work/rootfs/bin/tool")); err == nil && fi.Mode()&os.ModeSetuid != 0 {
+		t.Errorf("setuid bit kept: %v", fi.Mode())
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "work/rootfs/dev/sda")); err == nil {
+		t.Errorf("device node created")
+	}
+}
+
+func FuzzUnpackImage(f *testing.F) {
+	f.Add([]byte(`[{"Config":"c.json","Layers":["l.tar"]}]`), []byte(`{"config":{}}`), []byte{})
+	f.Fuzz(func(t *testing.T, manifest, config, layer []byte) {
+		archive := tarBytes(t, []*tar.Header{
+			{Name: "manifest.json", Typeflag: tar.TypeReg, Mode: 0o644},
+			{Name: "c.json", Typeflag: tar.TypeReg, Mode: 0o644},
+			{Name: "l.tar", Typeflag: tar.TypeReg, Mode: 0o644},
+		}, map[string]string{"manifest.json": string(manifest), "c.json": string(config), "l.tar": string(layer)})
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, "a.tar"), archive, 0o644)
+		os.MkdirAll(filepath.Join(dir, "b"), 0o755)
+		os.MkdirAll(filepath.Join(dir, "r", "root"), 0o755)
+		unpackImage(filepath.Join(dir, "a.tar"), filepath.Join(dir, "b"), filepath.Join(dir, "r", "root"))
+		ents, _ := os.ReadDir(filepath.Join(dir, "r"))
+		if len(ents) != 1 {
+			t.Fatalf("something written next to the rootfs: %v", ents)
+		}
+	})
+}
