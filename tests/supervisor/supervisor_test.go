@@ -1,0 +1,437 @@
+package supervisor_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/sandbox"
+)
+
+type tableSpec struct {
+	Children []struct {
+		Name    string `json:"name"`
+		HostNet bool   `json:"host_net"`
+		Seccomp struct {
+			Name string `json:"name"`
+		} `json:"seccomp"`
+		Limits struct {
+			MemoryBytes int64 `json:"memory_bytes"`
+			Pids        int64 `json:"pids"`
+		} `json:"limits"`
+	} `json:"children"`
+}
+
+func printedTable(t *testing.T) (*tableSpec, string) {
+	t.Helper()
+	out, err := exec.Command(cvmd(t), "supervise", "--print-sandbox").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, hash, ok := bytes.Cut(out, []byte("\nsha256 "))
+	if !ok {
+		t.Fatalf("no hash in --print-sandbox output:\n%s", out)
+	}
+	var tab tableSpec
+	if err := json.Unmarshal(js, &tab); err != nil {
+		t.Fatal(err)
+	}
+	return &tab, strings.TrimSpace(string(hash))
+}
+
+func nsOf(pid int, kind string) string {
+	l, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, kind))
+	return l
+}
+
+// cgroupFile reads a v1 or v2 limit file of pid's cgroup for controller.
+func cgroupFile(pid int, controller, v1file, v2file string) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(l, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			if c == controller {
+				v, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", controller, f[2], v1file))
+				return strings.TrimSpace(string(v)), err
+			}
+		}
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			v, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", p, v2file))
+			return strings.TrimSpace(string(v)), err
+		}
+	}
+	return "", fmt.Errorf("no %s cgroup for %d", controller, pid)
+}
+
+func TestIsolation(t *testing.T) {
+	d := startDev(t)
+	tab, _ := printedTable(t)
+	st := d.status()
+	host := map[string]int{}
+	for _, c := range st.Children {
+		host[c.Name] = d.hostPid(c.Pid)
+		if host[c.Name] == 0 {
+			t.Fatalf("no host pid for %s (ns pid %d)", c.Name, c.Pid)
+		}
+	}
+	proper := d.hostPid(st.Pid)
+
+	t.Run("own namespaces", func(t *testing.T) {
+		for _, kind := range []string{"mnt", "pid", "ipc", "uts", "net"} {
+			seen := map[string]string{nsOf(proper, kind): "supervisor"}
+			for _, name := range childNames {
+				ns := nsOf(host[name], kind)
+				if ns == "" {
+					t.Fatalf("%s: no %s namespace", name, kind)
+				}
+				if kind == "net" && name == "egress" {
+					if ns != nsOf(proper, "net") {
+						t.Errorf("egress must share the supervisor's network namespace")
+					}
+					continue
+				}
+				if other, dup := seen[ns]; dup {
+					t.Errorf("%s shares its %s namespace with %s", name, kind, other)
+				}
+				seen[ns] = name
+			}
+		}
+	})
+	t.Run("seccomp and capabilities", func(t *testing.T) {
+		for _, name := range childNames {
+			s := procStatus(host[name])
+			if s["Seccomp"] != "2" || s["CapEff"] != "0000000000000000" || s["CapPrm"] != "0000000000000000" || s["NoNewPrivs"] != "1" {
+				t.Errorf("%s: Seccomp %q CapEff %q CapPrm %q NoNewPrivs %q", name, s["Seccomp"], s["CapEff"], s["CapPrm"], s["NoNewPrivs"])
+			}
+		}
+	})
+	t.Run("cgroup limits", func(t *testing.T) {
+		for _, c := range tab.Children {
+			mem, err := cgroupFile(host[c.Name], "memory", "memory.limit_in_bytes", "memory.max")
+			if err != nil || mem != strconv.FormatInt(c.Limits.MemoryBytes, 10) {
+				t.Errorf("%s: memory limit %q (%v), want %d", c.Name, mem, err, c.Limits.MemoryBytes)
+			}
+			pids, err := cgroupFile(host[c.Name], "pids", "pids.max", "pids.max")
+			if err != nil || pids != strconv.FormatInt(c.Limits.Pids, 10) {
+				t.Errorf("%s: pids limit %q (%v), want %d", c.Name, pids, err, c.Limits.Pids)
+			}
+		}
+	})
+	t.Run("denied syscalls inside each sandbox", func(t *testing.T) {
+		for _, c := range tab.Children {
+			r := results(d.probe(c.Name, "syscalls"))
+			eperm := []string{"mount", "unshare", "ptrace", "bpf", "kexec_load"}
+			if c.Seccomp.Name == "fd-only" {
+				eperm = append(eperm, "socket")
+			} else if r["socket"] != "<nil>" {
+				t.Errorf("%s (profile %s): socket: %q, want allowed", c.Name, c.Seccomp.Name, r["socket"])
+			}
+			for _, k := range eperm {
+				if r[k] != "operation not permitted" {
+					t.Errorf("%s: %s: %q, want EPERM", c.Name, k, r[k])
+				}
+			}
+			if r["socketpair"] != "<nil>" {
+				t.Errorf("%s: socketpair: %q, want allowed (edges need it)", c.Name, r["socketpair"])
+			}
+			if !strings.Contains(r["write-root"], "read-only file system") {
+				t.Errorf("%s: writing / gave %q, want a read-only file system", c.Name, r["write-root"])
+			}
+			if r["Seccomp"] != "2" || r["CapEff"] != "0000000000000000" {
+				t.Errorf("%s: probe ran with Seccomp %q CapEff %q, want the child's sandbox", c.Name, r["Seccomp"], r["CapEff"])
+			}
+		}
+	})
+	t.Run("no socket files", func(t *testing.T) {
+		named := namedUnixSockets()
+		for _, pid := range d.inNS() {
+			for _, ino := range socketInodes(pid) {
+				if path, ok := named[ino]; ok {
+					t.Errorf("pid %d holds a named unix socket %s", pid, path)
+				}
+			}
+		}
+	})
+	t.Run("ingress holds the listener", func(t *testing.T) {
+		if st.Listen == "" {
+			t.Fatal("no listen address in children.json")
+		}
+		if len(socketInodes(host["ingress"])) == 0 {
+			t.Fatal("ingress has no sockets")
+		}
+	})
+}
+
+// namedUnixSockets maps socket inode → path for unix sockets bound to a path.
+func namedUnixSockets() map[string]string {
+	b, _ := os.ReadFile("/proc/net/unix")
+	m := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) >= 8 && strings.HasPrefix(f[7], "/") {
+			m[f[6]] = f[7]
+		}
+	}
+	return m
+}
+
+func socketInodes(pid int) []string {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, _ := os.ReadDir(dir)
+	var out []string
+	for _, e := range ents {
+		l, _ := os.Readlink(filepath.Join(dir, e.Name()))
+		if ino, ok := strings.CutPrefix(l, "socket:["); ok {
+			out = append(out, strings.TrimSuffix(ino, "]"))
+		}
+	}
+	return out
+}
+
+func TestForkBombHitsPidsLimit(t *testing.T) {
+	d := startDev(t)
+	out := d.probe("agent", "forkbomb")
+	r := results(out)
+	if !strings.Contains(r["forkbomb"], "stopped after") || !strings.Contains(r["forkbomb"], "resource temporarily unavailable") {
+		t.Fatalf("fork bomb not stopped by the pids limit:\n%s", out)
+	}
+	n, _ := strconv.Atoi(strings.Fields(strings.TrimPrefix(r["forkbomb"], "stopped after "))[0])
+	if n >= 64 {
+		t.Errorf("fork bomb made %d processes under pids.max 64", n)
+	}
+	// The agent itself survives its own fork bomb.
+	if s := d.status().child("agent"); s.Status != "ready" || s.Generation != 1 {
+		t.Errorf("agent after fork bomb: %+v", s)
+	}
+}
+
+func TestOOMKillsOnlyTheChild(t *testing.T) {
+	d := startDev(t)
+	before := d.status()
+	agent := d.hostPid(before.child("agent").Pid)
+	// Make the agent the OOM killer's choice in its cgroup, then exhaust the
+	// cgroup's memory from inside the agent's sandbox.
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", agent), []byte("1000"), 0); err != nil {
+		t.Fatal(err)
+	}
+	exec.Command("nsenter", "-t", strconv.Itoa(d.pid1), "-p", "-m", "--", d.bin, "probe", "exec",
+		filepath.Join(d.state, "run", "sandbox", "containers"), "agent", "hog").Run()
+	after := d.waitAll(func(s *status) bool {
+		return s.child("agent").Generation == 2 && s.child("agent").Status == "ready"
+	}, 10*time.Second, "agent restarted after OOM")
+	if !strings.Contains(d.out.String(), "OOM-killed in its cgroup") {
+		t.Errorf("supervisor did not report the OOM kill:\n%s", d.out.String())
+	}
+	for _, name := range childNames {
+		if name == "agent" {
+			continue
+		}
+		if b, a := before.child(name), after.child(name); b.Pid != a.Pid || a.Generation != 1 {
+			t.Errorf("%s was disturbed by the agent's OOM: before %+v after %+v", name, b, a)
+		}
+	}
+}
+
+func TestKillEachChildIsReplacedAndRewired(t *testing.T) {
+	d := startDev(t)
+	for _, name := range childNames {
+		before := d.status()
+		old := before.child(name)
+		if err := unix.Kill(d.hostPid(old.Pid), unix.SIGKILL); err != nil {
+			t.Fatalf("kill %s: %v", name, err)
+		}
+		t0 := time.Now()
+		after := d.waitAll(func(s *status) bool {
+			c := s.child(name)
+			return c.Generation == old.Generation+1 && c.Status == "ready"
+		}, 10*time.Second, name+" replaced")
+		t.Logf("%s: killed → replacement ready in %v", name, time.Since(t0).Round(time.Millisecond))
+		for _, other := range childNames {
+			if other != name && before.child(other).Pid != after.child(other).Pid {
+				t.Errorf("killing %s restarted %s", name, other)
+			}
+		}
+	}
+	// Every edge fd of every child now reaches a live peer: check with
+	// sock_diag (ss) that each child's unix sockets are connected.
+	checkEdgesConnected(t, d)
+	// The supervisor's own edge to logfwd was rewired: its events reach the
+	// new logfwd and are written to its queue.
+	deadline := time.Now().Add(5 * time.Second)
+	for !queueMentions(d.state, "child.ready") {
+		if time.Now().After(deadline) {
+			t.Fatal("no supervisor event reached logfwd's queue after the restarts")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkEdgesConnected asserts that every unix socket of every child has a
+// peer held by a live process in the namespace.
+func checkEdgesConnected(t *testing.T, d *dev) {
+	t.Helper()
+	out, err := exec.Command("ss", "-xpn").Output()
+	if err != nil {
+		t.Skipf("ss: %v", err)
+	}
+	// ss -x: Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process
+	peers := map[string]string{} // inode → peer inode
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 8 {
+			peers[f[5]] = f[7]
+		}
+	}
+	live := map[string]bool{}
+	for _, pid := range append(d.inNS(), 0) {
+		for _, ino := range socketInodes(pid) {
+			live[ino] = true
+		}
+	}
+	st := d.status()
+	for _, c := range st.Children {
+		pid := d.hostPid(c.Pid)
+		for _, ino := range socketInodes(pid) {
+			p, ok := peers[ino]
+			if !ok || p == "0" || p == "*" {
+				continue // listening or unconnected (the TCP listener, a closed stream)
+			}
+			if !live[p] {
+				t.Errorf("%s: socket %s is connected to %s, which no live process holds", c.Name, ino, p)
+			}
+		}
+	}
+}
+
+func queueMentions(state, s string) bool {
+	found := false
+	filepath.WalkDir(filepath.Join(state, "logfwd"), func(p string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() {
+			if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(s)) {
+				found = true
+			}
+		}
+		return nil
+	})
+	return found
+}
+
+func TestOrphanIsReaped(t *testing.T) {
+	d := startDev(t)
+	// A process in the namespace starts a grandchild and exits: the
+	// grandchild is re-parented to PID 1, which must reap it when it ends.
+	out, err := exec.Command("nsenter", "-t", strconv.Itoa(d.pid1), "-p", "-m", "--", "/bin/sh", "-c", "sleep 1 </dev/null >/dev/null 2>&1 & echo $!").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nsenter: %v\n%s", err, out)
+	}
+	time.Sleep(100 * time.Millisecond)
+	var orphan int
+	for _, pid := range d.inNS() {
+		if s := procStatus(pid); s["Name"] == "sleep" {
+			orphan = pid
+			if s["PPid"] != strconv.Itoa(d.pid1) {
+				t.Fatalf("orphan's parent is %s, want PID 1 (%d)", s["PPid"], d.pid1)
+			}
+		}
+	}
+	if orphan == 0 {
+		t.Fatal("no orphan found")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		s := procStatus(orphan)
+		if s == nil {
+			return // reaped
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan %d not reaped: state %q", orphan, s["State"])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSupervisorPanicDoesNotKillPID1(t *testing.T) {
+	d := startDev(t, "--test-panic-on-sigusr1")
+	before := d.status()
+	proper := d.hostPid(before.Pid)
+	if err := unix.Kill(proper, unix.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	after := d.waitAll(func(s *status) bool {
+		return allReady(s) && s.Pid != 0 && d.hostPid(s.Pid) != proper && d.hostPid(s.Pid) != 0
+	}, 20*time.Second, "a new supervisor proper with all children ready")
+	if !strings.Contains(d.out.String(), "test-only panic") {
+		t.Errorf("no panic in the log")
+	}
+	if procStatus(d.pid1) == nil {
+		t.Fatal("PID 1 died")
+	}
+	for _, name := range childNames {
+		if before.child(name).Pid == after.child(name).Pid && d.hostPid(after.child(name).Pid) == d.hostPid(before.child(name).Pid) {
+			// ns pids may repeat; host pids must differ (the children were rebuilt)
+			t.Errorf("%s was not rebuilt", name)
+		}
+	}
+}
+
+func TestShutdownLeavesNothing(t *testing.T) {
+	d := startDev(t)
+	var pids []int
+	for _, c := range d.status().Children {
+		pids = append(pids, d.hostPid(c.Pid))
+	}
+	pids = append(pids, d.inNS()...)
+	took, err := d.stop(10 * time.Second)
+	if err != nil {
+		t.Fatalf("exit: %v (after %v)\n", err, took)
+	}
+	if took > 5*time.Second {
+		t.Errorf("shutdown took %v, want ≤ 5 s", took)
+	}
+	for _, pid := range pids {
+		if s := procStatus(pid); s != nil && s["PPid"] != "1" {
+			t.Errorf("process %d (%s) left after shutdown", pid, s["Name"])
+		}
+	}
+	// No cgroup left under the supervisor's cgroup root, in any hierarchy.
+	h := sha256.Sum256([]byte(d.state))
+	dirs, err := sandbox.CgroupDirs("cvmd-" + hex.EncodeToString(h[:6]))
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("cgroup dirs: %v %v", dirs, err)
+	}
+	for _, dir := range dirs {
+		if _, err := os.Stat(dir); err == nil {
+			t.Errorf("cgroup %s left after shutdown", dir)
+		}
+	}
+	if !strings.Contains(d.out.String(), "msg=stopped") {
+		t.Errorf("PID 1 did not log an orderly stop")
+	}
+}
+
+func TestPrintSandboxIsStable(t *testing.T) {
+	_, h1 := printedTable(t)
+	_, h2 := printedTable(t)
+	if h1 != h2 || len(h1) != 64 {
+		t.Fatalf("hash %q then %q", h1, h2)
+	}
+}
