@@ -119,6 +119,8 @@ type ChildStart struct {
 	Child      string `json:"child"`
 	Generation uint32 `json:"generation"`
 	SpecSHA256 string `json:"spec_sha256,omitempty"` // hex of the child's sandbox spec
+	// ComputationID is the computation running when the child started.
+	ComputationID string `json:"computation_id,omitempty"`
 }
 
 // JSONEvent builds a PCR 15 event whose data is v as JSON.
