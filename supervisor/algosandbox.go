@@ -515,6 +515,7 @@ func (a *AlgoSandboxes) resolveDir(logical string) (string, error) {
 // end of the status pipe, the fds for the runner, and done, which waits for
 // the end, cleans everything up and says how it ended.
 func (a *AlgoSandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os.File, files map[string]*os.File, done func() *control.SandboxExit, err error) {
+	t0 := time.Now()
 	plan, err := a.validate(req, run.id)
 	if err != nil {
 		return nil, nil, nil, err
@@ -645,6 +646,7 @@ func (a *AlgoSandboxes) start(req *control.SandboxRequest, run *algoRun) (status
 		closePipes()
 		return nil, nil, nil, fmt.Errorf("stopped before start: %s", reason)
 	}
+	t1 := time.Now()
 	sb, err := a.cfg.Runtime.Start(spec, sandbox.IO{Stdout: outW, Stderr: errW})
 	if err == nil {
 		run.sb = sb
@@ -660,7 +662,8 @@ func (a *AlgoSandboxes) start(req *control.SandboxRequest, run *algoRun) (status
 		return nil, nil, nil, err
 	}
 	closeOpened()
-	a.log.Info("algorithm sandbox started", "sandbox", run.id, "computation_id", req.GetComputationId(), "pid", sb.Pid())
+	a.log.Info("algorithm sandbox started", "sandbox", run.id, "computation_id", req.GetComputationId(), "pid", sb.Pid(),
+		"prepare_ms", t1.Sub(t0).Milliseconds(), "start_ms", time.Since(t1).Milliseconds())
 	timer := time.AfterFunc(plan.wall, func() {
 		run.mu.Lock()
 		run.timedOut = true

@@ -159,7 +159,25 @@ type world struct {
 	algo              *supervisor.AlgoSandboxes
 	svc               *runner.Service
 	rec               *records
+	supLog            lockedBuffer // the handler's own log
 	cgroupRoot        string
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 type worldOpts struct {
@@ -191,7 +209,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	}
 	w.algo, err = supervisor.NewAlgoSandboxes(supervisor.AlgoConfig{
 		Runtime: rt, ComputationDir: w.comp, WorkDir: w.work, RunDir: filepath.Join(w.state, "run"),
-		Cvmd: cvmdForWasm(t), Max: o.max, Proxy: o.proxy,
+		Cvmd: cvmdForWasm(t), Max: o.max, Proxy: o.proxy, Log: slog.New(slog.NewTextHandler(&w.supLog, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
