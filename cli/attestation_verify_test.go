@@ -1,0 +1,64 @@
+package cli
+
+import (
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/sim"
+)
+
+func TestAttestationVerify(t *testing.T) {
+	rw, err := sim.OpenTPM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	tpm, err := attest.NewTPM(rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	snp, err := sim.NewSNP(sim.SNPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &attest.Attester{TPM: tpm, SNP: snp, Simulated: true}
+	tee, vtpm := strings.Repeat("ab", 64), strings.Repeat("cd", 32)
+	teeB, _ := hex.DecodeString(tee)
+	vtpmB, _ := hex.DecodeString(vtpm)
+	tok, err := a.Attest(attest.Request{ReportData: teeB, Nonce: vtpmB, Platform: attest.SNPvTPM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file, bundle := filepath.Join(dir, "attestation.bin"), filepath.Join(dir, "roots.pem")
+	os.WriteFile(file, tok, 0o600)
+	os.WriteFile(bundle, snp.RootsPEM(), 0o600)
+	policy := filepath.Join(dir, "policy.json")
+	os.WriteFile(policy, []byte(`{"policy":{"policy":"196608","minimumTcb":"0"},"pcr_values":{"sha256":{"0":"`+strings.Repeat("00", 32)+`"}}}`), 0o600)
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"good", []string{file, "--tee", tee, "--vtpm", vtpm, "--amd-bundle", bundle, "--policy", policy, "--allow-simulated"}, 0, "OK: SNP-vTPM"},
+		{"simulated refused", []string{file, "--tee", tee, "--vtpm", vtpm, "--amd-bundle", bundle}, 1, "simulated"},
+		{"wrong tee", []string{file, "--tee", strings.Repeat("00", 64), "--vtpm", vtpm, "--amd-bundle", bundle, "--allow-simulated"}, 1, "snp.report_data"},
+		{"wrong vtpm", []string{file, "--tee", tee, "--vtpm", strings.Repeat("00", 32), "--allow-simulated"}, 1, "eat.nonce"},
+		{"bad hex", []string{file, "--tee", "xyz"}, 2, "not hex"},
+		{"missing file", []string{filepath.Join(dir, "nope")}, 1, "reading token"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, Options{}, append([]string{"attestation", "verify"}, tc.args...)...)
+			if code != tc.code || !strings.Contains(out+errOut, tc.want) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.code, tc.want)
+			}
+		})
+	}
+}
