@@ -51,13 +51,17 @@ func Main(ctx context.Context, env *child.Env) error {
 	if comp == "" {
 		comp = filepath.Join(filepath.Dir(filepath.Clean(work)), "computation")
 	}
+	var events Events = env.Events()
+	if s := env.LogSink(); s != nil {
+		events = sinkEvents{sink: s}
+	}
 	svc, err := New(Config{
 		WorkDir:        work,
 		ComputationDir: comp,
 		Settings:       &set,
 		Send:           env.Send,
 		Log:            env.Log,
-		Events:         env.Events(),
+		Events:         events,
 		OnComputation: func(id string) {
 			if s := env.LogSink(); s != nil {
 				s.SetComputationID(id)

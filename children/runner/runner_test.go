@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cvmd/cvmd/proto/logs"
 )
 
 var lineTests = []struct {
@@ -145,4 +147,20 @@ func FuzzUnpackImage(f *testing.F) {
 			t.Fatalf("something written next to the rootfs: %v", ents)
 		}
 	})
+}
+
+type putRecorder struct{ recs []*logs.Record }
+
+func (p *putRecorder) Put(r *logs.Record) bool { p.recs = append(p.recs, r); return true }
+
+func TestSinkEventsOriginator(t *testing.T) {
+	var p putRecorder
+	sinkEvents{sink: &p}.Event("AlgorithmRun", "Warning", "computation_id", "c7", "stderr", "oops")
+	if len(p.recs) != 1 {
+		t.Fatalf("%d records", len(p.recs))
+	}
+	ev := p.recs[0].GetEvent()
+	if ev.GetOriginator() != Originator || ev.GetComputationId() != "c7" || ev.GetEventType() != "AlgorithmRun" || ev.GetStatus() != "Warning" || string(ev.GetDetails()) != `{"stderr":"oops"}` {
+		t.Errorf("event %v", ev)
+	}
 }
