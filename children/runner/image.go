@@ -304,7 +304,14 @@ func applyLayer(blobs *os.Root, layer string, root *os.Root) error {
 		if err := root.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
-		mode := fs.FileMode(h.Mode) & fs.ModePerm
+		// The algorithm runs as one non-root uid, not as the image's owners:
+		// everything is made readable (and searchable/executable where the
+		// image meant it to be) by everyone. The image is the algorithm's
+		// own, so this reveals nothing to anyone else.
+		mode := fs.FileMode(h.Mode)&fs.ModePerm | 0o444
+		if mode&0o111 != 0 {
+			mode |= 0o111
+		}
 		switch h.Typeflag {
 		case tar.TypeDir:
 			if fi, err := root.Lstat(name); err == nil && !fi.IsDir() {
@@ -313,11 +320,11 @@ func applyLayer(blobs *os.Root, layer string, root *os.Root) error {
 			if err := root.Mkdir(name, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 				return err
 			}
-			if err := root.Chmod(name, mode|0o700); err != nil {
+			if err := root.Chmod(name, mode|0o755); err != nil {
 				return err
 			}
 		case tar.TypeReg:
-			if err := writeEntry(root, name, mode|0o400, tr); err != nil {
+			if err := writeEntry(root, name, mode, tr); err != nil {
 				return err
 			}
 		case tar.TypeSymlink:
