@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "init" && os.Getenv("_LIBCONTAINER_INITPIPE") != "" {
 		sandbox.Init()
 	}
+	if len(os.Args) > 1 && os.Args[1] == "runner-child" {
+		runnerChildMain()
+	}
 	// runc joins each new container's mount namespace on a locked thread it
 	// then lets die; on the main thread Go cannot end it and parks it for
 	// good, pinning that namespace (and its mounts) for the process's life.
