@@ -24,6 +24,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
@@ -192,4 +193,40 @@ func (s *SNP) RootsPEM() []byte {
 	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.signer.Ask.Raw})...)
 	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.signer.Ark.Raw})...)
 	return out
+}
+
+// LazySNP is an SNP built on first use: certifying the test-only chain costs
+// about 120 ms of RSA-4096 work, which a child should not spend before it is
+// ready. Warm builds it ahead of time; all methods are safe for concurrent use.
+type LazySNP struct {
+	Options SNPOptions
+	once    sync.Once
+	snp     *SNP
+	err     error
+}
+
+// Get builds (once) and returns the SNP.
+func (l *LazySNP) Get() (*SNP, error) {
+	l.once.Do(func() { l.snp, l.err = NewSNP(l.Options) })
+	return l.snp, l.err
+}
+
+// IsSupported reports true.
+func (*LazySNP) IsSupported() bool { return true }
+
+// Product returns the simulated chip's product.
+func (l *LazySNP) Product() *sevsnp.SevProduct {
+	if l.Options.Product != nil {
+		return l.Options.Product
+	}
+	return abi.DefaultSevProduct()
+}
+
+// GetRawQuote is SNP.GetRawQuote, building the SNP first if needed.
+func (l *LazySNP) GetRawQuote(reportData [64]byte) ([]byte, error) {
+	s, err := l.Get()
+	if err != nil {
+		return nil, err
+	}
+	return s.GetRawQuote(reportData)
 }

@@ -78,6 +78,8 @@ type Service struct {
 	simulated bool
 	closers   []io.Closer
 
+	wg sync.WaitGroup // background warm-up; Close waits for it
+
 	mu       sync.Mutex // serializes measurements (log append + extend)
 	lastBoot string     // guarded by mu
 	lastSeq  uint64     // guarded by mu
@@ -104,9 +106,10 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 			return nil, err
 		}
 		if st.GetSimulateSnp() {
-			if s.att.SNP, err = sim.NewSNP(sim.SNPOptions{}); err != nil {
-				return nil, err
-			}
+			// Built in the background: the test-only chain is slow to certify.
+			lazy := &sim.LazySNP{}
+			s.att.SNP = lazy
+			s.wg.Go(func() { lazy.Get() })
 		}
 		s.simulated = true
 	case config.AttestationSettings_AUTO, config.AttestationSettings_HARDWARE:
@@ -176,6 +179,7 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 
 // Close releases the TPM and the log.
 func (s *Service) Close() {
+	s.wg.Wait()
 	if s.tpm != nil {
 		s.tpm.Close()
 	}
@@ -320,4 +324,4 @@ func version() string {
 	return ""
 }
 
-var _ sevclient.QuoteProvider = (*sim.SNP)(nil)
+var _ sevclient.QuoteProvider = (*sim.LazySNP)(nil)
