@@ -52,17 +52,18 @@ func (a *Agent) newSpool(what string, max int64) (*spool, error) {
 	}
 	s := &spool{path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
 		nextCheck: diskCheckEvery, hashCh: make(chan []byte, spoolDepth), writeCh: make(chan []byte, spoolDepth)}
+	hashCh, writeCh := s.hashCh, s.writeCh // stop nils the fields
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		for b := range s.hashCh {
+		for b := range hashCh {
 			s.h.Write(b)
 		}
 	}()
 	go func() {
 		defer s.wg.Done()
 		failed := false
-		for b := range s.writeCh {
+		for b := range writeCh {
 			if failed {
 				continue // drain
 			}
