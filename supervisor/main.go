@@ -28,6 +28,7 @@ type options struct {
 	cgroupRoot   string
 	attestation  string
 	proper       bool
+	sealed       bool
 	testPanic    bool
 	properBinary string
 }
@@ -47,6 +48,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.attestation, "attestation", "", "attestation mode: auto or simulated (default auto, simulated with --dev)")
 	// Internal flags: how PID 1 starts the supervisor proper, and a test switch.
 	fs.BoolVar(&o.proper, "proper", false, "internal: run the supervisor proper (started by PID 1)")
+	fs.BoolVar(&o.sealed, "sealed", false, "internal: PID 1 already set up and re-executed from a sealed copy")
 	fs.BoolVar(&o.testPanic, "test-panic-on-sigusr1", false, "internal, tests only: SIGUSR1 makes the supervisor proper panic")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -26,31 +26,32 @@ type pid1 struct {
 	proper *os.Process
 	exited chan struct{} // closed when proper was reaped
 	starts []time.Time
-	// exe is a sealed memfd copy of this binary, made once: the supervisor
-	// proper runs from it, so libcontainer sees an already sealed
-	// /proc/self/exe and does not clone the binary again for every child
-	// (CVE-2019-5736 protection at a fraction of the cost per spawn).
-	exe *os.File
 }
 
 // properGrace is how long the supervisor proper has to stop its children.
 const properGrace = 4 * time.Second
 
 func runPID1(o *options, args []string, log *slog.Logger) error {
-	p := &pid1{log: log, dev: o.dev, args: append([]string{"supervise", "--proper"}, args...)}
-	if o.dev {
-		if err := devMounts(); err != nil {
-			return err
+	if !o.sealed {
+		if o.dev {
+			if err := devMounts(); err != nil {
+				return err
+			}
+		} else if err := vmSetup(log); err != nil {
+			// Keep going: a half-mounted system still gets a supervisor and a log line.
+			log.Error("PID 1 setup incomplete", "err", err)
 		}
-	} else if err := vmSetup(log); err != nil {
-		// Keep going: a half-mounted system still gets a supervisor and a log line.
-		log.Error("PID 1 setup incomplete", "err", err)
+		// Re-execute from a sealed memfd copy of the binary (PID 1 stays 1):
+		// the supervisor proper and every child then run from the same
+		// sealed file, so libcontainer needs no copy per spawn
+		// (CVE-2019-5736) and all of them share one copy of its pages.
+		exe, err := sealedSelf()
+		if err == nil {
+			err = unix.Exec(fmt.Sprintf("/proc/self/fd/%d", exe.Fd()), append([]string{"cvmd", "supervise", "--sealed"}, args...), os.Environ())
+		}
+		log.Warn("running from the unsealed binary; each spawn will copy it", "err", err)
 	}
-	if exe, err := sealedSelf(); err != nil {
-		log.Warn("no sealed copy of the binary; each spawn will make one", "err", err)
-	} else {
-		p.exe = exe
-	}
+	p := &pid1{log: log, dev: o.dev, args: append([]string{"supervise", "--proper"}, stripSealed(args)...)}
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR, unix.SIGCHLD)
 	if !o.dev {
@@ -93,11 +94,7 @@ func (p *pid1) start() {
 		Env:   os.Environ(),
 		Sys:   &unix.SysProcAttr{Pdeathsig: unix.SIGKILL},
 	}
-	exe := "/proc/self/exe"
-	if p.exe != nil {
-		exe = fmt.Sprintf("/proc/self/fd/%d", p.exe.Fd())
-	}
-	proc, err := os.StartProcess(exe, append([]string{"cvmd"}, p.args...), attr)
+	proc, err := os.StartProcess("/proc/self/exe", append([]string{"cvmd"}, p.args...), attr)
 	if err != nil {
 		p.log.Error("starting the supervisor proper", "err", err)
 		p.proper = nil
@@ -232,4 +229,14 @@ func sealedSelf() (*os.File, error) {
 		return nil, err
 	}
 	return exeseal.CloneBinary(self, st.Size(), "/proc/self/exe", os.TempDir())
+}
+
+func stripSealed(args []string) []string {
+	var out []string
+	for _, a := range args {
+		if a != "--sealed" && a != "-sealed" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
