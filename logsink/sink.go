@@ -235,8 +235,11 @@ func (s *Sink) dropLocked() bool {
 func (s *Sink) appendLocked(it item) {
 	s.pending = append(s.pending, it)
 	s.used += it.size
-	close(s.work)
-	s.work = make(chan struct{})
+	// The sender waits on work only when pending was empty.
+	if len(s.pending) == 1 {
+		close(s.work)
+		s.work = make(chan struct{})
+	}
 }
 
 func (s *Sink) stamp(rec *logs.Record) {

@@ -78,6 +78,7 @@ type Queue struct {
 	dropped   uint64        // guarded by mu; records removed by the size bound, not yet reported
 	changed   chan struct{} // guarded by mu; closed and replaced when durable data or segments change
 	failed    error         // guarded by mu; a write error that left the active segment unusable
+	writeErrs uint64        // guarded by mu; failed group commits (e.g. disk full)
 }
 
 type appendReq struct {
@@ -409,7 +410,7 @@ func (q *Queue) AppendAsync(payloads [][]byte) <-chan appendRes {
 var errQueueClosed = errors.New("logfwd: queue closed")
 
 // groupBytes caps how much one group commit writes.
-const groupBytes = 4 << 20
+const groupBytes = 16 << 20
 
 // committer is the only writer: it takes every waiting append, writes them
 // with one write(2) and one fsync, then answers them all.
@@ -507,6 +508,7 @@ func (q *Queue) write(buf []byte, group []*appendReq, size int, drop DropEvent) 
 		q.active.Truncate(seg.size)
 		q.active.Seek(seg.size, io.SeekStart)
 		q.failed = werr
+		q.writeErrs++
 		return buf, nil, fmt.Errorf("logfwd: writing segment %s: %w", filepath.Base(seg.path), werr)
 	}
 	q.dropped = 0
@@ -582,9 +584,8 @@ func (q *Queue) Commit(through uint64) error {
 	if through <= q.committed {
 		return nil
 	}
-	if err := writeCommit(q.dir, through); err != nil {
-		return err
-	}
+	// Delete first: it frees space when the disk is full, and losing the
+	// commit file afterwards only costs duplicates, never records.
 	q.committed = through
 	for len(q.segs) > 1 && q.segs[0].last <= through {
 		os.Remove(q.segs[0].path)
@@ -592,7 +593,7 @@ func (q *Queue) Commit(through uint64) error {
 		q.segs = q.segs[1:]
 	}
 	q.notifyLocked()
-	return nil
+	return writeCommit(q.dir, through)
 }
 
 // Committed returns the commit offset.
@@ -607,6 +608,14 @@ func (q *Queue) Stats() (next uint64, bytes int64, segments int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.next, q.total, len(q.segs)
+}
+
+// WriteErrors returns how many group commits failed (nothing of them was
+// acknowledged), e.g. because the disk was full.
+func (q *Queue) WriteErrors() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.writeErrs
 }
 
 // notifyLocked wakes readers. Preconditions: mu held.
