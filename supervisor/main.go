@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +32,8 @@ type options struct {
 	proper       bool
 	sealed       bool
 	testPanic    bool
+	readyTimeout time.Duration
+	misbehave    string
 	properBinary string
 }
 
@@ -49,6 +53,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	// Internal flags: how PID 1 starts the supervisor proper, and a test switch.
 	fs.BoolVar(&o.proper, "proper", false, "internal: run the supervisor proper (started by PID 1)")
 	fs.BoolVar(&o.sealed, "sealed", false, "internal: PID 1 already set up and re-executed from a sealed copy")
+	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long a child has to say READY (default: the table's, 10s)")
+	fs.StringVar(&o.misbehave, "test-misbehave", "", "internal, tests only: CHILD=MODE[,CHILD=MODE] replaces children by a probe that breaks the child contract (garbage, silent, startfail, crash)")
 	fs.BoolVar(&o.testPanic, "test-panic-on-sigusr1", false, "internal, tests only: SIGUSR1 makes the supervisor proper panic")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -142,6 +148,13 @@ func runProper(o *options, log *slog.Logger) error {
 	if err := os.MkdirAll(o.runDir, 0o700); err != nil {
 		return fmt.Errorf("supervise: run dir: %w", err)
 	}
+	misbehave := map[string]string{}
+	for _, kv := range strings.Split(o.misbehave, ",") {
+		if name, mode, ok := strings.Cut(kv, "="); ok {
+			misbehave[name] = mode
+			log.Warn("TEST ONLY: child replaced by a misbehaving probe", "child", name, "mode", mode)
+		}
+	}
 	s, err := New(Config{
 		State:                o.state,
 		RunDir:               o.runDir,
@@ -153,6 +166,8 @@ func runProper(o *options, log *slog.Logger) error {
 		SimulatedAttestation: o.attestation == "simulated",
 		Log:                  log,
 		PanicOnSIGUSR1:       o.testPanic,
+		ReadyTimeout:         o.readyTimeout,
+		TestMisbehave:        misbehave,
 	})
 	if err != nil {
 		return err

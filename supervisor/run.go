@@ -254,7 +254,7 @@ func stateDirOf(spec *ChildSpec) string {
 func (s *Supervisor) sandboxSpec(spec *ChildSpec) *sandbox.Spec {
 	ss := &sandbox.Spec{
 		ID:      spec.Name,
-		Args:    append(append([]string(nil), s.cfg.Exe...), spec.Name),
+		Args:    s.childArgs(spec.Name),
 		Env:     []string{"PATH=/usr/bin:/bin", "GOMAXPROCS=2"},
 		Caps:    spec.Caps,
 		Seccomp: spec.Seccomp,
@@ -300,4 +300,14 @@ func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.Join(t.lines, "\n")
+}
+
+// childArgs is argv of a child: cvmd's re-execution and the child's name, or
+// (tests only) the probe misbehaviour that stands in for it.
+func (s *Supervisor) childArgs(name string) []string {
+	args := append([]string(nil), s.cfg.Exe...)
+	if mode, ok := s.cfg.TestMisbehave[name]; ok {
+		return append(args, "probe", "child", mode)
+	}
+	return append(args, name)
 }

@@ -50,6 +50,12 @@ type Config struct {
 	Log *slog.Logger
 	// Hooks connect other parts of the supervisor (see doc.go).
 	Hooks Hooks
+	// ReadyTimeout, when non-zero, replaces the table's READY timeout (not
+	// part of the measured table: it only shortens a wait).
+	ReadyTimeout time.Duration
+	// TestMisbehave (tests only) replaces children by `cvmd probe child
+	// MODE`, a stand-in that breaks the child contract in the named way.
+	TestMisbehave map[string]string
 	// PanicOnSIGUSR1 is a test-only switch: SIGUSR1 makes the event loop
 	// panic, to prove that PID 1 survives and the children come back.
 	PanicOnSIGUSR1 bool
@@ -112,6 +118,9 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	if err := cfg.Table.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.ReadyTimeout > 0 {
+		cfg.Table.ReadyTimeout = cfg.ReadyTimeout
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -26,6 +26,8 @@ import (
 	"github.com/opencontainers/runc/libcontainer/exeseal"
 	"golang.org/x/sys/unix"
 
+	"github.com/cvmd/cvmd/ipc"
+	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/sandbox"
 )
 
@@ -41,6 +43,8 @@ func Main(args []string) error {
 		return inside(args[1:])
 	case "spawnbench":
 		return spawnBench(args[1:])
+	case "child":
+		return misbehave(args[1:])
 	}
 	return fmt.Errorf("probe: unknown mode %q", args[0])
 }
@@ -227,4 +231,37 @@ func spawnBench(args []string) error {
 		fmt.Println(d.Microseconds())
 	}
 	return nil
+}
+
+// misbehave stands in for a child and breaks the child contract in one
+// way: probe child garbage|silent|startfail|crash.
+func misbehave(args []string) error {
+	if len(args) != 1 {
+		return errors.New("probe child: want a mode")
+	}
+	f, err := ipc.NewFile(3, "control")
+	if err != nil {
+		return err
+	}
+	ctl := ipc.NewControl(f)
+	if _, files, err := ctl.Recv(); err == nil { // the Hello
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	switch args[0] {
+	case "garbage":
+		// Not a control.Message: an invalid protobuf tag.
+		raw := os.NewFile(3, "control-raw")
+		unix.Write(int(raw.Fd()), []byte{0xff, 0xff, 0xff, 0x0f})
+		time.Sleep(time.Minute)
+	case "silent":
+		time.Sleep(time.Minute)
+	case "startfail":
+		ctl.Send(&control.Message{Body: &control.Message_StartFailed{StartFailed: &control.StartFailed{Error: "probe: cannot start: the disk is on fire"}}}, nil)
+		os.Exit(1)
+	case "crash":
+		os.Exit(3)
+	}
+	return fmt.Errorf("probe child: unknown mode %q", args[0])
 }

@@ -120,6 +120,13 @@ var childNames = []string{"logfwd", "attestation", "egress", "runner", "agent", 
 // startDev starts the supervisor and waits until every child is READY.
 func startDev(t *testing.T, extra ...string) *dev {
 	t.Helper()
+	return startDevWith(t, true, extra...)
+}
+
+// startDevWith starts the supervisor; with waitReady it waits until every
+// child is READY, otherwise only until children.json exists.
+func startDevWith(t *testing.T, waitReady bool, extra ...string) *dev {
+	t.Helper()
 	bin := cvmd(t)
 	state := t.TempDir()
 	args := append([]string{"supervise", "--dev", "--state", state, "--listen", "127.0.0.1:0"}, extra...)
@@ -136,7 +143,11 @@ func startDev(t *testing.T, extra ...string) *dev {
 			t.Logf("supervisor output:\n%s", d.out.String())
 		}
 	})
-	d.waitAll(func(s *status) bool { return allReady(s) }, 20*time.Second, "all children ready")
+	if waitReady {
+		d.waitAll(func(s *status) bool { return allReady(s) }, 20*time.Second, "all children ready")
+	} else {
+		d.waitAll(func(s *status) bool { return len(s.Children) > 0 }, 20*time.Second, "children.json")
+	}
 	// The dev process's only child is the namespace's PID 1.
 	deadline := time.Now().Add(2 * time.Second)
 	for d.pid1 == 0 && time.Now().Before(deadline) {
