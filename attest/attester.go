@@ -44,6 +44,10 @@ type Attester struct {
 	SWVersion string
 	// Log returns the current measurement log; nil = no log in tokens.
 	Log func() EventLog
+	// MeasureLock, if set, is read-locked from the quote to the Log call, so
+	// the log in a token is exactly the one its quote covers: whoever
+	// extends PCRs 15/16 (log append + extend) must hold it write-locked.
+	MeasureLock *sync.RWMutex
 	// Now is the clock; nil = time.Now.
 	Now func() time.Time
 
@@ -125,6 +129,10 @@ func (a *Attester) Attest(req Request) ([]byte, error) {
 		}
 		c.Signer, sign = signing, signer
 	case VTPM, SNPvTPM:
+		if a.MeasureLock != nil {
+			a.MeasureLock.RLock()
+			defer a.MeasureLock.RUnlock()
+		}
 		var att *attestpb.Attestation
 		if req.Platform == VTPM {
 			att, err = a.TPM.Attest(nonce[:], nil, nil)

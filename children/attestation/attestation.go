@@ -80,7 +80,7 @@ type Service struct {
 
 	wg sync.WaitGroup // background warm-up; Close waits for it
 
-	mu       sync.Mutex // serializes measurements (log append + extend)
+	mu       sync.RWMutex // write: a measurement (log append + extend); read: a quote and its log (Attester.MeasureLock)
 	lastBoot string     // guarded by mu
 	lastSeq  uint64     // guarded by mu
 }
@@ -144,6 +144,7 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 		return nil, err
 	}
 	s.att.Log = s.store.snapshot
+	s.att.MeasureLock = &s.mu
 	if s.tpm != nil {
 		if stateDir == "" && !s.simulated {
 			return nil, errors.New("a hardware TPM needs a state dir for the measurement log")

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -267,4 +268,72 @@ func TestBenchAttest(t *testing.T) {
 			fmt.Printf("BENCH eat_token_bytes %d bytes\n", len(tok))
 		}
 	}
+}
+
+// TestConcurrentEvidenceAndMeasure: tokens requested while the supervisor
+// measures still verify (the log in each token matches its quote).
+func TestConcurrentEvidenceAndMeasure(t *testing.T) {
+	s := simulated(t, t.TempDir())
+	c := serve(t, s)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 5 {
+				n := []byte(fmt.Sprintf("nonce-%d-%d", g, i))
+				res, err := c.Evidence(context.Background(), &pb.EvidenceRequest{ReportData: n, Nonce: n, PlatformType: int32(attest.SNPvTPM)})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := verify.Token(res.GetEatToken(), verify.Options{ReportData: n, Nonce: n, AllowSimulated: true}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	for i := range 10 {
+		e, _ := attest.JSONEvent(attest.EventChildStart, attest.ChildStart{Child: "agent", Generation: uint32(i + 2)})
+		if _, err := s.Measure(&pb.MeasureRequest{BootId: "b", Seq: uint64(i + 1), Type: e.Type, Data: e.Data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+func FuzzOpenStore(f *testing.F) {
+	dir := f.TempDir()
+	st, err := openStore(dir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	e, _ := attest.JSONEvent(attest.EventChildStart, attest.ChildStart{Child: "x", Generation: 2})
+	st.append(e)
+	st.append(attest.ManifestEvent([]byte("m")))
+	st.close()
+	b, _ := os.ReadFile(filepath.Join(dir, LogFile))
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		d := t.TempDir()
+		if err := os.WriteFile(filepath.Join(d, LogFile), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st, err := openStore(d)
+		if err != nil {
+			return
+		}
+		n := len(st.snapshot())
+		st.close()
+		// Whatever was kept must load again unchanged (the torn tail is cut once).
+		st2, err := openStore(d)
+		if err != nil || len(st2.snapshot()) != n {
+			t.Fatalf("reload: %v, %d events, want %d", err, len(st2.snapshot()), n)
+		}
+		st2.close()
+	})
 }
