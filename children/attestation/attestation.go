@@ -81,8 +81,8 @@ type Service struct {
 	wg sync.WaitGroup // background warm-up; Close waits for it
 
 	mu       sync.RWMutex // write: a measurement (log append + extend); read: a quote and its log (Attester.MeasureLock)
-	lastBoot string     // guarded by mu
-	lastSeq  uint64     // guarded by mu
+	lastBoot string       // guarded by mu
+	lastSeq  uint64       // guarded by mu
 }
 
 // New opens the platform chosen by st and the measurement log in stateDir
