@@ -25,6 +25,31 @@ func SNPQuoteProvider() (sevclient.QuoteProvider, error) {
 	return qp, nil
 }
 
+// SNPQuoteProviderAt is SNPQuoteProvider asking for reports at a VMPL
+// (0 = the kernel's default level).
+func SNPQuoteProviderAt(vmpl uint32) (sevclient.QuoteProvider, error) {
+	if vmpl == 0 {
+		return SNPQuoteProvider()
+	}
+	if vmpl > 3 {
+		return nil, fmt.Errorf("%w: VMPL %d, want 0–3", ErrBadRequest, vmpl)
+	}
+	lqp, err := sevclient.GetLeveledQuoteProvider()
+	if err != nil || !lqp.IsSupported() {
+		return nil, fmt.Errorf("%w: SEV-SNP reports at VMPL %d: %v", ErrUnsupportedPlatform, vmpl, err)
+	}
+	return leveled{lqp, uint(vmpl)}, nil
+}
+
+type leveled struct {
+	sevclient.LeveledQuoteProvider
+	vmpl uint
+}
+
+func (l leveled) GetRawQuote(reportData [64]byte) ([]byte, error) {
+	return l.GetRawQuoteAtLevel(reportData, l.vmpl)
+}
+
 // SNPClaims fills Cocos's x-cocos-sevsnp claims and the EAT core claims
 // (measurements, ueid, oemid, hwmodel, dbgstat) from a parsed report.
 func SNPClaims(c *eat.Claims, r *sevsnp.Report) {

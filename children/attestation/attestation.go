@@ -129,7 +129,7 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("opening TPM: %w", err)
 		}
-		if qp, err := attest.SNPQuoteProvider(); err == nil {
+		if qp, err := attest.SNPQuoteProviderAt(st.GetVmpl()); err == nil {
 			s.att.SNP = qp
 		}
 		if s.tpm == nil && s.att.SNP == nil {
