@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"time"
 
 	"github.com/cvmd/cvmd/children/child"
@@ -19,6 +20,9 @@ func Main(ctx context.Context, env *child.Env) error {
 	if err := env.Settings(settings); err != nil {
 		return err
 	}
+	// Uploads stream ~1 MiB chunks through the heap; a soft limit makes the
+	// collector reclaim them before the process grows (RSS target 64 MiB).
+	debug.SetMemoryLimit(int64(orDefault(settings.GetMemoryLimitBytes(), 32<<20)))
 	if env.Config.GetStateDir() == "" {
 		return errors.New("agent: the config has no state_dir")
 	}

@@ -19,12 +19,13 @@ import (
 
 // ServerOptions are the gRPC server settings the agent wants: messages up to
 // 8 MiB (Cocos sends 1 MiB chunks plus framing), and flow-control windows
-// and buffers large enough that one upload is not paced by round trips.
+// and buffers large enough that one upload is not paced by round trips over
+// a local edge, yet small enough to bound the agent's memory.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(8 << 20),
-		grpc.InitialWindowSize(4 << 20),
-		grpc.InitialConnWindowSize(8 << 20),
+		grpc.InitialWindowSize(2 << 20),
+		grpc.InitialConnWindowSize(4 << 20),
 		grpc.ReadBufferSize(1 << 20),
 		grpc.WriteBufferSize(1 << 20),
 		grpc.SharedWriteBuffer(true),

@@ -256,6 +256,9 @@ func (a *Agent) install(staged, name string, decompressed bool) error {
 	if err := os.MkdirAll(a.dirs.datasets, 0o755); err != nil {
 		return err
 	}
+	// The algorithm runs as another uid: the dir must be searchable whatever
+	// the umask (it is 077 in the sandbox), as the files are made 0644.
+	os.Chmod(a.dirs.datasets, 0o755)
 	if !decompressed {
 		os.Chmod(staged, 0o644)
 		return renameNew(staged, filepath.Join(a.dirs.datasets, name))

@@ -43,9 +43,12 @@ type AgentSettings struct {
 	// Where the kernel's IMA list is. "" = /sys/kernel/security/integrity/ima/ascii_runtime_measurements.
 	ImaMeasurementsPath string `protobuf:"bytes,7,opt,name=ima_measurements_path,json=imaMeasurementsPath,proto3" json:"ima_measurements_path,omitempty"`
 	// Where PCR10 (SHA-1 bank) is readable as hex. "" = /sys/class/tpm/tpm0/pcr-sha1/10.
-	Pcr10Path     string `protobuf:"bytes,8,opt,name=pcr10_path,json=pcr10Path,proto3" json:"pcr10_path,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Pcr10Path string `protobuf:"bytes,8,opt,name=pcr10_path,json=pcr10Path,proto3" json:"pcr10_path,omitempty"`
+	// Soft limit of the agent's Go heap (runtime/debug.SetMemoryLimit), so that
+	// garbage from streamed chunks is collected before RSS grows. 0 = 32 MiB.
+	MemoryLimitBytes uint64 `protobuf:"varint,9,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AgentSettings) Reset() {
@@ -134,11 +137,18 @@ func (x *AgentSettings) GetPcr10Path() string {
 	return ""
 }
 
+func (x *AgentSettings) GetMemoryLimitBytes() uint64 {
+	if x != nil {
+		return x.MemoryLimitBytes
+	}
+	return 0
+}
+
 var File_proto_config_agent_proto protoreflect.FileDescriptor
 
 const file_proto_config_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18proto/config/agent.proto\x12\vcvmd.config\"\xe3\x02\n" +
+	"\x18proto/config/agent.proto\x12\vcvmd.config\"\x91\x03\n" +
 	"\rAgentSettings\x12'\n" +
 	"\x0fcomputation_dir\x18\x01 \x01(\tR\x0ecomputationDir\x12.\n" +
 	"\x13max_algorithm_bytes\x18\x02 \x01(\x04R\x11maxAlgorithmBytes\x12*\n" +
@@ -148,7 +158,8 @@ const file_proto_config_agent_proto_rawDesc = "" +
 	"\x12max_unzipped_bytes\x18\x06 \x01(\x04R\x10maxUnzippedBytes\x122\n" +
 	"\x15ima_measurements_path\x18\a \x01(\tR\x13imaMeasurementsPath\x12\x1d\n" +
 	"\n" +
-	"pcr10_path\x18\b \x01(\tR\tpcr10PathB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"pcr10_path\x18\b \x01(\tR\tpcr10Path\x12,\n" +
+	"\x12memory_limit_bytes\x18\t \x01(\x04R\x10memoryLimitBytesB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_agent_proto_rawDescOnce sync.Once

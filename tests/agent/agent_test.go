@@ -42,11 +42,29 @@ type world struct {
 	algoP, dataA, dataB *agenttest.Party
 	cons1, cons2, other *agenttest.Party
 	algo, dsA, dsB      string
-	h                   *agenttest.Harness
+	h                   *agenttest.Harness // nil when the agent is a process
+
+	dial    func(ctx context.Context) (net.Conn, error)
+	control agentctl.ControlClient
+	tcpAddr string
+	compDir string
 }
 
 func newWorld(t *testing.T, opts agenttest.Options, script string) *world {
 	w := &world{dir: t.TempDir()}
+	w.setup(t, script)
+	w.h = agenttest.Start(t, opts)
+	w.useHarness()
+	w.start(t)
+	return w
+}
+
+func (w *world) useHarness() {
+	w.dial, w.control, w.tcpAddr, w.compDir = w.h.Dial, w.h.Control, w.h.TCPAddr, w.h.CompDir
+}
+
+// setup makes the parties, the algorithm and two datasets.
+func (w *world) setup(t *testing.T, script string) {
 	w.algoP = agenttest.NewParty(t, "rsa", w.dir)
 	w.dataA = agenttest.NewParty(t, "ecdsa", w.dir)
 	w.dataB = agenttest.NewParty(t, "ed25519", w.dir)
@@ -60,16 +78,18 @@ func newWorld(t *testing.T, opts agenttest.Options, script string) *world {
 	w.dsB = filepath.Join(w.dir, "in", "b.csv")
 	os.WriteFile(w.dsA, []byte("x,y\n1,2\n"), 0o644)
 	os.WriteFile(w.dsB, []byte("x,y\n3,4\n"), 0o644)
-	w.h = agenttest.Start(t, opts)
+}
+
+// start sends the manifest.
+func (w *world) start(t *testing.T) {
 	m := agenttest.NewManifest("comp-1", w.algoP, agenttest.HashFile(t, w.algo), "bin", []agenttest.DatasetSpec{
 		{Filename: "a.csv", Hash: agenttest.HashFile(t, w.dsA), Owner: w.dataA},
 		{Filename: "b.csv", Hash: agenttest.HashFile(t, w.dsB), Owner: w.dataB},
 	}, w.cons1, w.cons2)
-	res, err := w.h.Control.Start(context.Background(), m.RunReq(nil))
+	res, err := w.control.Start(context.Background(), m.RunReq(nil))
 	if err != nil || res.GetError() != "" {
 		t.Fatalf("control start: %v %q", err, res.GetError())
 	}
-	return w
 }
 
 // cvm runs the CLI in-process against the harness, over the socketpair or TCP.
@@ -79,9 +99,9 @@ func (w *world) cvm(t *testing.T, tcp bool, args ...string) (int, string, string
 	o := cli.Options{Stdout: &out, Stderr: &errb}
 	env := map[string]string{}
 	if tcp {
-		env["AGENT_GRPC_URL"] = w.h.TCPAddr
+		env["AGENT_GRPC_URL"] = w.tcpAddr
 	} else {
-		o.Dial = w.h.Dial
+		o.Dial = w.dial
 	}
 	o.Getenv = func(k string) string { return env[k] }
 	code := cli.Run(context.Background(), args, o)
@@ -107,7 +127,7 @@ func (w *world) wantCVMError(t *testing.T, tcp bool, want string, args ...string
 
 func (w *world) state(t *testing.T) string {
 	t.Helper()
-	res, err := w.h.Control.State(context.Background(), &agentctl.StateRequest{})
+	res, err := w.control.State(context.Background(), &agentctl.StateRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +150,7 @@ func (w *world) waitState(t *testing.T, want string) {
 
 func (w *world) incomingEmpty(t *testing.T) {
 	t.Helper()
-	ents, _ := os.ReadDir(filepath.Join(w.h.CompDir, ".incoming"))
+	ents, _ := os.ReadDir(filepath.Join(w.compDir, ".incoming"))
 	if len(ents) != 0 {
 		t.Fatalf("partial uploads left behind: %v", ents)
 	}
@@ -198,11 +218,11 @@ func TestFullComputation(t *testing.T) {
 				t.Fatalf("results zip (%d, %d bytes) differs from the checksum rule's zip (%d bytes)", len(one), len(two), wantZip.Len())
 			}
 			// The inputs are gone after the run, as in Cocos.
-			if _, err := os.Stat(filepath.Join(w.h.CompDir, "algo")); !os.IsNotExist(err) {
+			if _, err := os.Stat(filepath.Join(w.compDir, "algo")); !os.IsNotExist(err) {
 				t.Fatalf("algorithm still on disk after the run: %v", err)
 			}
 			// Stop resets to waiting for a manifest.
-			res, err := w.h.Control.Stop(context.Background(), &agentctl.StopRequest{ComputationId: "comp-1"})
+			res, err := w.control.Stop(context.Background(), &agentctl.StopRequest{ComputationId: "comp-1"})
 			if err != nil || res.GetError() != "" || w.state(t) != "ReceivingManifest" {
 				t.Fatalf("stop: %v %q state %s", err, res.GetError(), w.state(t))
 			}
@@ -222,7 +242,7 @@ func TestFailedRunReportsItsError(t *testing.T) {
 // rawConn is a plain gRPC client built only from our protos.
 func rawConn(t *testing.T, w *world) *grpc.ClientConn {
 	conn, err := grpc.NewClient("passthrough:///agent", grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return w.h.Dial(ctx) }))
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return w.dial(ctx) }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +270,7 @@ func TestClientKilledMidUploadThenRetry(t *testing.T) {
 	cancel()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		ents, _ := os.ReadDir(filepath.Join(w.h.CompDir, ".incoming"))
+		ents, _ := os.ReadDir(filepath.Join(w.compDir, ".incoming"))
 		if len(ents) == 0 {
 			break
 		}
@@ -275,6 +295,7 @@ func TestAgentRestartResumes(t *testing.T) {
 	// Killed between uploads: the new agent is still waiting for b.csv.
 	w.h.Stop()
 	w.h = agenttest.Start(t, agenttest.Options{StateDir: state})
+	w.useHarness()
 	if s := w.state(t); s != "ReceivingData" {
 		t.Fatalf("resumed in %s", s)
 	}
@@ -287,6 +308,7 @@ func TestAgentRestartResumes(t *testing.T) {
 	}
 	w.h.Stop()
 	w.h = agenttest.Start(t, agenttest.Options{StateDir: state})
+	w.useHarness()
 	w.waitState(t, "ConsumingResults")
 	w.mustCVM(t, false, "result", w.cons2.KeyFile, "-o", w.dir)
 	z, _ := os.ReadFile(filepath.Join(w.dir, "results.zip"))

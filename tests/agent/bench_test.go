@@ -1,0 +1,76 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cvmd/cvmd/digest"
+)
+
+// TestBenchAgentTransfer measures, in one run: one core's SHA3-256 rate
+// (the ceiling of a hashed upload), a 1 GiB dataset upload CLI → agent
+// process → disk with hash check over a socketpair edge, the agent's peak
+// RSS during it, and a 1 GiB results download.
+func TestBenchAgentTransfer(t *testing.T) {
+	if os.Getenv("CVMD_BENCH") != "1" {
+		t.Skip("set CVMD_BENCH=1")
+	}
+	const size = 1 << 30
+	// One core's SHA3-256 rate over 256 MiB in memory.
+	buf := make([]byte, 1<<20)
+	h := digest.New()
+	start := time.Now()
+	for i := 0; i < 256; i++ {
+		h.Write(buf)
+	}
+	sha3 := 256 / time.Since(start).Seconds()
+	fmt.Printf("BENCH sha3_limit_mib_s %.1f MiB/s\n", sha3)
+
+	// The algorithm writes a 1 GiB result.
+	script := fmt.Sprintf("#!/bin/sh\nhead -c %d /dev/zero > results/big.bin\n", size)
+	state := t.TempDir()
+	p := startProc(t, state)
+	w := &world{dir: t.TempDir()}
+	w.setup(t, script)
+	// Dataset b is 1 GiB.
+	f, err := os.Create(w.dsB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+	for i := 0; i < size/len(chunk); i++ {
+		f.Write(chunk)
+	}
+	f.Close()
+	w.dial, w.control, w.compDir = p.Dial, p.Control, filepath.Join(state, "computation")
+	w.start(t)
+	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
+	w.mustCVM(t, false, "data", w.dsA, w.dataA.KeyFile)
+	cpu0 := p.cpuSeconds(t)
+	start = time.Now()
+	w.mustCVM(t, false, "data", w.dsB, w.dataB.KeyFile)
+	up := float64(size>>20) / time.Since(start).Seconds()
+	// CPU the agent spent per MiB, against what SHA3 alone costs: a figure
+	// that holds when other work shares the cores.
+	cpu := (p.cpuSeconds(t) - cpu0) * 1000 / float64(size>>20)
+	fmt.Printf("BENCH agent_upload_cpu_ms_per_mib %.2f ms/MiB\n", cpu)
+	fmt.Printf("BENCH sha3_cpu_ms_per_mib %.2f ms/MiB\n", 1000/sha3)
+	rss := p.peakRSSMiB(t)
+	fmt.Printf("BENCH upload_mib_s %.1f MiB/s\n", up)
+	fmt.Printf("BENCH upload_of_sha3_limit_pct %.1f %%\n", 100*up/sha3)
+	fmt.Printf("BENCH agent_peak_rss_mib %.1f MiB\n", rss)
+	os.Remove(w.dsB)
+	w.waitState(t, "ConsumingResults")
+	start = time.Now()
+	w.mustCVM(t, false, "result", w.cons1.KeyFile, "-o", w.dir)
+	st, err := os.Stat(filepath.Join(w.dir, "results.zip"))
+	if err != nil || st.Size() < size {
+		t.Fatalf("results: %v %v", st, err)
+	}
+	fmt.Printf("BENCH result_mib_s %.1f MiB/s\n", float64(st.Size()>>20)/time.Since(start).Seconds())
+	fmt.Printf("BENCH agent_peak_rss_after_result_mib %.1f MiB\n", p.peakRSSMiB(t))
+}

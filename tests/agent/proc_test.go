@@ -1,0 +1,194 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	agentchild "github.com/cvmd/cvmd/children/agent"
+	"github.com/cvmd/cvmd/children/agent/agenttest"
+	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/ipc"
+	"github.com/cvmd/cvmd/proto/agentctl"
+	"github.com/cvmd/cvmd/proto/control"
+	"github.com/cvmd/cvmd/proto/runner"
+)
+
+// TestMain turns the test binary into `cvmd agent` when asked, so tests can
+// run the real child (its Main and the child runtime) as its own process.
+func TestMain(m *testing.M) {
+	if os.Getenv("CVMD_TEST_AGENT_CHILD") == "1" {
+		if err := child.Run("agent", agentchild.Main); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// proc is the agent child running as a separate process, wired as the
+// supervisor wires it: control channel on fd 3, edges from:supervisor,
+// from:ingress and to:runner.
+type proc struct {
+	cmd     *exec.Cmd
+	ctl     *ipc.Control
+	Dial    func(ctx context.Context) (net.Conn, error)
+	Control agentctl.ControlClient
+	closers []func()
+}
+
+func startProc(t *testing.T, stateDir string) *proc {
+	t.Helper()
+	comp := filepath.Join(stateDir, "computation")
+	// The runner stand-in lives in the test process.
+	rl, rd := agenttest.Edge(t, "runner")
+	_ = rd
+	rs := grpc.NewServer()
+	runner.RegisterRunnerServer(rs, &agenttest.Runner{Dir: comp})
+	go rs.Serve(rl)
+
+	ctlParent, ctlChild, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "control")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair := func(name string) (*os.File, *os.File) {
+		a, b, err := ipc.Socketpair(unix.SOCK_SEQPACKET, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a, b
+	}
+	supCli, supSrv := pair("from:supervisor")
+	ingCli, ingSrv := pair("from:ingress")
+	// to:runner: the child dials over its end; our end is served by rl.
+	runCli, runSrv := pair("to:runner")
+	rl.Add(runSrv)
+
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), "CVMD_TEST_AGENT_CHILD=1")
+	cmd.ExtraFiles = []*os.File{ctlChild, supSrv, ingSrv, runCli} // fds 3, 4, 5, 6
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range cmd.ExtraFiles {
+		f.Close()
+	}
+	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent)}
+	hello := &control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: &control.ChildConfig{
+		Version: 1, Name: "agent", StateDir: stateDir, LogLevel: "warn",
+		Fds: map[string]int32{"from:supervisor": 4, "from:ingress": 5, "to:runner": 6},
+	}}}}
+	if err := p.ctl.Send(hello, nil); err != nil {
+		t.Fatal(err)
+	}
+	msg, _, err := p.ctl.Recv()
+	if err != nil || msg.GetReady() == nil {
+		t.Fatalf("agent child did not say ready: %v %v", msg, err)
+	}
+	sd := ipc.NewDialer("agent-control", supCli)
+	id := ipc.NewDialer("agent", ingCli)
+	p.Dial = id.Dial
+	conn, err := ipc.GRPCClient(sd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Control = agentctl.NewControlClient(conn)
+	p.closers = []func(){func() { conn.Close() }, func() { sd.Close() }, func() { id.Close() }, rs.Stop, func() { rd.Close() }}
+	t.Cleanup(p.kill)
+	return p
+}
+
+// kill ends the process with SIGKILL (no chance to clean up) and waits.
+func (p *proc) kill() {
+	if p.cmd.ProcessState == nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+	}
+	for _, c := range p.closers {
+		c()
+	}
+	p.closers = nil
+	p.ctl.Close()
+}
+
+// peakRSSMiB reads VmHWM of the process.
+func (p *proc) peakRSSMiB(t *testing.T) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "VmHWM:") {
+			kb, _ := strconv.ParseFloat(strings.Fields(l)[1], 64)
+			return kb / 1024
+		}
+	}
+	t.Fatal("no VmHWM")
+	return 0
+}
+
+// procWorld is a world whose agent is a separate process.
+func newProcWorld(t *testing.T, script string) (*world, *proc, string) {
+	state := t.TempDir()
+	p := startProc(t, state)
+	w := &world{dir: t.TempDir()}
+	w.setup(t, script)
+	w.dial = p.Dial
+	w.control = p.Control
+	w.compDir = filepath.Join(state, "computation")
+	w.start(t)
+	return w, p, state
+}
+
+func TestAgentProcessKilledAndResumed(t *testing.T) {
+	w, p, state := newProcWorld(t, "#!/bin/sh\nsleep 1\ncat datasets/* > results/all.csv\n")
+	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
+	w.mustCVM(t, false, "data", w.dsA, w.dataA.KeyFile)
+	// kill -9 between uploads.
+	p.kill()
+	p = startProc(t, state)
+	w.dial, w.control = p.Dial, p.Control
+	if s := w.state(t); s != "ReceivingData" {
+		t.Fatalf("resumed in %s", s)
+	}
+	w.mustCVM(t, false, "data", w.dsB, w.dataB.KeyFile)
+	time.Sleep(200 * time.Millisecond)
+	// kill -9 while the algorithm runs.
+	p.kill()
+	p = startProc(t, state)
+	w.dial, w.control = p.Dial, p.Control
+	w.waitState(t, "ConsumingResults")
+	w.mustCVM(t, false, "result", w.cons1.KeyFile, "-o", w.dir)
+	if s := w.state(t); s != "Complete" {
+		t.Fatalf("state %s", s)
+	}
+}
+
+// cpuSeconds is the process's user+system CPU time so far.
+func (p *proc) cpuSeconds(t *testing.T) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name, which ends at the last ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
