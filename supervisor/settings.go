@@ -11,7 +11,9 @@ import (
 func (s *Supervisor) settings(name string) proto.Message {
 	switch name {
 	case "agent":
-		return &config.AgentSettings{}
+		// The agent's default (<state_dir>/computation) is inside its own
+		// state dir, which the runner cannot see: use the shared one.
+		return &config.AgentSettings{ComputationDir: ViewState + "/computation"}
 	case "runner":
 		return &config.RunnerSettings{}
 	case "attestation":
