@@ -95,12 +95,15 @@ export AGENT_GRPC_URL=$AGENT_ADDR
 cvm() { "$BIN/cvm" "$@"; }
 retry() { for _ in $(seq 50); do "$@" && return 0; sleep 0.2; done; "$@"; }
 
-step "cvm attestation get vtpm + verify (simulated platform, so --allow-simulated)"
-NONCE=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+step "cvm attestation get snp-vtpm + verify (simulated platform, so --allow-simulated)"
+# Fresh nonces: the token must be bound to them. SNP+vTPM binds the TPM AK to
+# the SNP report, so no AK has to be trusted beforehand.
+TEE=$(head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \n')
+VTPM=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 VERDICT="not checked"
-if retry cvm attestation get vtpm --vtpm "$NONCE" -o "$WORK/attestation.bin"; then
-	if cvm attestation verify "$WORK/attestation.bin" --vtpm "$NONCE" --allow-simulated >"$WORK/verify.txt" 2>&1; then
-		VERDICT="verified: $(tail -1 "$WORK/verify.txt")"
+if retry cvm attestation get snp-vtpm --tee "$TEE" --vtpm "$VTPM" -o "$WORK/attestation.bin"; then
+	if cvm attestation verify "$WORK/attestation.bin" --tee "$TEE" --vtpm "$VTPM" --allow-simulated >"$WORK/verify.txt" 2>&1; then
+		VERDICT="$(grep -m1 '^OK:' "$WORK/verify.txt") [SIMULATED platform: proves nothing about hardware]"
 	else
 		VERDICT="REFUSED: $(tail -1 "$WORK/verify.txt")"
 	fi
