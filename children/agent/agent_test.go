@@ -1,0 +1,176 @@
+package agent
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+func TestTransitions(t *testing.T) {
+	tests := []struct {
+		from    State
+		ev      Event
+		hasData bool
+		want    State
+		ok      bool
+	}{
+		{Idle, EvStart, false, ReceivingManifest, true},
+		{ReceivingManifest, EvManifestReceived, false, ReceivingAlgorithm, true},
+		{ReceivingAlgorithm, EvAlgorithmReceived, true, ReceivingData, true},
+		{ReceivingAlgorithm, EvAlgorithmReceived, false, Running, true},
+		{ReceivingData, EvDataReceived, true, Running, true},
+		{Running, EvRunComplete, true, ConsumingResults, true},
+		{Running, EvRunFailed, true, Failed, true},
+		{ReceivingData, EvRunFailed, true, Failed, true},
+		{ConsumingResults, EvResultsConsumed, true, Complete, true},
+		// Anything else is refused and the state stays.
+		{Complete, EvResultsConsumed, true, Complete, false},
+		{Failed, EvStart, true, Failed, false},
+		{ReceivingData, EvAlgorithmReceived, true, ReceivingData, false},
+		{Idle, EvManifestReceived, false, Idle, false},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%s+%s", tc.from, tc.ev), func(t *testing.T) {
+			got, ok := next(tc.from, tc.ev, tc.hasData)
+			if got != tc.want || ok != tc.ok {
+				t.Fatalf("got %s %v, want %s %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+var sigB64 = base64.StdEncoding.EncodeToString([]byte("sig"))
+
+var metaTests = []struct {
+	name    string
+	md      metadata.MD
+	want    requestMeta
+	wantErr error
+}{
+	{"algo_type missing means bin", metadata.Pairs("signature", sigB64), requestMeta{AlgoType: "bin", PythonRuntime: "python3", Signature: []byte("sig")}, nil},
+	{"empty algo_type means bin", metadata.Pairs("signature", sigB64, "algo_type", ""), requestMeta{AlgoType: "bin", PythonRuntime: "python3", Signature: []byte("sig")}, nil},
+	{"everything", metadata.Pairs("user-id", "algorithm-provider", "signature", sigB64, "algo_type", "python", "algo_args", "a", "algo_args", "b c", "python_runtime", "python3.11", "decompress", "true"),
+		requestMeta{Role: "algorithm-provider", Signature: []byte("sig"), AlgoType: "python", AlgoArgs: []string{"a", "b c"}, PythonRuntime: "python3.11", Decompress: true}, nil},
+	{"decompress is only true when true", metadata.Pairs("signature", sigB64, "decompress", "TRUE"), requestMeta{AlgoType: "bin", PythonRuntime: "python3", Signature: []byte("sig")}, nil},
+	{"no signature", metadata.Pairs("user-id", "consumer"), requestMeta{}, ErrUnauthenticated},
+	{"two signatures", metadata.Pairs("signature", sigB64, "signature", sigB64), requestMeta{}, ErrUnauthenticated},
+	{"signature not base64", metadata.Pairs("signature", "%%%"), requestMeta{}, ErrUnauthenticated},
+	{"unknown algo_type", metadata.Pairs("signature", sigB64, "algo_type", "cobol"), requestMeta{}, ErrInvalidArgument},
+}
+
+func TestParseMeta(t *testing.T) {
+	for _, tc := range metaTests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseMeta(tc.md)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err %v, want %v", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParseMeta(f *testing.F) {
+	for _, tc := range metaTests {
+		f.Add(strings.Join(tc.md.Get("signature"), ","), strings.Join(tc.md.Get("algo_type"), ","), strings.Join(tc.md.Get("algo_args"), ","), strings.Join(tc.md.Get("decompress"), ","))
+	}
+	f.Fuzz(func(t *testing.T, sig, algoType, args, decompress string) {
+		md := metadata.MD{}
+		for k, v := range map[string]string{"signature": sig, "algo_type": algoType, "algo_args": args, "decompress": decompress} {
+			if v != "" {
+				md[k] = strings.Split(v, ",")
+			}
+		}
+		m, err := parseMeta(md)
+		if err != nil {
+			if !errors.Is(err, ErrUnauthenticated) && !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("unclassified error %v", err)
+			}
+			return
+		}
+		switch m.AlgoType {
+		case "bin", "python", "wasm", "docker":
+		default:
+			t.Fatalf("accepted algo_type %q", m.AlgoType)
+		}
+		if len(m.Signature) == 0 {
+			t.Fatal("accepted an empty signature")
+		}
+	})
+}
+
+func TestToStatusKeepsCocosTexts(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	tests := []struct {
+		err  error
+		code codes.Code
+		msg  string
+	}{
+		{ErrWrongState, codes.FailedPrecondition, "agent not expecting this operation in the current state"},
+		{ErrHashMismatch, codes.InvalidArgument, "malformed data, hash does not match manifest"},
+		{fmt.Errorf("%w: %q", ErrDatasetNotDeclared, "x.csv"), codes.NotFound, `dataset not declared in computation manifest: "x.csv"`},
+		{ErrUndeclaredConsumer, codes.PermissionDenied, "result consumer is undeclared in computation manifest"},
+		{fmt.Errorf("%w: x", ErrTooLarge), codes.ResourceExhausted, "upload exceeds the agent's size limit: x"},
+		{errors.New("open /secret/path: permission denied"), codes.Internal, "agent internal error (details in the agent's log)"},
+	}
+	for _, tc := range tests {
+		s, _ := status.FromError(toStatus(log, "M", tc.err))
+		if s.Code() != tc.code || s.Message() != tc.msg {
+			t.Errorf("%v → %s %q, want %s %q", tc.err, s.Code(), s.Message(), tc.code, tc.msg)
+		}
+	}
+}
+
+// refusing is a publisher that refuses its first n events, like a full or
+// absent log forwarder.
+type refusing struct {
+	mu   sync.Mutex
+	n    int
+	got  []string
+	seen int
+}
+
+func (r *refusing) Event(eventType, status string, _ ...any) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seen++
+	if r.seen <= r.n {
+		return false
+	}
+	r.got = append(r.got, eventType+"/"+status)
+	return true
+}
+
+func TestEventQueueNeverDrops(t *testing.T) {
+	p := &refusing{n: 3}
+	q := newEventQueue(p)
+	var want []string
+	for i := 0; i < 50; i++ {
+		q.Publish(fmt.Sprint("e", i), StatusInProgress)
+		want = append(want, fmt.Sprint("e", i)+"/"+StatusInProgress)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q.Close(ctx)
+	if strings.Join(p.got, ",") != strings.Join(want, ",") {
+		t.Fatalf("delivered %v", p.got)
+	}
+}
