@@ -59,13 +59,14 @@ type Server struct {
 	cvms.UnimplementedServiceServer
 	opts Options
 
-	mu      sync.Mutex
-	control *ctlStream    // guarded by mu; the newest control stream
-	sentRun bool          // guarded by mu
-	msgs    []Received    // guarded by mu
-	changed chan struct{} // guarded by mu
-	streams int           // guarded by mu; control + log streams opened
-	outMu   sync.Mutex
+	mu        sync.Mutex
+	control   *ctlStream    // guarded by mu; the newest control stream
+	sentRun   bool          // guarded by mu
+	runSentAt time.Time     // guarded by mu; when the computation was last sent
+	msgs      []Received    // guarded by mu
+	changed   chan struct{} // guarded by mu
+	streams   int           // guarded by mu; control + log streams opened
+	outMu     sync.Mutex
 }
 
 type ctlStream struct {
@@ -162,6 +163,9 @@ func first(v []string) string {
 
 func (s *Server) sendRun(c *ctlStream) error {
 	req := s.opts.Computation
+	s.mu.Lock()
+	s.runSentAt = time.Now()
+	s.mu.Unlock()
 	if s.opts.Unchunked {
 		return c.send(&cvms.ServerStreamMessage{Message: &cvms.ServerStreamMessage_RunReq{RunReq: req}})
 	}
@@ -294,6 +298,13 @@ func (s *Server) Messages() []Received {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]Received(nil), s.msgs...)
+}
+
+// RunSentAt returns when the computation was last sent (zero if never).
+func (s *Server) RunSentAt() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.runSentAt
 }
 
 // Streams returns how many streams guests opened.
