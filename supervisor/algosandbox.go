@@ -559,17 +559,24 @@ func (a *AlgoSandboxes) start(req *control.SandboxRequest, run *algoRun) (status
 	}
 	defer net.Close()
 	plan.spec.Net = procFDPath(net.ns)
+	// The supervisor keeps its own reference to the listening socket: when
+	// the sandbox ends, shutdown(2) on it stops listening for every holder,
+	// so egress's accept fails and it lets go of its copy too (the socket
+	// is one object, shared by fd passing).
+	ln := net.listener
+	net.listener = nil
+	cleanups = append(cleanups, func() {
+		unix.Shutdown(int(ln.Fd()), unix.SHUT_RDWR)
+		ln.Close()
+	})
 	if a.cfg.Proxy != nil {
-		ln := net.listener
-		net.listener = nil
-		if err := a.cfg.Proxy("proxy:"+run.id, ln); err != nil {
+		give, err := dupFile(ln)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if err := a.cfg.Proxy("proxy:"+run.id, give); err != nil {
 			return nil, nil, nil, fmt.Errorf("handing the proxy listener to egress: %w", err)
 		}
-	} else {
-		// No egress: keep the listener (unserved) for the sandbox's life.
-		ln := net.listener
-		net.listener = nil
-		cleanups = append(cleanups, func() { ln.Close() })
 	}
 	// A writable work dir is lent to the algorithm's uid for the sandbox's
 	// life (everything in it: a venv made by one sandbox is filled by the

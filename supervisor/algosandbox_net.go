@@ -111,3 +111,12 @@ func listenTCP4(port int) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), fmt.Sprintf("proxy-listener:127.0.0.1:%d", port)), nil
 }
+
+// dupFile returns a new *os.File (close-on-exec) for the same open file as f.
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}

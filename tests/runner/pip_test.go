@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cvmd/cvmd/children/egress"
 	"github.com/cvmd/cvmd/proto/config"
@@ -110,6 +111,15 @@ func TestPythonRequirementsThroughEgress(t *testing.T) {
 	}
 	if got := w.result(t, "value.txt"); got != "42" {
 		t.Errorf("value.txt = %q, want 42", got)
+	}
+	// The sandboxes are gone: the supervisor shut their listeners down, so
+	// egress's Serve on each returned without being cancelled.
+	served := make(chan struct{})
+	go func() { serving.Wait(); close(served) }()
+	select {
+	case <-served:
+	case <-time.After(10 * time.Second):
+		t.Errorf("egress still serves the listeners of ended sandboxes")
 	}
 	if hits.Load() < 2 {
 		t.Errorf("the index saw %d requests, want the page and the wheel", hits.Load())
