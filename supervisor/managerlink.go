@@ -2,12 +2,15 @@ package supervisor
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/sha512"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"github.com/cvmd/cvmd/ipc"
+	attestpb "github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/logs"
 	"github.com/cvmd/cvmd/supervisor/manager"
@@ -50,7 +53,36 @@ func runManagerLink(ctx context.Context, s *Supervisor) error {
 		defer conn.Close()
 		deps.Logs = logs.NewCollectorClient(conn)
 	}
+	if d := s.Dialer("attestation"); d != nil {
+		conn, err := ipc.GRPCClient(d)
+		if err != nil {
+			return fmt.Errorf("supervisor: attestation client for the manager link: %w", err)
+		}
+		defer conn.Close()
+		deps.Attest = certAttestation(attestpb.NewAttestationClient(conn))
+	}
 	return manager.Run(ctx, mc, deps)
+}
+
+// certAttestation binds evidence to the manager client certificate as
+// Cocos's guest does: report data SHA-512(cert PEM), vTPM nonce
+// SHA-256(cert PEM), for the best platform the VM has (SNP+vTPM, then
+// vTPM, then SNP). It needs a supervisor → attestation edge in the table;
+// without one the report is sent empty, as Cocos does without a cert.
+func certAttestation(c attestpb.AttestationClient) manager.AttestFunc {
+	return func(ctx context.Context, certPEM []byte) ([]byte, error) {
+		rd := sha512.Sum512(certPEM)
+		nonce := sha256.Sum256(certPEM)
+		var last error
+		for _, pt := range []int32{2, 1, 0} { // agent-wire numbering: SNP+vTPM, vTPM, SNP
+			r, err := c.Evidence(ctx, &attestpb.EvidenceRequest{ReportData: rd[:], Nonce: nonce[:], PlatformType: pt})
+			if err == nil {
+				return r.GetEatToken(), nil
+			}
+			last = err
+		}
+		return nil, fmt.Errorf("supervisor: attestation for the manager certificate: %w", last)
+	}
 }
 
 // linkSupervisor adapts *Supervisor to manager.Supervisor.
