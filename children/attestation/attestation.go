@@ -120,9 +120,9 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 		if path == "" {
 			path = DefaultTPMPath
 		}
-		if f, err := os.OpenFile(path, os.O_RDWR, 0); err == nil {
-			s.closers = append(s.closers, f)
-			if s.tpm, err = attest.NewTPM(f); err != nil {
+		if rw, err := openTPM(path); err == nil {
+			s.closers = append(s.closers, rw)
+			if s.tpm, err = attest.NewTPM(rw); err != nil {
 				return nil, fmt.Errorf("TPM %s: %w", path, err)
 			}
 			s.tpm.EventLogPath = firmwareLogPath
@@ -305,6 +305,19 @@ func (s *Service) reply(pcr uint32) (*pb.MeasureReply, error) {
 		return nil, err
 	}
 	return &pb.MeasureReply{Pcr: pcr, PcrSha256: v, Events: uint64(len(s.store.snapshot()))}, nil
+}
+
+// openTPM opens a TPM character device, or a swtpm UnixIO socket (a
+// software TPM whose state outlives this process: development and tests).
+func openTPM(path string) (io.ReadWriteCloser, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode()&os.ModeSocket != 0 {
+		return net.Dial("unix", path)
+	}
+	return os.OpenFile(path, os.O_RDWR, 0)
 }
 
 // grpcError chooses what leaves the child (style 12).
