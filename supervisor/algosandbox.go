@@ -138,6 +138,10 @@ func NewAlgoSandboxes(cfg AlgoConfig) (*AlgoSandboxes, error) {
 	if cfg.ProxyPort == 0 {
 		cfg.ProxyPort = 3128
 	}
+	// What a previous supervisor left (its results tmpfs and binds) goes first.
+	if err := cleanRunDir(cfg.RunDir); err != nil {
+		return nil, fmt.Errorf("supervisor: algorithm sandboxes: cleaning run dir: %w", err)
+	}
 	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
 		return nil, fmt.Errorf("supervisor: algorithm sandboxes: run dir: %w", err)
 	}

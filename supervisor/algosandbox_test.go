@@ -148,3 +148,25 @@ func TestValidateRequest(t *testing.T) {
 		})
 	}
 }
+
+func TestCleanRunDirUnmountsLeftovers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mount)")
+	}
+	dir := filepath.Join(t.TempDir(), "run")
+	res := filepath.Join(dir, "algo-1-1", "results")
+	if err := mountResults(res, 1<<20, 65532, 65532); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(res, "x"), []byte("x"), 0o644)
+	if err := cleanRunDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("run dir still there: %v", err)
+	}
+	b, _ := os.ReadFile("/proc/thread-self/mountinfo")
+	if strings.Contains(string(b), dir) {
+		t.Errorf("mount left under %s", dir)
+	}
+}
