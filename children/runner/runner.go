@@ -26,6 +26,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -82,8 +83,17 @@ func Main(ctx context.Context, env *child.Env) error {
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case <-ctx.Done():
+		// Stop the run first, so that its Run call can answer the agent
+		// ("computation stopped: runner stopping") before the server goes.
 		svc.StopAll("runner stopping")
-		srv.Stop()
+		graceful := make(chan struct{})
+		go func() { srv.GracefulStop(); close(graceful) }()
+		select {
+		case <-graceful:
+		case <-time.After(3 * time.Second):
+			srv.Stop()
+			<-graceful
+		}
 		<-errc
 		return nil
 	case err := <-errc:
