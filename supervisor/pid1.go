@@ -52,6 +52,22 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 		log.Warn("running from the unsealed binary; each spawn will copy it", "err", err)
 	}
 	p := &pid1{log: log, dev: o.dev, args: append([]string{"supervise", "--proper"}, stripSealed(args)...)}
+	if !o.dev {
+		// Last line of defence: PID 1 exiting panics the kernel. Should this
+		// small loop ever panic, kill the supervisor proper (its children die
+		// with it) and start PID 1 over from its own binary.
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("PID 1 panicked; starting over", "panic", r)
+				if p.proper != nil {
+					p.proper.Kill()
+				}
+				err := unix.Exec("/proc/self/exe", append([]string{"cvmd", "supervise", "--sealed"}, stripSealed(args)...), os.Environ())
+				log.Error("PID 1 cannot start over", "err", err)
+				select {} // never return: the VM must not panic
+			}
+		}()
+	}
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR, unix.SIGCHLD)
 	if !o.dev {
@@ -184,7 +200,9 @@ func (p *pid1) shutdown() error {
 	unix.Sync()
 	p.log.Info("stopped")
 	if !p.dev {
-		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+		err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+		p.log.Error("power off failed; halting here", "err", err)
+		select {} // PID 1 must not exit
 	}
 	return nil
 }
