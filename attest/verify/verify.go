@@ -138,6 +138,10 @@ func Token(token []byte, o Options) (*Result, error) {
 		return nil, fail("eat.signature", err)
 	}
 	r.pass("eat.signature")
+	if err := checkClaims(r, c); err != nil {
+		return nil, err
+	}
+	r.pass("eat.claims")
 	if r.Simulated && !o.AllowSimulated {
 		return nil, fail("simulated", ErrSimulated)
 	}
@@ -196,6 +200,37 @@ func hexs(b []byte) string { return hex.EncodeToString(b) }
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// checkClaims makes sure the Cocos-style claims say what the verified
+// evidence says: a consumer reading x-cocos-sevsnp or x-cocos-vtpm instead of
+// raw_report must not be told something else by whoever held the signing key.
+func checkClaims(r *Result, c *eat.Claims) error {
+	if r.SNP != nil {
+		if c.SNP == nil {
+			return mismatch("eat.claims", "no x-cocos-sevsnp", "the SNP report's claims")
+		}
+		if !bytes.Equal(c.SNP.Measurement, r.SNP.GetMeasurement()) || !bytes.Equal(c.Measurements, r.SNP.GetMeasurement()) {
+			return mismatch("eat.claims measurement", hexs(c.SNP.Measurement), hexs(r.SNP.GetMeasurement()))
+		}
+		if c.SNP.Policy != r.SNP.GetPolicy() || c.SNP.ReportedTCB != r.SNP.GetReportedTcb() || !bytes.Equal(c.SNP.ChipID, r.SNP.GetChipId()) {
+			return mismatch("eat.claims x-cocos-sevsnp", "policy/TCB/chip id differing from the report", "the report's values")
+		}
+	}
+	if r.PCRs != nil {
+		if c.VTPM == nil {
+			return mismatch("eat.claims", "no x-cocos-vtpm", "the quote's PCRs")
+		}
+		for i, v := range r.PCRs {
+			if got := c.VTPM.PCRs[fmt.Sprintf("sha256:%d", i)]; got != hexs(v) {
+				return mismatch(fmt.Sprintf("eat.claims x-cocos-vtpm sha256:%d", i), got, hexs(v))
+			}
+		}
+		if len(c.VTPM.PCRs) != len(r.PCRs) {
+			return mismatch("eat.claims x-cocos-vtpm", fmt.Sprintf("%d PCRs", len(c.VTPM.PCRs)), fmt.Sprintf("%d quoted", len(r.PCRs)))
+		}
+	}
+	return nil
 }
 
 var errNoRoots = errors.New("no trusted AMD roots for this product line")

@@ -186,6 +186,10 @@ func TestVTPMRefusals(t *testing.T) {
 	dropped.EventLog, _ = attest.MarshalLog(dlog[:3]) // hide the last restart
 	droppedTok := f.resign(t, dropped)
 
+	lying := decode(t, tok)
+	lying.VTPM.PCRs["sha256:0"] = hex.EncodeToString(random(t, 32))
+	lyingTok := f.resign(t, lying)
+
 	flipped := bytes.Clone(tok)
 	flipped[len(flipped)-1] ^= 1
 
@@ -205,6 +209,7 @@ func TestVTPMRefusals(t *testing.T) {
 		{"tampered event log", tamperedTok, nil, "vtpm.eventlog PCR 15 replay"},
 		{"truncated event log", droppedTok, nil, "vtpm.eventlog PCR 15 replay"},
 		{"flipped signature bit", flipped, nil, "eat.signature"},
+		{"claims differ from the quote", lyingTok, nil, "eat.claims x-cocos-vtpm sha256:0"},
 		{"unpinned AK", tok, func(o *verify.Options) { o.Policy = &verify.Policy{} }, "vtpm.ak"},
 		{"simulated not allowed", tok, func(o *verify.Options) { o.AllowSimulated = false }, "simulated"},
 		{"wrong child table", tok, func(o *verify.Options) {
