@@ -64,7 +64,9 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 				}
 				err := unix.Exec("/proc/self/exe", append([]string{"cvmd", "supervise", "--sealed"}, stripSealed(args)...), os.Environ())
 				log.Error("PID 1 cannot start over", "err", err)
-				select {} // never return: the VM must not panic
+				for { // never return: the VM must not panic
+					time.Sleep(time.Hour)
+				}
 			}
 		}()
 	}
@@ -202,7 +204,9 @@ func (p *pid1) shutdown() error {
 	if !p.dev {
 		err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 		p.log.Error("power off failed; halting here", "err", err)
-		select {} // PID 1 must not exit
+		for { // PID 1 must not exit (and select{} could be called a deadlock)
+			time.Sleep(time.Hour)
+		}
 	}
 	return nil
 }
