@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -102,6 +103,11 @@ failed it, and the exit status is 1.`,
 			if r.SNP != nil {
 				v["measurement"] = hex.EncodeToString(r.SNP.GetMeasurement())
 				line += "\nSNP measurement: " + hex.EncodeToString(r.SNP.GetMeasurement())
+			}
+			if r.TPM != nil {
+				ak := sha256.Sum256(r.TPM.GetAkPub())
+				v["ak_sha256"] = hex.EncodeToString(ak[:])
+				line += "\nAK sha256 (for --ak): " + hex.EncodeToString(ak[:])
 			}
 			if r.PCRs != nil {
 				v["pcr15"] = hex.EncodeToString(r.PCRs[15])
