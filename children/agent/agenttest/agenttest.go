@@ -27,6 +27,7 @@ import (
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/manifest"
 	"github.com/cvmd/cvmd/proto/agentctl"
+	"github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/runner"
 	"github.com/cvmd/cvmd/rolesig"
@@ -104,6 +105,8 @@ type Options struct {
 	StateDir string // "" = a new temp dir
 	Settings *config.AgentSettings
 	TCP      bool // also serve the public API on 127.0.0.1
+	// Attestation, if set, is the agent's attestation service.
+	Attestation attestation.AttestationClient
 }
 
 // Harness is a running agent.
@@ -137,7 +140,7 @@ func Start(t testing.TB, o Options) *Harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Config{StateDir: o.StateDir, Settings: o.Settings, Runner: runner.NewRunnerClient(rconn)})
+	a, err := agent.New(agent.Config{StateDir: o.StateDir, Settings: o.Settings, Runner: runner.NewRunnerClient(rconn), Attestation: o.Attestation})
 	if err != nil {
 		t.Fatal(err)
 	}
