@@ -66,7 +66,10 @@ func (r *run) preparePython(ctx context.Context, base *control.SandboxRequest) (
 		if h := set.GetPipTrustedHost(); h != "" {
 			p.Args = append(p.Args, "--trusted-host", h)
 		}
-		if w := set.GetPipFindLinks(); w != "" {
+		if w := set.GetPipFindLinks(); strings.HasPrefix(w, "/") {
+			// A wheel dir of the base image: visible read-only already.
+			p.Args = append(p.Args, "--find-links", w)
+		} else if w != "" {
 			p.Mounts = append(p.Mounts, &control.Mount{Source: w, Destination: wheelsDest})
 			p.Args = append(p.Args, "--find-links", wheelsDest)
 		}

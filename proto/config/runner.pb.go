@@ -30,7 +30,8 @@ type RunnerSettings struct {
 	// Python interpreter inside the base image for venvs. "" = /usr/bin/python3.
 	Python string `protobuf:"bytes,2,opt,name=python,proto3" json:"python,omitempty"`
 	// pip: index URL ("" = pip's default, through the egress proxy), extra
-	// trusted host, and an offline wheel dir (logical "work/..." or "computation/...").
+	// trusted host, and an offline wheel dir: an absolute path in the base
+	// image, or a logical "work/..." or "computation/..." dir.
 	PipIndexUrl    string `protobuf:"bytes,3,opt,name=pip_index_url,json=pipIndexUrl,proto3" json:"pip_index_url,omitempty"`
 	PipTrustedHost string `protobuf:"bytes,4,opt,name=pip_trusted_host,json=pipTrustedHost,proto3" json:"pip_trusted_host,omitempty"`
 	PipFindLinks   string `protobuf:"bytes,5,opt,name=pip_find_links,json=pipFindLinks,proto3" json:"pip_find_links,omitempty"`

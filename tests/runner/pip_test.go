@@ -126,3 +126,26 @@ func TestPythonRequirementsThroughEgress(t *testing.T) {
 	}
 	t.Logf("egress:\n%s", decisions.all())
 }
+
+// TestPythonRequirementsOfflineWheelDir: with --no-index and a wheel dir,
+// pip installs without any network.
+func TestPythonRequirementsOfflineWheelDir(t *testing.T) {
+	wheelName, wheel := buildWheel(t, "cvmdofflinepkg", "2.0", 7)
+	w := newWorld(t, worldOpts{settings: &config.RunnerSettings{PipFindLinks: "work/wheels", PipNoIndex: true}})
+	os.MkdirAll(w.work+"/wheels", 0o755)
+	if err := os.WriteFile(w.work+"/wheels/"+wheelName, wheel, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.put(t, "algo", []byte("import cvmdofflinepkg\nopen('results/value.txt','w').write(str(cvmdofflinepkg.VALUE))\n"), 0o644)
+	w.put(t, "requirements.txt", []byte("cvmdofflinepkg==2.0\n"), 0o644)
+	resp, err := w.svc.Run(context.Background(), &pb.RunRequest{ComputationId: "c-wheels", AlgoType: "python", AlgorithmPath: "algo", RequirementsPath: "requirements.txt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetError() != "" {
+		t.Fatalf("run failed: %s\nlogs:\n%s", resp.GetError(), w.rec.all())
+	}
+	if got := w.result(t, "value.txt"); got != "7" {
+		t.Errorf("value.txt = %q, want 7", got)
+	}
+}
