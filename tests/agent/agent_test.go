@@ -162,6 +162,7 @@ func TestFullComputation(t *testing.T) {
 		tcp  bool
 	}{{"socketpair", false}, {"tcp", true}} {
 		t.Run(tc.name, func(t *testing.T) {
+			checkLeaks(t)
 			w := newWorld(t, agenttest.Options{TCP: tc.tcp}, algoScript)
 			tcp := tc.tcp
 			if s := w.state(t); s != "ReceivingAlgorithm" {
@@ -251,6 +252,7 @@ func rawConn(t *testing.T, w *world) *grpc.ClientConn {
 }
 
 func TestClientKilledMidUploadThenRetry(t *testing.T) {
+	checkLeaks(t)
 	w := newWorld(t, agenttest.Options{}, algoScript)
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
 	c := agentpb.NewAgentServiceClient(rawConn(t, w))
@@ -288,6 +290,7 @@ func TestClientKilledMidUploadThenRetry(t *testing.T) {
 }
 
 func TestAgentRestartResumes(t *testing.T) {
+	checkLeaks(t)
 	state := t.TempDir()
 	w := newWorld(t, agenttest.Options{StateDir: state}, "#!/bin/sh\nsleep 1\necho ok > results/r.txt\n")
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
