@@ -89,6 +89,7 @@ func TestEscapeAttempts(t *testing.T) {
 		{"tcp to a host loopback server", []string{"connect", hostLn.Addr().String()}, ""},
 		{"tcp to the outside", []string{"connect", "1.1.1.1:80"}, ""},
 		{"tcp to a private address", []string{"connect", "10.0.2.2:80"}, ""},
+		{"tcp to the outside over IPv6", []string{"connect", "[2606:4700:4700::1111]:80"}, ""},
 		{"fork bomb", []string{"forkbomb"}, ""},
 		{"fill results past the cap", []string{"fill"}, "results over quota"},
 		{"allocate past the memory limit", []string{"oom"}, "out of memory"},
