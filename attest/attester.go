@@ -106,12 +106,7 @@ func (a *Attester) Attest(req Request) ([]byte, error) {
 		SWVersion:    a.SWVersion,
 		Simulated:    a.Simulated,
 	}
-	// eat_nonce: the vTPM nonce if one was given, else the report data (Cocos).
-	if len(req.Nonce) > 0 {
-		c.Nonce = nonce[:]
-	} else {
-		c.Nonce = tee[:]
-	}
+	c.Nonce = EATNonce(tee, nonce)
 	var sign eat.Signer
 	switch req.Platform {
 	case SNP:

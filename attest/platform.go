@@ -94,3 +94,14 @@ func KeyReportData(spki []byte) [64]byte {
 }
 
 func sha512Sum(b []byte) [64]byte { return sha512.Sum512(b) }
+
+// EATNonce is the eat_nonce of a token for these (padded) nonces: the vTPM
+// nonce if one was given, else the report data (Cocos). "Given" means not
+// all zeros: the agent zero-pads absent nonces, so zeros and absence are the
+// same request.
+func EATNonce(tee [TEENonceSize]byte, nonce [VTPMNonceSize]byte) []byte {
+	if nonce != ([VTPMNonceSize]byte{}) {
+		return nonce[:]
+	}
+	return tee[:]
+}

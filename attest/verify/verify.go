@@ -158,26 +158,21 @@ func kindOf(s *eat.Signing) string {
 // checkNonceClaim checks eat_nonce against what the caller sent (Cocos's
 // rule: the vTPM nonce if one was sent, else the report data).
 func checkNonceClaim(c *eat.Claims, o Options) error {
-	var want []byte
-	switch {
-	case o.Nonce != nil:
-		n, err := attest.PadVTPMNonce(o.Nonce)
-		if err != nil {
-			return fail("eat.nonce", err)
-		}
-		want = n[:]
-	case o.ReportData != nil:
-		n, err := attest.PadTEENonce(o.ReportData)
-		if err != nil {
-			return fail("eat.nonce", err)
-		}
-		want = n[:]
-	default:
+	if o.Nonce == nil && o.ReportData == nil {
 		if len(c.Nonce) < eat.MinNonceLen {
 			return mismatch("eat.nonce", fmt.Sprintf("%d bytes", len(c.Nonce)), fmt.Sprintf("at least %d", eat.MinNonceLen))
 		}
 		return nil
 	}
+	n, err := attest.PadVTPMNonce(o.Nonce)
+	if err != nil {
+		return fail("eat.nonce", err)
+	}
+	tee, err := attest.PadTEENonce(o.ReportData)
+	if err != nil {
+		return fail("eat.nonce", err)
+	}
+	want := attest.EATNonce(tee, n)
 	if subtle.ConstantTimeCompare(c.Nonce, want) != 1 {
 		return mismatch("eat.nonce", hex.EncodeToString(c.Nonce), hex.EncodeToString(want))
 	}

@@ -369,6 +369,15 @@ func TestSNPvTPM(t *testing.T) {
 	if !bytes.Equal(att.GetSevSnpAttestation().GetReport().GetReportData(), want[:]) {
 		t.Fatal("REPORT_DATA is not SHA3-512(teeNonce ‖ AK pub)")
 	}
+	// Through the agent an absent vtpmNonce arrives as zeros: the token's
+	// eat_nonce is then the teeNonce, and a verifier given only --tee accepts it.
+	onlyTee, err := f.a.Attest(attest.Request{ReportData: tee, Nonce: make([]byte, 32), Platform: attest.SNPvTPM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify.Token(onlyTee, verify.Options{ReportData: tee, AMDBundle: f.snp.RootsPEM(), AllowSimulated: true}); err != nil {
+		t.Fatalf("teeNonce only: %v", err)
+	}
 	// Without the expected teeNonce the binding is still checked from the claim.
 	o2 := o
 	o2.ReportData = nil
