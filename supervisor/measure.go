@@ -51,6 +51,7 @@ type Measurer struct {
 	send   SendFunc
 	log    *slog.Logger
 	wake   chan struct{}
+	wg     sync.WaitGroup // the delivery goroutine
 
 	mu      sync.Mutex
 	seq     uint64                     // guarded by mu
@@ -114,13 +115,17 @@ func (m *Measurer) Measure(ctx context.Context, kind string, data []byte) {
 	m.started = true
 	m.mu.Unlock()
 	if start {
-		go m.run(ctx)
+		m.wg.Go(func() { m.run(ctx) })
 	}
 	select {
 	case m.wake <- struct{}{}:
 	default:
 	}
 }
+
+// Wait returns once the delivery goroutine has ended (after the context of
+// the first Measure call is done).
+func (m *Measurer) Wait() { m.wg.Wait() }
 
 // Pending reports how many events wait for the attestation child.
 func (m *Measurer) Pending() int {

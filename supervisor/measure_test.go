@@ -39,6 +39,7 @@ func TestMeasurerDeliversInOrder(t *testing.T) {
 	}
 	m := NewMeasurer(send, nil)
 	ctx, cancel := context.WithCancel(context.Background())
+	defer m.Wait() // the delivery goroutine ends with ctx
 	defer cancel()
 	table := []byte(`{"children":["x"]}`)
 	m.Measure(ctx, MeasureTable, table)
