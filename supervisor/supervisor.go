@@ -354,6 +354,7 @@ func (s *Supervisor) start(c *childState) {
 	c.gen++
 	c.startAt = time.Now()
 	inc, err := s.spawn(c.spec, c.gen)
+	s.log.Debug("spawned", "child", c.spec.Name, "took", time.Since(c.startAt))
 	if err != nil {
 		s.log.Error("starting child", "child", c.spec.Name, "err", err)
 		s.Events().Event("child.start_failed", "error", "child", c.spec.Name, "error", err.Error())
@@ -459,9 +460,11 @@ func (s *Supervisor) reap(c *childState, e evExit) {
 	if c.spec.Name == "runner" && s.cfg.Hooks.Sandbox != nil {
 		s.cfg.Hooks.Sandbox.KillAll()
 	}
+	t0 := time.Now()
 	if err := inc.sb.Destroy(); err != nil {
 		s.log.Warn("destroying sandbox", "child", c.spec.Name, "err", err)
 	}
+	s.log.Debug("sandbox destroyed", "child", c.spec.Name, "took", time.Since(t0))
 	s.cmds.fail(inc)
 	how := "unknown"
 	if e.err != nil {
