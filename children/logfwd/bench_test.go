@@ -41,7 +41,7 @@ func TestBenchLogThroughput(t *testing.T) {
 		ln.Add(srv)
 		d := ipc.NewDialer("logfwd", cli)
 		dialers = append(dialers, d)
-		s, err := logsink.New(d, logsink.Options{Originator: fmt.Sprint("c", i), MaxWait: time.Second, BufferBytes: 16 << 20, BatchBytes: 512 << 10, Window: 8})
+		s, err := logsink.New(d, logsink.Options{Originator: fmt.Sprint("c", i), MaxWait: time.Second, BufferBytes: 32 << 20, BatchBytes: 1 << 20, Window: 16})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,7 +54,7 @@ func TestBenchLogThroughput(t *testing.T) {
 	start := time.Now()
 	for _, s := range sinks {
 		wg.Go(func() {
-			for i := 0; time.Now().Before(stop); i++ {
+			for i := 0; i%256 != 0 || time.Now().Before(stop); i++ {
 				s.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: msg, Level: "INFO", ComputationId: "c1"}}})
 			}
 			fctx, c := context.WithTimeout(context.Background(), 30*time.Second)

@@ -1,0 +1,4 @@
+package logsink
+
+// EncodeLogForTest exposes encodeLog to the external tests.
+var EncodeLogForTest = encodeLog
