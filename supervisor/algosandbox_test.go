@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/sandbox"
 )
@@ -169,4 +171,42 @@ func TestCleanRunDirUnmountsLeftovers(t *testing.T) {
 	if strings.Contains(string(b), dir) {
 		t.Errorf("mount left under %s", dir)
 	}
+}
+
+// FuzzValidateRequest: whatever the runner sends, validate does not panic,
+// and what it accepts stays within the maximums and mounts nothing writable
+// outside work/.
+func FuzzValidateRequest(f *testing.F) {
+	seed := &control.SandboxRequest{Args: []string{"/cocos/algo"}, Env: []string{"PATH=/bin"},
+		Mounts:  []*control.Mount{{Source: "computation/algo", Destination: "/cocos/algo"}, {Source: "work/runs/r1/venv", Destination: "/cocos/venv", Writable: true}},
+		Results: "computation/results", Limits: &control.Limits{MemoryBytes: 1 << 20}}
+	b, _ := proto.Marshal(seed)
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var req control.SandboxRequest
+		if proto.Unmarshal(b, &req) != nil {
+			return
+		}
+		a, _ := newTestHandler(t)
+		p, err := a.validate(&req, "algo-fuzz")
+		if err != nil {
+			return
+		}
+		defer func() {
+			for _, f := range p.opened {
+				f.Close()
+			}
+		}()
+		if p.spec.MemoryBytes > a.cfg.Max.MemoryBytes || p.spec.Pids > a.cfg.Max.Pids || p.wall > a.cfg.Max.WallClock {
+			t.Fatalf("limits above the maximum: %+v", p.spec)
+		}
+		for i, m := range req.GetMounts() {
+			if m.GetWritable() && !strings.HasPrefix(m.GetSource(), "work/") {
+				t.Fatalf("mount %d writable from %q", i, m.GetSource())
+			}
+		}
+		if _, err := sandbox.AlgorithmSpec(p.spec); err != nil {
+			t.Fatalf("accepted request makes no spec: %v", err)
+		}
+	})
 }
