@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc"
 	"os"
 
 	"github.com/cvmd/cvmd/cocoszip"
@@ -68,7 +69,7 @@ func (a *Agent) run(ctx context.Context, req *runner.RunRequest, resumed bool) e
 	// write results. Mkdir's mode is filtered by the umask.
 	os.Chmod(a.dirs.results, 0o777)
 	a.log.Info("running algorithm", "computation_id", req.ComputationId, "algo_type", req.AlgoType, "args", req.Args)
-	res, err := a.cfg.Runner.Run(ctx, req)
+	res, err := a.cfg.Runner.Run(ctx, req, grpc.WaitForReady(true))
 	if err != nil {
 		return fmt.Errorf("runner: %w", err)
 	}
