@@ -11,8 +11,8 @@
 #      dataset, download and unpack the result;
 #   6. print the result, the attestation verdict and the events the manager saw;
 #   7. stop the computation and shut everything down.
-# Run as root (cvmd's sandboxes need it). RUN_PYTHON=1 uses the python sample
-# (needs Debian's python3-sklearn, python3-pandas, python3-joblib).
+# Run as root (cvmd's sandboxes need it). RUN_SAMPLE=python|bin picks the sample
+# (default: python when Debian's sklearn is installed, else bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -49,8 +49,16 @@ step "workspace $WORK"
 mkdir -p "$WORK/state" "$WORK/keys" "$WORK/out"
 cd "$WORK"
 
-if [ "${RUN_PYTHON:-0}" = 1 ]; then
-	step "sample algorithm: examples/iris/lin_reg.py (python, Debian sklearn)"
+# The sample: python + Debian's sklearn when the base image has it (make deps
+# installs python3-sklearn, python3-pandas, python3-joblib), else a static Go
+# binary. RUN_SAMPLE=python|bin forces one.
+SAMPLE=${RUN_SAMPLE:-auto}
+if [ "$SAMPLE" = auto ]; then
+	SAMPLE=bin
+	/usr/bin/python3 -c 'import sklearn, pandas, joblib' 2>/dev/null && SAMPLE=python
+fi
+if [ "$SAMPLE" = python ]; then
+	step "sample algorithm: examples/iris/lin_reg.py (python, Debian sklearn, offline)"
 	ALGO=$ROOT/examples/iris/lin_reg.py ALGO_TYPE=python
 else
 	step "building the sample algorithm: examples/iris/algo (static Go, type bin)"
@@ -126,7 +134,10 @@ done
 ( cd "$WORK/out" && python3 -m zipfile -e results.zip results >/dev/null 2>&1 || unzip -qo results.zip -d results )
 
 step "result"
-for f in "$WORK"/out/results/*; do echo "--- $(basename "$f")"; head -c 2000 "$f"; echo; done
+for f in "$WORK"/out/results/*; do
+	if grep -Iq . "$f"; then echo "--- $(basename "$f")"; head -c 2000 "$f"; echo
+	else echo "--- $(basename "$f") ($(stat -c %s "$f") bytes, binary)"; fi
+done
 echo
 echo "attestation: $VERDICT"
 
