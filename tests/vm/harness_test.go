@@ -162,7 +162,13 @@ func boot(t testing.TB, cfg qemu.Config) *guest {
 	t.Cleanup(func() {
 		vm.Kill()
 		if t.Failed() {
-			t.Logf("serial log %s; qemu stderr:\n%s", vm.SerialLog(), stderr.String())
+			// Keep the serial log past the temporary directory's removal.
+			keep := filepath.Join(repoRoot(t), "images/out/logs", strings.ReplaceAll(t.Name(), "/", "_")+".serial.log")
+			os.MkdirAll(filepath.Dir(keep), 0o755)
+			if b, err := os.ReadFile(vm.SerialLog()); err == nil {
+				os.WriteFile(keep, b, 0o644)
+			}
+			t.Logf("serial log kept in %s; qemu stderr:\n%s", keep, stderr.String())
 		}
 	})
 	return g
