@@ -108,7 +108,7 @@ func AlgorithmSpec(a *Algorithm) (*Spec, error) {
 			}
 			// The host's /bin may be a symlink to usr/bin: the bind follows it,
 			// so the sandbox sees a directory at /bin with the same content.
-			s.Mounts = append(s.Mounts, Mount{Kind: Bind, Source: d, Dest: d, Exec: true})
+			s.Mounts = append(s.Mounts, Mount{Kind: Bind, Source: d, Dest: d, Exec: d != "/etc"})
 		}
 		for _, h := range a.Hide {
 			if !underAny(h, a.BaseDirs) {
