@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-sev-guest/verify/trust"
 	attestpb "github.com/google/go-tpm-tools/proto/attest"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/cvmd/cvmd/attest"
 	"github.com/cvmd/cvmd/attest/eat"
@@ -284,6 +285,7 @@ func TestSNP(t *testing.T) {
 	}
 	bundle := good.snp.RootsPEM()
 	high, _ := kds.ComposeTCBParts(kds.TCBParts{BlSpl: 3, SnpSpl: 9, UcodeSpl: 115})
+	low, _ := kds.ComposeTCBParts(kds.TCBParts{BlSpl: 2, SnpSpl: 8, UcodeSpl: 100})
 	meas := random(t, 48)
 	tests := []struct {
 		name  string
@@ -301,6 +303,16 @@ func TestSNP(t *testing.T) {
 			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, MinimumTcb: uint64(high)}}}, "snp.tcb"},
 		{"wrong measurement", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
 			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, Measurement: meas}}}, "snp.measurement"},
+		{"guest SVN too low", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
+			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, MinimumGuestSvn: 1}}}, "snp.guest_svn"},
+		{"wrong VMPL", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
+			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, Vmpl: wrapperspb.UInt32(2)}}}, "snp.vmpl"},
+		{"wrong host data", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
+			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, HostData: random(t, 32)}}}, "snp.host_data"},
+		{"untrusted ID key", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
+			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, RequireIdBlock: true, TrustedIdKeyHashes: [][]byte{random(t, 48)}}}}, "snp.policy"},
+		{"matching policy", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
+			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, MinimumTcb: uint64(low), Vmpl: wrapperspb.UInt32(0), HostData: make([]byte, 32)}}}, ""},
 		{"simulated refused", tok, verify.Options{ReportData: rd, AMDBundle: bundle}, "simulated"},
 		{"simulated claim stripped, still refused by its chain", tamperSNP(t, tok, func(*sevsnp.Report) {}, false), verify.Options{ReportData: rd, AMDBundle: bundle}, "simulated"},
 	}
