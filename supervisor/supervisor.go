@@ -557,23 +557,10 @@ func (s *Supervisor) stopChild(c *childState, reason string) {
 	for c.inc == inc {
 		select {
 		case ev := <-s.events:
-			if e, ok := ev.(evExit); ok && e.name == c.spec.Name {
-				if cur := s.current(e.name, e.gen); cur != nil {
-					s.reap(cur, e)
-					s.afterExit(cur)
-				}
-				continue
-			}
-			if e, ok := ev.(evExit); ok {
-				// another child died meanwhile: reap it, no restart while stopping
-				if cur := s.current(e.name, e.gen); cur != nil {
-					prev := cur.status
-					cur.status = StatusStopping
-					s.reap(cur, e)
-					s.afterExit(cur)
-					_ = prev
-				}
-			}
+			// Everything else keeps being handled (another child's exit is
+			// restarted, or just reaped while shutting down; READYs and
+			// back-off timers are not lost); the awaited exit ends the loop.
+			s.handle(ev)
 		case <-deadline.C:
 			if !killed {
 				s.log.Warn("child did not stop in time; killing it", "child", c.spec.Name, "grace", s.table.StopGrace)
