@@ -199,38 +199,39 @@ func TestQueueBoundDropsOldestWithOneEvent(t *testing.T) {
 		t.Fatalf("queue holds %d bytes, over its bound", bytes)
 	}
 	es := readAll(t, q, 0)
-	var dropped uint64
-	events := 0
-	lines := 0
+	events, prev := 0, -1
 	for _, e := range es {
 		var r logs.Record
 		proto.Unmarshal(e.Payload, &r)
 		if ev := r.GetEvent(); ev != nil {
-			if ev.GetEventType() != "LogsDropped" {
+			if ev.GetEventType() != "LogsDropped" || ev.GetStatus() != "Warning" || ev.GetOriginator() != "logfwd" {
 				t.Fatalf("unexpected event %v", ev)
 			}
-			var d struct{ Dropped uint64 }
+			var d struct {
+				Dropped     uint64 `json:"dropped"`
+				FirstOffset uint64 `json:"first_offset"`
+				LastOffset  uint64 `json:"last_offset"`
+			}
 			if err := jsonUnmarshal(ev.GetDetails(), &d); err != nil {
 				t.Fatal(err)
 			}
-			dropped += d.Dropped
+			if d.Dropped == 0 || d.LastOffset < d.FirstOffset || d.LastOffset-d.FirstOffset+1 < d.Dropped || d.LastOffset >= e.Offset {
+				t.Fatalf("drop event %+v at offset %d is inconsistent", d, e.Offset)
+			}
 			events++
 			continue
 		}
-		lines++
+		n, _ := lineNo(t, e.Payload)
+		if prev >= 0 && n != prev+1 {
+			t.Fatalf("surviving lines not contiguous: %d after %d", n, prev)
+		}
+		prev = n
 	}
 	if events == 0 {
-		t.Fatal("no LogsDropped event")
+		t.Fatal("no LogsDropped event survived")
 	}
-	// Every line is either still there or counted in a drop event (the
-	// events themselves can be dropped too, so count ≥ missing is not exact;
-	// the queue reports at least what is missing from the surviving window).
-	if uint64(lines)+dropped < 5000-uint64(events)*0 && lines == 0 {
-		t.Fatalf("lines %d dropped %d", lines, dropped)
-	}
-	first, _ := lineNo(t, es[len(es)-1].Payload)
-	if first != 4999 {
-		t.Fatalf("newest record is line %d, want 4999", first)
+	if prev != 4999 {
+		t.Fatalf("newest line is %d, want 4999", prev)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -260,6 +261,7 @@ func freeAddr(t *testing.T) string {
 }
 
 func TestLinkManagerDownAtBootThenUp(t *testing.T) {
+	checkLeaks(t)
 	r := newRig(t)
 	sup := &testSupervisor{}
 	addr := freeAddr(t)
@@ -309,6 +311,7 @@ func TestLinkManagerDownAtBootThenUp(t *testing.T) {
 }
 
 func TestLinkManagerRestartedMidStream(t *testing.T) {
+	checkLeaks(t)
 	r := newRig(t)
 	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
@@ -351,6 +354,7 @@ func chunk(id string, data []byte, last bool) *cvms.ServerStreamMessage {
 }
 
 func TestLinkRefusesMalformedServerMessages(t *testing.T) {
+	checkLeaks(t)
 	r := newRig(t)
 	srv, addr, _ := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	l := startLink(t, Config{URL: addr, MaxRunReqBytes: 4096, ChunkTimeout: 500 * time.Millisecond}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
@@ -479,4 +483,31 @@ func TestLoadConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkLeaks fails the test if goroutines or fds started during it are still
+// there after its cleanups (register it first: cleanups run last-in first-out).
+func checkLeaks(t *testing.T) {
+	g0 := runtime.NumGoroutine()
+	fds0 := countFDs()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			g, fds := runtime.NumGoroutine(), countFDs()
+			if g <= g0 && fds <= fds0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, fds, fds0, buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+}
+
+func countFDs() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents)
 }
