@@ -17,6 +17,7 @@
 //
 // atls does not obtain evidence (the server is handed an Evidence function),
 // does not log, and runs one exchange per connection (no renegotiation).
-// Anyone may import it; it imports nothing of cvmd but the standard library
-// and a CBOR decoder.
+// Anyone may import it: the ingress child (server side) and the cvm CLI
+// (client side, with gRPC transport credentials). Of cvmd it imports only
+// attest/verify, for PolicyVerifier.
 package atls
