@@ -25,14 +25,12 @@ import (
 	"sync"
 	"time"
 
-	sevclient "github.com/google/go-sev-guest/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cvmd/cvmd/attest"
-	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/children/child"
 	pb "github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
@@ -97,19 +95,8 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 	}()
 	switch st.GetMode() {
 	case config.AttestationSettings_SIMULATED:
-		rw, err := sim.OpenTPM()
-		if err != nil {
+		if err := s.openSimulated(st); err != nil {
 			return nil, err
-		}
-		s.closers = append(s.closers, rw)
-		if s.tpm, err = attest.NewTPM(rw); err != nil {
-			return nil, err
-		}
-		if st.GetSimulateSnp() {
-			// Built in the background: the test-only chain is slow to certify.
-			lazy := &sim.LazySNP{}
-			s.att.SNP = lazy
-			s.wg.Go(func() { lazy.Get() })
 		}
 		s.simulated = true
 	case config.AttestationSettings_AUTO, config.AttestationSettings_HARDWARE:
@@ -337,5 +324,3 @@ func version() string {
 	}
 	return ""
 }
-
-var _ sevclient.QuoteProvider = (*sim.LazySNP)(nil)
