@@ -23,6 +23,7 @@ import (
 	pb "github.com/cvmd/cvmd/proto/runner"
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor"
+	"github.com/opencontainers/runc/libcontainer/exeseal"
 
 	// libcontainer's re-exec of this test binary as `init`.
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
@@ -45,6 +46,18 @@ func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		fmt.Println("tests/runner: skipped, needs root (sandboxes, cgroups, mounts)")
 		os.Exit(0)
+	}
+	// Run from a sealed memfd copy of this binary, as the supervisor does:
+	// libcontainer then needs no copy of the (large) test binary per spawn,
+	// and the figures measure what the supervisor pays.
+	if !exeseal.IsSelfExeCloned() {
+		if self, err := os.Open("/proc/self/exe"); err == nil {
+			if st, err := self.Stat(); err == nil {
+				if sealed, err := exeseal.CloneBinary(self, st.Size(), "/proc/self/exe", os.TempDir()); err == nil {
+					unix.Exec(fmt.Sprintf("/proc/self/fd/%d", sealed.Fd()), os.Args, os.Environ())
+				}
+			}
+		}
 	}
 	dir, err := os.MkdirTemp("", "cvmd-runner-bins-")
 	if err != nil {
