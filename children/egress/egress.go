@@ -87,7 +87,7 @@ func Main(ctx context.Context, env *child.Env) error {
 		return nil, nil
 	})
 
-	srv := &servers{ctx: ctx, p: p, env: env, cancels: map[string]context.CancelFunc{}}
+	srv := &servers{ctx: ctx, p: p, env: env, cancels: map[string]*context.CancelFunc{}}
 	var names []string
 	for name := range env.Config.GetFds() {
 		if strings.HasPrefix(name, "proxy:") {
@@ -151,8 +151,8 @@ type servers struct {
 	wg  sync.WaitGroup
 
 	mu      sync.Mutex
-	cancels map[string]context.CancelFunc // guarded by mu; by fd name
-	stopped bool                          // guarded by mu
+	cancels map[string]*context.CancelFunc // guarded by mu; by fd name
+	stopped bool                           // guarded by mu
 }
 
 // add serves f under name, replacing (and stopping) an earlier fd of that
@@ -170,14 +170,22 @@ func (s *servers) add(name string, f *os.File) error {
 		return nil
 	}
 	if old := s.cancels[name]; old != nil {
-		old()
+		(*old)()
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
-	s.cancels[name] = cancel
+	token := &cancel
+	s.cancels[name] = token
 	s.wg.Go(func() {
-		if err := s.p.Serve(ctx, ln, client); err != nil {
-			s.env.Log.Warn("egress: serving", "fd", name, "err", err.Error())
+		// A sandbox's listener ends when the supervisor shuts it down as the
+		// sandbox ends: that is the normal way out, not a failure.
+		err := s.p.Serve(ctx, ln, client)
+		s.env.Log.Info("egress: listener closed", "fd", name, "err", fmt.Sprint(err))
+		s.mu.Lock()
+		if s.cancels[name] == token {
+			delete(s.cancels, name)
 		}
+		s.mu.Unlock()
+		cancel()
 	})
 	return nil
 }
@@ -186,7 +194,7 @@ func (s *servers) stop() {
 	s.mu.Lock()
 	s.stopped = true
 	for _, c := range s.cancels {
-		c()
+		(*c)()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()

@@ -384,6 +384,12 @@ func TestComputationAllowlistAndSettings(t *testing.T) {
 	if d := p.Decide(ctx, "algo", "extra.test", 443); !d.Allowed {
 		t.Fatalf("computation entry: %s", d.Reason)
 	}
+	if d := p.Decide(ctx, "algo-4242-7", "extra.test", 443); !d.Allowed {
+		t.Fatalf("class entry for a sandbox named algo-4242-7: %s", d.Reason)
+	}
+	if d := p.Decide(ctx, "algorithm", "extra.test", 443); d.Allowed {
+		t.Fatal("class matched a different name")
+	}
 	if _, err := ConfigFromSettings(&config.EgressSettings{Allow: []string{"*.com"}}); err == nil {
 		t.Fatal("bad entry accepted")
 	}

@@ -92,7 +92,16 @@ func New(cfg Config) *Proxy {
 	return &Proxy{cfg: cfg, computation: map[string]Allowlist{}, inUse: map[string]int{}}
 }
 
-// SetComputationAllowlist replaces client's per-computation entries.
+// ClientClass is the part of a client name before its first '-': the
+// supervisor names algorithm sandboxes "algo-<pid>-<n>", and entries for
+// "algo" apply to all of them.
+func ClientClass(client string) string {
+	class, _, _ := strings.Cut(client, "-")
+	return class
+}
+
+// SetComputationAllowlist replaces client's (or a client class's)
+// per-computation entries.
 func (p *Proxy) SetComputationAllowlist(client string, a Allowlist) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -115,6 +124,9 @@ func deny(format string, args ...any) Decision {
 func (p *Proxy) Decide(ctx context.Context, client, host string, port uint16) Decision {
 	p.mu.Lock()
 	lists := []Allowlist{p.cfg.Allow, p.cfg.Clients[client], p.computation[client]}
+	if class := ClientClass(client); class != client {
+		lists = append(lists, p.cfg.Clients[class], p.computation[class])
+	}
 	p.mu.Unlock()
 	matchAddr := func(a netip.Addr) (string, bool) {
 		for _, l := range lists {
