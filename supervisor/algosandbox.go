@@ -282,13 +282,17 @@ func (a *AlgoSandboxes) killAll(reason string) {
 
 // Close kills every sandbox, refuses new requests and waits until every
 // sandbox is destroyed and cleaned up. It is idempotent.
-func (a *AlgoSandboxes) Close() {
+func (a *AlgoSandboxes) Close() error {
 	a.mu.Lock()
 	a.closed = true
 	a.mu.Unlock()
 	a.killAll("supervisor stopping")
 	a.wg.Wait()
+	return nil
 }
+
+// The supervisor's shutdown can find Close through io.Closer.
+var _ io.Closer = (*AlgoSandboxes)(nil)
 
 // Live returns how many sandboxes are running.
 func (a *AlgoSandboxes) Live() int {
