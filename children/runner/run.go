@@ -80,6 +80,10 @@ func (r *run) do(ctx context.Context) (*control.SandboxExit, error) {
 	if err != nil {
 		return exit, err
 	}
+	if exit.GetStopped() && ctx.Err() != nil {
+		// Killed because this run was stopped: say why it was stopped.
+		return exit, context.Cause(ctx)
+	}
 	return exit, exitError("algorithm", exit)
 }
 
