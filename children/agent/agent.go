@@ -23,7 +23,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"time"
 
@@ -338,9 +337,4 @@ func (a *Agent) removeInputs() {
 	os.Remove(a.dirs.algo)
 	os.Remove(a.dirs.requirements)
 	os.RemoveAll(a.dirs.datasets)
-}
-
-// datasetIndex returns the manifest index of filename. Preconditions: a.mu held.
-func (a *Agent) datasetIndex(filename string) int {
-	return slices.IndexFunc(a.man.Datasets, func(d manifest.Dataset) bool { return d.Filename == filename })
 }

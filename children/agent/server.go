@@ -28,7 +28,6 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.InitialConnWindowSize(4 << 20),
 		grpc.ReadBufferSize(1 << 20),
 		grpc.WriteBufferSize(1 << 20),
-		grpc.SharedWriteBuffer(true),
 	}
 }
 
