@@ -3,16 +3,21 @@ package vm
 import (
 	"archive/zip"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/verify"
 	"github.com/cvmd/cvmd/devmanager"
 	"github.com/cvmd/cvmd/images/qemu"
 	"github.com/cvmd/cvmd/proto/cvms"
@@ -60,6 +65,8 @@ type e2e struct {
 	datasets []string
 	g        *guest
 	mgr      *devmanager.Server
+	akHash   string // SHA-256 of the vTPM's AK, provisioned before boot
+	table    string // expected child table hash
 }
 
 // cvmRun runs the cvm CLI against the guest's forwarded port.
@@ -153,6 +160,46 @@ func (e *e2e) computation(id string) *cvms.ComputationRunReq {
 		e.t.Fatalf("building computation %s: %v", id, err)
 	}
 	return req
+}
+
+// attest fetches vTPM evidence through the ingress with a fresh nonce and
+// verifies it: the quote against the provisioned AK, the nonce, the event
+// log replayed to the PCRs, and the sandbox-spec (child table) measurement.
+// It also checks that a wrong nonce and a wrong child table are refused.
+func (e *e2e) attest(step string) *verify.Result {
+	e.t.Helper()
+	nonce := make([]byte, 32)
+	rand.Read(nonce)
+	file := filepath.Join(e.dir, "attestation.bin")
+	e.mustCVM(step, 2*time.Minute, "attestation", "get", "vtpm", "--vtpm", hex.EncodeToString(nonce), "-o", file)
+	token, err := os.ReadFile(file)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	policy := func(table string) *verify.Policy {
+		return &verify.Policy{CVMD: verify.CVMDPolicy{ChildTableSHA256: table, TrustedAKSHA256: []string{e.akHash}}}
+	}
+	res, err := verify.Token(token, verify.Options{Policy: policy(e.table), Nonce: nonce})
+	if err != nil {
+		e.g.fatalf(step, "verifying the vTPM evidence: %v", err)
+	}
+	if res.Simulated || res.Platform != attest.VTPM {
+		e.g.fatalf(step, "evidence is platform %v simulated %v, want a real vTPM", res.Platform, res.Simulated)
+	}
+	for _, want := range []string{"vtpm.ak (pinned)", "vtpm.quote", "vtpm.nonce", "vtpm.eventlog", "cvmd.child_table"} {
+		if !slices.Contains(res.Checks, want) {
+			e.g.fatalf(step, "check %q did not run (ran %q)", want, res.Checks)
+		}
+	}
+	other := make([]byte, 32)
+	if _, err := verify.Token(token, verify.Options{Policy: policy(e.table), Nonce: other}); err == nil {
+		e.g.fatalf(step, "evidence verified against a nonce it was not made for")
+	}
+	if _, err := verify.Token(token, verify.Options{Policy: policy(strings.Repeat("0", 64)), Nonce: nonce}); verify.CheckName(err) != "cvmd.child_table" {
+		e.g.fatalf(step, "a wrong child table hash gave %v, want a cvmd.child_table refusal", err)
+	}
+	e.t.Logf("%s: verified %q, restarts %v", step, res.Checks, res.Restarts)
+	return res
 }
 
 // runComputation uploads the algorithm and the datasets, downloads the
@@ -269,6 +316,8 @@ func setupE2E(t *testing.T) *e2e {
 		"AGENT_LOG_LEVEL=info\nAGENT_CVM_ID=vm-e2e\nAGENT_CVM_GRPC_URL="+qemu.GuestManagerAddr+"\n"), 0o644)
 	vmDir := filepath.Join(e.dir, "vm")
 	os.MkdirAll(vmDir, 0o755)
+	e.akHash = provisionAK(t, filepath.Join(vmDir, "tpm"))
+	e.table = childTableHash(t, cvmd)
 	e.g = boot(t, qemu.Config{
 		Kernel: img.Kernel, Initrd: img.Initrd, TPM: true, EnvDir: envDir, Dir: vmDir,
 		ManagerAddr: ln.Addr().String(), DebugPort: true, MemoryMiB: 2048,
@@ -298,6 +347,7 @@ func TestE2E(t *testing.T) {
 		g.fatalf("manager link: computation 1 accepted", "run_res error %q", r.GetError())
 	}
 
+	e.attest("attestation at boot")
 	e.runComputation("1", "sum 108\n")
 	t.Logf("computation 1 done at %v", time.Since(start).Round(time.Second))
 
@@ -312,6 +362,9 @@ func TestE2E(t *testing.T) {
 	g.wait("killed child restarted", ready, `msg="child ready" .*child=egress generation=2\b`, 2*time.Minute)
 	e.waitManager("restart reported to the manager", 2*time.Minute, supervisorEvent("child.exited", "egress"))
 	e.waitManager("restart reported to the manager", 2*time.Minute, supervisorEvent("child.ready", "egress"))
+	if res := e.attest("attestation after the restart"); res.Restarts["egress"] < 2 {
+		g.fatalf("attestation after the restart", "the measurement log shows egress at generation %d, want ≥ 2", res.Restarts["egress"])
+	}
 
 	// A second computation after the first is stopped.
 	if err := e.mgr.Command("stop 1"); err != nil {
