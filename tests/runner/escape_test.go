@@ -281,3 +281,27 @@ func countProcs(s string) int {
 }
 
 var _ = fmt.Sprint
+
+// TestLongLinesAreSplit: output without newlines is forwarded in pieces of
+// at most max_line_bytes, never buffered whole.
+func TestLongLinesAreSplit(t *testing.T) {
+	w := newWorld(t, worldOpts{settings: &config.RunnerSettings{MaxLineBytes: 4096}})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	if resp := w.run(t, "bin", "spew"); resp.GetError() != "" {
+		t.Fatalf("run: %s", resp.GetError())
+	}
+	out, errs := w.rec.output("stdout"), w.rec.output("stderr")
+	total := 0
+	for _, l := range out {
+		if len(l) > 4096 {
+			t.Fatalf("a stdout record of %d bytes", len(l))
+		}
+		total += len(l)
+	}
+	if total != 8<<20 || len(out) != 2048 {
+		t.Errorf("stdout: %d bytes in %d records, want %d in 2048", total, len(out), 8<<20)
+	}
+	if len(errs) != 3 { // 4096 + 4096 + 1808
+		t.Errorf("stderr: %d records, want 3", len(errs))
+	}
+}

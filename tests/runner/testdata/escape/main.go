@@ -173,6 +173,15 @@ func main() {
 		}
 		fmt.Println("sleeping")
 		time.Sleep(d)
+	case "spew": // 8 MiB on stdout without a newline, then one on stderr
+		b := make([]byte, 1<<20)
+		for i := range b {
+			b[i] = 'x'
+		}
+		for i := 0; i < 8; i++ {
+			os.Stdout.Write(b)
+		}
+		os.Stderr.Write(b[:10000])
 	case "env":
 		for _, kv := range os.Environ() {
 			fmt.Println(kv)
