@@ -30,7 +30,7 @@ type AlgoLimits struct {
 	Pids         int64         // default 256 (threads count)
 	CPUMillis    int64         // default all CPUs
 	WallClock    time.Duration // default 1 h
-	ResultsBytes int64         // default 1 GiB (a tmpfs: RAM in the VM)
+	ResultsBytes int64         // default 512 MiB (a tmpfs: RAM, charged to the algorithm)
 	TmpBytes     int64         // default 256 MiB
 }
 
@@ -133,7 +133,7 @@ func NewAlgoSandboxes(cfg AlgoConfig) (*AlgoSandboxes, error) {
 	m.Pids = orDefault(m.Pids, 256)
 	m.CPUMillis = orDefault(m.CPUMillis, int64(runtime.NumCPU())*1000)
 	m.WallClock = orDefault(m.WallClock, time.Hour)
-	m.ResultsBytes = orDefault(m.ResultsBytes, 1<<30)
+	m.ResultsBytes = orDefault(m.ResultsBytes, 512<<20)
 	m.TmpBytes = orDefault(m.TmpBytes, 256<<20)
 	if cfg.ProxyPort == 0 {
 		cfg.ProxyPort = 3128
