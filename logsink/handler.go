@@ -42,6 +42,7 @@ func (h *handler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.
 
 func (h *handler) Handle(_ context.Context, r slog.Record) error {
 	var b strings.Builder
+	b.Grow(len(r.Message) + len(h.attrs) + 24*r.NumAttrs())
 	b.WriteString(r.Message)
 	b.WriteString(h.attrs)
 	compID := h.compID
@@ -57,12 +58,10 @@ func (h *handler) Handle(_ context.Context, r slog.Record) error {
 	if ts.IsZero() {
 		ts = time.Now()
 	}
-	h.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{
-		Message:       b.String(),
-		Level:         levelName(r.Level),
-		ComputationId: compID,
-		Timestamp:     timestamppb.New(ts),
-	}}})
+	if compID == "" {
+		compID = h.sink.ComputationID()
+	}
+	h.sink.putRaw(encodeLogParts(b.String(), compID, levelName(r.Level), true, ts.Unix(), int32(ts.Nanosecond())))
 	// A dropped record is counted and reported by the Sink; returning an error
 	// here would only make slog print to stderr, which is not ours to do.
 	return nil

@@ -174,6 +174,11 @@ func (s *Sink) Put(rec *logs.Record) bool {
 			raw = mustMarshalLossy(rec)
 		}
 	}
+	return s.putRaw(raw)
+}
+
+// putRaw queues an encoded Record; see Put.
+func (s *Sink) putRaw(raw []byte) bool {
 	size := len(raw) + 8
 	var deadline *time.Timer
 	defer func() {
@@ -469,23 +474,24 @@ func mustMarshalLossy(rec *logs.Record) []byte {
 // output is what proto.Marshal produces (fields in number order), with
 // invalid UTF-8 replaced so that the manager can decode it.
 func encodeLog(l *cvms.AgentLog) []byte {
+	t := l.GetTimestamp()
+	return encodeLogParts(l.GetMessage(), l.GetComputationId(), l.GetLevel(), t != nil, t.GetSeconds(), t.GetNanos())
+}
+
+func encodeLogParts(msg, cid, lvl string, hasTS bool, sec int64, nanos int32) []byte {
 	str := func(s string) string {
 		if !utf8.ValidString(s) {
 			return strings.ToValidUTF8(s, "\uFFFD")
 		}
 		return s
 	}
-	msg, cid, lvl := str(l.GetMessage()), str(l.GetComputationId()), str(l.GetLevel())
-	var ts []byte
-	if t := l.GetTimestamp(); t != nil {
-		if t.GetSeconds() != 0 {
-			ts = protowire.AppendTag(ts, 1, protowire.VarintType)
-			ts = protowire.AppendVarint(ts, uint64(t.GetSeconds()))
-		}
-		if t.GetNanos() != 0 {
-			ts = protowire.AppendTag(ts, 2, protowire.VarintType)
-			ts = protowire.AppendVarint(ts, uint64(t.GetNanos()))
-		}
+	msg, cid, lvl = str(msg), str(cid), str(lvl)
+	tsLen := 0
+	if sec != 0 {
+		tsLen += 1 + protowire.SizeVarint(uint64(sec))
+	}
+	if nanos != 0 {
+		tsLen += 1 + protowire.SizeVarint(uint64(nanos))
 	}
 	n := 0
 	if msg != "" {
@@ -497,8 +503,8 @@ func encodeLog(l *cvms.AgentLog) []byte {
 	if lvl != "" {
 		n += 1 + protowire.SizeBytes(len(lvl))
 	}
-	if l.GetTimestamp() != nil {
-		n += 1 + protowire.SizeBytes(len(ts))
+	if hasTS {
+		n += 1 + protowire.SizeBytes(tsLen)
 	}
 	b := make([]byte, 0, n+1+protowire.SizeVarint(uint64(n)))
 	b = protowire.AppendTag(b, 1, protowire.BytesType) // Record.log
@@ -515,9 +521,17 @@ func encodeLog(l *cvms.AgentLog) []byte {
 		b = protowire.AppendTag(b, 3, protowire.BytesType)
 		b = protowire.AppendString(b, lvl)
 	}
-	if l.GetTimestamp() != nil {
+	if hasTS {
 		b = protowire.AppendTag(b, 4, protowire.BytesType)
-		b = protowire.AppendBytes(b, ts)
+		b = protowire.AppendVarint(b, uint64(tsLen))
+		if sec != 0 {
+			b = protowire.AppendTag(b, 1, protowire.VarintType)
+			b = protowire.AppendVarint(b, uint64(sec))
+		}
+		if nanos != 0 {
+			b = protowire.AppendTag(b, 2, protowire.VarintType)
+			b = protowire.AppendVarint(b, uint64(nanos))
+		}
 	}
 	return b
 }
