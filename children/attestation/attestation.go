@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"runtime/debug"
@@ -53,6 +54,7 @@ func Main(ctx context.Context, env *child.Env) error {
 		return fmt.Errorf("attestation: %w", err)
 	}
 	defer svc.Close()
+	svc.Log = env.Log
 	if svc.simulated {
 		env.Log.Warn("SIMULATED attestation platform: tokens prove nothing and verifiers refuse them by default",
 			"tpm", "simulator", "snp", svc.att.SNP != nil)
@@ -69,6 +71,9 @@ func Main(ctx context.Context, env *child.Env) error {
 // Service is the attestation child's state, usable without a child.Env (tests).
 type Service struct {
 	pb.UnimplementedAttestationServer
+
+	// Log receives one line per measurement and per refused request; nil = none.
+	Log *slog.Logger
 
 	att       *attest.Attester
 	tpm       *attest.TPM
@@ -222,6 +227,7 @@ func (s *Service) Evidence(ctx context.Context, req *pb.EvidenceRequest) (*pb.Ev
 	p := attest.Platform(req.GetPlatformType())
 	tok, err := s.att.Attest(attest.Request{ReportData: req.GetReportData(), Nonce: req.GetNonce(), Platform: p})
 	if err != nil {
+		s.logger().Warn("evidence refused", "platform", p.String(), "err", err)
 		return nil, grpcError(err)
 	}
 	return &pb.EvidenceResponse{EatToken: tok, Platform: s.att.Describe(p)}, nil
@@ -238,9 +244,12 @@ func (s *Service) ExtendManifest(ctx context.Context, req *pb.ExtendManifestRequ
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.apply(attest.ManifestEvent(req.GetManifestJson())); err != nil {
+	ev := attest.ManifestEvent(req.GetManifestJson())
+	if err := s.apply(ev); err != nil {
+		s.logger().Error("manifest measurement failed", "err", err)
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	s.logger().Info("measured manifest", "pcr", ev.PCR, "sha3_256", fmt.Sprintf("%x", ev.Data[:32]))
 	return s.reply(attest.ManifestPCR)
 }
 
@@ -269,11 +278,14 @@ func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
 		}
 	}
 	if req.GetBootId() == s.lastBoot && req.GetSeq() <= s.lastSeq {
+		s.logger().Debug("measurement already applied", "boot_id", e.BootID, "seq", e.Seq)
 		return s.reply(attest.MeasurePCR) // already applied: a resend after a restart
 	}
 	if err := s.apply(e); err != nil {
+		s.logger().Error("measurement failed", "type", e.Type, "seq", e.Seq, "err", err)
 		return nil, err
 	}
+	s.logger().Info("measured", "pcr", e.PCR, "type", e.Type, "data", string(e.Data), "seq", e.Seq)
 	s.lastBoot, s.lastSeq = e.BootID, e.Seq
 	return s.reply(attest.MeasurePCR)
 }
@@ -305,6 +317,13 @@ func openTPM(path string) (io.ReadWriteCloser, error) {
 		return net.Dial("unix", path)
 	}
 	return os.OpenFile(path, os.O_RDWR, 0)
+}
+
+func (s *Service) logger() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
 }
 
 // grpcError chooses what leaves the child (style 12).
