@@ -31,7 +31,6 @@ type incarnation struct {
 	ctl     *ipc.Control
 	started time.Time
 	tail    *tail
-	wg      sync.WaitGroup
 	cancel  context.CancelFunc // ends in-flight sandbox requests
 }
 
@@ -114,11 +113,11 @@ func (s *Supervisor) spawn(spec *ChildSpec, gen uint32) (*incarnation, error) {
 	s.sendRewires(rewires)
 	log := s.log.With("child", spec.Name)
 	outDone := make(chan struct{})
-	inc.wg.Add(3)
-	go func() { defer inc.wg.Done(); defer close(outDone); inc.readOutput(pr, log) }()
-	go func() { defer inc.wg.Done(); s.readControl(ctx, inc, log) }()
+	s.wg.Add(3)
+	go func() { defer s.wg.Done(); defer close(outDone); inc.readOutput(pr, log) }()
+	go func() { defer s.wg.Done(); s.readControl(ctx, inc, log) }()
 	go func() {
-		defer inc.wg.Done()
+		defer s.wg.Done()
 		st, err := sb.Wait()
 		oom := sb.OOMKilled()
 		// The pipe ends when the last process of the sandbox is gone; wait

@@ -71,7 +71,8 @@ type Supervisor struct {
 	cmds   *commands
 	events chan event
 	calls  chan func()
-	done   chan struct{} // closed when Run returns
+	done   chan struct{}  // closed when Run returns
+	wg     sync.WaitGroup // every incarnation's goroutines
 	sink   *logsink.Sink
 	listen *os.File
 
@@ -280,9 +281,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	var linkDone chan error
 	if link := s.cfg.Hooks.ManagerLink; link != nil {
 		linkDone = make(chan error, 1)
+		linkExited := make(chan struct{})
 		lctx, cancel := context.WithCancel(ctx)
-		defer func() { cancel(); <-linkDone }()
-		go func() { linkDone <- link(lctx, s) }()
+		defer func() { cancel(); <-linkExited }()
+		go func() {
+			defer close(linkExited)
+			linkDone <- link(lctx, s)
+		}()
 	}
 	for {
 		select {
@@ -485,9 +490,8 @@ func (s *Supervisor) reap(c *childState, e evExit) {
 		s.log.Error("child exited", append(attrs, "output", inc.tail.String())...)
 	}
 	s.Events().Event("child.exited", "error", "child", c.spec.Name, "generation", inc.gen, "status", how, "reason", c.failText)
-	// The incarnation's goroutines end now that the channel is closed and the
-	// process is gone; wait for them outside the loop.
-	go inc.wg.Wait()
+	// The incarnation's goroutines end now that the channel is closed and
+	// the process is gone; release waits for them (s.wg).
 }
 
 // afterExit applies the restart policy.
@@ -585,6 +589,7 @@ func (s *Supervisor) release() {
 			c.inc.sb.Wait()
 			c.inc.sb.Destroy()
 			c.inc.ctl.Close()
+			c.inc.cancel()
 			c.inc = nil
 		}
 	}
@@ -602,6 +607,13 @@ func (s *Supervisor) release() {
 	}
 	s.dialMu.Unlock()
 	s.wiring.close()
+	waited := make(chan struct{})
+	go func() { s.wg.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(2 * time.Second):
+		s.log.Warn("some child goroutines did not end")
+	}
 	if s.listen != nil {
 		s.listen.Close()
 	}

@@ -17,7 +17,7 @@ func TestBadChildren(t *testing.T) {
 		wantLog string
 	}{
 		{"garbage", nil, "garbage on control channel"},
-		{"silent", []string{"--ready-timeout", "200ms"}, "never said READY"},
+		{"silent", []string{"--ready-timeout", "1500ms"}, "never said READY"},
 		{"startfail", nil, "the disk is on fire"},
 		{"crash", nil, "exit status 3"},
 	} {
