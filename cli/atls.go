@@ -29,7 +29,11 @@ const allowSimulatedEnv = "CVM_ATTESTATION_ALLOW_SIMULATED"
 // connection gRPC dials, so a test's Options.Dial works too. Every check is
 // made (authenticator, binding, evidence against the policy); a failure
 // names the check.
-func atlsDialOptions(_ context.Context, cfg *AgentConfig) ([]grpc.DialOption, error) {
+func atlsDialOptions(ctx context.Context, cfg *AgentConfig) ([]grpc.DialOption, error) {
+	getenv := os.Getenv
+	if o, ok := ctx.Value(optionsKey{}).(*Options); ok && o.Getenv != nil {
+		getenv = o.Getenv
+	}
 	if cfg.AttestationPolicy == "" {
 		return nil, &UsageError{fmt.Errorf("attested TLS needs an attestation policy file (AGENT_GRPC_ATTESTATION_POLICY, --attestation-policy)")}
 	}
@@ -42,7 +46,7 @@ func atlsDialOptions(_ context.Context, cfg *AgentConfig) ([]grpc.DialOption, er
 		return nil, err
 	}
 	opts := verify.Options{Policy: policy}
-	if v := os.Getenv(allowSimulatedEnv); v != "" {
+	if v := getenv(allowSimulatedEnv); v != "" {
 		if opts.AllowSimulated, err = strconv.ParseBool(v); err != nil {
 			return nil, &UsageError{fmt.Errorf("%s=%q: want true or false", allowSimulatedEnv, v)}
 		}
