@@ -7,8 +7,12 @@ import (
 	"os"
 	"strings"
 
+	tpmattest "github.com/google/go-tpm-tools/proto/attest"
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/eat"
 	"github.com/cvmd/cvmd/attest/verify"
 )
 
@@ -132,4 +136,21 @@ failed it, and the exit status is 1.`,
 	f.StringArrayVar(&aks, "ak", nil, "trusted TPM AK (SHA-256 of its public area, hex); needed for vtpm-only evidence")
 	f.BoolVar(&allowSim, "allow-simulated", false, "accept evidence from a simulated platform (development only)")
 	return c
+}
+
+// decodeAK returns the SHA-256 (hex) of the AK in a vTPM token's raw report, "" if none.
+func decodeAK(tok []byte) (string, error) {
+	_, c, err := eat.Decode(tok)
+	if err != nil {
+		return "", err
+	}
+	if p, err := attest.ParsePlatform(c.PlatformType); err != nil || p != attest.VTPM {
+		return "", err
+	}
+	var att tpmattest.Attestation
+	if err := proto.Unmarshal(c.RawReport, &att); err != nil {
+		return "", err
+	}
+	s := sha256.Sum256(att.GetAkPub())
+	return hex.EncodeToString(s[:]), nil
 }

@@ -11,6 +11,13 @@ import (
 	"github.com/cvmd/cvmd/attest/sim"
 )
 
+type verifyCase struct {
+	name string
+	args []string
+	code int
+	want string
+}
+
 func TestAttestationVerify(t *testing.T) {
 	rw, err := sim.OpenTPM()
 	if err != nil {
@@ -40,12 +47,7 @@ func TestAttestationVerify(t *testing.T) {
 	os.WriteFile(bundle, snp.RootsPEM(), 0o600)
 	policy := filepath.Join(dir, "policy.json")
 	os.WriteFile(policy, []byte(`{"policy":{"policy":"196608","minimumTcb":"0"},"pcr_values":{"sha256":{"0":"`+strings.Repeat("00", 32)+`"}}}`), 0o600)
-	tests := []struct {
-		name string
-		args []string
-		code int
-		want string
-	}{
+	tests := []verifyCase{
 		{"good", []string{file, "--tee", tee, "--vtpm", vtpm, "--amd-bundle", bundle, "--policy", policy, "--allow-simulated"}, 0, "OK: SNP-vTPM"},
 		{"simulated refused", []string{file, "--tee", tee, "--vtpm", vtpm, "--amd-bundle", bundle}, 1, "simulated"},
 		{"wrong tee", []string{file, "--tee", strings.Repeat("00", 64), "--vtpm", vtpm, "--amd-bundle", bundle, "--allow-simulated"}, 1, "snp.report_data"},
@@ -53,6 +55,31 @@ func TestAttestationVerify(t *testing.T) {
 		{"bad hex", []string{file, "--tee", "xyz"}, 2, "not hex"},
 		{"missing file", []string{filepath.Join(dir, "nope")}, 1, "reading token"},
 	}
+	// Trust on first use: a policy written from this token verifies it, and
+	// pins the measurement log's child table.
+	pinned := filepath.Join(dir, "pinned.json")
+	if code, out, errOut := runCLI(t, Options{}, "attestation", "policy", file, "--amd-bundle", bundle, "--allow-simulated", "-o", pinned); code != 0 {
+		t.Fatalf("policy: exit %d %s %s", code, out, errOut)
+	}
+	pol, _ := os.ReadFile(pinned)
+	if !strings.Contains(string(pol), `"measurement"`) || !strings.Contains(string(pol), `"sha256"`) {
+		t.Fatalf("policy %s", pol)
+	}
+	tests = append(tests, verifyCase{"pinned policy", []string{file, "--tee", tee, "--vtpm", vtpm, "--amd-bundle", bundle, "--policy", pinned, "--allow-simulated"}, 0, "OK: SNP-vTPM"})
+	vtok, err := a.Attest(attest.Request{Nonce: vtpmB, Platform: attest.VTPM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vfile := filepath.Join(dir, "vtpm.bin")
+	os.WriteFile(vfile, vtok, 0o600)
+	code, vpol, errOut := runCLI(t, Options{}, "attestation", "policy", vfile, "--allow-simulated")
+	if code != 0 || !strings.Contains(vpol, "trusted_ak_sha256") {
+		t.Fatalf("vTPM policy: exit %d %s %s", code, vpol, errOut)
+	}
+	vpolFile := filepath.Join(dir, "vpol.json")
+	os.WriteFile(vpolFile, []byte(vpol), 0o600)
+	tests = append(tests, verifyCase{"vTPM with pinned AK", []string{vfile, "--vtpm", vtpm, "--policy", vpolFile, "--allow-simulated"}, 0, "OK: vTPM"},
+		verifyCase{"vTPM without pinned AK", []string{vfile, "--vtpm", vtpm, "--allow-simulated"}, 1, "vtpm.ak"})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, errOut := runCLI(t, Options{}, append([]string{"attestation", "verify"}, tc.args...)...)
