@@ -65,12 +65,13 @@ func (s *testSupervisor) State(context.Context) (string, error) {
 }
 
 // rig is a real logfwd (queue + Collector over ipc edges), a child's logsink
-// and the supervisor's Collector client.
+// and the supervisor's Collector client. restart stops logfwd and starts a
+// new one on the same queue directory, handing both clients new edges, as
+// the supervisor does when the child restarts.
 type rig struct {
-	q      *logfwd.Queue
-	sink   *logsink.Sink
-	client logs.CollectorClient
-	stop   func()
+	sink    *logsink.Sink
+	client  logs.CollectorClient
+	restart func()
 }
 
 func edge(t *testing.T, name string) (client, server *os.File) {
@@ -84,42 +85,46 @@ func edge(t *testing.T, name string) (client, server *os.File) {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	q, _, err := logfwd.OpenQueue(t.TempDir(), logfwd.QueueOptions{}, logfwd.DropRecord)
-	if err != nil {
-		t.Fatal(err)
+	dir := t.TempDir()
+	cd := ipc.NewDialer("logfwd", nil)
+	sd := ipc.NewDialer("logfwd", nil)
+	var stopFwd func()
+	startFwd := func() {
+		q, _, err := logfwd.OpenQueue(dir, logfwd.QueueOptions{}, logfwd.DropRecord)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := ipc.NewListener("logfwd")
+		childEnd, srvA := edge(t, "child")
+		supEnd, srvB := edge(t, "supervisor")
+		ln.Add(srvA)
+		ln.Add(srvB)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { logfwd.Serve(ctx, q, ln, nil); close(done) }()
+		cd.Replace(childEnd)
+		sd.Replace(supEnd)
+		stopFwd = func() { cancel(); <-done; ln.Close(); q.Close() }
 	}
-	ln := ipc.NewListener("logfwd")
-	childEnd, srvA := edge(t, "child")
-	supEnd, srvB := edge(t, "supervisor")
-	ln.Add(srvA)
-	ln.Add(srvB)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { logfwd.Serve(ctx, q, ln, nil); close(done) }()
-	cd := ipc.NewDialer("logfwd", childEnd)
+	startFwd()
 	sink, err := logsink.New(cd, logsink.Options{Originator: "agent", ComputationID: "c1", MaxWait: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sd := ipc.NewDialer("logfwd", supEnd)
 	conn, err := ipc.GRPCClient(sd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{q: q, sink: sink, client: logs.NewCollectorClient(conn)}
-	r.stop = func() {
+	r := &rig{sink: sink, client: logs.NewCollectorClient(conn), restart: func() { stopFwd(); startFwd() }}
+	t.Cleanup(func() {
 		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
 		sink.Close(sctx)
 		c()
 		conn.Close()
-		cancel()
-		<-done
-		ln.Close()
+		stopFwd()
 		cd.Close()
 		sd.Close()
-		q.Close()
-	}
-	t.Cleanup(r.stop)
+	})
 	return r
 }
 
@@ -339,6 +344,26 @@ func TestLinkManagerRestartedMidStream(t *testing.T) {
 	got := waitLines(t, []*devmanager.Server{srv1, srv2}, n, 30*time.Second)
 	dups := checkLines(t, got, n)
 	t.Logf("delivery across a manager restart: %d lines, %d duplicates (at-least-once)", n, dups)
+}
+
+func TestLinkLogfwdRestartedMidStream(t *testing.T) {
+	checkLeaks(t)
+	r := newRig(t)
+	srv, addr, _ := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
+	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
+	const n = 20000
+	for i := 0; i < n; i++ {
+		r.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: fmt.Sprintf("line %d", i), Level: "INFO"}}})
+		if i == n/4 || i == n/2 {
+			r.restart()
+		}
+	}
+	got := waitLines(t, []*devmanager.Server{srv}, n, 30*time.Second)
+	if st := r.sink.Stats(); st.Dropped != 0 {
+		t.Fatalf("sink dropped %d", st.Dropped)
+	}
+	dups := checkLines(t, got, n)
+	t.Logf("delivery across two logfwd restarts: %d lines, %d duplicates", n, dups)
 }
 
 func unknownOneof() *cvms.ServerStreamMessage {
