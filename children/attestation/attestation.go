@@ -1,8 +1,9 @@
 // Package attestation is the attestation child (`cvmd attestation`): the only
 // process that holds the TPM and the SEV-SNP report interface. It serves
 // proto/attestation's Evidence and ExtendManifest on every "from:*" edge
-// (agent, ingress, supervisor), answers the supervisor's MeasureRequest
-// commands, and keeps the measurement log in its state dir.
+// (agent, ingress, supervisor), answers the same requests and the
+// supervisor's MeasureRequest as control commands, and keeps the measurement
+// log in its state dir.
 //
 // It has no network and keeps no platform key beyond the TPM's attestation
 // key (which stays in the TPM) and, on SNP without a TPM, one ephemeral
@@ -64,6 +65,11 @@ func Main(ctx context.Context, env *child.Env) error {
 	})
 	env.HandleCommand(&pb.ExtendManifestRequest{}, func(ctx context.Context, body proto.Message) (proto.Message, error) {
 		return svc.ExtendManifest(ctx, body.(*pb.ExtendManifestRequest))
+	})
+	// The supervisor's manager link gets evidence (Cocos's startup
+	// vTPMattestationReport) over the control channel, without an edge.
+	env.HandleCommand(&pb.EvidenceRequest{}, func(ctx context.Context, body proto.Message) (proto.Message, error) {
+		return svc.Evidence(ctx, body.(*pb.EvidenceRequest))
 	})
 	return svc.Run(ctx, env.Listener(), env.Ready)
 }
