@@ -421,8 +421,7 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, upstream net.Conn)
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
-	up0 := time.Now()
-	upstream.SetDeadline(up0.Add(p.cfg.IdleTimeout))
+	upstream = &idleConn{Conn: upstream, idle: p.cfg.IdleTimeout}
 	if err := out.Write(upstream); err != nil {
 		http.Error(w, "egress: sending request: "+err.Error(), http.StatusBadGateway)
 		return body.n.Load(), 0, err
@@ -521,4 +520,21 @@ func closeWrite(c net.Conn) {
 		return
 	}
 	c.Close()
+}
+
+// idleConn bounds each read and write by idle: a forwarded exchange may take
+// as long as it keeps moving.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(b []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	return c.Conn.Read(b)
+}
+
+func (c *idleConn) Write(b []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
+	return c.Conn.Write(b)
 }
