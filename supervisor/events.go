@@ -43,6 +43,14 @@ type evStable struct {
 	gen  uint32
 }
 
+type evServing struct {
+	name string
+	gen  uint32
+	ok   bool
+	code string
+}
+
+func (evServing) isEvent()      {}
 func (evReady) isEvent()        {}
 func (evStartFailed) isEvent()  {}
 func (evGarbage) isEvent()      {}

@@ -93,6 +93,7 @@ type childState struct {
 	inc      *incarnation
 	restarts Restarts
 	failText string // last StartFailed text
+	serving  bool   // the supervisor reached its gRPC server over the edge (children the supervisor dials)
 	timer    *time.Timer
 	readyAt  time.Time
 	startAt  time.Time
@@ -367,6 +368,7 @@ func (s *Supervisor) start(c *childState) {
 		return
 	}
 	c.inc = inc
+	c.serving = false
 	c.status = StatusStarting
 	c.failText = ""
 	gen := c.gen
@@ -417,7 +419,21 @@ func (s *Supervisor) handle(ev event) {
 		c.setTimer(s.table.Policy.Window, func() { s.post(evStable{name: e.name, gen: e.gen}) })
 		s.log.Info("child ready", "child", e.name, "generation", e.gen, "after", c.readyAt.Sub(c.startAt).Round(time.Microsecond))
 		s.Events().Event("child.ready", "ok", "child", e.name, "generation", e.gen)
+		if d := s.Dialer(e.name); d != nil {
+			s.wg.Add(1)
+			go func() { defer s.wg.Done(); s.checkServing(e.name, e.gen, d) }()
+		}
 		s.kick()
+	case evServing:
+		if c := s.current(e.name, e.gen); c != nil {
+			c.serving = e.ok
+			if e.ok {
+				s.log.Info("child serves over its edge from the supervisor", "child", e.name, "generation", e.gen, "grpc", e.code)
+			} else {
+				s.log.Error("child said READY but does not serve over its edge", "child", e.name, "generation", e.gen, "grpc", e.code)
+			}
+			s.writeStatus()
+		}
 	case evStable:
 		if c := s.current(e.name, e.gen); c != nil && c.status == StatusReady {
 			c.restarts.Stable()
@@ -629,13 +645,16 @@ type ChildInfo struct {
 	Pid        int    `json:"pid,omitempty"`
 	Generation uint32 `json:"generation"`
 	Restarts   int    `json:"restarts"`
+	// Serving is set for children the supervisor dials (agent, logfwd) once a
+	// gRPC call over the edge was answered by this generation.
+	Serving bool `json:"serving,omitempty"`
 }
 
 func (s *Supervisor) snapshot() []ChildInfo {
 	out := make([]ChildInfo, 0, len(s.table.Children))
 	for _, spec := range s.table.Children {
 		c := s.children[spec.Name]
-		ci := ChildInfo{Name: spec.Name, Status: c.status, Generation: c.gen, Restarts: c.restarts.Total()}
+		ci := ChildInfo{Name: spec.Name, Status: c.status, Generation: c.gen, Restarts: c.restarts.Total(), Serving: c.serving && c.inc != nil}
 		if c.inc != nil {
 			ci.Pid = c.inc.sb.Pid()
 		}

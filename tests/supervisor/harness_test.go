@@ -87,6 +87,7 @@ type childInfo struct {
 	Pid        int    `json:"pid"`
 	Generation uint32 `json:"generation"`
 	Restarts   int    `json:"restarts"`
+	Serving    bool   `json:"serving"`
 }
 
 type status struct {

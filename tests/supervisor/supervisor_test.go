@@ -269,6 +269,14 @@ func TestKillEachChildIsReplacedAndRewired(t *testing.T) {
 			return c.Generation == old.Generation+1 && c.Status == "ready"
 		}, 10*time.Second, name+" replaced")
 		t.Logf("%s: killed → replacement ready in %v", name, time.Since(t0).Round(time.Millisecond))
+		if name == "agent" || name == "logfwd" {
+			// The supervisor dials these: its gRPC call over the rewired edge
+			// must be answered by the new generation.
+			d.waitAll(func(s *status) bool {
+				c := s.child(name)
+				return c.Generation == old.Generation+1 && c.Serving
+			}, 10*time.Second, name+" serving over the supervisor's new edge")
+		}
 		for _, other := range childNames {
 			if other != name && before.child(other).Pid != after.child(other).Pid {
 				t.Errorf("killing %s restarted %s", name, other)
