@@ -115,6 +115,16 @@ func Token(token []byte, o Options) (*Result, error) {
 		if signKey, err = verifyKeyReport(r, c, &att, roots, o); err != nil {
 			return nil, err
 		}
+		// What the policy asks of the vTPM cannot be shown without one.
+		pc := o.Policy.CVMD
+		switch {
+		case len(o.Policy.PCRs) > 0:
+			return nil, mismatch("vtpm.pcrs", "SNP evidence without a vTPM quote", "the policy's pcr_values")
+		case pc.ChildTableSHA256 != "":
+			return nil, mismatch("cvmd.child_table", "SNP evidence without a measurement log", pc.ChildTableSHA256)
+		case pc.ManifestSHA3256 != "":
+			return nil, mismatch("cvmd.manifest", "SNP evidence without a measurement log", pc.ManifestSHA3256)
+		}
 	case attest.VTPM, attest.SNPvTPM:
 		var att attestpb.Attestation
 		if err := proto.Unmarshal(c.RawReport, &att); err != nil {

@@ -313,6 +313,10 @@ func TestSNP(t *testing.T) {
 			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, RequireIdBlock: true, TrustedIdKeyHashes: [][]byte{random(t, 48)}}}}, "snp.policy"},
 		{"matching policy", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
 			Policy: &verify.Policy{SNP: &check.Policy{Policy: sim.DefaultPolicy, MinimumTcb: uint64(low), Vmpl: wrapperspb.UInt32(0), HostData: make([]byte, 32)}}}, ""},
+		{"PCR policy on SNP-only evidence", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
+			Policy: &verify.Policy{PCRs: map[string]map[uint32][]byte{"sha256": {0: make([]byte, 32)}}}}, "vtpm.pcrs"},
+		{"child table policy on SNP-only evidence", tok, verify.Options{ReportData: rd, AMDBundle: bundle, AllowSimulated: true,
+			Policy: &verify.Policy{CVMD: verify.CVMDPolicy{ChildTableSHA256: hex.EncodeToString(make([]byte, 32))}}}, "cvmd.child_table"},
 		{"simulated refused", tok, verify.Options{ReportData: rd, AMDBundle: bundle}, "simulated"},
 		{"simulated claim stripped, still refused by its chain", tamperSNP(t, tok, func(*sevsnp.Report) {}, false), verify.Options{ReportData: rd, AMDBundle: bundle}, "simulated"},
 	}
