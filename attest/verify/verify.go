@@ -126,6 +126,9 @@ func Token(token []byte, o Options) (*Result, error) {
 			return nil, mismatch("cvmd.manifest", "SNP evidence without a measurement log", pc.ManifestSHA3256)
 		}
 	case attest.VTPM, attest.SNPvTPM:
+		if p == attest.VTPM && o.Policy.SNP != nil {
+			return nil, mismatch("snp.policy", "vTPM evidence without an SNP report", "an SNP report checked against the policy's \"policy\"")
+		}
 		var att attestpb.Attestation
 		if err := proto.Unmarshal(c.RawReport, &att); err != nil {
 			return nil, fail("vtpm.decode", err)

@@ -211,6 +211,9 @@ func TestVTPMRefusals(t *testing.T) {
 		{"truncated event log", droppedTok, nil, "vtpm.eventlog PCR 15 replay"},
 		{"flipped signature bit", flipped, nil, "eat.signature"},
 		{"claims differ from the quote", lyingTok, nil, "eat.claims x-cocos-vtpm sha256:0"},
+		{"SNP policy on vTPM-only evidence", tok, func(o *verify.Options) {
+			o.Policy = &verify.Policy{CVMD: pin, SNP: &check.Policy{Policy: sim.DefaultPolicy}}
+		}, "snp.policy"},
 		{"unpinned AK", tok, func(o *verify.Options) { o.Policy = &verify.Policy{} }, "vtpm.ak"},
 		{"simulated not allowed", tok, func(o *verify.Options) { o.AllowSimulated = false }, "simulated"},
 		{"wrong child table", tok, func(o *verify.Options) {
