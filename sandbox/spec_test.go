@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -105,4 +106,43 @@ func TestProfileDenyWins(t *testing.T) {
 			t.Fatal("mount allowed despite Deny")
 		}
 	}
+}
+
+// FuzzSpecConfig: any Spec decoded from JSON either fails Validate, or
+// translates into a configuration that keeps the invariants (read-only
+// root, no new privileges, a seccomp filter, limits set, absolute mounts).
+func FuzzSpecConfig(f *testing.F) {
+	for _, s := range []Spec{
+		{ID: "a", Args: []string{"/x"}},
+		{ID: "e", Args: []string{"/x"}, Net: NetHost, Seccomp: NetworkProfile()},
+		{ID: "m", Args: []string{"/x"}, Mounts: []Mount{{Kind: Bind, Source: "/s", Dest: "/d", Writable: true}, {Kind: Tmpfs, Dest: "/tmp", SizeBytes: 1 << 20}}},
+		{ID: "c", Args: []string{"/x"}, Limits: Limits{CPUMillis: 500, Pids: 3, MemoryBytes: 1 << 20}, Caps: []string{"CAP_CHOWN"}},
+	} {
+		b, _ := s.Canonical()
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var s Spec
+		if json.Unmarshal(data, &s) != nil {
+			return
+		}
+		c, err := s.Config(ConfigOptions{Skeleton: "/skel", CgroupRoot: "root"})
+		if s.Validate() != nil {
+			if err == nil {
+				t.Fatal("invalid spec translated")
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("valid spec refused: %v", err)
+		}
+		if !c.Readonlyfs || !c.NoNewPrivileges || c.Seccomp == nil || c.Cgroups.Resources.Memory <= 0 || *c.Cgroups.Resources.PidsLimit <= 0 {
+			t.Fatalf("invariants broken: %+v", c)
+		}
+		for _, m := range c.Mounts {
+			if !strings.HasPrefix(m.Destination, "/") {
+				t.Fatalf("relative mount destination %q", m.Destination)
+			}
+		}
+	})
 }
