@@ -137,9 +137,13 @@ func verifySNPChain(att *sevsnp.Attestation, rs *roots, o Options) (real bool, _
 	if len(att.CertificateChain.GetVcekCert()) == 0 && rs.vcek != nil {
 		att.CertificateChain.VcekCert = rs.vcek.Raw
 	}
+	// Roots of the report's product line only, when the report names it.
+	line := reportLine(att)
 	candidates := []*trust.AMDRootCerts{}
-	for _, list := range rs.byLine {
-		candidates = append(candidates, list...)
+	for l, list := range rs.byLine {
+		if line == "" || l == line {
+			candidates = append(candidates, list...)
+		}
 	}
 	if rs.fromEvidence {
 		if r := evidenceRoots(att); r != nil {
@@ -158,7 +162,7 @@ func verifySNPChain(att *sevsnp.Attestation, rs *roots, o Options) (real bool, _
 		if err == nil {
 			return isAMDRoot(r.ProductCerts.Ark), nil
 		}
-		if firstErr == nil || r.ProductLine == reportLine(att) {
+		if firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -175,11 +179,15 @@ func verifySNPChain(att *sevsnp.Attestation, rs *roots, o Options) (real bool, _
 	return false, fail("snp.chain", firstErr)
 }
 
+// reportLine is the product line the report says it comes from, or "".
 func reportLine(att *sevsnp.Attestation) string {
 	if fms := att.GetReport().GetCpuid1EaxFms(); fms != 0 {
 		return kds.ProductLineFromFms(fms)
 	}
-	return kds.ProductLine(att.GetProduct())
+	if att.GetProduct() != nil {
+		return kds.ProductLine(att.GetProduct())
+	}
+	return ""
 }
 
 // evidenceRoots returns the ARK/ASK carried in the evidence (simulated use only).
