@@ -150,8 +150,10 @@ func (s *Server) admit(raw net.Conn) (*list.Element, bool) {
 	}
 	if s.pending.Len() >= s.cfg.MaxHandshakes {
 		old := s.pending.Remove(s.pending.Front()).(*pendingConn)
-		old.raw.Close() // its handler sees the error and leaves
-		s.drop.note("dropped the oldest connection still in its handshake", "remote", old.raw.RemoteAddr().String(), "max_handshakes", s.cfg.MaxHandshakes)
+		raw := old.raw
+		old.raw = nil // marks it evicted for its handler
+		raw.Close()   // its handler sees the error and leaves
+		s.drop.note("dropped the oldest connection still in its handshake", "remote", raw.RemoteAddr().String(), "max_handshakes", s.cfg.MaxHandshakes)
 	}
 	return s.pending.PushBack(&pendingConn{raw: raw}), true
 }
