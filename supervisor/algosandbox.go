@@ -467,7 +467,9 @@ func (a *AlgoSandboxes) validate(req *control.SandboxRequest, id string) (*algoP
 			uid, gid := ownerOf(fi)
 			p.owned = append(p.owned, ownedDir{path: procFDPath(f), uid: uid, gid: gid})
 		}
-		spec.Mounts = append(spec.Mounts, sandbox.AlgorithmMount{Source: procFDPath(f), Dest: d, Writable: m.GetWritable(), Exec: true})
+		// The agent's files (datasets) are data: never executable. What the
+		// runner prepared (the algorithm's copy, a venv, cvmd) is.
+		spec.Mounts = append(spec.Mounts, sandbox.AlgorithmMount{Source: procFDPath(f), Dest: d, Writable: m.GetWritable(), Exec: kind != srcComputation})
 	}
 	if r := req.GetResults(); r != "" {
 		kind, _, err := logicalPath(r)

@@ -67,6 +67,7 @@ func TestEscapeAttempts(t *testing.T) {
 		settings: &config.RunnerSettings{},
 	})
 	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	w.putFile(t, "datasets/tool", testBinary(t, "escape"), 0o755)
 	tests := []struct {
 		name    string
 		args    []string
@@ -82,6 +83,7 @@ func TestEscapeAttempts(t *testing.T) {
 		{"load a kernel module", []string{"module"}, ""},
 		{"bpf", []string{"bpf"}, ""},
 		{"use the kernel keyring", []string{"keyring"}, ""},
+		{"execute a dataset", []string{"exec", "/cocos/datasets/tool"}, ""},
 		{"write the algorithm", []string{"write", "/cocos/algo"}, ""},
 		{"write into datasets", []string{"write", "/cocos/datasets/x"}, ""},
 		{"write into the base root", []string{"write", "/etc/x"}, ""},

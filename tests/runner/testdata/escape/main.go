@@ -162,6 +162,11 @@ func main() {
 			escaped("setuid binary ran as root")
 		}
 		blocked("setuid binary ran as %s", strings.TrimSpace(string(out)))
+	case "exec": // run a file that is data, not the algorithm
+		if err := exec.Command(arg(2), "whoami").Run(); err != nil {
+			blocked("exec %s: %v", arg(2), err)
+		}
+		escaped("executed %s", arg(2))
 	case "whoami":
 		fmt.Printf("euid=%d\n", os.Geteuid())
 	case "sleep": // for stop tests: a process tree that would live long
