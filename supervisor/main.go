@@ -33,6 +33,7 @@ type options struct {
 	sealed       bool
 	testPanic    bool
 	readyTimeout time.Duration
+	window       time.Duration
 	misbehave    string
 	properBinary string
 }
@@ -54,6 +55,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.proper, "proper", false, "internal: run the supervisor proper (started by PID 1)")
 	fs.BoolVar(&o.sealed, "sealed", false, "internal: PID 1 already set up and re-executed from a sealed copy")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long a child has to say READY (default: the table's, 10s)")
+	fs.DurationVar(&o.window, "restart-window", 0, "the restart policy's window: more than 5 restarts within it mark a child failed (default: the table's, 10s)")
 	fs.StringVar(&o.misbehave, "test-misbehave", "", "internal, tests only: CHILD=MODE[,CHILD=MODE] replaces children by a probe that breaks the child contract (garbage, silent, startfail, crash)")
 	fs.BoolVar(&o.testPanic, "test-panic-on-sigusr1", false, "internal, tests only: SIGUSR1 makes the supervisor proper panic")
 	if err := fs.Parse(args); err != nil {
@@ -167,6 +169,7 @@ func runProper(o *options, log *slog.Logger) error {
 		Log:                  log,
 		PanicOnSIGUSR1:       o.testPanic,
 		ReadyTimeout:         o.readyTimeout,
+		RestartWindow:        o.window,
 		TestMisbehave:        misbehave,
 	})
 	if err != nil {

@@ -53,6 +53,9 @@ type Config struct {
 	// ReadyTimeout, when non-zero, replaces the table's READY timeout (not
 	// part of the measured table: it only shortens a wait).
 	ReadyTimeout time.Duration
+	// RestartWindow, when non-zero, replaces the restart policy's window.
+	// The table (and so its measured hash) shows the value in force.
+	RestartWindow time.Duration
 	// TestMisbehave (tests only) replaces children by `cvmd probe child
 	// MODE`, a stand-in that breaks the child contract in the named way.
 	TestMisbehave map[string]string
@@ -118,11 +121,14 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Table == nil {
 		cfg.Table = DefaultTable()
 	}
-	if err := cfg.Table.Validate(); err != nil {
-		return nil, err
-	}
 	if cfg.ReadyTimeout > 0 {
 		cfg.Table.ReadyTimeout = cfg.ReadyTimeout
+	}
+	if cfg.RestartWindow > 0 {
+		cfg.Table.Policy.Window = cfg.RestartWindow
+	}
+	if err := cfg.Table.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
