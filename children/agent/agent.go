@@ -72,7 +72,8 @@ type Agent struct {
 	man       *manifest.Computation   // guarded by mu; nil before a manifest
 	runReq    *cvms.ComputationRunReq // guarded by mu
 	keys      *manifest.Keys          // guarded by mu
-	runCancel context.CancelFunc      // guarded by mu; non-nil while a run goroutine lives
+	runCancel context.CancelFunc      // guarded by mu; non-nil while the current run goroutine lives
+	runID     uint64                  // guarded by mu; which run runCancel belongs to
 	closed    bool                    // guarded by mu
 }
 
@@ -319,6 +320,13 @@ func (a *Agent) Stop(ctx context.Context, id string) error {
 	a.runs.Wait()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.runCancel != nil {
+		// An upload completed the inputs while we waited and started a run
+		// of the computation being stopped: cancel it too. Its goroutine
+		// ends on its own; forgetting it here lets the next run start.
+		a.runCancel()
+		a.runCancel = nil
+	}
 	a.removeInputs()
 	os.RemoveAll(a.dirs.results)
 	os.Remove(a.dirs.resultsZip)

@@ -19,6 +19,8 @@ func (a *Agent) startRunLocked(resumed bool) {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	a.runID++
+	id := a.runID
 	a.runCancel = cancel
 	compID := a.man.ID
 	req := &runner.RunRequest{
@@ -40,11 +42,13 @@ func (a *Agent) startRunLocked(resumed bool) {
 			// Stopped or the agent is closing: Stop resets the state, and a
 			// closing agent resumes the run when it comes back.
 			a.mu.Lock()
-			a.runCancel = nil
+			if a.runID == id {
+				a.runCancel = nil
+			}
 			a.mu.Unlock()
 			return
 		}
-		a.finishRun(compID, runErr)
+		a.finishRun(id, compID, runErr)
 	}()
 }
 
@@ -89,9 +93,12 @@ func (a *Agent) run(ctx context.Context, req *runner.RunRequest, resumed bool) e
 
 // finishRun records the outcome of compID's run, publishes it and moves
 // the machine on.
-func (a *Agent) finishRun(compID string, runErr error) {
+func (a *Agent) finishRun(id uint64, compID string, runErr error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.runID != id {
+		return // a stale run, replaced after a Stop
+	}
 	a.runCancel = nil
 	if a.man == nil || a.man.ID != compID || a.rec.State != Running {
 		return

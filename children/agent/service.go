@@ -33,7 +33,9 @@ type snapshot struct {
 func (a *Agent) snapshot() snapshot {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return snapshot{state: a.rec.State, man: a.man, keys: a.keys, rec: *a.rec}
+	rec := *a.rec
+	rec.Received = slices.Clone(a.rec.Received) // appended to under mu
+	return snapshot{state: a.rec.State, man: a.man, keys: a.keys, rec: rec}
 }
 
 func incomingMeta(ctx context.Context) (requestMeta, error) {
