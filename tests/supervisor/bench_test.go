@@ -110,7 +110,7 @@ func TestBenchRestart(t *testing.T) {
 			d.waitAll(func(s *status) bool {
 				c := s.child(name)
 				return c.Generation == old.Generation+1 && c.Status == "ready"
-			}, 10*time.Second, name+" back")
+			}, 30*time.Second, name+" back")
 			ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
 		}
 		d.stop(10 * time.Second)

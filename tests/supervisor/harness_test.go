@@ -145,9 +145,9 @@ func startDevWith(t *testing.T, waitReady bool, extra ...string) *dev {
 		}
 	})
 	if waitReady {
-		d.waitAll(func(s *status) bool { return allReady(s) }, 20*time.Second, "all children ready")
+		d.waitAll(func(s *status) bool { return allReady(s) }, 60*time.Second, "all children ready")
 	} else {
-		d.waitAll(func(s *status) bool { return len(s.Children) > 0 }, 20*time.Second, "children.json")
+		d.waitAll(func(s *status) bool { return len(s.Children) > 0 }, 60*time.Second, "children.json")
 	}
 	// The dev process's only child is the namespace's PID 1.
 	deadline := time.Now().Add(2 * time.Second)

@@ -241,7 +241,7 @@ func TestOOMKillsOnlyTheChild(t *testing.T) {
 		filepath.Join(d.state, "run", "sandbox", "containers"), "agent", "hog").Run()
 	after := d.waitAll(func(s *status) bool {
 		return s.child("agent").Generation == 2 && s.child("agent").Status == "ready"
-	}, 10*time.Second, "agent restarted after OOM")
+	}, 30*time.Second, "agent restarted after OOM")
 	if !strings.Contains(d.out.String(), "OOM-killed in its cgroup") {
 		t.Errorf("supervisor did not report the OOM kill:\n%s", d.out.String())
 	}
@@ -267,7 +267,7 @@ func TestKillEachChildIsReplacedAndRewired(t *testing.T) {
 		after := d.waitAll(func(s *status) bool {
 			c := s.child(name)
 			return c.Generation == old.Generation+1 && c.Status == "ready"
-		}, 10*time.Second, name+" replaced")
+		}, 30*time.Second, name+" replaced")
 		t.Logf("%s: killed → replacement ready in %v", name, time.Since(t0).Round(time.Millisecond))
 		if name == "agent" || name == "logfwd" {
 			// The supervisor dials these: its gRPC call over the rewired edge
@@ -275,7 +275,7 @@ func TestKillEachChildIsReplacedAndRewired(t *testing.T) {
 			d.waitAll(func(s *status) bool {
 				c := s.child(name)
 				return c.Generation == old.Generation+1 && c.Serving
-			}, 10*time.Second, name+" serving over the supervisor's new edge")
+			}, 30*time.Second, name+" serving over the supervisor's new edge")
 		}
 		for _, other := range childNames {
 			if other != name && before.child(other).Pid != after.child(other).Pid {
@@ -417,7 +417,7 @@ func TestSupervisorPanicDoesNotKillPID1(t *testing.T) {
 	}
 	after := d.waitAll(func(s *status) bool {
 		return allReady(s) && s.Pid != 0 && d.hostPid(s.Pid) != proper && d.hostPid(s.Pid) != 0
-	}, 20*time.Second, "a new supervisor proper with all children ready")
+	}, 60*time.Second, "a new supervisor proper with all children ready")
 	if !strings.Contains(d.out.String(), "test-only panic") {
 		t.Errorf("no panic in the log")
 	}
