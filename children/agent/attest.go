@@ -2,11 +2,13 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/status"
 
@@ -29,7 +31,9 @@ func (a *Agent) attestation(req *agentpb.AttestationRequest, stream agentpb.Agen
 	if a.cfg.Attestation == nil {
 		return fmt.Errorf("%w: attestation: no attestation service is wired to this agent", ErrUnavailable)
 	}
-	res, err := a.cfg.Attestation.Evidence(stream.Context(), &attestation.EvidenceRequest{
+	ctx, cancel := context.WithTimeout(stream.Context(), evidenceTimeout)
+	defer cancel()
+	res, err := a.cfg.Attestation.Evidence(ctx, &attestation.EvidenceRequest{
 		ReportData: pad(tee, 64), Nonce: pad(vtpm, 32), PlatformType: req.GetType(),
 	})
 	if err != nil {
@@ -42,6 +46,10 @@ func (a *Agent) attestation(req *agentpb.AttestationRequest, stream agentpb.Agen
 	tok := res.GetEatToken()
 	return sendFile(stream, bytes.NewReader(tok), int64(len(tok)), func(b []byte) any { return &agentpb.AttestationResponse{File: b} })
 }
+
+// evidenceTimeout bounds one evidence request (a vTPM quote under TCG
+// emulation takes ~100 ms; hardware SNP reports less).
+const evidenceTimeout = 30 * time.Second
 
 // pad zero-pads b to n bytes, as Cocos does with nonces.
 func pad(b []byte, n int) []byte {
