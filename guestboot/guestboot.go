@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,7 +61,7 @@ var Shares = map[string]string{
 // DebugMarker) it also serves the debug port.
 func Prepare(log *slog.Logger) error {
 	start := time.Now()
-	log.Info("guestboot: start", "kernel_uptime_s", fmt.Sprintf("%.3f", uptime()))
+	log.Info("guestboot: start", "kernel_uptime_s", fmt.Sprintf("%.3f", uptime()), "init_start_s", fmt.Sprintf("%.2f", initStart()))
 	cmd := readCmdline("/proc/cmdline")
 	var errs []error
 	n, err := loadModules(log, ModulesDir)
@@ -92,6 +93,55 @@ func uptime() float64 {
 		return -1
 	}
 	return float64(ts.Sec) + float64(ts.Nsec)/1e9
+}
+
+// initStart returns when the kernel executed /init, in seconds since the
+// kernel started: the timestamp of its "Run /init as init process" record in
+// the kernel log (kept in the ring buffer even with quiet). -1 if unknown.
+func initStart() float64 {
+	f, err := os.OpenFile("/dev/kmsg", os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	buf := make([]byte, 8192)
+	for {
+		// One read returns one record; EAGAIN at the end of the buffer.
+		n, err := f.Read(buf)
+		if err != nil {
+			return -1
+		}
+		r, err := ParseKmsg(string(buf[:n]))
+		if err == nil && strings.HasPrefix(r.Message, "Run ") && strings.HasSuffix(r.Message, " as init process") {
+			return float64(r.Micros) / 1e6
+		}
+	}
+}
+
+// KmsgRecord is one /dev/kmsg record.
+type KmsgRecord struct {
+	Seq, Micros uint64
+	Message     string
+}
+
+// ParseKmsg parses one /dev/kmsg record: "prio,seq,usec,flags[,...];message"
+// followed by optional continuation lines (" KEY=value"), which are dropped.
+func ParseKmsg(rec string) (KmsgRecord, error) {
+	head, msg, ok := strings.Cut(rec, ";")
+	if !ok {
+		return KmsgRecord{}, fmt.Errorf("guestboot: kmsg record has no ';'")
+	}
+	f := strings.Split(head, ",")
+	if len(f) < 4 {
+		return KmsgRecord{}, fmt.Errorf("guestboot: kmsg header %q has %d fields, want at least 4", head, len(f))
+	}
+	seq, err1 := strconv.ParseUint(f[1], 10, 64)
+	usec, err2 := strconv.ParseUint(f[2], 10, 64)
+	if err1 != nil || err2 != nil {
+		return KmsgRecord{}, fmt.Errorf("guestboot: kmsg header %q: bad sequence or time", head)
+	}
+	msg, _, _ = strings.Cut(msg, "\n")
+	return KmsgRecord{Seq: seq, Micros: usec, Message: msg}, nil
 }
 
 // Cmdline is the kernel command line split into parameters.

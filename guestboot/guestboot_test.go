@@ -274,3 +274,39 @@ func TestChildPIDsFindsNothingForUnknownName(t *testing.T) {
 		t.Fatalf("childPIDs = %v, %v", pids, err)
 	}
 }
+
+var kmsgTests = []struct {
+	name    string
+	in      string
+	want    KmsgRecord
+	wantErr bool
+}{
+	{"run init", "6,812,2113456,-;Run /init as init process\n", KmsgRecord{Seq: 812, Micros: 2113456, Message: "Run /init as init process"}, false},
+	{"continuation dropped", "4,1,5,-,caller=T1;hello\n SUBSYSTEM=acpi\n", KmsgRecord{Seq: 1, Micros: 5, Message: "hello"}, false},
+	{"semicolon in message", "6,2,7,-;a;b\n", KmsgRecord{Seq: 2, Micros: 7, Message: "a;b"}, false},
+	{"no separator", "6,2,7,-", KmsgRecord{}, true},
+	{"short header", "6,2;x", KmsgRecord{}, true},
+	{"bad time", "6,2,x,-;x", KmsgRecord{}, true},
+}
+
+func TestParseKmsg(t *testing.T) {
+	for _, tt := range kmsgTests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseKmsg(tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Fatalf("ParseKmsg(%q) = %+v, %v", tt.in, got, err)
+			}
+		})
+	}
+}
+
+func FuzzParseKmsg(f *testing.F) {
+	for _, tt := range kmsgTests {
+		f.Add(tt.in)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if r, err := ParseKmsg(s); err == nil && strings.Contains(r.Message, "\n") {
+			t.Fatalf("message %q keeps a newline", r.Message)
+		}
+	})
+}

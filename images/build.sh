@@ -37,8 +37,13 @@ fetch() {
   done
   if ((${#need[@]})); then
     log "downloading ${need[*]}"
-    (cd "$debs" && apt-get download -q "${need[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) || {
-      log "apt-get download failed; is the package index current? (apt-get update)"; exit 1; }
+    # A fresh machine (or CI container) may have no or stale package lists: update once and retry.
+    if ! (cd "$debs" && apt-get download -q "${need[@]}" >/dev/null 2>&1); then
+      log "apt-get download failed; updating the package lists and retrying"
+      apt-get update -qq >/dev/null
+      (cd "$debs" && apt-get download -q "${need[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2; exit "${PIPESTATUS[0]}") || {
+        log "apt-get download ${need[*]} failed"; exit 1; }
+    fi
   fi
 }
 # deb PKG: the cached deb of a package (the newest if there are several).
@@ -48,7 +53,11 @@ deb() { ls "$debs/${1}"_*.deb | sort -V | tail -1; }
 if [ -z "${KERNEL_PKG:-}" ]; then
   KERNEL_PKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
   [ -n "$KERNEL_PKG" ] || KERNEL_PKG=$(ls "$debs" | sed -n 's/^\(linux-image-[0-9][^_]*\)_.*/\1/p' | sort -V | tail -1)
-  [ -n "$KERNEL_PKG" ] || { log "cannot find the kernel package (apt-get update?)"; exit 1; }
+  if [ -z "$KERNEL_PKG" ]; then
+    apt-get update -qq >/dev/null
+    KERNEL_PKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  fi
+  [ -n "$KERNEL_PKG" ] || { log "cannot find the kernel package linux-image-amd64 depends on"; exit 1; }
 fi
 kver=${KERNEL_PKG#linux-image-}
 fetch "$KERNEL_PKG"

@@ -1,0 +1,86 @@
+package vm
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cvmd/cvmd/images/qemu"
+)
+
+// bootFigures are one boot's measurements.
+type bootFigures struct {
+	kernelToInit float64       // s, PID 1's start time in the guest (/proc/1/stat)
+	initToReady  time.Duration // PID 1 start → last child ready
+	qemuToReady  time.Duration // host: qemu started → last child ready on serial
+	powerOff     time.Duration // host: power button → qemu exited 0
+}
+
+var guestbootStart = regexp.MustCompile(`msg="guestboot: start" .*kernel_uptime_s=([0-9.]+) init_start_s=([0-9.]+)`)
+
+// measureBoot boots img with cvmd as PID 1 and no manager, and measures
+// from the serial lines: PID 1's start in kernel uptime (printed by
+// guestboot), and the host time between guestboot's first line and the last
+// "child ready", to which the guest's uptime between PID 1's start and that
+// first line is added.
+func measureBoot(t *testing.T, img image) bootFigures {
+	envDir := t.TempDir()
+	os.WriteFile(filepath.Join(envDir, "environment"), []byte("AGENT_LOG_LEVEL=info\n"), 0o644)
+	g := boot(t, qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd, TPM: true, EnvDir: envDir, MemoryMiB: 2048})
+	i, first := g.wait("boot: guestboot", 0, guestbootStart.String(), 5*time.Minute)
+	m := guestbootStart.FindStringSubmatch(first.Text)
+	up, _ := strconv.ParseFloat(m[1], 64)
+	initStart, _ := strconv.ParseFloat(m[2], 64)
+	_, last := g.waitChildrenReady("boot: every child ready", i, children, 1, 5*time.Minute)
+	f := bootFigures{
+		kernelToInit: initStart,
+		initToReady:  last.At - first.At + time.Duration((up-initStart)*float64(time.Second)),
+		qemuToReady:  last.At,
+	}
+	f.powerOff = g.powerOff(2 * time.Minute)
+	return f
+}
+
+func median(ds []float64) float64 {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// TestBenchVM prints the VM figures (make bench-vm; CVMD_BENCH_VM=1). It
+// boots the production image (no debug port) three times, then runs the end
+// to end once.
+func TestBenchVM(t *testing.T) {
+	if os.Getenv("CVMD_BENCH_VM") != "1" {
+		t.Skip("VM benchmarks run with make bench-vm (CVMD_BENCH_VM=1)")
+	}
+	requireQEMU(t)
+	img := buildImage(t, "vmbench", cvmdBinary(t), "")
+	for name, path := range map[string]string{"image_initramfs_mib": img.Initrd, "image_kernel_mib": img.Kernel} {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("BENCH %s %.1f MiB\n", name, float64(st.Size())/(1<<20))
+	}
+	var k2i, i2r, q2r, off []float64
+	for n := 0; n < 3; n++ {
+		f := measureBoot(t, img)
+		t.Logf("boot %d: kernel→init %.2fs, init→ready %v, qemu→ready %v, power-off %v", n+1, f.kernelToInit, f.initToReady, f.qemuToReady, f.powerOff)
+		k2i = append(k2i, f.kernelToInit)
+		i2r = append(i2r, float64(f.initToReady)/float64(time.Millisecond))
+		q2r = append(q2r, f.qemuToReady.Seconds())
+		off = append(off, f.powerOff.Seconds())
+	}
+	fmt.Printf("BENCH vm_kernel_to_init_s %.1f s\n", median(k2i))
+	fmt.Printf("BENCH vm_init_to_ready_ms %.1f ms\n", median(i2r))
+	fmt.Printf("BENCH vm_qemu_to_ready_s %.1f s\n", median(q2r))
+	fmt.Printf("BENCH vm_poweroff_s %.1f s\n", median(off))
+	e2e := runE2E(t)
+	fmt.Printf("BENCH vm_e2e_s %.1f s\n", e2e.Seconds())
+}
