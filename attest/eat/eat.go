@@ -10,15 +10,8 @@
 package eat
 
 import (
-	"errors"
 	"fmt"
 	"time"
-)
-
-// Errors.
-var (
-	// ErrBadSignature is returned when a COSE_Sign1 signature does not verify.
-	ErrBadSignature = errors.New("eat: COSE signature does not verify")
 )
 
 // MinNonceLen is the shortest eat_nonce accepted (RFC 9711 and Cocos).
