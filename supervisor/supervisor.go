@@ -545,58 +545,100 @@ func (s *Supervisor) afterExit(c *childState) {
 	s.writeStatus()
 }
 
-// shutdown stops every child in reverse table order (dependents first),
-// each with a grace period, then SIGKILL.
+// shutdown stops the children in reverse dependency order: at each step,
+// every running child that no running child depends on (ingress first,
+// logfwd last), together, each with a grace period, then SIGKILL.
 func (s *Supervisor) shutdown() {
 	s.stopping = true
 	s.log.Info("shutting down")
 	s.Events().Event("supervisor.shutdown", "ok")
-	for i := len(s.table.Children) - 1; i >= 0; i-- {
-		c := s.children[s.table.Children[i].Name]
+	for _, c := range s.children {
 		c.stopTimer()
 		if c.inc == nil {
 			c.status = StatusStopped
-			continue
 		}
-		if c.spec.Name == "logfwd" && s.sink != nil {
-			// Our own stream to logfwd must end, or its gRPC server waits for it.
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			s.sink.Close(ctx)
-			cancel()
+	}
+	for {
+		var step []*childState
+		for _, spec := range s.table.Children {
+			c := s.children[spec.Name]
+			if c.inc == nil || c.status == StatusStopping {
+				continue
+			}
+			needed := false
+			for _, d := range s.table.dependents(spec.Name) {
+				if s.children[d].inc != nil {
+					needed = true
+				}
+			}
+			if !needed {
+				step = append(step, c)
+			}
 		}
-		s.stopChild(c, "supervisor shutting down")
+		if len(step) == 0 {
+			break
+		}
+		for _, c := range step {
+			if c.spec.Name == "logfwd" && s.sink != nil {
+				// Our own stream to logfwd must end, or its gRPC server waits for it.
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				s.sink.Close(ctx)
+				cancel()
+			}
+		}
+		s.stopChildren(step, "supervisor shutting down")
 	}
 	s.writeStatus()
 }
 
-// stopChild asks the child to stop, waits up to StopGrace, then kills it,
-// and processes its exit. Runs on the loop; other events wait meanwhile
-// (except the exit itself, which is picked out of the queue).
+// stopChild stops one child (see stopChildren).
 func (s *Supervisor) stopChild(c *childState, reason string) {
-	c.status = StatusStopping
-	inc := c.inc
-	inc.ctl.Send((&stopMsg{reason}).msg(), nil)
-	inc.sb.Signal(unix.SIGTERM)
+	s.stopChildren([]*childState{c}, reason)
+}
+
+// stopChildren asks the children to stop, waits up to StopGrace, kills
+// those still running, and processes their exits. Runs on the loop and
+// keeps handling other events meanwhile.
+func (s *Supervisor) stopChildren(cs []*childState, reason string) {
+	incs := map[*childState]*incarnation{}
+	for _, c := range cs {
+		c.status = StatusStopping
+		incs[c] = c.inc
+		c.inc.ctl.Send((&stopMsg{reason}).msg(), nil)
+		c.inc.sb.Signal(unix.SIGTERM)
+	}
+	running := func() []*childState {
+		var out []*childState
+		for c, inc := range incs {
+			if c.inc == inc {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
 	deadline := time.NewTimer(s.table.StopGrace)
 	defer deadline.Stop()
 	killed := false
-	for c.inc == inc {
+	for len(running()) > 0 {
 		select {
 		case ev := <-s.events:
 			// Everything else keeps being handled (another child's exit is
 			// restarted, or just reaped while shutting down; READYs and
-			// back-off timers are not lost); the awaited exit ends the loop.
+			// back-off timers are not lost); the awaited exits end the loop.
 			s.handle(ev)
 		case <-deadline.C:
-			if !killed {
-				s.log.Warn("child did not stop in time; killing it", "child", c.spec.Name, "grace", s.table.StopGrace)
-				inc.sb.Kill()
-				killed = true
-				deadline.Reset(2 * time.Second)
-			} else {
-				s.log.Error("child did not die after SIGKILL", "child", c.spec.Name)
+			if killed {
+				for _, c := range running() {
+					s.log.Error("child did not die after SIGKILL", "child", c.spec.Name)
+				}
 				return
 			}
+			for _, c := range running() {
+				s.log.Warn("child did not stop in time; killing it", "child", c.spec.Name, "grace", s.table.StopGrace)
+				c.inc.sb.Kill()
+			}
+			killed = true
+			deadline.Reset(2 * time.Second)
 		}
 	}
 }
