@@ -219,7 +219,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, el *list.Element) {
 	defer raw.Close()
 	remote := raw.RemoteAddr().String()
 	start := time.Now()
-	conn, err := s.handshake(ctx, raw)
+	conn, peer, err := s.handshake(ctx, raw)
+	handshake := time.Since(start)
 	if err != nil {
 		s.mu.Lock()
 		evicted := el.Value.(*pendingConn).raw == nil
@@ -257,35 +258,41 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, el *list.Element) {
 		return
 	}
 	up, down, why := pipe(conn, backend, s.cfg.IdleTimeout, last)
-	s.cfg.Log.Debug("connection closed", "remote", remote, "bytes_in", up, "bytes_out", down, "duration_ms", time.Since(start).Milliseconds(), "end", why)
+	s.cfg.Log.Info("connection closed", "remote", remote, "mode", s.cfg.Mode(), "client_cert", peer,
+		"handshake_ms", handshake.Milliseconds(), "bytes_in", up, "bytes_out", down,
+		"duration_ms", time.Since(start).Milliseconds(), "end", why)
 }
 
 // handshake does TLS, aTLS and reads the HTTP/2 preface before the deadline.
-func (s *Server) handshake(ctx context.Context, raw net.Conn) (net.Conn, error) {
+// peer is the subject of the client's certificate (mTLS, maTLS), or "".
+func (s *Server) handshake(ctx context.Context, raw net.Conn) (conn net.Conn, peer string, err error) {
 	raw.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
-	conn := raw
+	conn = raw
 	if s.cfg.TLS != nil {
 		tc := tls.Server(raw, s.cfg.TLS)
 		if s.cfg.ATLS != nil {
 			if err := atls.Serve(hctx, tc, s.cfg.ATLS); err != nil {
-				return nil, err
+				return nil, "", err
 			}
 		} else if err := tc.HandshakeContext(hctx); err != nil {
-			return nil, fmt.Errorf("TLS handshake: %w", err)
+			return nil, "", fmt.Errorf("TLS handshake: %w", err)
+		}
+		if pc := tc.ConnectionState().PeerCertificates; len(pc) > 0 {
+			peer = pc[0].Subject.String()
 		}
 		conn = tc
 	}
 	var p [len(h2Preface)]byte
 	if _, err := io.ReadFull(conn, p[:]); err != nil {
-		return nil, fmt.Errorf("reading the HTTP/2 preface: %w", err)
+		return nil, "", fmt.Errorf("reading the HTTP/2 preface: %w", err)
 	}
 	if !bytes.Equal(p[:], []byte(h2Preface)) {
-		return nil, fmt.Errorf("client did not start HTTP/2 (first bytes %q)", p[:])
+		return nil, "", fmt.Errorf("client did not start HTTP/2 (first bytes %q)", p[:])
 	}
 	raw.SetDeadline(time.Time{})
-	return conn, nil
+	return conn, peer, nil
 }
 
 // pipe copies both ways until both directions end, half-closing as each does,
