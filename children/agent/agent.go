@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -169,6 +170,9 @@ func New(cfg Config) (*Agent, error) {
 		a.man, a.runReq, a.keys = man, runReq, keys
 		a.setComputationID(man.ID)
 		a.log.Info("resuming computation", "computation_id", man.ID, "state", rec.State)
+	}
+	if a.rec.State == ReceivingData {
+		a.dropUnrecorded()
 	}
 	if a.rec.State == Idle {
 		// As Cocos: an idle agent immediately waits for a manifest.
@@ -345,4 +349,17 @@ func (a *Agent) removeInputs() {
 	os.Remove(a.dirs.algo)
 	os.Remove(a.dirs.requirements)
 	os.RemoveAll(a.dirs.datasets)
+}
+
+// dropUnrecorded removes from the datasets dir what a killed agent installed
+// but had not recorded, so that the client's retry is accepted.
+// Preconditions: a.mu held.
+func (a *Agent) dropUnrecorded() {
+	ents, _ := os.ReadDir(a.dirs.datasets)
+	for _, e := range ents {
+		if !slices.Contains(a.rec.Entries, e.Name()) {
+			a.log.Warn("removing an unrecorded dataset entry", "name", e.Name())
+			os.RemoveAll(filepath.Join(a.dirs.datasets, e.Name()))
+		}
+	}
 }

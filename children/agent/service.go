@@ -216,19 +216,27 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if slices.Contains(a.rec.Received, name) {
 		return fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
 	}
-	if err := a.install(staged, name, decompress); err != nil {
+	entries, err := a.install(staged, name, decompress)
+	if err != nil {
 		return err
 	}
 	a.rec.Received = append(a.rec.Received, name)
-	a.log.Info("dataset received", "filename", name, "bytes", sp.n, "decompressed", decompress)
+	a.rec.Entries = append(a.rec.Entries, entries...)
 	if len(a.rec.Received) == len(a.man.Datasets) {
-		if err := a.transitionLocked(EvDataReceived); err != nil {
-			return err
-		}
-	} else if err := a.rec.save(a.dirs.state); err != nil {
+		err = a.transitionLocked(EvDataReceived)
+	} else {
+		err = a.rec.save(a.dirs.state)
+	}
+	if err != nil {
+		// Not recorded: take the files back out so a retry can succeed.
 		a.rec.Received = a.rec.Received[:len(a.rec.Received)-1]
+		a.rec.Entries = a.rec.Entries[:len(a.rec.Entries)-len(entries)]
+		for _, e := range entries {
+			os.RemoveAll(filepath.Join(a.dirs.datasets, e))
+		}
 		return err
 	}
+	a.log.Info("dataset received", "filename", name, "bytes", sp.n, "decompressed", decompress)
 	return stream.SendAndClose(&agentpb.DataResponse{})
 }
 
@@ -253,33 +261,42 @@ func (a *Agent) extract(p string, size int64) (string, error) {
 
 // install moves a received dataset into the datasets dir: the file itself,
 // or the top-level entries of an extracted zip, refusing to replace
-// anything. Preconditions: a.mu held.
-func (a *Agent) install(staged, name string, decompressed bool) error {
+// anything. It returns the top-level names it created. Preconditions: a.mu
+// held.
+func (a *Agent) install(staged, name string, decompressed bool) ([]string, error) {
 	if err := os.MkdirAll(a.dirs.datasets, 0o755); err != nil {
-		return err
+		return nil, err
 	}
 	// The algorithm runs as another uid: the dir must be searchable whatever
 	// the umask (it is 077 in the sandbox), as the files are made 0644.
 	os.Chmod(a.dirs.datasets, 0o755)
 	if !decompressed {
 		os.Chmod(staged, 0o644)
-		return renameNew(staged, filepath.Join(a.dirs.datasets, name))
+		if err := renameNew(staged, filepath.Join(a.dirs.datasets, name)); err != nil {
+			return nil, err
+		}
+		return []string{name}, nil
 	}
 	ents, err := os.ReadDir(staged)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var names []string
 	for _, e := range ents {
 		if _, err := os.Lstat(filepath.Join(a.dirs.datasets, e.Name())); err == nil {
-			return fmt.Errorf("%w: dataset %q: %q already exists in the datasets", ErrInvalidArgument, name, e.Name())
+			return nil, fmt.Errorf("%w: dataset %q: %q already exists in the datasets", ErrInvalidArgument, name, e.Name())
+		}
+		names = append(names, e.Name())
+	}
+	for i, n := range names {
+		if err := renameNew(filepath.Join(staged, n), filepath.Join(a.dirs.datasets, n)); err != nil {
+			for _, done := range names[:i] {
+				os.RemoveAll(filepath.Join(a.dirs.datasets, done))
+			}
+			return nil, err
 		}
 	}
-	for _, e := range ents {
-		if err := renameNew(filepath.Join(staged, e.Name()), filepath.Join(a.dirs.datasets, e.Name())); err != nil {
-			return err
-		}
-	}
-	return nil
+	return names, nil
 }
 
 // renameNew renames src to dst unless dst exists.

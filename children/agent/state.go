@@ -103,6 +103,7 @@ type record struct {
 	PythonRuntime string   `json:"python_runtime,omitempty"`
 	Requirements  bool     `json:"requirements,omitempty"`
 	Received      []string `json:"received,omitempty"` // dataset filenames accepted
+	Entries       []string `json:"entries,omitempty"`  // top-level names they put in datasets/
 	RunError      string   `json:"run_error,omitempty"`
 }
 
