@@ -401,3 +401,22 @@ func TestWire(t *testing.T) {
 		t.Errorf("azure: %v", err)
 	}
 }
+
+// TestUnrecordedDatasetIsDroppedOnResume: a dataset file that a killed
+// agent had installed but not recorded does not block the retry.
+func TestUnrecordedDatasetIsDroppedOnResume(t *testing.T) {
+	state := t.TempDir()
+	w := newWorld(t, agenttest.Options{StateDir: state}, algoScript)
+	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
+	w.mustCVM(t, false, "data", w.dsA, w.dataA.KeyFile)
+	w.h.Stop()
+	// As if the agent died between installing b.csv and saving its state.
+	os.WriteFile(filepath.Join(w.compDir, "datasets", "b.csv"), []byte("partial"), 0o644)
+	w.h = agenttest.Start(t, agenttest.Options{StateDir: state})
+	w.useHarness()
+	if _, err := os.Stat(filepath.Join(w.compDir, "datasets", "a.csv")); err != nil {
+		t.Fatalf("recorded dataset removed: %v", err)
+	}
+	w.mustCVM(t, false, "data", w.dsB, w.dataB.KeyFile)
+	w.waitState(t, "ConsumingResults")
+}
