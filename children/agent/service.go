@@ -103,6 +103,7 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 		if err := os.WriteFile(a.dirs.requirements, reqs.Bytes(), 0o644); err != nil {
 			return fmt.Errorf("saving requirements: %w", err)
 		}
+		os.Chmod(a.dirs.requirements, 0o644) // the runner reads it; our umask is 077
 	} else {
 		os.Remove(a.dirs.requirements)
 	}
