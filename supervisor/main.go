@@ -35,7 +35,6 @@ type options struct {
 	readyTimeout time.Duration
 	window       time.Duration
 	misbehave    string
-	properBinary string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {

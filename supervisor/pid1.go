@@ -24,7 +24,6 @@ type pid1 struct {
 	dev    bool
 	args   []string // of the supervisor proper
 	proper *os.Process
-	exited chan struct{} // closed when proper was reaped
 	starts []time.Time
 }
 

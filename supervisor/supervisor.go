@@ -3,7 +3,6 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -422,7 +421,7 @@ func (s *Supervisor) handle(ev event) {
 		}
 		c.status = StatusReady
 		c.readyAt = time.Now()
-		c.setTimer(s.table.Policy.Window, func() { s.post(evStable{name: e.name, gen: e.gen}) })
+		c.setTimer(s.table.Policy.Window, func() { s.post(evStable(e)) })
 		s.log.Info("child ready", "child", e.name, "generation", e.gen, "after", c.readyAt.Sub(c.startAt).Round(time.Microsecond))
 		s.Events().Event("child.ready", "ok", "child", e.name, "generation", e.gen)
 		if d := s.Dialer(e.name); d != nil {
@@ -726,7 +725,3 @@ func (s *Supervisor) writeStatus() {
 		os.Rename(tmp, filepath.Join(s.cfg.RunDir, "children.json"))
 	}
 }
-
-var errNoChild = errors.New("supervisor: no such child")
-
-func childErr(name string) error { return fmt.Errorf("%w %q", errNoChild, name) }

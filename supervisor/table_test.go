@@ -31,7 +31,7 @@ func TestTableGolden(t *testing.T) {
 	if !bytes.Equal(b, want) {
 		t.Fatalf("the child table changed (run go test ./supervisor -run TestTableGolden -update and review the diff):\n got %s\nwant %s", b, want)
 	}
-	if DefaultTable().HashHex() != DefaultTable().HashHex() {
+	if a, b := DefaultTable().HashHex(), DefaultTable().HashHex(); a != b {
 		t.Fatal("hash not stable")
 	}
 }

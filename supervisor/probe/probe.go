@@ -55,7 +55,7 @@ func Main(args []string) error {
 // the container state's pids mean what they say.
 func execIn(args []string) error {
 	if len(args) < 3 {
-		return errors.New("probe exec: want CONTAINERS_DIR CHILD ARGS...")
+		return errors.New("probe exec: want CONTAINERS_DIR CHILD ARGS")
 	}
 	c, err := libcontainer.Load(args[0], args[1])
 	if err != nil {
