@@ -233,7 +233,7 @@ func (a *Agent) transitionLocked(ev Event) error {
 	}
 	a.log.Info("state changed", "from", from, "event", ev, "to", to)
 	for _, e := range entryEvents(to) {
-		a.events.Publish(e[0], e[1])
+		a.events.Publish(a.compIDLocked(), e[0], e[1])
 	}
 	if to == Running {
 		a.startRunLocked(false)
@@ -310,7 +310,7 @@ func (a *Agent) Stop(ctx context.Context, id string) error {
 	compID := a.man.ID
 	cancel := a.runCancel
 	a.mu.Unlock()
-	a.events.Publish(StatusStopped, StatusStopped)
+	a.events.Publish(compID, StatusStopped, StatusStopped)
 	if cancel != nil {
 		cancel()
 		if a.cfg.Runner != nil {
@@ -362,4 +362,12 @@ func (a *Agent) dropUnrecorded() {
 			os.RemoveAll(filepath.Join(a.dirs.datasets, e.Name()))
 		}
 	}
+}
+
+// compIDLocked is the current computation's id, or "". Preconditions: a.mu held.
+func (a *Agent) compIDLocked() string {
+	if a.man == nil {
+		return ""
+	}
+	return a.man.ID
 }

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/cvmd/cvmd/proto/logs"
 )
 
 func TestTransitions(t *testing.T) {
@@ -164,7 +166,7 @@ func TestEventQueueNeverDrops(t *testing.T) {
 	q := newEventQueue(p)
 	var want []string
 	for i := 0; i < 50; i++ {
-		q.Publish(fmt.Sprint("e", i), StatusInProgress)
+		q.Publish("c", fmt.Sprint("e", i), StatusInProgress)
 		want = append(want, fmt.Sprint("e", i)+"/"+StatusInProgress)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -172,5 +174,33 @@ func TestEventQueueNeverDrops(t *testing.T) {
 	q.Close(ctx)
 	if strings.Join(p.got, ",") != strings.Join(want, ",") {
 		t.Fatalf("delivered %v", p.got)
+	}
+}
+
+// putter stands for *logsink.Sink's Put: it keeps whole records.
+type putter struct {
+	refusing
+	recs []*logs.Record
+}
+
+func (p *putter) Put(r *logs.Record) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.recs = append(p.recs, r)
+	return true
+}
+
+func TestEventsKeepTheirComputationAndTime(t *testing.T) {
+	p := &putter{}
+	q := newEventQueue(p)
+	before := time.Now()
+	q.Publish("comp-9", "Stopped", "Stopped")
+	q.Close(context.Background())
+	if len(p.recs) != 1 {
+		t.Fatalf("%d records", len(p.recs))
+	}
+	ev := p.recs[0].GetEvent()
+	if ev.GetComputationId() != "comp-9" || ev.GetEventType() != "Stopped" || ev.GetTimestamp().AsTime().Before(before.Add(-time.Second)) {
+		t.Fatalf("event %v", ev)
 	}
 }

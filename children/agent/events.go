@@ -5,7 +5,11 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/cvmd/cvmd/logsink"
+	"github.com/cvmd/cvmd/proto/cvms"
+	"github.com/cvmd/cvmd/proto/logs"
 )
 
 // eventQueue delivers state events in order and never drops one: Publish
@@ -17,9 +21,9 @@ type eventQueue struct {
 
 	mu      sync.Mutex
 	cond    *sync.Cond
-	pending [][2]string // guarded by mu
-	closed  bool        // guarded by mu; exit once pending is empty
-	abandon bool        // guarded by mu; stop retrying refused events
+	pending []queuedEvent // guarded by mu
+	closed  bool          // guarded by mu; exit once pending is empty
+	abandon bool          // guarded by mu; stop retrying refused events
 	done    chan struct{}
 }
 
@@ -30,10 +34,23 @@ func newEventQueue(pub logsink.Publisher) *eventQueue {
 	return q
 }
 
-// Publish queues one event.
-func (q *eventQueue) Publish(eventType, status string) {
+// queuedEvent is an event as it was when it happened: the computation id
+// and time are taken then, not when the publisher accepts it.
+type queuedEvent struct {
+	typ, status, compID string
+	at                  time.Time
+}
+
+// recordPutter is the part of *logsink.Sink that takes a whole record, so
+// that the computation id and time of the event itself are kept.
+type recordPutter interface {
+	Put(*logs.Record) bool
+}
+
+// Publish queues one event of computation compID.
+func (q *eventQueue) Publish(compID, eventType, status string) {
 	q.mu.Lock()
-	q.pending = append(q.pending, [2]string{eventType, status})
+	q.pending = append(q.pending, queuedEvent{eventType, status, compID, time.Now()})
 	q.mu.Unlock()
 	q.cond.Signal()
 }
@@ -51,7 +68,7 @@ func (q *eventQueue) run() {
 		}
 		ev := q.pending[0]
 		q.mu.Unlock()
-		for backoff := 10 * time.Millisecond; !q.pub.Event(ev[0], ev[1]); backoff = min(2*backoff, time.Second) {
+		for backoff := 10 * time.Millisecond; !q.deliver(ev); backoff = min(2*backoff, time.Second) {
 			q.mu.Lock()
 			abandon := q.abandon
 			q.mu.Unlock()
@@ -64,6 +81,16 @@ func (q *eventQueue) run() {
 		q.pending = q.pending[1:]
 		q.mu.Unlock()
 	}
+}
+
+// deliver hands ev to the publisher and reports whether it took it.
+func (q *eventQueue) deliver(ev queuedEvent) bool {
+	if p, ok := q.pub.(recordPutter); ok {
+		return p.Put(&logs.Record{Body: &logs.Record_Event{Event: &cvms.AgentEvent{
+			EventType: ev.typ, Status: ev.status, ComputationId: ev.compID, Timestamp: timestamppb.New(ev.at),
+		}}})
+	}
+	return q.pub.Event(ev.typ, ev.status)
 }
 
 // Close delivers what is queued (retrying for at most until ctx ends) and

@@ -107,10 +107,10 @@ func (a *Agent) finishRun(id uint64, compID string, runErr error) {
 	if runErr != nil {
 		a.log.Warn("computation failed", "computation_id", compID, "err", runErr)
 		a.rec.RunError = runErr.Error()
-		a.events.Publish(string(Running), StatusFailed)
+		a.events.Publish(compID, string(Running), StatusFailed)
 		ev = EvRunFailed
 	} else {
-		a.events.Publish(string(Running), StatusCompleted)
+		a.events.Publish(compID, string(Running), StatusCompleted)
 	}
 	a.removeInputs()
 	os.RemoveAll(a.dirs.results)
