@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/opencontainers/cgroups"
@@ -106,11 +105,25 @@ const (
 	cpuPeriod     = 100000 // µs
 )
 
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
+// validID reports whether id is 1–128 of [A-Za-z0-9_.-] (no regexp: this
+// package's init runs in every cvmd process, libcontainer's init included).
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '.', r == '-':
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // Validate reports what is wrong with s, naming the field.
 func (s *Spec) Validate() error {
-	if !idRE.MatchString(s.ID) {
+	if !validID(s.ID) {
 		return fmt.Errorf("sandbox: spec id %q: want [A-Za-z0-9_.-]{1,128}", s.ID)
 	}
 	if len(s.Args) == 0 || s.Args[0] == "" {
