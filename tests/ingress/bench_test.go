@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -154,6 +155,7 @@ func upload(t *testing.T, p []byte, sum [32]byte, addrOf func(*agenttest.Harness
 		t.Fatalf("algo upload: %v", err)
 	}
 	dctx := metadata.NewOutgoingContext(ctx, metadata.Pairs("user-id", "data-provider", "signature", owner.Sig(t, "data-provider"), "decompress", "false"))
+	cpu0 := cpuTime()
 	start := time.Now()
 	ds, err := c.Data(dctx)
 	if err != nil {
@@ -167,7 +169,20 @@ func upload(t *testing.T, p []byte, sum [32]byte, addrOf func(*agenttest.Harness
 	if _, err := ds.CloseAndRecv(); err != nil {
 		t.Fatalf("data upload: %v", err)
 	}
-	return float64(totalSize) / (1 << 20) / time.Since(start).Seconds()
+	el := time.Since(start)
+	lastCPU = (cpuTime() - cpu0).Seconds() / (float64(totalSize) / (1 << 30))
+	return float64(totalSize) / (1 << 20) / el.Seconds()
+}
+
+// lastCPU is the process CPU time (client, ingress and agent together) per
+// GiB of the last upload: unlike wall-clock rates it hardly depends on what
+// else the machine runs, so differences between modes are the modes' costs.
+var lastCPU float64
+
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // TestBenchIngressUpload: tls_upload_mib_s and atls_upload_mib_s, 1 GiB
@@ -177,10 +192,13 @@ func upload(t *testing.T, p []byte, sum [32]byte, addrOf func(*agenttest.Harness
 func TestBenchIngressUpload(t *testing.T) {
 	benchOn(t)
 	p := pattern()
+	c0 := cpuTime()
 	sum, ref := referenceSHA3(p)
 	fmt.Printf("BENCH ingress_ref_sha3_256_mib_s %.1f MiB/s (%d MiB)\n", ref, totalSize>>20)
+	fmt.Printf("BENCH ingress_ref_sha3_256_cpu_s_per_gib %.2f s\n", (cpuTime()-c0).Seconds()/(float64(totalSize)/(1<<30)))
 	direct := upload(t, p, sum, func(*agenttest.Harness) string { return "" }, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	fmt.Printf("BENCH ingress_ref_agent_direct_upload_mib_s %.1f MiB/s (no ingress, no TLS: the agent alone)\n", direct)
+	fmt.Printf("BENCH ingress_ref_agent_direct_upload_cpu_s_per_gib %.2f s (client and agent CPU time per GiB)\n", lastCPU)
 	id, err := atls.NewEphemeralIdentity()
 	if err != nil {
 		t.Fatal(err)
@@ -189,11 +207,13 @@ func TestBenchIngressUpload(t *testing.T) {
 	tlsRate := uploadThroughIngress(t, p, sum, tlsCfg, nil,
 		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})))
 	fmt.Printf("BENCH tls_upload_mib_s %.1f MiB/s (%.0f%% of one core's SHA3-256)\n", tlsRate, 100*tlsRate/ref)
+	fmt.Printf("BENCH tls_upload_cpu_s_per_gib %.2f s (client, ingress and agent CPU time per GiB)\n", lastCPU)
 
 	a := simAttester(t)
 	atlsRate := uploadThroughIngress(t, p, sum, atls.ServerTLSConfig(id), &atls.ServerConfig{Identity: id, Evidence: simEvidence(a)},
 		grpc.WithTransportCredentials(atls.NewCredentials(&atls.ClientConfig{VerifyEvidence: atls.PolicyVerifier(verify.Options{AllowSimulated: true})})))
 	fmt.Printf("BENCH atls_upload_mib_s %.1f MiB/s (%.0f%% of one core's SHA3-256)\n", atlsRate, 100*atlsRate/ref)
+	fmt.Printf("BENCH atls_upload_cpu_s_per_gib %.2f s (client, ingress and agent CPU time per GiB)\n", lastCPU)
 }
 
 // TestBenchIngressHandshake: tls_handshake_ms and atls_handshake_ms (p50 of
