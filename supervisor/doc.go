@@ -42,14 +42,19 @@
 // Ready within Table.ReadyTimeout, counts as a failure (the child is
 // killed and the restart policy applies; the supervisor never crashes).
 // When a child restarts, each running peer receives control.Rewire with a
-// fresh end for that edge; the supervisor's own dialers are replaced.
+// fresh end for that edge; the supervisor's own dialers are replaced. For
+// the children it dials itself (agent, logfwd) the supervisor then makes one
+// gRPC call over the new edge and records in children.json ("serving")
+// that the new generation answered.
 //
 // # Restart policy
 //
 // The first restart is at once, then Policy.Base·2^n up to Policy.Cap with
 // jitter; more than Policy.MaxRestarts restarts within Policy.Window mark
 // the child failed (logged, reported as a "child.failed" event) while the
-// others keep running. Counters restart with each computation
+// others keep running. Shutdown stops children by dependency level: every
+// running child that no running child depends on, together (ingress first,
+// logfwd last), each with Table.StopGrace, then SIGKILL. Counters restart with each computation
 // (StartComputation), which also gives failed children another chance and
 // restarts per-computation children (runner) with the computation id.
 //
@@ -89,7 +94,13 @@
 // logfwd/, attestation/ (children see them under /state). The run dir
 // (/run/cvmd, or DIR/run in dev mode) holds libcontainer's state, the empty
 // skeleton rootfs and children.json (name, status, pid in the supervisor's
-// PID namespace, generation, restarts), rewritten on every change.
+// PID namespace, generation, restarts, serving), rewritten on every change.
+//
+// Test-only switches (never set in the VM): --test-panic-on-sigusr1 (the
+// loop panics on SIGUSR1) and --test-misbehave CHILD=MODE (the child is
+// replaced by `cvmd probe child MODE`, which sends garbage, stays silent,
+// reports StartFailed or crashes). `cvmd probe exec` runs a check inside a
+// running child's container, as `runc exec` would.
 //
 // Only cmd/cvmd imports this package. It imports sandbox, ipc, logsink and
 // proto; children never import it.
