@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -354,5 +355,44 @@ func TestLimits(t *testing.T) {
 	io.WriteString(second, h2Preface)
 	if !closed(second) {
 		t.Fatal("a connection beyond max_connections was not refused")
+	}
+}
+
+// flakyListener fails its first Accepts with EMFILE, as a listener does when
+// the process is out of fds.
+type flakyListener struct {
+	net.Listener
+	fails int
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails > 0 {
+		l.fails--
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+func TestAcceptOutOfFDsIsRetried(t *testing.T) {
+	checkLeaks(t)
+	backend := startBackend(t)
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- New(Config{Backend: backend}).Run(ctx, &flakyListener{Listener: tcp, fails: 3}) }()
+	cc, _ := grpc.NewClient(tcp.Addr().String(), plainCreds)
+	hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err = healthpb.NewHealthClient(cc).Check(hctx, &healthpb.HealthCheckRequest{Service: "agent"})
+	hcancel()
+	cc.Close()
+	cancel()
+	if rerr := <-done; rerr != nil {
+		t.Fatalf("Run: %v", rerr)
+	}
+	if err != nil {
+		t.Fatalf("served after EMFILE: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cvmd/cvmd/attest/atls"
@@ -114,19 +115,30 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 	})
 	var err error
+	backoff := time.Duration(0)
 	for {
 		raw, aerr := ln.Accept()
 		if aerr != nil {
-			if ctx.Err() == nil {
-				var ne net.Error
-				if errors.As(aerr, &ne) && ne.Timeout() {
-					continue
-				}
-				err = fmt.Errorf("ingress: accepting: %w", aerr)
-				cancel()
+			if ctx.Err() != nil {
+				break
 			}
+			// Out of fds or memory, or a connection reset while queued:
+			// wait a little and go on (as net/http does); anything else
+			// means the listener is gone.
+			if transientAccept(aerr) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.drop.note("accept failed; retrying", "err", aerr.Error(), "backoff_ms", backoff.Milliseconds())
+				select {
+				case <-time.After(backoff):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			err = fmt.Errorf("ingress: accepting: %w", aerr)
+			cancel()
 			break
 		}
+		backoff = 0
 		el, ok := s.admit(raw)
 		if !ok {
 			raw.Close()
@@ -137,6 +149,20 @@ func (s *Server) Run(ctx context.Context, ln net.Listener) error {
 	s.shutdown()
 	wg.Wait()
 	return err
+}
+
+// transientAccept reports whether an Accept error is worth retrying.
+func transientAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // admit registers raw as in its handshake, dropping the oldest such
