@@ -318,10 +318,11 @@ func (s *Server) Streams() int {
 func (s *Server) Wait(ctx context.Context, cond func([]Received) bool) error {
 	for {
 		s.mu.Lock()
-		ok := cond(s.msgs)
+		msgs := s.msgs[:len(s.msgs):len(s.msgs)]
 		ch := s.changed
 		s.mu.Unlock()
-		if ok {
+		// cond runs unlocked: it may call Messages.
+		if cond(msgs) {
 			return nil
 		}
 		select {
