@@ -31,12 +31,17 @@ func TestRegisterUnderParentAnyOrder(t *testing.T) {
 		}}
 	})
 	Register("", func() *cobra.Command { return &cobra.Command{Use: "zz-test-group", Short: "test group"} })
+	// Two levels below a parent nobody registers.
+	Register("zz-test-a zz-test-b", func() *cobra.Command {
+		return &cobra.Command{Use: "deep", RunE: func(cmd *cobra.Command, _ []string) error { return IOOf(cmd).Print("deep ran", nil) }}
+	})
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
 		{[]string{"zz-test-group", "leaf"}, "leaf ran\n"},
 		{[]string{"--json", "zz-test-group", "leaf"}, "{\"ran\":\"leaf\"}\n"},
+		{[]string{"zz-test-a", "zz-test-b", "deep"}, "deep ran\n"},
 	} {
 		code, out, errs := runCLI(t, Options{}, tc.args...)
 		if code != 0 || out != tc.want {

@@ -174,12 +174,17 @@ No CA and no aTLS means plaintext gRPC.`,
 			byPath[strings.TrimSpace(r.parent+" "+c.Name())] = c
 		}
 		if len(next) == len(pending) {
-			// Parents nobody registered: make a plain group for each.
+			// Parents nobody registered: make plain groups, level by level.
 			for _, r := range next {
-				if _, ok := byPath[r.parent]; !ok {
-					group := &cobra.Command{Use: r.parent, Short: r.parent + " commands"}
-					root.AddCommand(group)
-					byPath[r.parent] = group
+				path := ""
+				for _, name := range strings.Fields(r.parent) {
+					parent := byPath[path]
+					path = strings.TrimSpace(path + " " + name)
+					if _, ok := byPath[path]; !ok {
+						group := &cobra.Command{Use: name, Short: name + " commands"}
+						parent.AddCommand(group)
+						byPath[path] = group
+					}
 				}
 			}
 		}
