@@ -65,3 +65,18 @@ func TestDecompressAndLimits(t *testing.T) {
 		t.Fatalf("state %s", s)
 	}
 }
+
+// TestFreeDiskIsChecked: an agent that must keep more free space than the
+// disk has refuses uploads with a clear error and keeps its state.
+func TestFreeDiskIsChecked(t *testing.T) {
+	w := &world{dir: t.TempDir()}
+	w.setup(t, algoScript)
+	w.h = agenttest.Start(t, agenttest.Options{Settings: &config.AgentSettings{MinFreeBytes: 1 << 62}})
+	w.useHarness()
+	w.start(t)
+	w.wantCVMError(t, false, "not enough free disk space in the agent", "algo", w.algo, w.algoP.KeyFile)
+	w.incomingEmpty(t)
+	if s := w.state(t); s != "ReceivingAlgorithm" {
+		t.Fatalf("state %s", s)
+	}
+}
