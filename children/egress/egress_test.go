@@ -473,3 +473,33 @@ func countFDs() int {
 	ents, _ := os.ReadDir("/proc/self/fd")
 	return len(ents)
 }
+
+func TestDenialLogsRateLimited(t *testing.T) {
+	logs := &logBuffer{}
+	p := New(Config{Log: slog.New(slog.NewJSONHandler(logs, nil))})
+	for range 120 {
+		p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
+	}
+	p.logDenial("agent", "client", "agent", "decision", "denied", "reason", "test")
+	count := func(client string) int {
+		n := 0
+		for _, l := range logs.lines() {
+			if l["client"] == client {
+				n++
+			}
+		}
+		return n
+	}
+	if got := count("algo"); got != maxDenialLogs {
+		t.Fatalf("%d lines for 120 denials, want %d", got, maxDenialLogs)
+	}
+	if count("agent") != 1 {
+		t.Fatal("another client's denial was suppressed")
+	}
+	time.Sleep(1100 * time.Millisecond)
+	p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
+	last := logs.lines()
+	if r, _ := last[len(last)-2]["reason"].(string); !strings.Contains(r, "70 more denials") {
+		t.Fatalf("no summary of the suppressed denials: %v", last[len(last)-2])
+	}
+}

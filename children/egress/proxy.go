@@ -53,8 +53,47 @@ type Proxy struct {
 	cfg Config
 
 	mu          sync.Mutex
-	computation map[string]Allowlist // guarded by mu; per-computation entries by client
-	inUse       map[string]int       // guarded by mu; tunnels and requests by client
+	computation map[string]Allowlist  // guarded by mu; per-computation entries by client
+	inUse       map[string]int        // guarded by mu; tunnels and requests by client
+	denials     map[string]*logWindow // guarded by mu; denial log rate per client
+}
+
+// maxDenialLogs is how many denials per client and second get their own log
+// line; beyond it they are counted, and the count is logged when the second
+// ends. A looping algorithm must not be able to flood the log forwarder.
+const maxDenialLogs = 50
+
+type logWindow struct {
+	start      time.Time
+	n, skipped int
+}
+
+// logDenial logs a refusal, subject to the per-client rate.
+func (p *Proxy) logDenial(client string, attrs ...any) {
+	p.mu.Lock()
+	w := p.denials[client]
+	if w == nil {
+		w = &logWindow{}
+		p.denials[client] = w
+	}
+	now := time.Now()
+	skipped := 0
+	if now.Sub(w.start) >= time.Second {
+		skipped = w.skipped
+		w.start, w.n, w.skipped = now, 0, 0
+	}
+	w.n++
+	over := w.n > maxDenialLogs
+	if over {
+		w.skipped++
+	}
+	p.mu.Unlock()
+	if skipped > 0 {
+		p.cfg.Log.Info("egress", "client", client, "decision", "denied", "reason", fmt.Sprintf("%d more denials in the previous second, not logged one by one", skipped))
+	}
+	if !over {
+		p.cfg.Log.Info("egress", attrs...)
+	}
 }
 
 // listenerState is what one Serve call shares with its requests.
@@ -89,7 +128,7 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxTunnels <= 0 {
 		cfg.MaxTunnels = DefaultMaxTunnels
 	}
-	return &Proxy{cfg: cfg, computation: map[string]Allowlist{}, inUse: map[string]int{}}
+	return &Proxy{cfg: cfg, computation: map[string]Allowlist{}, inUse: map[string]int{}, denials: map[string]*logWindow{}}
 }
 
 // ClientClass is the part of a client name before its first '-': the
@@ -255,12 +294,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	host, port, err := ParseTarget(r)
 	if err != nil {
-		p.cfg.Log.Info("egress", "client", client, "method", r.Method, "target", r.RequestURI, "decision", "denied", "reason", "malformed request: "+err.Error())
+		p.logDenial(client, "client", client, "method", r.Method, "target", r.RequestURI, "decision", "denied", "reason", "malformed request: "+err.Error())
 		http.Error(w, "egress: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	if !p.acquire(client) {
-		p.cfg.Log.Info("egress", "client", client, "method", r.Method, "host", host, "port", port, "decision", "denied", "reason", fmt.Sprintf("over %d concurrent tunnels", p.cfg.MaxTunnels))
+		p.logDenial(client, "client", client, "method", r.Method, "host", host, "port", port, "decision", "denied", "reason", fmt.Sprintf("over %d concurrent tunnels", p.cfg.MaxTunnels))
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "egress: too many concurrent tunnels", http.StatusTooManyRequests)
 		return
@@ -269,7 +308,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := p.Decide(r.Context(), client, host, port)
 	attrs := []any{"client", client, "method", r.Method, "host", host, "port", port}
 	if !d.Allowed {
-		p.cfg.Log.Info("egress", append(attrs, "decision", "denied", "reason", d.Reason, "duration_ms", time.Since(start).Milliseconds())...)
+		p.logDenial(client, append(attrs, "decision", "denied", "reason", d.Reason, "duration_ms", time.Since(start).Milliseconds())...)
 		http.Error(w, "egress: denied: "+d.Reason, http.StatusForbidden)
 		return
 	}
