@@ -59,8 +59,8 @@ type Proxy struct {
 }
 
 // maxDenialLogs is how many denials per client and second get their own log
-// line; beyond it they are counted, and the count is logged when the second
-// ends. A looping algorithm must not be able to flood the log forwarder.
+// line; beyond it they are counted, and the count is logged with the first
+// denial after that second. A looping algorithm must not be able to flood the log forwarder.
 const maxDenialLogs = 50
 
 type logWindow struct {
