@@ -40,10 +40,21 @@ type Runner struct {
 
 	mu    sync.Mutex
 	procs map[string]*exec.Cmd // guarded by mu
+	reqs  []*runner.RunRequest // guarded by mu
+}
+
+// Requests returns the RunRequests received so far.
+func (r *Runner) Requests() []*runner.RunRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]*runner.RunRequest(nil), r.reqs...)
 }
 
 // Run runs the algorithm to completion.
 func (r *Runner) Run(ctx context.Context, req *runner.RunRequest) (*runner.RunResponse, error) {
+	r.mu.Lock()
+	r.reqs = append(r.reqs, req)
+	r.mu.Unlock()
 	var argv []string
 	switch req.GetAlgoType() {
 	case "bin", "":
@@ -118,6 +129,7 @@ type Harness struct {
 	Dial    func(ctx context.Context) (net.Conn, error)
 	TCPAddr string // "" unless Options.TCP
 	Control agentctl.ControlClient
+	Runner  *Runner
 
 	stop func()
 }
@@ -134,7 +146,8 @@ func Start(t testing.TB, o Options) *Harness {
 	}
 	rl, rd := Edge(t, "runner")
 	rs := grpc.NewServer()
-	runner.RegisterRunnerServer(rs, &Runner{Dir: comp})
+	rn := &Runner{Dir: comp}
+	runner.RegisterRunnerServer(rs, rn)
 	go rs.Serve(rl)
 	rconn, err := ipc.GRPCClient(rd)
 	if err != nil {
@@ -146,7 +159,7 @@ func Start(t testing.TB, o Options) *Harness {
 	}
 	pl, pd := Edge(t, "agent")
 	cl, cd := Edge(t, "agent-control")
-	h := &Harness{Agent: a, StateDir: o.StateDir, CompDir: comp, Dial: pd.Dial}
+	h := &Harness{Agent: a, StateDir: o.StateDir, CompDir: comp, Dial: pd.Dial, Runner: rn}
 	var lns []net.Listener
 	if o.TCP {
 		tl, err := net.Listen("tcp", "127.0.0.1:0")
