@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sync"
 
 	_ "github.com/opencontainers/cgroups/devices" // device rules in cgroups (without it they cannot be applied)
@@ -37,6 +38,18 @@ type Runtime struct {
 
 	mu   sync.Mutex
 	live map[string]*Sandbox // guarded by mu
+
+	// forks runs every container start on one goroutine locked to its OS
+	// thread for the Runtime's life. Sandboxes get Pdeathsig=SIGKILL, which
+	// the kernel sends when the *thread* that forked them exits, and
+	// libcontainer itself runs a goroutine per start on a locked thread that
+	// it lets die: a start made on such a thread earlier would have its
+	// sandbox killed at random. Funnelling starts through one long-lived
+	// thread makes Pdeathsig mean "when this Runtime's process dies".
+	forks    chan func()
+	quit     chan struct{} // closed by Close
+	forkDone chan struct{} // closed when the forker goroutine ended
+	quitOnce sync.Once
 }
 
 // NewRuntime prepares StateDir and an empty skeleton rootfs, and removes
@@ -50,10 +63,11 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	if cfg.CgroupRoot == "" || filepath.IsAbs(cfg.CgroupRoot) || filepath.Clean(cfg.CgroupRoot) != cfg.CgroupRoot {
 		return nil, fmt.Errorf("sandbox: cgroup root %q: want a clean relative path", cfg.CgroupRoot)
 	}
-	r := &Runtime{cfg: cfg, live: map[string]*Sandbox{}}
+	r := &Runtime{cfg: cfg, live: map[string]*Sandbox{}, forks: make(chan func()), quit: make(chan struct{}), forkDone: make(chan struct{})}
 	if err := r.cleanStale(); err != nil {
 		return nil, err
 	}
+	go r.forker()
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "containers"), 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox: making state dir: %w", err)
 	}
@@ -62,6 +76,32 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 		return nil, fmt.Errorf("sandbox: making skeleton rootfs: %w", err)
 	}
 	return r, nil
+}
+
+func (r *Runtime) forker() {
+	runtime.LockOSThread() // never unlocked: the thread ends with the goroutine, after Close
+	defer close(r.forkDone)
+	for {
+		select {
+		case f := <-r.forks:
+			f()
+		case <-r.quit:
+			return
+		}
+	}
+}
+
+// onForker runs f on the forker thread and waits for it.
+func (r *Runtime) onForker(f func() error) error {
+	var err error
+	done := make(chan struct{})
+	select {
+	case r.forks <- func() { err = f(); close(done) }:
+	case <-r.forkDone:
+		return errors.New("sandbox: runtime closed")
+	}
+	<-done
+	return err
 }
 
 // cleanStale kills and removes what a previous Runtime left.
@@ -153,7 +193,7 @@ func (r *Runtime) Start(spec *Spec, stdio IO) (*Sandbox, error) {
 		ExtraFiles: stdio.ExtraFiles,
 		Init:       true,
 	}
-	if err := c.Run(p); err != nil {
+	if err := r.onForker(func() error { return c.Run(p) }); err != nil {
 		c.Destroy()
 		release()
 		return nil, fmt.Errorf("sandbox: running %s: %w", spec.ID, err)
@@ -228,6 +268,8 @@ func (r *Runtime) Close() error {
 	if err := removeCgroupTree(r.cfg.CgroupRoot); err != nil {
 		errs = append(errs, err)
 	}
+	r.quitOnce.Do(func() { close(r.quit) })
+	<-r.forkDone
 	return errors.Join(errs...)
 }
 

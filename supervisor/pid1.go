@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer/exeseal"
@@ -31,6 +32,9 @@ type pid1 struct {
 const properGrace = 4 * time.Second
 
 func runPID1(o *options, args []string, log *slog.Logger) error {
+	// The supervisor proper's Pdeathsig follows the forking thread: keep
+	// every fork on this one (see Supervisor.Run).
+	runtime.LockOSThread()
 	if !o.sealed {
 		if o.dev {
 			if err := devMounts(); err != nil {
@@ -213,6 +217,7 @@ func (p *pid1) shutdown() error {
 // runDev re-executes `cvmd supervise` as PID 1 of new PID and mount
 // namespaces and waits for it, passing on SIGTERM, SIGINT and SIGPWR.
 func runDev(args []string, log *slog.Logger) error {
+	runtime.LockOSThread() // Pdeathsig follows the forking thread
 	cmd := exec.Command("/proc/self/exe", append([]string{"supervise"}, args...)...)
 	cmd.Args[0] = "cvmd"
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
