@@ -33,11 +33,13 @@ func ServerOptions() []grpc.ServerOption {
 
 // RegisterPublic registers agent.AgentService and grpc.health.v1 (service
 // "agent" SERVING, which Cocos's CLI checks) on s.
-func (a *Agent) RegisterPublic(s *grpc.Server) {
+// It returns the health server, which Run turns NOT_SERVING when stopping.
+func (a *Agent) RegisterPublic(s *grpc.Server) *health.Server {
 	agentpb.RegisterAgentServiceServer(s, &publicService{a: a})
 	h := health.NewServer()
 	h.SetServingStatus("agent", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, h)
+	return h
 }
 
 // RegisterControl registers agentctl.Control on s. Only the supervisor may
@@ -52,7 +54,7 @@ func (a *Agent) RegisterControl(s *grpc.Server) {
 // most 2 s) and returns nil.
 func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
 	pub := grpc.NewServer(ServerOptions()...)
-	a.RegisterPublic(pub)
+	h := a.RegisterPublic(pub)
 	servers := []*grpc.Server{pub}
 	lns := []net.Listener{public}
 	if control != nil {
@@ -75,6 +77,8 @@ func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	// New CLI connections see the agent going away while running uploads finish.
+	h.Shutdown()
 	for _, s := range servers {
 		done := make(chan struct{})
 		go func() { s.GracefulStop(); close(done) }()
