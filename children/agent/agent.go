@@ -66,6 +66,8 @@ type Agent struct {
 	dirs   dirs
 	events *eventQueue
 
+	uploads chan struct{} // a slot per upload being received (maxUploads)
+
 	runs sync.WaitGroup
 
 	mu        sync.Mutex
@@ -127,7 +129,7 @@ func New(cfg Config) (*Agent, error) {
 	if s == nil {
 		s = &config.AgentSettings{}
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log}
+	a := &Agent{cfg: cfg, log: cfg.Log, uploads: make(chan struct{}, maxUploads)}
 	a.lim = limits{
 		maxAlgorithm:  int64(orDefault(s.GetMaxAlgorithmBytes(), 4<<30)),
 		maxDataset:    int64(orDefault(s.GetMaxDatasetBytes(), 64<<30)),

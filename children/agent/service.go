@@ -63,7 +63,7 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	if sn.state != ReceivingAlgorithm {
 		return ErrWrongState
 	}
-	sp, err := a.newSpool("algorithm", a.lim.maxAlgorithm)
+	sp, err := a.newSpool(stream.Context(), "algorithm", a.lim.maxAlgorithm)
 	if err != nil {
 		return err
 	}
@@ -170,7 +170,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if !rolesig.Verify(sn.keys.Datasets[idx], rolesig.DataProvider, m.Signature) {
 		return fmt.Errorf("%w: dataset %q belongs to another data provider", ErrPermissionDenied, name)
 	}
-	sp, err := a.newSpool("dataset "+name, a.lim.maxDataset)
+	sp, err := a.newSpool(stream.Context(), "dataset "+name, a.lim.maxDataset)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"hash"
@@ -20,6 +21,7 @@ import (
 // receiving, hashing and writing overlap: SHA3-256 is the slowest stage and
 // sets the rate. Chunks are never copied: each received chunk goes to both.
 type spool struct {
+	slot    chan struct{} // released by stop
 	path    string
 	f       *os.File
 	h       hash.Hash
@@ -42,15 +44,27 @@ const spoolDepth = 4
 // diskCheckEvery is how often (bytes) free space is checked during an upload.
 const diskCheckEvery = 64 << 20
 
-func (a *Agent) newSpool(what string, max int64) (*spool, error) {
+// maxUploads bounds the uploads received at once, so that memory (≈ 10 MiB
+// of chunks and windows each) stays bounded however many clients connect.
+// Later uploads wait for a slot.
+const maxUploads = 4
+
+func (a *Agent) newSpool(ctx context.Context, what string, max int64) (*spool, error) {
+	select {
+	case a.uploads <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for an upload slot: %w", ctx.Err())
+	}
 	if err := checkFree(a.dirs.incoming, a.lim.minFree, 0); err != nil {
+		<-a.uploads
 		return nil, err
 	}
 	f, err := os.CreateTemp(a.dirs.incoming, "upload-*")
 	if err != nil {
+		<-a.uploads
 		return nil, fmt.Errorf("creating upload file: %w", err)
 	}
-	s := &spool{path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
+	s := &spool{slot: a.uploads, path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
 		nextCheck: diskCheckEvery, hashCh: make(chan []byte, spoolDepth), writeCh: make(chan []byte, spoolDepth)}
 	hashCh, writeCh := s.hashCh, s.writeCh // stop nils the fields
 	s.wg.Add(2)
@@ -132,6 +146,7 @@ func (s *spool) stop() {
 		close(s.writeCh)
 		s.hashCh, s.writeCh = nil, nil
 		s.wg.Wait()
+		<-s.slot
 	}
 }
 
