@@ -181,7 +181,7 @@ func New(cfg Config) (*Supervisor, error) {
 		}
 	}
 	if d := s.dialers["logfwd"]; d != nil {
-		if s.sink, err = logsink.New(d, logsink.Options{Originator: SupervisorName, BufferBytes: 1 << 20}); err != nil {
+		if s.sink, err = logsink.New(d, logsink.Options{Originator: SupervisorName, BufferBytes: 1 << 20, MaxWait: -1}); err != nil {
 			s.log.Warn("no event sink; events go to the log", "err", err)
 		}
 	}
@@ -363,6 +363,13 @@ func (s *Supervisor) kick() {
 
 func (s *Supervisor) start(c *childState) {
 	c.gen++
+	if c.gen > 1 {
+		// Measured before the new incarnation runs.
+		if m := s.cfg.Hooks.Measure; m != nil {
+			b, _ := json.Marshal(map[string]any{"child": c.spec.Name, "generation": c.gen, "computation_id": s.compID})
+			m(context.Background(), MeasureRestart, b)
+		}
+	}
 	c.startAt = time.Now()
 	inc, err := s.spawn(c.spec, c.gen)
 	s.log.Debug("spawned", "child", c.spec.Name, "took", time.Since(c.startAt))
@@ -381,12 +388,6 @@ func (s *Supervisor) start(c *childState) {
 	c.setTimer(s.table.ReadyTimeout, func() { s.post(evReadyTimeout{name: name, gen: gen}) })
 	s.log.Info("child started", "child", name, "pid", inc.sb.Pid(), "generation", gen)
 	s.Events().Event("child.started", "ok", "child", name, "pid", inc.sb.Pid(), "generation", gen)
-	if gen > 1 {
-		if m := s.cfg.Hooks.Measure; m != nil {
-			b, _ := json.Marshal(map[string]any{"child": name, "generation": gen, "computation_id": s.compID})
-			m(context.Background(), MeasureRestart, b)
-		}
-	}
 }
 
 func (c *childState) setTimer(d time.Duration, f func()) {
