@@ -195,8 +195,9 @@ func TestEventsKeepTheirComputationAndTime(t *testing.T) {
 	q := newEventQueue(p)
 	before := time.Now()
 	q.Publish("comp-9", "Stopped", "Stopped")
+	q.Publish("comp-9", "Running", "Failed", "error", "exit status 3")
 	q.Close(context.Background())
-	if len(p.recs) != 1 {
+	if len(p.recs) != 2 || string(p.recs[1].GetEvent().GetDetails()) != `{"error":"exit status 3"}` {
 		t.Fatalf("%d records", len(p.recs))
 	}
 	ev := p.recs[0].GetEvent()

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"time"
 
@@ -38,6 +39,7 @@ func newEventQueue(pub logsink.Publisher) *eventQueue {
 // and time are taken then, not when the publisher accepts it.
 type queuedEvent struct {
 	typ, status, compID string
+	details             []byte // JSON object or nil
 	at                  time.Time
 }
 
@@ -47,10 +49,19 @@ type recordPutter interface {
 	Put(*logs.Record) bool
 }
 
-// Publish queues one event of computation compID.
-func (q *eventQueue) Publish(compID, eventType, status string) {
+// Publish queues one event of computation compID. details, if any, are
+// key/value pairs sent as a JSON object (Cocos sends none).
+func (q *eventQueue) Publish(compID, eventType, status string, details ...string) {
+	var d []byte
+	if len(details) > 1 {
+		m := map[string]string{}
+		for i := 0; i+1 < len(details); i += 2 {
+			m[details[i]] = details[i+1]
+		}
+		d, _ = json.Marshal(m)
+	}
 	q.mu.Lock()
-	q.pending = append(q.pending, queuedEvent{eventType, status, compID, time.Now()})
+	q.pending = append(q.pending, queuedEvent{eventType, status, compID, d, time.Now()})
 	q.mu.Unlock()
 	q.cond.Signal()
 }
@@ -87,8 +98,11 @@ func (q *eventQueue) run() {
 func (q *eventQueue) deliver(ev queuedEvent) bool {
 	if p, ok := q.pub.(recordPutter); ok {
 		return p.Put(&logs.Record{Body: &logs.Record_Event{Event: &cvms.AgentEvent{
-			EventType: ev.typ, Status: ev.status, ComputationId: ev.compID, Timestamp: timestamppb.New(ev.at),
+			EventType: ev.typ, Status: ev.status, ComputationId: ev.compID, Details: ev.details, Timestamp: timestamppb.New(ev.at),
 		}}})
+	}
+	if ev.details != nil {
+		return q.pub.Event(ev.typ, ev.status, json.RawMessage(ev.details))
 	}
 	return q.pub.Event(ev.typ, ev.status)
 }

@@ -107,7 +107,7 @@ func (a *Agent) finishRun(id uint64, compID string, runErr error) {
 	if runErr != nil {
 		a.log.Warn("computation failed", "computation_id", compID, "err", runErr)
 		a.rec.RunError = runErr.Error()
-		a.events.Publish(compID, string(Running), StatusFailed)
+		a.events.Publish(compID, string(Running), StatusFailed, "error", runErr.Error())
 		ev = EvRunFailed
 	} else {
 		a.events.Publish(compID, string(Running), StatusCompleted)
