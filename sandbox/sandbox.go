@@ -39,16 +39,17 @@ type Runtime struct {
 	mu   sync.Mutex
 	live map[string]*Sandbox // guarded by mu
 
-	// forks runs every container start on one goroutine locked to its OS
-	// thread for the Runtime's life. Sandboxes get Pdeathsig=SIGKILL, which
+	// forks runs every container start on one of a few goroutines locked to
+	// their OS threads for the Runtime's life. Sandboxes get Pdeathsig=SIGKILL, which
 	// the kernel sends when the *thread* that forked them exits, and
 	// libcontainer itself runs a goroutine per start on a locked thread that
 	// it lets die: a start made on such a thread earlier would have its
-	// sandbox killed at random. Funnelling starts through one long-lived
-	// thread makes Pdeathsig mean "when this Runtime's process dies".
+	// sandbox killed at random. Funnelling starts through long-lived
+	// threads makes Pdeathsig mean "when this Runtime's process dies".
 	forks    chan func()
 	quit     chan struct{} // closed by Close
-	forkDone chan struct{} // closed when the forker goroutine ended
+	forkDone chan struct{} // closed when the forker goroutines ended
+	forkWG   sync.WaitGroup
 	quitOnce sync.Once
 }
 
@@ -67,7 +68,11 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	if err := r.cleanStale(); err != nil {
 		return nil, err
 	}
-	go r.forker()
+	r.forkWG.Add(forkers)
+	for i := 0; i < forkers; i++ {
+		go r.forker()
+	}
+	go func() { r.forkWG.Wait(); close(r.forkDone) }()
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "containers"), 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox: making state dir: %w", err)
 	}
@@ -78,9 +83,12 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	return r, nil
 }
 
+// forkers is how many starts may run at once (each on its own thread).
+const forkers = 3
+
 func (r *Runtime) forker() {
 	runtime.LockOSThread() // never unlocked: the thread ends with the goroutine, after Close
-	defer close(r.forkDone)
+	defer r.forkWG.Done()
 	for {
 		select {
 		case f := <-r.forks:

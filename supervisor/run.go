@@ -37,45 +37,54 @@ type incarnation struct {
 // sortStrings sorts in place (kept here so wiring.go needs no sort import).
 func sortStrings(s []string) { sort.Strings(s) }
 
-// spawn starts one incarnation of spec: makes its control channel and edge
-// ends, starts the sandbox, sends Hello and the peers' rewires, and starts
-// the goroutines that report to the loop. Runs on the loop.
-func (s *Supervisor) spawn(spec *ChildSpec, gen uint32) (*incarnation, error) {
-	ctlMine, ctlChild, err := ipc.Socketpair(unix.SOCK_SEQPACKET, spec.Name+":control")
+// launch is one incarnation on its way: prepared on the loop, started
+// (possibly alongside others) off it, finished on the loop.
+type launch struct {
+	spec     *ChildSpec
+	gen      uint32
+	ctlMine  *os.File
+	ctlChild *os.File
+	named    map[string]*os.File // the child's fds (ours to close after start)
+	rewires  []rewire
+	extra    []*os.File
+	cfg      *control.ChildConfig
+	sbSpec   *sandbox.Spec
+	pr, pw   *os.File
+	sb       *sandbox.Sandbox
+	err      error
+}
+
+// prepare makes the control channel, the edge ends (parked or rewired, see
+// wiring), the extra fds and the config of one incarnation. Runs on the loop.
+func (s *Supervisor) prepare(spec *ChildSpec, gen uint32) (*launch, error) {
+	l := &launch{spec: spec, gen: gen}
+	var err error
+	l.ctlMine, l.ctlChild, err = ipc.Socketpair(unix.SOCK_SEQPACKET, spec.Name+":control")
 	if err != nil {
 		return nil, err
 	}
-	defer ctlChild.Close()
-	named, rewires, err := s.wiring.endsFor(spec.Name, gen, s.liveness)
+	l.named, l.rewires, err = s.wiring.endsFor(spec.Name, gen, s.liveness)
 	if err != nil {
-		ctlMine.Close()
+		l.ctlMine.Close()
+		l.ctlChild.Close()
 		return nil, fmt.Errorf("wiring %s: %w", spec.Name, err)
-	}
-	closeAll := func() {
-		for _, f := range named {
-			f.Close()
-		}
-		for _, r := range rewires {
-			r.f.Close()
-		}
 	}
 	for _, fd := range spec.Fds {
 		f, err := s.extraFD(spec.Name, fd)
 		if err != nil {
-			closeAll()
-			ctlMine.Close()
+			l.abort()
 			return nil, err
 		}
-		named[fd] = f
+		l.named[fd] = f
 	}
-	extra, fds := extraFiles(ctlChild, named)
+	var fds map[string]int32
+	l.extra, fds = extraFiles(l.ctlChild, l.named)
 	settings, err := anypb.New(s.settings(spec.Name))
 	if err != nil {
-		closeAll()
-		ctlMine.Close()
+		l.abort()
 		return nil, fmt.Errorf("encoding settings of %s: %w", spec.Name, err)
 	}
-	cfg := &control.ChildConfig{
+	l.cfg = &control.ChildConfig{
 		Version:       1,
 		Name:          spec.Name,
 		ComputationId: s.compID,
@@ -85,33 +94,58 @@ func (s *Supervisor) spawn(spec *ChildSpec, gen uint32) (*incarnation, error) {
 		Settings:      settings,
 		Generation:    gen,
 	}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		closeAll()
-		ctlMine.Close()
+	if l.pr, l.pw, err = os.Pipe(); err != nil {
+		l.abort()
 		return nil, err
 	}
-	sb, err := s.rt.Start(s.sandboxSpec(spec), sandbox.IO{Stdout: pw, Stderr: pw, ExtraFiles: extra})
-	pw.Close()
-	// The child has its copies now (or never will): ours go (style 5).
-	for _, f := range named {
+	l.sbSpec = s.sandboxSpec(spec)
+	return l, nil
+}
+
+// abort releases everything of a launch that did not start.
+func (l *launch) abort() {
+	for _, f := range l.named {
 		f.Close()
 	}
-	if err != nil {
-		pr.Close()
-		for _, r := range rewires {
-			r.f.Close()
-		}
-		ctlMine.Close()
-		return nil, err
+	for _, r := range l.rewires {
+		r.f.Close()
 	}
+	for _, f := range []*os.File{l.ctlMine, l.ctlChild, l.pr, l.pw} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// run starts the sandbox. It touches nothing of the loop's, so several
+// launches may run at once.
+func (l *launch) run(rt *sandbox.Runtime) {
+	l.sb, l.err = rt.Start(l.sbSpec, sandbox.IO{Stdout: l.pw, Stderr: l.pw, ExtraFiles: l.extra})
+	// The child has its copies now (or never will): ours go (style 5).
+	l.pw.Close()
+	l.ctlChild.Close()
+	for _, f := range l.named {
+		f.Close()
+	}
+	l.pw, l.ctlChild, l.named = nil, nil, nil
+}
+
+// finish sends Hello and the peers' rewires and starts the goroutines that
+// report to the loop. Runs on the loop.
+func (s *Supervisor) finish(l *launch) (*incarnation, error) {
+	if l.err != nil {
+		l.abort()
+		return nil, l.err
+	}
+	spec, sb := l.spec, l.sb
 	ctx, cancel := context.WithCancel(context.Background())
-	inc := &incarnation{name: spec.Name, gen: gen, sb: sb, ctl: ipc.NewControl(ctlMine), started: time.Now(), tail: newTail(4096), cancel: cancel}
-	if err := inc.ctl.Send(&control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: cfg}}}, nil); err != nil {
+	inc := &incarnation{name: spec.Name, gen: l.gen, sb: sb, ctl: ipc.NewControl(l.ctlMine), started: time.Now(), tail: newTail(4096), cancel: cancel}
+	if err := inc.ctl.Send(&control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: l.cfg}}}, nil); err != nil {
 		s.log.Warn("sending hello", "child", spec.Name, "err", err)
 	}
-	s.sendRewires(rewires)
+	s.sendRewires(l.rewires)
 	log := s.log.With("child", spec.Name)
+	pr := l.pr
 	outDone := make(chan struct{})
 	s.wg.Add(3)
 	go func() { defer s.wg.Done(); defer close(outDone); inc.readOutput(pr, log) }()

@@ -80,6 +80,9 @@ type Supervisor struct {
 
 	// Owned by the loop goroutine.
 	children map[string]*childState
+	spawning map[string]uint32 // prepared in the current kick, not started yet
+	kicking  bool              // a kick is running
+	rekick   bool              // a kick was asked for while one ran
 	compID   string
 	stopping bool
 
@@ -161,6 +164,7 @@ func New(cfg Config) (*Supervisor, error) {
 		calls:    make(chan func()),
 		done:     make(chan struct{}),
 		children: map[string]*childState{},
+		spawning: map[string]uint32{},
 		dialers:  map[string]*ipc.Dialer{},
 	}
 	for i := range cfg.Table.Children {
@@ -254,6 +258,9 @@ func (s *Supervisor) replaceDialer(server string, f *os.File) {
 }
 
 func (s *Supervisor) liveness(name string) (uint32, bool) {
+	if gen, ok := s.spawning[name]; ok {
+		return gen, true
+	}
 	c := s.children[name]
 	if c == nil || c.inc == nil {
 		return 0, false
@@ -337,11 +344,35 @@ func (s *Supervisor) post(ev event) {
 	}
 }
 
-// kick starts every pending child whose dependencies are ready.
+// kick starts every pending child whose dependencies are ready, all of
+// them at once: each is prepared on the loop in table order (a child
+// prepared earlier in the batch counts as running for the wiring, so two
+// new peers share one edge without rewiring), their sandboxes start in
+// parallel, and each is finished on the loop.
 func (s *Supervisor) kick() {
 	if s.stopping {
 		return
 	}
+	if s.kicking {
+		// Called from within a kick (a start failed and is retried at once):
+		// the running kick takes another round.
+		s.rekick = true
+		return
+	}
+	s.kicking = true
+	defer func() { s.kicking = false }()
+	for {
+		s.rekick = false
+		s.kickOnce()
+		if !s.rekick || s.stopping {
+			break
+		}
+	}
+	s.writeStatus()
+}
+
+func (s *Supervisor) kickOnce() {
+	var batch []*launch
 	for i := range s.table.Children {
 		c := s.children[s.table.Children[i].Name]
 		if c.status != StatusPending {
@@ -354,31 +385,61 @@ func (s *Supervisor) kick() {
 				break
 			}
 		}
-		if ok {
-			s.start(c)
+		if !ok {
+			continue
 		}
+		c.gen++
+		if c.gen > 1 {
+			// Measured before the new incarnation runs.
+			if m := s.cfg.Hooks.Measure; m != nil {
+				b, _ := json.Marshal(map[string]any{"child": c.spec.Name, "generation": c.gen, "computation_id": s.compID})
+				m(context.Background(), MeasureRestart, b)
+			}
+		}
+		c.startAt = time.Now()
+		l, err := s.prepare(c.spec, c.gen)
+		if err != nil {
+			s.startFailed(c, err)
+			continue
+		}
+		c.status = StatusStarting
+		s.spawning[c.spec.Name] = c.gen
+		batch = append(batch, l)
 	}
-	s.writeStatus()
+	if len(batch) == 1 {
+		batch[0].run(s.rt)
+	} else if len(batch) > 1 {
+		var wg sync.WaitGroup
+		for _, l := range batch {
+			wg.Go(func() { l.run(s.rt) })
+		}
+		wg.Wait()
+	}
+	for _, l := range batch {
+		delete(s.spawning, l.spec.Name)
+	}
+	for _, l := range batch {
+		c := s.children[l.spec.Name]
+		inc, err := s.finish(l)
+		s.log.Debug("spawned", "child", c.spec.Name, "took", time.Since(c.startAt))
+		if err != nil {
+			s.startFailed(c, err)
+			continue
+		}
+		s.started(c, inc)
+	}
 }
 
-func (s *Supervisor) start(c *childState) {
-	c.gen++
-	if c.gen > 1 {
-		// Measured before the new incarnation runs.
-		if m := s.cfg.Hooks.Measure; m != nil {
-			b, _ := json.Marshal(map[string]any{"child": c.spec.Name, "generation": c.gen, "computation_id": s.compID})
-			m(context.Background(), MeasureRestart, b)
-		}
-	}
-	c.startAt = time.Now()
-	inc, err := s.spawn(c.spec, c.gen)
-	s.log.Debug("spawned", "child", c.spec.Name, "took", time.Since(c.startAt))
-	if err != nil {
-		s.log.Error("starting child", "child", c.spec.Name, "err", err)
-		s.Events().Event("child.start_failed", "error", "child", c.spec.Name, "error", err.Error())
-		s.afterExit(c)
-		return
-	}
+// startFailed applies the restart policy to a child that could not be started.
+func (s *Supervisor) startFailed(c *childState, err error) {
+	s.log.Error("starting child", "child", c.spec.Name, "err", err)
+	s.Events().Event("child.start_failed", "error", "child", c.spec.Name, "error", err.Error())
+	c.status = StatusPending
+	s.afterExit(c)
+}
+
+// started records a running incarnation and arms its READY timeout.
+func (s *Supervisor) started(c *childState, inc *incarnation) {
 	c.inc = inc
 	c.serving = false
 	c.status = StatusStarting

@@ -257,6 +257,8 @@ func TestOOMKillsOnlyTheChild(t *testing.T) {
 
 func TestKillEachChildIsReplacedAndRewired(t *testing.T) {
 	d := startDev(t)
+	// At boot, children started together share their edges without rewiring.
+	checkEdgesConnected(t, d)
 	for _, name := range childNames {
 		before := d.status()
 		old := before.child(name)
