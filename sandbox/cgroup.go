@@ -103,8 +103,12 @@ func ownCgroups() (map[string]string, error) {
 	return m, nil
 }
 
-// removeCgroupTree kills every process in the cgroup tree rel (in every
-// hierarchy) and removes its directories, deepest first.
+// RemoveCgroupTree kills every process in the cgroup tree rel (relative to
+// this process's own cgroup, in every hierarchy) and removes its
+// directories, deepest first. PID 1 uses it when the supervisor proper had
+// to be killed before it could clean up.
+func RemoveCgroupTree(rel string) error { return removeCgroupTree(rel) }
+
 func removeCgroupTree(rel string) error {
 	dirs, err := CgroupDirs(rel)
 	if err != nil {

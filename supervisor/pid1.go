@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmd/cvmd/guestboot"
+	"github.com/cvmd/cvmd/sandbox"
 )
 
 // pid1 is the minimal PID 1: it owns no children but the supervisor proper,
@@ -26,6 +27,8 @@ type pid1 struct {
 	args   []string // of the supervisor proper
 	proper *os.Process
 	starts []time.Time
+	// cgroupRoot is the supervisor proper's (cleaned at shutdown).
+	cgroupRoot string
 }
 
 // properGrace is how long the supervisor proper has to stop its children.
@@ -54,7 +57,7 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 		}
 		log.Warn("running from the unsealed binary; each spawn will copy it", "err", err)
 	}
-	p := &pid1{log: log, dev: o.dev, args: append([]string{"supervise", "--proper"}, stripSealed(args)...)}
+	p := &pid1{log: log, dev: o.dev, cgroupRoot: o.cgroupRoot, args: append([]string{"supervise", "--proper"}, stripSealed(args)...)}
 	if !o.dev {
 		// Last line of defence: PID 1 exiting panics the kernel. Should this
 		// small loop ever panic, kill the supervisor proper (its children die
@@ -201,6 +204,11 @@ func (p *pid1) shutdown() error {
 		if pid == 0 {
 			time.Sleep(2 * time.Millisecond)
 		}
+	}
+	// Normally the supervisor proper removed its cgroups; if it had to be
+	// killed, nothing else will.
+	if err := sandbox.RemoveCgroupTree(p.cgroupRoot); err != nil {
+		p.log.Warn("removing cgroups", "err", err)
 	}
 	unix.Sync()
 	p.log.Info("stopped")
