@@ -39,7 +39,9 @@ type Spec struct {
 	// of an existing one (/proc/PID/ns/net, a bind-mounted nsfs file).
 	Net string `json:"net,omitempty"`
 	// Rootfs is the directory that becomes "/", mounted read-only. "" means
-	// the Runtime's empty skeleton: the view then has only what Mounts bind in.
+	// the Runtime's empty skeleton: the view then has only what Mounts bind
+	// in. The host's "/" is refused: its submounts would stay writable; bind
+	// the directories needed read-only instead.
 	Rootfs string `json:"rootfs,omitempty"`
 	// Mounts are applied in order on top of Rootfs. /proc, /dev (tmpfs with
 	// the allowed device nodes) and a read-only /sys are always there.
@@ -153,6 +155,10 @@ func (s *Spec) Validate() error {
 	}
 	if s.Limits.MemoryBytes < 0 || s.Limits.Pids < 0 || s.Limits.CPUMillis < 0 {
 		return fmt.Errorf("sandbox: spec %s: negative limit %+v", s.ID, s.Limits)
+	}
+	if s.Rootfs != "" && (!filepath.IsAbs(s.Rootfs) || filepath.Clean(s.Rootfs) == "/") {
+		// Binding the host's / would carry every submount, writable, into the view.
+		return fmt.Errorf("sandbox: spec %s: rootfs %q: want an absolute directory other than /", s.ID, s.Rootfs)
 	}
 	if s.Net != "" && s.Net != NetHost && !filepath.IsAbs(s.Net) {
 		return fmt.Errorf("sandbox: spec %s: net %q: want \"\", %q or an absolute nsfs path", s.ID, s.Net, NetHost)

@@ -67,6 +67,7 @@ func TestSpecConfig(t *testing.T) {
 		{name: "relative dest", spec: Spec{ID: "a", Args: []string{"/x"}, Mounts: []Mount{{Kind: Tmpfs, Dest: "tmp"}}}, wantErr: "dest"},
 		{name: "unknown kind", spec: Spec{ID: "a", Args: []string{"/x"}, Mounts: []Mount{{Kind: "overlay", Dest: "/o"}}}, wantErr: "kind"},
 		{name: "bad cap", spec: Spec{ID: "a", Args: []string{"/x"}, Caps: []string{"SYS_ADMIN"}}, wantErr: "capability"},
+		{name: "host root as rootfs", spec: Spec{ID: "a", Args: []string{"/x"}, Rootfs: "/"}, wantErr: "rootfs"},
 		{name: "bad net", spec: Spec{ID: "a", Args: []string{"/x"}, Net: "egress"}, wantErr: "net"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
