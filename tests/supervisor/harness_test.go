@@ -114,6 +114,9 @@ type dev struct {
 	out   *syncBuf
 	done  chan error
 	pid1  int // host pid of the namespace's PID 1
+	// started and ready: when the process was started and when
+	// children.json first showed every child READY.
+	started, ready time.Time
 }
 
 var childNames = []string{"logfwd", "attestation", "egress", "runner", "agent", "ingress"}
@@ -134,6 +137,7 @@ func startDevWith(t *testing.T, waitReady bool, extra ...string) *dev {
 	d := &dev{t: t, bin: bin, state: state, cmd: exec.Command(bin, args...), out: &syncBuf{}, done: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	d.cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	d.started = time.Now()
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +150,7 @@ func startDevWith(t *testing.T, waitReady bool, extra ...string) *dev {
 	})
 	if waitReady {
 		d.waitAll(func(s *status) bool { return allReady(s) }, 60*time.Second, "all children ready")
+		d.ready = time.Now()
 	} else {
 		d.waitAll(func(s *status) bool { return len(s.Children) > 0 }, 60*time.Second, "children.json")
 	}
