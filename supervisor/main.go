@@ -131,7 +131,15 @@ func Main(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	switch {
 	case o.print:
-		return DefaultTable().Print(os.Stdout)
+		// The table as it would be measured, flags applied.
+		tab := DefaultTable()
+		if o.readyTimeout > 0 {
+			tab.ReadyTimeout = o.readyTimeout
+		}
+		if o.window > 0 {
+			tab.Policy.Window = o.window
+		}
+		return tab.Print(os.Stdout)
 	case o.proper:
 		return runProper(o, log.With("proc", "supervisor"))
 	case os.Getpid() == 1:
