@@ -119,6 +119,16 @@ func (e *Env) hello(name string) error {
 		if fd <= ControlFD {
 			return fmt.Errorf("%s: fd %q has number %d, want > %d", name, fname, fd, ControlFD)
 		}
+		// Every fd the supervisor passes is a socket (an edge or a listener).
+		// Checking that catches a config naming a number that is open for
+		// another reason: the Go runtime itself keeps cgroup files open.
+		var st unix.Stat_t
+		if err := unix.Fstat(int(fd), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+			return fmt.Errorf("%s: fd %q (%d) not passed (not an open socket)", name, fname, fd)
+		}
+		if _, dup := e.files[fname]; dup {
+			return fmt.Errorf("%s: fd %q both passed at start and attached to the hello", name, fname)
+		}
 		f, err := ipc.NewFile(int(fd), fname)
 		if err != nil {
 			return fmt.Errorf("%s: fd %q (%d) not passed: %w", name, fname, fd, err)

@@ -1,0 +1,226 @@
+package child_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/ipc"
+	"github.com/cvmd/cvmd/proto/control"
+)
+
+// The test binary doubles as the child: TestMain runs child.Run when asked to,
+// the way cvmd's dispatch table does.
+func TestMain(m *testing.M) {
+	if os.Getenv("CHILD_TEST_ROLE") == "echo" {
+		if err := child.Run("echo", echoMain); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// echoMain serves a line echo on every from: edge and answers a Command
+// carrying a string with its upper-case form.
+func echoMain(ctx context.Context, env *child.Env) error {
+	env.HandleCommand(&wrapperspb.StringValue{}, func(_ context.Context, body proto.Message) (proto.Message, error) {
+		return wrapperspb.String(strings.ToUpper(body.(*wrapperspb.StringValue).GetValue())), nil
+	})
+	l := env.Listener()
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	if err := env.Ready(); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// started is a child process and the supervisor's ends of its fds.
+type started struct {
+	cmd  *exec.Cmd
+	ctl  *ipc.Control
+	dial *ipc.Dialer
+}
+
+func start(t *testing.T, cfg *control.ChildConfig) *started {
+	t.Helper()
+	ctlSup, ctlChild, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "control")
+	if err != nil {
+		t.Fatal(err)
+	}
+	edgeCli, edgeSrv, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "edge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "CHILD_TEST_ROLE=echo")
+	cmd.ExtraFiles = []*os.File{ctlChild, edgeSrv} // fd 3, fd 4
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctlChild.Close()
+	edgeSrv.Close()
+	s := &started{cmd: cmd, ctl: ipc.NewControl(ctlSup), dial: ipc.NewDialer("echo", edgeCli)}
+	t.Cleanup(func() {
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+		s.ctl.Close()
+		s.dial.Close()
+	})
+	if err := s.ctl.Send(&control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: cfg}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func goodConfig() *control.ChildConfig {
+	return &control.ChildConfig{Version: child.ConfigVersion, Name: "echo", LogLevel: "error", Fds: map[string]int32{"from:client": 4}}
+}
+
+func (s *started) recv(t *testing.T) *control.Message {
+	t.Helper()
+	type result struct {
+		m   *control.Message
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, files, err := s.ctl.Recv()
+		for _, f := range files {
+			f.Close()
+		}
+		ch <- result{m, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("control: %v", r.err)
+		}
+		return r.m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no control message from the child within 10 s")
+	}
+	return nil
+}
+
+func echo(t *testing.T, d *ipc.Dialer, line string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := d.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintln(c, line)
+	got, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || strings.TrimSpace(got) != line {
+		t.Fatalf("echo %q: got %q, %v", line, got, err)
+	}
+}
+
+func TestChildReadyServesRewiresAndStops(t *testing.T) {
+	s := start(t, goodConfig())
+	if m := s.recv(t); m.GetReady() == nil {
+		t.Fatalf("first message %v, want ready", m)
+	}
+	echo(t, s.dial, "first edge")
+
+	// A client restarted: the child gets a second edge and serves both.
+	cli2, srv2, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "edge2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := &control.Message{Body: &control.Message_Rewire{Rewire: &control.Rewire{Edge: "from:client2"}}}
+	if err := s.ctl.Send(rw, map[string]*os.File{"from:client2": srv2}); err != nil {
+		t.Fatal(err)
+	}
+	srv2.Close()
+	d2 := ipc.NewDialer("echo2", cli2)
+	defer d2.Close()
+	echo(t, d2, "second edge")
+	echo(t, s.dial, "first edge still served")
+
+	// A command round trip.
+	body, _ := anypb.New(wrapperspb.String("shout"))
+	if err := s.ctl.Send(&control.Message{Body: &control.Message_Command{Command: &control.Command{Id: 7, Body: body}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	m := s.recv(t)
+	r := m.GetCommandReply()
+	if r == nil || r.GetId() != 7 || r.GetError() != "" {
+		t.Fatalf("command reply %v", m)
+	}
+	var out wrapperspb.StringValue
+	if err := r.GetBody().UnmarshalTo(&out); err != nil || out.GetValue() != "SHOUT" {
+		t.Fatalf("command answer %q, %v", out.GetValue(), err)
+	}
+
+	// Stop ends the child with status 0.
+	if err := s.ctl.Send(&control.Message{Body: &control.Message_Stop{Stop: &control.Stop{Reason: "test"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("child exit after stop: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("child did not stop within 10 s")
+	}
+}
+
+func TestChildRefusesBadConfigInItsOwnWords(t *testing.T) {
+	tests := []struct {
+		name string
+		mut  func(*control.ChildConfig)
+		want string
+	}{
+		{"wrong version", func(c *control.ChildConfig) { c.Version = 2 }, "config version 2"},
+		{"config for another child", func(c *control.ChildConfig) { c.Name = "agent" }, `config is for child "agent"`},
+		{"fd number clashing with control", func(c *control.ChildConfig) { c.Fds["x"] = 3 }, `fd "x" has number 3`},
+		{"fd not passed", func(c *control.ChildConfig) { c.Fds["ghost"] = 9 }, `fd "ghost" (9) not passed`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := goodConfig()
+			tc.mut(cfg)
+			s := start(t, cfg)
+			m := s.recv(t)
+			f := m.GetStartFailed()
+			if f == nil || !strings.Contains(f.GetError(), tc.want) {
+				t.Fatalf("got %v, want start_failed containing %q", m, tc.want)
+			}
+			if err := s.cmd.Wait(); err == nil {
+				t.Fatal("child exited 0 after refusing its config")
+			}
+		})
+	}
+}
