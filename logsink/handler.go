@@ -61,7 +61,7 @@ func (h *handler) Handle(_ context.Context, r slog.Record) error {
 	if compID == "" {
 		compID = h.sink.ComputationID()
 	}
-	h.sink.putRaw(encodeLogParts(b.String(), compID, levelName(r.Level), true, ts.Unix(), int32(ts.Nanosecond())))
+	h.sink.putRaw(encodeLogParts(clipText(b.String()), compID, levelName(r.Level), true, ts.Unix(), int32(ts.Nanosecond())))
 	// A dropped record is counted and reported by the Sink; returning an error
 	// here would only make slog print to stderr, which is not ours to do.
 	return nil

@@ -163,6 +163,7 @@ func (s *Sink) Stats() Stats {
 // Put takes ownership of rec.
 func (s *Sink) Put(rec *logs.Record) bool {
 	s.stamp(rec)
+	clip(rec)
 	var raw []byte
 	if l := rec.GetLog(); l != nil {
 		raw = encodeLog(l)
@@ -534,4 +535,27 @@ func encodeLogParts(msg, cid, lvl string, hasTS bool, sec int64, nanos int32) []
 		}
 	}
 	return b
+}
+
+// MaxText bounds a log message and an event's details: logfwd refuses
+// records over 8 MiB, and one huge record must not block a child's stream.
+const MaxText = 256 << 10
+
+func clipText(s string) string {
+	if len(s) <= MaxText {
+		return s
+	}
+	return strings.ToValidUTF8(s[:MaxText], "") + fmt.Sprintf(" …[logsink: truncated %d bytes]", len(s)-MaxText)
+}
+
+// clip truncates what is too long, saying so in the record.
+func clip(rec *logs.Record) {
+	switch b := rec.GetBody().(type) {
+	case *logs.Record_Log:
+		b.Log.Message = clipText(b.Log.Message)
+	case *logs.Record_Event:
+		if n := len(b.Event.Details); n > MaxText {
+			b.Event.Details = []byte(fmt.Sprintf(`{"logsink_truncated_bytes":%d}`, n))
+		}
+	}
 }

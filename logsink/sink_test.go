@@ -215,3 +215,25 @@ func FuzzEncodeLog(f *testing.F) {
 		}
 	})
 }
+
+func TestHugeMessageIsTruncatedNotStuck(t *testing.T) {
+	srv := newServer(t)
+	s, _ := logsink.New(srv.connect(t), logsink.Options{Originator: "agent"})
+	slog.New(s.Handler(nil)).Info(strings.Repeat("x", 10<<20))
+	s.Event("Big", "ok", "blob", strings.Repeat("y", 1<<20))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs := srv.records(t)
+	if len(recs) != 2 {
+		t.Fatalf("%d records stored", len(recs))
+	}
+	if m := recs[0].GetLog().GetMessage(); len(m) > logsink.MaxText+100 || !strings.Contains(m, "truncated") {
+		t.Fatalf("message of %d bytes, want it truncated to about %d", len(m), logsink.MaxText)
+	}
+	if d := string(recs[1].GetEvent().GetDetails()); !strings.Contains(d, "logsink_truncated_bytes") {
+		t.Fatalf("details %q", d)
+	}
+}

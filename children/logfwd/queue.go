@@ -82,8 +82,16 @@ type Queue struct {
 }
 
 type appendReq struct {
+	stream   *Stream
 	payloads [][]byte
 	done     chan appendRes
+}
+
+// Stream orders the appends of one client: once one of them fails, every
+// later one fails too, so a client that resends from the failed batch never
+// finds later batches stored before it. Only the committer touches it.
+type Stream struct {
+	err error
 }
 
 type appendRes struct {
@@ -398,7 +406,14 @@ func (q *Queue) Append(ctx context.Context, payloads [][]byte) (uint64, error) {
 // AppendAsync is Append without waiting: the result arrives on the channel.
 // Appends complete in the order they were made.
 func (q *Queue) AppendAsync(payloads [][]byte) <-chan appendRes {
-	r := &appendReq{payloads: payloads, done: make(chan appendRes, 1)}
+	return q.AppendOn(nil, payloads)
+}
+
+// AppendOn is AppendAsync for one client's stream of appends (nil: none):
+// after a failed append, the stream's later appends fail without being
+// stored.
+func (q *Queue) AppendOn(st *Stream, payloads [][]byte) <-chan appendRes {
+	r := &appendReq{stream: st, payloads: payloads, done: make(chan appendRes, 1)}
 	select {
 	case q.reqs <- r:
 	case <-q.stop:
@@ -446,9 +461,27 @@ func (q *Queue) committer(drop DropEvent) {
 				break more
 			}
 		}
+		// Appends of a stream that already failed are refused unwritten.
+		live := group[:0]
+		for _, r := range group {
+			if r.stream != nil && r.stream.err != nil {
+				r.done <- appendRes{err: fmt.Errorf("logfwd: an earlier batch of this stream failed: %w", r.stream.err)}
+				continue
+			}
+			live = append(live, r)
+		}
+		group = live
+		if len(group) == 0 {
+			continue
+		}
 		var err error
 		var lasts []uint64
 		buf, lasts, err = q.write(buf[:0], group, size, drop)
+		for _, r := range group {
+			if err != nil && r.stream != nil {
+				r.stream.err = err
+			}
+		}
 		for i, r := range group {
 			if err != nil {
 				r.done <- appendRes{err: err}
@@ -465,14 +498,11 @@ func (q *Queue) committer(drop DropEvent) {
 func (q *Queue) write(buf []byte, group []*appendReq, size int, drop DropEvent) ([]byte, []uint64, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.failed != nil {
-		// Retry with a fresh segment: the failed one was truncated back.
-		q.failed = nil
-		if q.active != nil {
-			q.active.Close()
-			q.active = nil
-		}
-	}
+	// After a failed write the active segment was truncated back to its
+	// durable size and is reused as is: a new segment would take the same
+	// name (the next offset did not move) and its removal would unlink the
+	// live file.
+	q.failed = nil
 	var dropped, dFirst, dLast uint64
 	q.enforceBoundLocked(int64(size+headerSize+256), &dropped, &dFirst, &dLast)
 	if err := q.rollLocked(int64(size)); err != nil {

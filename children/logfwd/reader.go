@@ -77,7 +77,14 @@ func (r *Reader) Next(ctx context.Context, maxEntries, maxBytes int) ([]Entry, e
 			f, err := os.Open(s.path)
 			if err != nil {
 				if os.IsNotExist(err) {
-					continue // removed meanwhile (committed or dropped)
+					// Removed meanwhile (committed or dropped): the list
+					// changed, or will; never spin.
+					select {
+					case <-changed:
+						continue
+					case <-ctx.Done():
+						return nil, ctx.Err()
+					}
 				}
 				return nil, fmt.Errorf("logfwd: opening segment: %w", err)
 			}

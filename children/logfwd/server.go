@@ -29,6 +29,7 @@ type pendingAck struct {
 // Batches are pipelined: the next one is read while the previous one syncs.
 func (s *Server) Push(st logs.Collector_PushServer) error {
 	ctx := st.Context()
+	order := &Stream{}
 	acks := make(chan pendingAck, 16)
 	var recvErr error
 	var wg sync.WaitGroup
@@ -53,12 +54,15 @@ func (s *Server) Push(st logs.Collector_PushServer) error {
 				ch <- appendRes{}
 				p = pendingAck{seq: b.GetSeq(), done: ch}
 			} else {
-				p = pendingAck{seq: b.GetSeq(), done: s.Q.AppendAsync(payloads)}
+				p = pendingAck{seq: b.GetSeq(), done: s.Q.AppendOn(order, payloads)}
 			}
 			select {
 			case acks <- p:
 			case <-ctx.Done():
 				return
+			}
+			if err != nil {
+				return // nothing after a refused batch may be stored
 			}
 		}
 	})
