@@ -30,10 +30,11 @@ import (
 // testSupervisor is the supervisor side the link drives: it records calls
 // and refuses a second computation as the real one does.
 type testSupervisor struct {
-	mu     sync.Mutex
-	active string
-	starts []string
-	stops  int
+	mu       sync.Mutex
+	active   string
+	starts   []string
+	stops    int
+	stopGate chan struct{} // if set, Stop waits for it to close
 }
 
 func (s *testSupervisor) Start(_ context.Context, r *cvms.ComputationRunReq) error {
@@ -47,7 +48,14 @@ func (s *testSupervisor) Start(_ context.Context, r *cvms.ComputationRunReq) err
 	return nil
 }
 
-func (s *testSupervisor) Stop(context.Context, string) error {
+func (s *testSupervisor) Stop(ctx context.Context, _ string) error {
+	if s.stopGate != nil {
+		select {
+		case <-s.stopGate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.active = ""
@@ -364,6 +372,49 @@ func TestLinkLogfwdRestartedMidStream(t *testing.T) {
 	}
 	dups := checkLines(t, got, n)
 	t.Logf("delivery across two logfwd restarts: %d lines, %d duplicates", n, dups)
+}
+
+// TestLinkKeepsAnswersAcrossReconnect: an answer produced while the manager
+// is gone (a slow stop) is sent to the next manager, in order with the
+// answers after it.
+func TestLinkKeepsAnswersAcrossReconnect(t *testing.T) {
+	checkLeaks(t)
+	sup := &testSupervisor{stopGate: make(chan struct{})}
+	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
+	startLink(t, Config{URL: addr}, Deps{Supervisor: sup})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv1.Wait(ctx, func(ms []devmanager.Received) bool { return len(ms) >= 2 })
+	srv1.Command("stop c1") // the stop blocks in the supervisor
+	time.Sleep(100 * time.Millisecond)
+	stop1()
+	close(sup.stopGate) // the answer is made while no manager is there
+	srv2, _, _ := startManager(t, addr, devmanager.Options{})
+	if err := srv2.Wait(ctx, func(ms []devmanager.Received) bool {
+		for _, m := range ms {
+			if m.Msg.GetStopComputationRes().GetComputationId() == "c1" {
+				return true
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatal("the stop answer made while disconnected never reached the next manager")
+	}
+	srv2.Command("state")
+	if err := srv2.Wait(ctx, func(ms []devmanager.Received) bool {
+		stopAt, stateAt := -1, -1
+		for i, m := range ms {
+			if m.Msg.GetStopComputationRes() != nil && stopAt < 0 {
+				stopAt = i
+			}
+			if m.Msg.GetAgentStateRes() != nil {
+				stateAt = i
+			}
+		}
+		return stopAt >= 0 && stateAt > stopAt
+	}); err != nil {
+		t.Fatal("answers out of order")
+	}
 }
 
 func unknownOneof() *cvms.ServerStreamMessage {
