@@ -9,9 +9,10 @@
 // the new edge (so logfwd may see a batch twice; it does not deduplicate).
 //
 // The caller is never blocked for long: Put waits at most Options.MaxWait for
-// space and then drops the record. Drops are never silent: they are counted
-// (Stats) and, as soon as space returns, one WARN record says how many were
-// lost.
+// space and then drops the record; while it is dropping, later Puts that find
+// no space drop at once instead of waiting again. Drops are never silent:
+// they are counted (Stats) and, as soon as space returns, one WARN record
+// says how many were lost.
 //
 // logsink does not write to files or stderr on its own and does not format
 // anything for humans beyond the message text (structured attributes are kept
@@ -199,7 +200,9 @@ func (s *Sink) putRaw(raw []byte) bool {
 		if s.used+size <= s.opt.BufferBytes || s.used == 0 {
 			break
 		}
-		if s.opt.MaxWait < 0 {
+		// Already dropping (space has not come back since): do not make
+		// every caller wait MaxWait again.
+		if s.opt.MaxWait < 0 || s.unrep > 0 {
 			return s.dropLocked()
 		}
 		if deadline == nil {
