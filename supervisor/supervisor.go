@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -732,6 +733,13 @@ func (s *Supervisor) release() {
 	}
 	s.dialMu.Unlock()
 	s.wiring.close()
+	// Algorithm sandboxes (and any hook that holds resources) go before the
+	// sandbox runtime does.
+	if cl, ok := s.cfg.Hooks.Sandbox.(io.Closer); ok {
+		if err := cl.Close(); err != nil {
+			s.log.Warn("closing the algorithm sandboxes", "err", err)
+		}
+	}
 	waited := make(chan struct{})
 	go func() { s.wg.Wait(); close(waited) }()
 	select {
