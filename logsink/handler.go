@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"strings"
+	"sync"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -41,17 +42,16 @@ type handler struct {
 func (h *handler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level.Level() }
 
 func (h *handler) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	b.Grow(len(r.Message) + len(h.attrs) + 24*r.NumAttrs())
-	b.WriteString(r.Message)
-	b.WriteString(h.attrs)
+	bp := msgPool.Get().(*[]byte)
+	b := append((*bp)[:0], r.Message...)
+	b = append(b, h.attrs...)
 	compID := h.compID
 	r.Attrs(func(a slog.Attr) bool {
 		if h.prefix == "" && a.Key == ComputationKey {
 			compID = a.Value.String()
 			return true
 		}
-		appendAttr(&b, h.prefix, a)
+		b = appendAttr(b, h.prefix, a)
 		return true
 	})
 	ts := r.Time
@@ -61,24 +61,31 @@ func (h *handler) Handle(_ context.Context, r slog.Record) error {
 	if compID == "" {
 		compID = h.sink.ComputationID()
 	}
-	h.sink.putRaw(encodeLogParts(clipText(b.String()), compID, levelName(r.Level), true, ts.Unix(), int32(ts.Nanosecond())))
+	raw := encodeLogParts(b, compID, levelName(r.Level), true, ts.Unix(), int32(ts.Nanosecond()))
+	if cap(b) <= 64<<10 {
+		*bp = b
+		msgPool.Put(bp)
+	}
+	h.sink.putRaw(raw)
 	// A dropped record is counted and reported by the Sink; returning an error
 	// here would only make slog print to stderr, which is not ours to do.
 	return nil
 }
 
+// msgPool holds the buffers messages are assembled in.
+var msgPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
 func (h *handler) WithAttrs(as []slog.Attr) slog.Handler {
 	n := *h
-	var b strings.Builder
-	b.WriteString(h.attrs)
+	b := []byte(h.attrs)
 	for _, a := range as {
 		if h.prefix == "" && a.Key == ComputationKey {
 			n.compID = a.Value.String()
 			continue
 		}
-		appendAttr(&b, h.prefix, a)
+		b = appendAttr(b, h.prefix, a)
 	}
-	n.attrs = b.String()
+	n.attrs = string(b)
 	return &n
 }
 
@@ -105,10 +112,10 @@ func levelName(l slog.Level) string {
 	}
 }
 
-func appendAttr(b *strings.Builder, prefix string, a slog.Attr) {
+func appendAttr(b []byte, prefix string, a slog.Attr) []byte {
 	a.Value = a.Value.Resolve()
 	if a.Equal(slog.Attr{}) {
-		return
+		return b
 	}
 	if a.Value.Kind() == slog.KindGroup {
 		p := prefix
@@ -116,41 +123,70 @@ func appendAttr(b *strings.Builder, prefix string, a slog.Attr) {
 			p += a.Key + "."
 		}
 		for _, g := range a.Value.Group() {
-			appendAttr(b, p, g)
+			b = appendAttr(b, p, g)
 		}
-		return
+		return b
 	}
-	b.WriteByte(' ')
-	b.WriteString(quote(prefix + a.Key))
-	b.WriteByte('=')
-	var v string
-	switch a.Value.Kind() {
+	b = append(b, ' ')
+	if prefix == "" {
+		b = appendQuoted(b, a.Key)
+	} else {
+		b = appendQuoted(b, prefix+a.Key)
+	}
+	b = append(b, '=')
+	v := a.Value
+	switch v.Kind() {
+	case slog.KindString:
+		return appendQuoted(b, v.String())
+	case slog.KindInt64:
+		return strconv.AppendInt(b, v.Int64(), 10)
+	case slog.KindUint64:
+		return strconv.AppendUint(b, v.Uint64(), 10)
+	case slog.KindBool:
+		return strconv.AppendBool(b, v.Bool())
+	case slog.KindFloat64:
+		return strconv.AppendFloat(b, v.Float64(), 'g', -1, 64)
 	case slog.KindTime:
-		v = a.Value.Time().Format(time.RFC3339Nano)
+		return v.Time().AppendFormat(b, time.RFC3339Nano)
 	case slog.KindAny:
-		if err, ok := a.Value.Any().(error); ok {
-			v = err.Error()
-		} else {
-			v = fmt.Sprint(a.Value.Any())
+		if err, ok := v.Any().(error); ok {
+			return appendQuoted(b, err.Error())
 		}
+		return appendQuoted(b, fmt.Sprint(v.Any()))
 	default:
-		v = a.Value.String()
+		return appendQuoted(b, v.String())
 	}
-	b.WriteString(quote(v))
 }
 
-// quote returns s as is when it is a plain token, else Go-quoted, the way
-// slog's text handler does.
-func quote(s string) string {
+// appendQuoted appends s as is when it is a plain token, else Go-quoted,
+// the way slog's text handler does.
+func appendQuoted(b []byte, s string) []byte {
 	if s == "" {
-		return `""`
+		return append(b, `""`...)
 	}
-	for _, r := range s {
-		if r == '=' || r == '"' || unicode.IsSpace(r) || !unicode.IsPrint(r) {
-			return strconv.Quote(s)
+	if needsQuote(s) {
+		return strconv.AppendQuote(b, s)
+	}
+	return append(b, s...)
+}
+
+func needsQuote(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= utf8.RuneSelf {
+			// Rare: check the runes.
+			for _, r := range s[i:] {
+				if r == '=' || r == '"' || unicode.IsSpace(r) || !unicode.IsPrint(r) {
+					return true
+				}
+			}
+			return false
+		}
+		if c <= ' ' || c == '=' || c == '"' || c == 0x7f {
+			return true
 		}
 	}
-	return s
+	return false
 }
 
 // Event queues an AgentEvent with the Sink's originator and computation id.

@@ -479,17 +479,22 @@ func mustMarshalLossy(rec *logs.Record) []byte {
 // invalid UTF-8 replaced so that the manager can decode it.
 func encodeLog(l *cvms.AgentLog) []byte {
 	t := l.GetTimestamp()
-	return encodeLogParts(l.GetMessage(), l.GetComputationId(), l.GetLevel(), t != nil, t.GetSeconds(), t.GetNanos())
+	return encodeLogParts([]byte(l.GetMessage()), l.GetComputationId(), l.GetLevel(), t != nil, t.GetSeconds(), t.GetNanos())
 }
 
-func encodeLogParts(msg, cid, lvl string, hasTS bool, sec int64, nanos int32) []byte {
+// encodeLogParts encodes a log record whose message is msg (not retained),
+// truncating a message over MaxText.
+func encodeLogParts(msg []byte, cid, lvl string, hasTS bool, sec int64, nanos int32) []byte {
 	str := func(s string) string {
 		if !utf8.ValidString(s) {
 			return strings.ToValidUTF8(s, "\uFFFD")
 		}
 		return s
 	}
-	msg, cid, lvl = str(msg), str(cid), str(lvl)
+	if len(msg) > MaxText || !utf8.Valid(msg) {
+		msg = []byte(clipText(strings.ToValidUTF8(string(msg), "\uFFFD")))
+	}
+	cid, lvl = str(cid), str(lvl)
 	tsLen := 0
 	if sec != 0 {
 		tsLen += 1 + protowire.SizeVarint(uint64(sec))
@@ -498,7 +503,7 @@ func encodeLogParts(msg, cid, lvl string, hasTS bool, sec int64, nanos int32) []
 		tsLen += 1 + protowire.SizeVarint(uint64(nanos))
 	}
 	n := 0
-	if msg != "" {
+	if len(msg) > 0 {
 		n += 1 + protowire.SizeBytes(len(msg))
 	}
 	if cid != "" {
@@ -513,9 +518,9 @@ func encodeLogParts(msg, cid, lvl string, hasTS bool, sec int64, nanos int32) []
 	b := make([]byte, 0, n+1+protowire.SizeVarint(uint64(n)))
 	b = protowire.AppendTag(b, 1, protowire.BytesType) // Record.log
 	b = protowire.AppendVarint(b, uint64(n))
-	if msg != "" {
+	if len(msg) > 0 {
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendString(b, msg)
+		b = protowire.AppendBytes(b, msg)
 	}
 	if cid != "" {
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
