@@ -61,7 +61,7 @@ func Main(ctx context.Context, env *child.Env) error {
 // serving. It closes ln.
 func Serve(ctx context.Context, q *Queue, ln net.Listener, ready func() error) error {
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(16 << 20))
-	logs.RegisterCollectorServer(srv, &Server{Q: q})
+	logs.RegisterCollectorServer(srv, &Server{Q: q, Done: ctx})
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	if ready != nil {
@@ -76,7 +76,8 @@ func Serve(ctx context.Context, q *Queue, ln net.Listener, ready func() error) e
 		return fmt.Errorf("logfwd: serving: %w", err)
 	case <-ctx.Done():
 	}
-	// Let pending pushes finish their fsync and ack; readers are cut.
+	// Let pending pushes finish their fsync and ack; Read streams end at
+	// once (Server.Done), so a tailing supervisor does not hold us up.
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
 	select {

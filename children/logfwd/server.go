@@ -18,6 +18,9 @@ import (
 type Server struct {
 	logs.UnimplementedCollectorServer
 	Q *Queue
+	// Done, when set, ends every Read stream once it is done (readers hold
+	// nothing that could be lost; pushes are let finish).
+	Done context.Context
 }
 
 type pendingAck struct {
@@ -115,7 +118,12 @@ func batchPayloads(b *logs.Batch) ([][]byte, error) {
 func (s *Server) Read(req *logs.ReadRequest, st logs.Collector_ReadServer) error {
 	r := s.Q.NewReader(req.GetAfter())
 	defer r.Close()
-	ctx := st.Context()
+	ctx, cancel := context.WithCancel(st.Context())
+	defer cancel()
+	if s.Done != nil {
+		stop := context.AfterFunc(s.Done, cancel)
+		defer stop()
+	}
 	for {
 		ents, err := r.Next(ctx, 1024, 1<<20)
 		if err != nil {
