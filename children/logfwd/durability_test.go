@@ -106,6 +106,7 @@ func TestKillDuringBurstLosesNothingAcked(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
+	checkLeaks(t)
 	dir := t.TempDir()
 	cmd, cli := startHelper(t, dir)
 	d := ipc.NewDialer("logfwd", cli)
@@ -151,6 +152,7 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for tmpfs")
 	}
+	checkLeaks(t)
 	dir := filepath.Join(t.TempDir(), "q")
 	os.Mkdir(dir, 0o700)
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
