@@ -229,8 +229,13 @@ func (l *Link) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Keepalive no more often than grpc-go servers accept by default (their
+	// enforcement policy's MinTime is 5 minutes, without streams not at all):
+	// pinging faster gets the link closed with GOAWAY "too_many_pings" by
+	// Cocos's manager, over and over. A manager that goes away is seen at
+	// once through its TCP connection; keepalive only covers a silent one.
 	conn, err := grpc.NewClient(l.cfg.URL, grpc.WithTransportCredentials(creds),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}))
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 5 * time.Minute, Timeout: 20 * time.Second}))
 	if err != nil {
 		return fmt.Errorf("manager: client for %s: %w", l.cfg.URL, err)
 	}
