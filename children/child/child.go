@@ -75,6 +75,12 @@ func Run(name string, main Main) (err error) {
 	defer env.closeLog()
 	ctx, cancel := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer cancel()
+	if os.Getpid() == 1 {
+		// PID 1 of the sandbox's PID namespace: orphans come to us (reap.go).
+		reaped := make(chan struct{})
+		go func() { defer close(reaped); reapOrphans(ctx) }()
+		defer func() { cancel(); <-reaped }()
+	}
 	stopped := make(chan struct{})
 	go func() {
 		env.controlLoop(ctx, cancel)

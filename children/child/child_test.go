@@ -24,6 +24,13 @@ import (
 // The test binary doubles as the child: TestMain runs child.Run when asked to,
 // the way cvmd's dispatch table does.
 func TestMain(m *testing.M) {
+	if os.Getenv("CHILD_TEST_ROLE") == "orphans" {
+		if err := child.Run("orphans", orphansMain); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv("CHILD_TEST_ROLE") == "echo" {
 		if err := child.Run("echo", echoMain); err != nil {
 			fmt.Fprintln(os.Stderr, err)
