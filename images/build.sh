@@ -108,23 +108,42 @@ find "$cadir/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort | xargs ca
 rm -rf "$cadir"
 
 if [ "$IMAGE_PYTHON" = 1 ]; then
-  # python3 and the sample algorithm's packages, with their library closure,
-  # copied from the host's installed Debian packages (scripts/deps.sh installs them).
+  # python3 and the sample algorithm's packages, with their run-time library
+  # closure, copied from the host's installed Debian packages (scripts/deps.sh
+  # installs them). Compilers, perl and -dev packages that the dependency
+  # graph drags in (pythran, python3-dev) are left out: algorithms run, they
+  # do not build.
   log "adding python3 (IMAGE_PYTHON=1)"
   pkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces \
-           --no-enhances --no-pre-depends python3 python3-sklearn python3-pandas python3-joblib 2>/dev/null \
+           --no-enhances python3 python3-venv python3-pip python3-sklearn python3-pandas python3-joblib 2>/dev/null \
          | grep -E '^[a-z0-9]' | sort -u)
+  list=$(mktemp)
   for p in $pkgs; do
+    case "$p" in
+      *-dev|*-dev-bin|gcc*|g++*|cpp*|binutils*|libbinutils|libctf*|libgprofng*|libasan*|liblsan*|libtsan*|libubsan*|libhwasan*|\
+      libitm*|libcc1*|libisl*|libmpc*|libmpfr*|libjansson*|perl*|libperl*|python3-pythran|python3-beniget|python3-gast|\
+      python3-ply|dpkg|debconf*|libc-bin|procps|tar|readline-common|install-info|\
+      sensible-utils|media-types|mime-support|rpcsvc-proto|libgdbm*|libdpkg*|\
+      libllvm*|libz3-*|libicu*|libgl*|libegl*|mesa*|libdrm*|libx11*|libxcb*|libx[a-z]*|tk*|libtk*|tcl*|libtcl*|blt|\
+      fonts-*|libfont*|libfreetype*|libharfbuzz*|libgraphite*|libslang*|libcairo*|libpango*|python3-tk|\
+      libwayland*|libvulkan*|libsensors*|libpciaccess*|libelf*|libedit*|libz3*|libxml2|x11-common) continue;;
+    esac
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || continue
-    case "$p" in dpkg|perl*|debconf*|libc-bin|tzdata|readline-common|install-info|mime-support|media-types|sensible-utils|python3-pip*) continue;; esac
-    dpkg -L "$p" | while read -r f; do
-      [ -f "$f" ] || [ -L "$f" ] || continue
-      case "$f" in /usr/share/doc/*|/usr/share/man/*|/usr/share/locale/*|/usr/share/lintian/*|*/__pycache__/*|*/tests/*) continue;; esac
-      dest="$root${f}"
-      case "$f" in /lib/*|/lib64/*|/bin/*|/sbin/*) dest="$root/usr${f/#\/sbin/\/bin}";; esac
-      mkdir -p "$(dirname "$dest")"; cp -a "$f" "$dest"
-    done
+    dpkg -L "$p" >> "$list"
   done
+  # Merged /usr on the host: /lib/x → /usr/lib/x. Only files and links; tar makes the directories.
+  sed -e 's#^/lib\(64\)\?/#/usr/lib\1/#' -e 's#^/s\?bin/#/usr/bin/#' "$list" \
+    | grep -vE '^/usr/share/(doc|man|locale|lintian|info)/|/__pycache__/|/tests?/|^/etc/' | LC_ALL=C sort -u \
+    | while read -r f; do if [ -f "$f" ] || [ -L "$f" ]; then echo "${f#/}"; fi; done > "$list.files"
+  tar -C / --no-recursion -cf - -T "$list.files" | tar -C "$root" -xf -
+  rm -f "$list" "$list.files"
+  # Debian's alternatives (libblas.so.3 → /etc/alternatives/… → openblas) are made by
+  # update-alternatives, not listed by dpkg -L: copy those whose target was copied.
+  mkdir -p "$root/etc/alternatives"
+  find /usr/lib/x86_64-linux-gnu -maxdepth 1 -lname '/etc/alternatives/*' | LC_ALL=C sort | while read -r l; do
+    if [ -e "$root$(readlink -f "$l")" ]; then cp -a "$l" "$root$l"; cp -a "$(readlink "$l")" "$root$(readlink "$l")"; fi
+  done
+  ln -sf python3.11 "$root/usr/bin/python3" 2>/dev/null || true
 fi
 
 # --- kernel modules, with their dependencies, in load order ----------------------
