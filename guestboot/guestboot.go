@@ -10,9 +10,9 @@
 // supervisor (PID 1) does those and calls Prepare once, after /proc, /sys and
 // /dev are mounted and after the root has been moved to its final place, so
 // that the 9p mounts land in the root the children see. Only the
-// supervisor's PID 1 (supervisor/pid1.go) and images/ may import it; it is a no-op outside the image only
-// in the sense that every step skips what is absent (no module list, no
-// share, no eth0), so never call it on a workstation.
+// supervisor's PID 1 (supervisor/pid1.go) and images/ may import it. Every
+// step skips what is absent (no module list, no share, no eth0), but it
+// changes the machine's network and mounts: never call it on a workstation.
 package guestboot
 
 import (
