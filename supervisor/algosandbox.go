@@ -223,14 +223,21 @@ func init() {
 // everything cleaned up in a goroutine of a's; the SandboxExit is written on
 // "status" at the end.
 func (a *AlgoSandboxes) Request(ctx context.Context, req *control.SandboxRequest) (map[string]*os.File, error) {
+	files, _, err := a.RequestNamed(ctx, req)
+	return files, err
+}
+
+// RequestNamed is Request that also returns the sandbox's name (its
+// sandbox id, and the "proxy:<name>" edge of its egress proxy).
+func (a *AlgoSandboxes) RequestNamed(ctx context.Context, req *control.SandboxRequest) (map[string]*os.File, string, error) {
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
-		return nil, errors.New("supervisor: algorithm sandboxes: stopping")
+		return nil, "", errors.New("supervisor: algorithm sandboxes: stopping")
 	}
 	if _, dup := a.live[req.GetId()]; dup {
 		a.mu.Unlock()
-		return nil, fmt.Errorf("supervisor: algorithm sandboxes: request id %d already running", req.GetId())
+		return nil, "", fmt.Errorf("supervisor: algorithm sandboxes: request id %d already running", req.GetId())
 	}
 	a.seq++
 	run := &algoRun{id: fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq)}
@@ -247,7 +254,7 @@ func (a *AlgoSandboxes) Request(ctx context.Context, req *control.SandboxRequest
 	if err != nil {
 		forget()
 		a.log.Warn("algorithm sandbox refused", "request", req.GetId(), "computation_id", req.GetComputationId(), "err", err)
-		return nil, err
+		return nil, "", err
 	}
 	go func() {
 		defer forget()
@@ -259,7 +266,7 @@ func (a *AlgoSandboxes) Request(ctx context.Context, req *control.SandboxRequest
 		status.Write(b)
 		status.Close()
 	}()
-	return files, nil
+	return files, run.id, nil
 }
 
 // Kill kills the sandbox of request id (the runner's SandboxKill).

@@ -48,6 +48,14 @@ type SandboxHandler interface {
 	KillAll()
 }
 
+// SandboxNamer is implemented by a SandboxHandler that names its sandboxes:
+// RequestNamed is Request that also returns the sandbox's name, which the
+// supervisor sends as SandboxReply.sandbox_id (the runner logs it; the
+// egress proxy edge is "proxy:<sandbox_id>").
+type SandboxNamer interface {
+	RequestNamed(ctx context.Context, req *control.SandboxRequest) (files map[string]*os.File, sandboxID string, err error)
+}
+
 // Extension points: other files of this package (algosandbox.go,
 // measure.go, a manager link file) install their constructors from their
 // init functions with these, once each. Main uses them to fill Hooks.

@@ -238,11 +238,20 @@ func (s *Supervisor) serveSandboxRequest(ctx context.Context, inc *incarnation, 
 	var files map[string]*os.File
 	if h == nil {
 		reply.Error = "supervisor: no algorithm sandbox handler"
-	} else if f, err := h.Request(ctx, req); err != nil {
-		reply.Error = err.Error()
-		log.Warn("sandbox request refused", "id", req.GetId(), "err", err)
 	} else {
-		files = f
+		var f map[string]*os.File
+		var err error
+		if n, ok := h.(SandboxNamer); ok {
+			f, reply.SandboxId, err = n.RequestNamed(ctx, req)
+		} else {
+			f, err = h.Request(ctx, req)
+		}
+		if err != nil {
+			reply.Error, reply.SandboxId = err.Error(), ""
+			log.Warn("sandbox request refused", "id", req.GetId(), "err", err)
+		} else {
+			files = f
+		}
 	}
 	err := inc.ctl.Send(&control.Message{Body: &control.Message_SandboxReply{SandboxReply: reply}}, files)
 	closeFiles(files)
