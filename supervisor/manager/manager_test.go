@@ -6,9 +6,11 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -77,9 +79,12 @@ func (s *testSupervisor) State(context.Context) (string, error) {
 // new one on the same queue directory, handing both clients new edges, as
 // the supervisor does when the child restarts.
 type rig struct {
+	dir     string
 	sink    *logsink.Sink
 	client  logs.CollectorClient
 	restart func()
+	// between, if set, runs while logfwd is down during restart.
+	between func()
 }
 
 func edge(t *testing.T, name string) (client, server *os.File) {
@@ -98,8 +103,11 @@ func newRig(t *testing.T) *rig {
 	sd := ipc.NewDialer("logfwd", nil)
 	var stopFwd func()
 	startFwd := func() {
-		q, _, err := logfwd.OpenQueue(dir, logfwd.QueueOptions{}, logfwd.DropRecord)
+		q, rec, err := logfwd.OpenQueue(dir, logfwd.QueueOptions{}, logfwd.DropRecord)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := logfwd.ReportRecovery(context.Background(), q, rec); err != nil { // as logfwd.Main does
 			t.Fatal(err)
 		}
 		ln := ipc.NewListener("logfwd")
@@ -123,7 +131,14 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{sink: sink, client: logs.NewCollectorClient(conn), restart: func() { stopFwd(); startFwd() }}
+	r := &rig{dir: dir, sink: sink, client: logs.NewCollectorClient(conn)}
+	r.restart = func() {
+		stopFwd()
+		if r.between != nil {
+			r.between()
+		}
+		startFwd()
+	}
 	t.Cleanup(func() {
 		sctx, c := context.WithTimeout(context.Background(), 5*time.Second)
 		sink.Close(sctx)
@@ -415,6 +430,76 @@ func TestLinkKeepsAnswersAcrossReconnect(t *testing.T) {
 	}); err != nil {
 		t.Fatal("answers out of order")
 	}
+}
+
+// TestLinkCorruptedSegment: a segment damaged while logfwd was down; after
+// the restart the manager gets every line outside the damaged bytes, in
+// order, and the LogQueueDamaged event naming exactly the lost range.
+func TestLinkCorruptedSegment(t *testing.T) {
+	checkLeaks(t)
+	r := newRig(t)
+	const n = 3000
+	for i := 0; i < n; i++ {
+		r.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: fmt.Sprintf("line %d", i), Level: "INFO"}}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.sink.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.between = func() {
+		segs, _ := filepath.Glob(filepath.Join(r.dir, "seg-*.log"))
+		f, err := os.OpenFile(segs[0], os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, _ := f.Stat()
+		f.WriteAt(make([]byte, 300), st.Size()/2)
+		f.Close()
+	}
+	r.restart()
+	srv, addr, _ := startManager(t, "", devmanager.Options{})
+	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
+	var lost struct{ LostAfter, LostBefore uint64 }
+	if err := srv.Wait(ctx, func(ms []devmanager.Received) bool {
+		for _, m := range ms {
+			if e := m.Msg.GetAgentEvent(); e.GetEventType() == "LogQueueDamaged" {
+				var d []struct{ LostAfter, LostBefore uint64 }
+				if json.Unmarshal(e.GetDetails(), &d) == nil && len(d) == 1 {
+					lost = d[0]
+					return true
+				}
+			}
+		}
+		return false
+	}); err != nil {
+		t.Fatal("no LogQueueDamaged event reached the manager")
+	}
+	// Offsets are line+1 (one client, nothing else logged).
+	firstLost, lastLost := int(lost.LostAfter), int(lost.LostBefore)-2
+	want := n - (lastLost - firstLost + 1)
+	deadline := time.Now().Add(10 * time.Second)
+	var got []int
+	for time.Now().Before(deadline) {
+		if got = lines(srv.Messages()); len(got) >= want {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	next := 0
+	for _, v := range got {
+		if next == firstLost {
+			next = lastLost + 1
+		}
+		if v != next {
+			t.Fatalf("line %d arrived, want %d (lost range %d..%d)", v, next, firstLost, lastLost)
+		}
+		next++
+	}
+	if next != n {
+		t.Fatalf("lines up to %d arrived, want %d", next-1, n-1)
+	}
+	t.Logf("corrupted segment: lines %d..%d lost and reported, the other %d delivered in order", firstLost, lastLost, want)
 }
 
 func unknownOneof() *cvms.ServerStreamMessage {
