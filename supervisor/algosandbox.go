@@ -197,6 +197,7 @@ func orDefault[T int64 | time.Duration](v, d T) T {
 func init() {
 	RegisterSandboxHandler(func(s *Supervisor) SandboxHandler {
 		a, err := NewAlgoSandboxes(AlgoConfig{
+			Max:            s.cfg.AlgoLimits,
 			Runtime:        s.rt,
 			ComputationDir: filepath.Join(s.cfg.State, "computation"),
 			WorkDir:        filepath.Join(s.cfg.State, "runner"),

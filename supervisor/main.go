@@ -35,6 +35,7 @@ type options struct {
 	readyTimeout time.Duration
 	window       time.Duration
 	misbehave    string
+	algo         AlgoLimits
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -50,6 +51,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.print, "print-sandbox", false, "print the child table (the measured sandbox policy) and its hash, then exit")
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", "", "relative cgroup path of the children (default cvmd, or cvmd-<hash of STATE> with --dev)")
 	fs.StringVar(&o.attestation, "attestation", "", "attestation mode: auto or simulated (default auto, simulated with --dev)")
+	// The most an algorithm sandbox may get (a request may ask for less).
+	fs.Var(sizeFlag{&o.algo.MemoryBytes}, "algo-memory", "algorithm sandbox memory (and memory+swap) limit, bytes or with a suffix K, M, G, KiB, MiB, GiB (default 1GiB)")
+	fs.Int64Var(&o.algo.Pids, "algo-pids", 0, "algorithm sandbox pids limit, threads count (default 256)")
+	fs.Var(cpuFlag{&o.algo.CPUMillis}, "algo-cpu", "algorithm sandbox CPU limit in CPUs, e.g. 1.5 (default all CPUs)")
+	fs.DurationVar(&o.algo.WallClock, "algo-timeout", 0, "algorithm wall-clock limit, e.g. 30m (default 1h)")
+	fs.Var(sizeFlag{&o.algo.ResultsBytes}, "algo-results-cap", "algorithm results tmpfs size, counted against its memory too (default 512MiB)")
+	fs.Var(sizeFlag{&o.algo.TmpBytes}, "algo-tmp", "algorithm private /tmp size (default 256MiB)")
 	// Internal flags: how PID 1 starts the supervisor proper, and a test switch.
 	fs.BoolVar(&o.proper, "proper", false, "internal: run the supervisor proper (started by PID 1)")
 	fs.BoolVar(&o.sealed, "sealed", false, "internal: PID 1 already set up and re-executed from a sealed copy")
@@ -59,6 +67,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.testPanic, "test-panic-on-sigusr1", false, "internal, tests only: SIGUSR1 makes the supervisor proper panic")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.algo.Pids < 0 || o.algo.WallClock < 0 {
+		return nil, errors.New("supervise: --algo-pids and --algo-timeout must not be negative")
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("supervise: unexpected argument %q", fs.Arg(0))
@@ -178,6 +189,7 @@ func runProper(o *options, log *slog.Logger) error {
 		ReadyTimeout:         o.readyTimeout,
 		RestartWindow:        o.window,
 		TestMisbehave:        misbehave,
+		AlgoLimits:           o.algo,
 	})
 	if err != nil {
 		return err

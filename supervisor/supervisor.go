@@ -56,6 +56,9 @@ type Config struct {
 	// RestartWindow, when non-zero, replaces the restart policy's window.
 	// The table (and so its measured hash) shows the value in force.
 	RestartWindow time.Duration
+	// AlgoLimits are the most an algorithm sandbox may get (--algo-*
+	// flags); zero fields are the package defaults (see AlgoLimits).
+	AlgoLimits AlgoLimits
 	// TestMisbehave (tests only) replaces children by `cvmd probe child
 	// MODE`, a stand-in that breaks the child contract in the named way.
 	TestMisbehave map[string]string

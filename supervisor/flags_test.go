@@ -1,0 +1,92 @@
+package supervisor
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvmd/cvmd/sandbox"
+)
+
+func TestAlgoFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		want    AlgoLimits
+		wantErr string
+	}{
+		{"defaults", nil, AlgoLimits{}, ""},
+		{"all set", []string{"--algo-memory", "64MiB", "--algo-pids", "32", "--algo-cpu", "1.5", "--algo-timeout", "90s", "--algo-results-cap", "10M", "--algo-tmp", "4096"},
+			AlgoLimits{MemoryBytes: 64 << 20, Pids: 32, CPUMillis: 1500, WallClock: 90 * time.Second, ResultsBytes: 10e6, TmpBytes: 4096}, ""},
+		{"gibibytes", []string{"--algo-memory", "2GiB"}, AlgoLimits{MemoryBytes: 2 << 30}, ""},
+		{"bad size", []string{"--algo-memory", "lots"}, AlgoLimits{}, "algo-memory"},
+		{"negative size", []string{"--algo-results-cap", "-1"}, AlgoLimits{}, "algo-results-cap"},
+		{"bad cpu", []string{"--algo-cpu", "-2"}, AlgoLimits{}, "algo-cpu"},
+		{"negative pids", []string{"--algo-pids", "-1"}, AlgoLimits{}, "algo-pids"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			o, err := parseFlags(append([]string{"--dev", "--state", t.TempDir()}, tc.args...), &out)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error()+out.String(), tc.wantErr) {
+					t.Fatalf("err %v (%s), want it to name %s", err, out.String(), tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.algo != tc.want {
+				t.Fatalf("limits %+v, want %+v", o.algo, tc.want)
+			}
+		})
+	}
+}
+
+func TestAlgoFlagsInHelp(t *testing.T) {
+	var out bytes.Buffer
+	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, f := range []string{"-algo-memory", "-algo-pids", "-algo-cpu", "-algo-timeout", "-algo-results-cap", "-algo-tmp"} {
+		if !strings.Contains(out.String(), f) {
+			t.Errorf("--help does not document %s", f)
+		}
+	}
+}
+
+// The limits given to the supervisor are the algorithm sandboxes' maximums;
+// fields left zero keep the package defaults.
+func TestAlgoLimitsReachTheSandboxHandler(t *testing.T) {
+	dir := t.TempDir()
+	s := &Supervisor{cfg: Config{State: dir, RunDir: dir, AlgoLimits: AlgoLimits{MemoryBytes: 64 << 20, WallClock: time.Minute}},
+		rt: &sandbox.Runtime{}, log: slog.New(slog.DiscardHandler)}
+	extensions.mu.Lock()
+	mk := extensions.sandbox
+	extensions.mu.Unlock()
+	a, ok := mk(s).(*AlgoSandboxes)
+	if !ok {
+		t.Fatal("no algorithm sandbox handler")
+	}
+	defer a.Close()
+	if a.cfg.Max.MemoryBytes != 64<<20 || a.cfg.Max.WallClock != time.Minute || a.cfg.Max.Pids != 256 || a.cfg.Max.ResultsBytes != 512<<20 {
+		t.Fatalf("handler maximums %+v", a.cfg.Max)
+	}
+}
+
+func FuzzParseSize(f *testing.F) {
+	for _, s := range []string{"0", "1", "64MiB", "2GiB", "10M", "1K", "x", "-1", "9223372036854775807", "9223372036854775807GiB"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		n, err := parseSize(v)
+		if err == nil && n < 0 {
+			t.Fatalf("parseSize(%q) = %d", v, n)
+		}
+	})
+}
