@@ -76,6 +76,8 @@ type Queue struct {
 	committed uint64        // guarded by mu
 	total     int64         // guarded by mu; bytes across segs
 	dropped   uint64        // guarded by mu; records removed by the size bound, not yet reported
+	dropFirst uint64        // guarded by mu; offset range of those records
+	dropLast  uint64        // guarded by mu
 	changed   chan struct{} // guarded by mu; closed and replaced when durable data or segments change
 	failed    error         // guarded by mu; a write error that left the active segment unusable
 	writeErrs uint64        // guarded by mu; failed group commits (e.g. disk full)
@@ -503,14 +505,13 @@ func (q *Queue) write(buf []byte, group []*appendReq, size int, drop DropEvent) 
 	// name (the next offset did not move) and its removal would unlink the
 	// live file.
 	q.failed = nil
-	var dropped, dFirst, dLast uint64
-	q.enforceBoundLocked(int64(size+headerSize+256), &dropped, &dFirst, &dLast)
+	q.enforceBoundLocked(int64(size + headerSize + 256))
 	if err := q.rollLocked(int64(size)); err != nil {
 		return buf, nil, err
 	}
 	next := q.next
 	if q.dropped > 0 && drop != nil {
-		if p := drop(q.dropped, dFirst, dLast); p != nil {
+		if p := drop(q.dropped, q.dropFirst, q.dropLast); p != nil {
 			buf = appendRecord(buf, next, p)
 			next++
 		}
@@ -541,7 +542,7 @@ func (q *Queue) write(buf []byte, group []*appendReq, size int, drop DropEvent) 
 		q.writeErrs++
 		return buf, nil, fmt.Errorf("logfwd: writing segment %s: %w", filepath.Base(seg.path), werr)
 	}
-	q.dropped = 0
+	q.dropped, q.dropFirst, q.dropLast = 0, 0, 0
 	seg.size += int64(len(buf))
 	seg.count += next - q.next
 	seg.last = next - 1
@@ -581,26 +582,21 @@ func (q *Queue) rollLocked(size int64) error {
 // enforceBoundLocked removes the oldest sealed segments until size more bytes
 // fit under MaxBytes, counting the undelivered records it removes.
 // Preconditions: mu held.
-func (q *Queue) enforceBoundLocked(size int64, dropped, first, last *uint64) {
+func (q *Queue) enforceBoundLocked(size int64) {
 	for q.total+size > q.opts.MaxBytes && len(q.segs) > 1 {
 		s := q.segs[0]
 		from := max(s.first, q.committed+1)
 		if s.last >= from {
-			n := s.last - from + 1
-			if n > s.count {
-				n = s.count
+			q.dropped += min(s.last-from+1, s.count)
+			if q.dropFirst == 0 {
+				q.dropFirst = from
 			}
-			q.dropped += n
-			if *first == 0 {
-				*first = from
-			}
-			*last = s.last
+			q.dropLast = s.last
 		}
 		os.Remove(s.path)
 		q.total -= s.size
 		q.segs = q.segs[1:]
 	}
-	*dropped = q.dropped
 }
 
 // Commit records that everything through offset has been delivered and
