@@ -1,20 +1,19 @@
 // Package sim provides the simulated platforms cvmd uses where there is no
 // hardware: the go-tpm-tools TPM 2.0 simulator (Microsoft's reference TPM,
 // cgo, linked against libcrypto) and a simulated SEV-SNP whose reports are
-// signed by go-sev-guest's test-only AMD chain (ARK → ASK → VCEK, keys
-// published in go-sev-guest's testing/data).
+// signed by a fake, test-only AMD chain (ARK → ASK → VCEK) certified from
+// keys committed in testdata/ (amdchain.go).
 //
 // Everything sim produces is evidence of nothing: the attester marks its
 // tokens simulated, the first PCR 15 event says so, and the SNP chain does not
 // lead to a real AMD root, so attest/verify refuses it unless explicitly told
 // to allow simulated evidence.
 //
-// The test-only chain comes from github.com/google/go-sev-guest/testing,
-// which imports the standard library's testing package and registers the
-// flags -product, -product_name and -test_kds on flag.CommandLine. We accept
-// that in the cvmd binary (nothing in cvmd parses flag.CommandLine) rather than
-// copy AMD's certificate profile; the cost is a larger binary. The simulator
-// is process-global: one OpenTPM at a time per process.
+// sim deliberately does not use go-sev-guest's testing package: it would
+// parse five RSA-4096/ECDSA keys at package init in every cvmd process (tens
+// of milliseconds on each child spawn, paid twice since libcontainer re-execs
+// the binary). The fake keys here are parsed on first use only.
+// The TPM simulator is process-global: one OpenTPM at a time per process.
 //
 // Only the attestation child and tests import sim.
 package sim
@@ -30,7 +29,6 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 	"github.com/google/go-sev-guest/proto/sevsnp"
-	sevtest "github.com/google/go-sev-guest/testing"
 	"github.com/google/go-tpm-tools/simulator"
 	"google.golang.org/protobuf/proto"
 )
@@ -67,7 +65,7 @@ type SNPOptions struct {
 // SNP is a simulated SEV-SNP report interface: a go-sev-guest
 // client.QuoteProvider producing signed reports for any REPORT_DATA.
 type SNP struct {
-	signer  *sevtest.AmdSigner
+	chain   *amdChain
 	product *sevsnp.SevProduct
 	base    *sevsnp.Report
 	certs   []byte // extended cert table appended to every report
@@ -96,30 +94,11 @@ func NewSNP(o SNPOptions) (*SNP, error) {
 		o.Policy = DefaultPolicy
 	}
 	chipID := sha512.Sum512([]byte("cvmd simulated SEV-SNP chip"))
-	productName := kds.ProductName(o.Product)
-	b := &sevtest.AmdSignerBuilder{
-		Keys:             sevtest.DefaultAmdKeys(),
-		ProductName:      productName,
-		CSPID:            "go-sev-guest",
-		ArkCreationTime:  o.Now,
-		AskCreationTime:  o.Now,
-		AsvkCreationTime: o.Now,
-		VcekCreationTime: o.Now,
-		VlekCreationTime: o.Now,
-		HWID:             chipID,
-		TCB:              tcb,
-		// The VCEK certifies this chip's ID and TCB, as AMD's KDS would.
-		VcekCustom: sevtest.CertOverride{Extensions: sevtest.CustomExtensions(tcbParts, chipID[:], "", productName)},
-	}
-	signer, err := b.TestOnlyCertChain()
+	chain, err := newAMDChain(kds.ProductName(o.Product), tcbParts, chipID[:], o.Now)
 	if err != nil {
-		return nil, fmt.Errorf("sim: building test-only AMD chain: %w", err)
+		return nil, err
 	}
-	table, err := signer.CertTableBytes()
-	if err != nil {
-		return nil, fmt.Errorf("sim: certificate table: %w", err)
-	}
-	certs, err := abi.ExtendPlatformCertTable(table, &abi.ExtraPlatformInfo{
+	certs, err := abi.ExtendPlatformCertTable(chain.certTable(), &abi.ExtraPlatformInfo{
 		Size:      abi.ExtraPlatformInfoV0Size,
 		Cpuid1Eax: abi.MaskedCpuid1EaxFromSevProduct(o.Product),
 	})
@@ -158,7 +137,7 @@ func NewSNP(o SNPOptions) (*SNP, error) {
 		Cpuid1EaxFms:    abi.FmsToCpuid1Eax(family, model, stepping),
 		Signature:       make([]byte, abi.SignatureSize),
 	}
-	return &SNP{signer: signer, product: o.Product, base: base, certs: certs}, nil
+	return &SNP{chain: chain, product: o.Product, base: base, certs: certs}, nil
 }
 
 // IsSupported reports true: the simulated interface always works.
@@ -176,7 +155,7 @@ func (s *SNP) GetRawQuote(reportData [64]byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sim: encoding report: %w", err)
 	}
-	rr, ss, err := s.signer.Sign(abi.SignedComponent(raw))
+	rr, ss, err := s.chain.sign(abi.SignedComponent(raw))
 	if err != nil {
 		return nil, fmt.Errorf("sim: signing report: %w", err)
 	}
@@ -190,14 +169,16 @@ func (s *SNP) GetRawQuote(reportData [64]byte) ([]byte, error) {
 // verifier must be given (with AllowSimulated) to accept this chip.
 func (s *SNP) RootsPEM() []byte {
 	var out []byte
-	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.signer.Ask.Raw})...)
-	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.signer.Ark.Raw})...)
+	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.chain.ask.Raw})...)
+	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.chain.ark.Raw})...)
 	return out
 }
 
-// LazySNP is an SNP built on first use: certifying the test-only chain costs
-// about 120 ms of RSA-4096 work, which a child should not spend before it is
-// ready. Warm builds it ahead of time; all methods are safe for concurrent use.
+// LazySNP is an SNP built on first use: parsing the test-only keys and
+// certifying the chain costs tens of milliseconds of RSA-4096 work (about
+// 40 ms on this 2-core machine under load), which a child should not spend
+// before it is ready. Get builds it ahead of time; all methods are safe for
+// concurrent use.
 type LazySNP struct {
 	Options SNPOptions
 	once    sync.Once
