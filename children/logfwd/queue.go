@@ -424,8 +424,6 @@ func (q *Queue) AppendOn(st *Stream, payloads [][]byte) <-chan appendRes {
 	return r.done
 }
 
-var errQueueClosed = errors.New("logfwd: queue closed")
-
 // groupBytes caps how much one group commit writes.
 const groupBytes = 16 << 20
 

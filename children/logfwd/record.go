@@ -3,7 +3,6 @@ package logfwd
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"hash/crc32"
 )
 
@@ -23,13 +22,6 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 var magicBytes = binary.LittleEndian.AppendUint32(nil, recMagic)
-
-var (
-	// errShort means b ends before the record does (a torn tail, or more to read).
-	errShort = errors.New("logfwd: record truncated")
-	// errCorrupt means the bytes at this position are not a valid record.
-	errCorrupt = errors.New("logfwd: record corrupt")
-)
 
 // appendRecord appends the framed record to dst.
 func appendRecord(dst []byte, offset uint64, payload []byte) []byte {

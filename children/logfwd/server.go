@@ -91,10 +91,6 @@ func (s *Server) Push(st logs.Collector_PushServer) error {
 	return nil
 }
 
-type invalidBatch struct{ msg string }
-
-func (e *invalidBatch) Error() string { return e.msg }
-
 func batchPayloads(b *logs.Batch) ([][]byte, error) {
 	out := make([][]byte, 0, len(b.GetRaw())+len(b.GetRecords()))
 	for i, r := range b.GetRaw() {

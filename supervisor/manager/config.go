@@ -50,10 +50,6 @@ func (c *Config) fill() {
 	}
 }
 
-// ErrNoConfig means no manager URL was configured anywhere: the VM runs
-// without a manager link.
-var ErrNoConfig = errors.New("manager: no AGENT_CVM_GRPC_URL configured")
-
 // Cocos's environment variable names.
 const (
 	envURL        = "AGENT_CVM_GRPC_URL"

@@ -129,8 +129,6 @@ func (l *Link) forwardLogs(ctx context.Context, client cvms.ServiceClient) error
 	return nil
 }
 
-var errStreamSend = errors.New("manager: sending on log stream")
-
 func (l *Link) copyEntries(ctx context.Context, rd logs.Collector_ReadClient, st cvms.Service_ProcessClient, sent func(uint64)) error {
 	for {
 		ents, err := rd.Recv()

@@ -195,8 +195,6 @@ func (l *Link) Run(ctx context.Context) error {
 	return nil
 }
 
-var errDisconnect = errors.New("manager: disconnect requested")
-
 func transportCreds(cfg Config) (credentials.TransportCredentials, error) {
 	if cfg.ServerCAFile == "" {
 		if cfg.ClientCertFile != "" {
