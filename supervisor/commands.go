@@ -15,6 +15,10 @@ import (
 // ErrChildGone is returned by Command when the child exited before replying.
 var ErrChildGone = errors.New("supervisor: child exited before replying")
 
+// ErrNotRunning is returned by Command when the child has no running
+// incarnation (not started yet, or between restarts).
+var ErrNotRunning = errors.New("not running")
+
 // commands matches CommandReplies to the Commands waiting for them.
 type commands struct {
 	mu      sync.Mutex
@@ -83,7 +87,7 @@ func (s *Supervisor) Command(ctx context.Context, child string, body proto.Messa
 		return nil, err
 	}
 	if inc == nil {
-		return nil, fmt.Errorf("supervisor: command to %s: not running", child)
+		return nil, fmt.Errorf("supervisor: command to %s: %w", child, ErrNotRunning)
 	}
 	id, ch := s.cmds.register(inc)
 	defer s.cmds.forget(inc, id)

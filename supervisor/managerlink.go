@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/cvmd/cvmd/ipc"
 	attestpb "github.com/cvmd/cvmd/proto/attestation"
@@ -53,29 +54,56 @@ func runManagerLink(ctx context.Context, s *Supervisor) error {
 		defer conn.Close()
 		deps.Logs = logs.NewCollectorClient(conn)
 	}
+	// Evidence comes over an edge when the table gives the supervisor one,
+	// else as a control command to the attestation child (which answers
+	// EvidenceRequest there too): either way the report is bound to the
+	// client certificate, as Cocos's guest binds it.
+	evidence := func(ctx context.Context, req *attestpb.EvidenceRequest) (*attestpb.EvidenceResponse, error) {
+		// The link may come up before the attestation child is ready:
+		// retry until the caller's deadline.
+		out, err := s.Command(ctx, AttestationChild, req)
+		for (errors.Is(err, ErrNotRunning) || errors.Is(err, ErrChildGone)) && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+				out, err = s.Command(ctx, AttestationChild, req)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		r, ok := out.(*attestpb.EvidenceResponse)
+		if !ok {
+			return nil, fmt.Errorf("supervisor: attestation child answered %T, want EvidenceResponse", out)
+		}
+		return r, nil
+	}
 	if d := s.Dialer("attestation"); d != nil {
 		conn, err := ipc.GRPCClient(d)
 		if err != nil {
 			return fmt.Errorf("supervisor: attestation client for the manager link: %w", err)
 		}
 		defer conn.Close()
-		deps.Attest = certAttestation(attestpb.NewAttestationClient(conn))
+		c := attestpb.NewAttestationClient(conn)
+		evidence = func(ctx context.Context, req *attestpb.EvidenceRequest) (*attestpb.EvidenceResponse, error) {
+			return c.Evidence(ctx, req)
+		}
 	}
+	deps.Attest = certAttestation(evidence)
 	return manager.Run(ctx, mc, deps)
 }
 
 // certAttestation binds evidence to the manager client certificate as
 // Cocos's guest does: report data SHA-512(cert PEM), vTPM nonce
 // SHA-256(cert PEM), for the best platform the VM has (SNP+vTPM, then
-// vTPM, then SNP). It needs a supervisor → attestation edge in the table;
-// without one the report is sent empty, as Cocos does without a cert.
-func certAttestation(c attestpb.AttestationClient) manager.AttestFunc {
+// vTPM, then SNP).
+func certAttestation(evidence func(context.Context, *attestpb.EvidenceRequest) (*attestpb.EvidenceResponse, error)) manager.AttestFunc {
 	return func(ctx context.Context, certPEM []byte) ([]byte, error) {
 		rd := sha512.Sum512(certPEM)
 		nonce := sha256.Sum256(certPEM)
 		var last error
 		for _, pt := range []int32{2, 1, 0} { // agent-wire numbering: SNP+vTPM, vTPM, SNP
-			r, err := c.Evidence(ctx, &attestpb.EvidenceRequest{ReportData: rd[:], Nonce: nonce[:], PlatformType: pt})
+			r, err := evidence(ctx, &attestpb.EvidenceRequest{ReportData: rd[:], Nonce: nonce[:], PlatformType: pt})
 			if err == nil {
 				return r.GetEatToken(), nil
 			}
