@@ -56,7 +56,7 @@
 // running child that no running child depends on, together (ingress first,
 // logfwd last), each with Table.StopGrace, then SIGKILL. Counters restart with each computation
 // (StartComputation), which also gives failed children another chance and
-// restarts per-computation children (runner) with the computation id.
+// restarts per-computation children (runner, and ingress with the TLS mode of the computation's AgentConfig) with the computation id.
 //
 // # Hooks for other parts (hooks.go)
 //

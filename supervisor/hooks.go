@@ -142,7 +142,11 @@ func (s *Supervisor) StartComputation(ctx context.Context, req *cvms.Computation
 	if req.GetId() == "" {
 		return fmt.Errorf("supervisor: computation without id")
 	}
-	if err := s.do(ctx, func() { s.newComputation(req.GetId()) }); err != nil {
+	ing, err := ingressSettings(req.GetAgentConfig(), s.atlsPlatform())
+	if err != nil {
+		return fmt.Errorf("supervisor: computation %s: %w", req.GetId(), err)
+	}
+	if err := s.do(ctx, func() { s.ingress = ing; s.newComputation(req.GetId()) }); err != nil {
 		return err
 	}
 	cl, err := s.agentClient()

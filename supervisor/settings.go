@@ -24,6 +24,9 @@ func (s *Supervisor) settings(name string) proto.Message {
 		}
 		return m
 	case "ingress":
+		if s.ingress != nil {
+			return s.ingress
+		}
 		return &config.IngressSettings{}
 	case "egress":
 		return &config.EgressSettings{}

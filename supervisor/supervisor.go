@@ -17,6 +17,7 @@ import (
 
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/logsink"
+	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/sandbox"
 )
 
@@ -88,6 +89,7 @@ type Supervisor struct {
 	kicking  bool              // a kick is running
 	rekick   bool              // a kick was asked for while one ran
 	compID   string
+	ingress  *config.IngressSettings // the current computation's, from its AgentConfig; nil = plaintext
 	stopping bool
 
 	dialMu    sync.Mutex

@@ -102,7 +102,8 @@ func DefaultTable() *Table {
 	egress.Seccomp = sandbox.NetworkProfile()
 	runner := child("runner", []string{"logfwd"}, []StateDir{rw("runner"), ro("computation")}, 512<<20, 128, PerComputation)
 	agent := child("agent", []string{"logfwd", "attestation", "runner", "egress"}, []StateDir{rw("agent"), rw("computation")}, 256<<20, 64, Always)
-	ingress := child("ingress", []string{"agent", "attestation", "logfwd"}, nil, 256<<20, 64, Always)
+	// Per computation: restarted with the TLS mode of each computation's AgentConfig.
+	ingress := child("ingress", []string{"agent", "attestation", "logfwd"}, nil, 256<<20, 64, PerComputation)
 	ingress.Fds = []string{"listen"}
 	t := &Table{
 		Children: []ChildSpec{logfwd, attestation, egress, runner, agent, ingress},
