@@ -21,6 +21,10 @@ import (
 	// nsenter's cgo constructor runs before the Go runtime in every
 	// invocation; it acts only in libcontainer's `init` re-exec.
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
+
+	// Runs libcontainer's `init` re-exec before most of the binary's
+	// package initialisers (the init below is then only a fallback).
+	_ "github.com/cvmd/cvmd/sandbox/initfirst"
 )
 
 // init claims libcontainer's re-exec (`<exe> init`, with its init pipe in the
