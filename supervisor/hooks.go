@@ -160,6 +160,15 @@ func (s *Supervisor) StartComputation(ctx context.Context, req *cvms.Computation
 	if resp.GetError() != "" {
 		return fmt.Errorf("supervisor: agent refused computation %s: %s", req.GetId(), resp.GetError())
 	}
+	// PCR 16, as Cocos, before the manager hears that the computation runs.
+	// Without it evidence does not name the manifest (a verifier pinning it
+	// refuses), but the computation itself can go on.
+	if err := s.measureManifest(ctx, req); err != nil {
+		s.log.Error("manifest not measured into PCR 16", "computation_id", req.GetId(), "err", err)
+		s.Events().Event("computation.manifest_measured", "error", "computation_id", req.GetId(), "error", err.Error())
+	} else {
+		s.Events().Event("computation.manifest_measured", "ok", "computation_id", req.GetId())
+	}
 	s.Events().Event("computation.started", "ok", "computation_id", req.GetId())
 	return nil
 }
