@@ -9,6 +9,7 @@
 #   KERNEL_PKG=...           Debian kernel package (default: what linux-image-amd64 depends on)
 #   IMAGE_PYTHON=1           add python3 with numpy, pandas, scikit-learn and joblib
 #   SOURCE_DATE_EPOCH=N      time of every file (default: the last commit's time)
+#   IMAGE_VERSION=v          /etc/os-release VERSION_ID (default: git describe --always --dirty)
 #   EXTRA=dir                a tree copied over the root last (tests add probes this way)
 set -euo pipefail
 umask 022
@@ -19,6 +20,7 @@ NAME=${NAME:-initramfs}
 OUT=${OUT:-images/out}
 IMAGE_PYTHON=${IMAGE_PYTHON:-0}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}
+IMAGE_VERSION=${IMAGE_VERSION:-$(git describe --always --dirty 2>/dev/null || echo dev)}
 export SOURCE_DATE_EPOCH
 log() { echo "image: $*" >&2; }
 
@@ -185,7 +187,7 @@ printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' > "$root/etc/hosts"
 printf 'hosts: files dns\n' > "$root/etc/nsswitch.conf"
 printf 'nameserver 10.0.2.3\n' > "$root/etc/resolv.conf"
 printf 'cvmd\n' > "$root/etc/hostname"
-printf 'ID=cvmd\nNAME="cvmd VM image"\nVERSION_ID=%s\n' "$(git describe --always --dirty 2>/dev/null || echo dev)" > "$root/etc/os-release"
+printf 'ID=cvmd\nNAME="cvmd VM image"\nVERSION_ID=%s\n' "$IMAGE_VERSION" > "$root/etc/os-release"
 if [ -n "${EXTRA:-}" ]; then cp -a "$EXTRA/." "$root/"; fi
 
 # --- archive ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ func measureBoot(t *testing.T, img image) bootFigures {
 	m := guestbootStart.FindStringSubmatch(first.Text)
 	up, _ := strconv.ParseFloat(m[1], 64)
 	initStart, _ := strconv.ParseFloat(m[2], 64)
-	_, last := g.waitChildrenReady("boot: every child ready", i, children, 1, 5*time.Minute)
+	_, last := g.waitChildrenReady("boot: every child ready", i, children, 5*time.Minute)
 	f := bootFigures{
 		kernelToInit: initStart,
 		initToReady:  last.At - first.At + time.Duration((up-initStart)*float64(time.Second)),

@@ -18,14 +18,15 @@ import (
 
 func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
 
-// probeImage builds the image with images/cmd/bootprobe as /init and a
-// dynamically linked C program at /usr/bin/hello-dyn (proof that the base
-// has a working libc for `bin` algorithms).
-func probeImage(t testing.TB, name string) image {
+// probeInputs builds images/cmd/bootprobe (the /init of the probe image)
+// and a tree to copy over the image: a dynamically linked C program at
+// /usr/bin/hello-dyn (proof that the base has a working libc for `bin`
+// algorithms) and the debug-port marker.
+func probeInputs(t testing.TB) (probe, extra string) {
 	t.Helper()
 	dir := t.TempDir()
-	probe := goBuild(t, dir, "./images/cmd/bootprobe", "bootprobe", []string{"CGO_ENABLED=0"}, "-trimpath")
-	extra := filepath.Join(dir, "extra")
+	probe = goBuild(t, dir, "./images/cmd/bootprobe", "bootprobe", []string{"CGO_ENABLED=0"}, "-trimpath")
+	extra = filepath.Join(dir, "extra")
 	os.MkdirAll(filepath.Join(extra, "usr/bin"), 0o755)
 	os.MkdirAll(filepath.Join(extra, "etc/cvmd"), 0o755)
 	os.WriteFile(filepath.Join(extra, "etc/cvmd/debug-port"), nil, 0o644)
@@ -34,7 +35,13 @@ func probeImage(t testing.TB, name string) image {
 	if out, err := exec.Command("gcc", "-O2", "-o", filepath.Join(extra, "usr/bin/hello-dyn"), src).CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, out)
 	}
-	return buildImage(t, name, probe, extra, "SOURCE_DATE_EPOCH=1700000000")
+	return probe, extra
+}
+
+// probeImage builds the image with the probe as /init.
+func probeImage(t testing.TB, name, probe, extra string) image {
+	t.Helper()
+	return buildImage(t, name, probe, extra, "SOURCE_DATE_EPOCH=1700000000", "IMAGE_VERSION=test")
 }
 
 // TestImageBoots boots the image with the probe as /init and checks what the
@@ -42,7 +49,8 @@ func probeImage(t testing.TB, name string) image {
 // libc, hostfwd to :7002, guestfwd to the manager, and ACPI power-off.
 func TestImageBoots(t *testing.T) {
 	requireQEMU(t)
-	img := probeImage(t, "vmtest-probe")
+	probe, extra := probeInputs(t)
+	img := probeImage(t, "vmtest-probe", probe, extra)
 
 	envDir, certsDir := t.TempDir(), t.TempDir()
 	os.WriteFile(filepath.Join(envDir, "environment"), []byte("AGENT_LOG_LEVEL=debug\nAGENT_CVM_GRPC_URL="+qemu.GuestManagerAddr+"\n"), 0o644)
@@ -140,17 +148,21 @@ func TestImageBoots(t *testing.T) {
 // TestImageIsReproducible builds the probe image twice and compares bytes.
 func TestImageIsReproducible(t *testing.T) {
 	requireQEMU(t) // for the build tools, which deps.sh vm installs
-	a := probeImage(t, "vmtest-repro-a")
-	b := probeImage(t, "vmtest-repro-b")
+	probe, extra := probeInputs(t)
+	a := probeImage(t, "vmtest-repro-a", probe, extra)
+	// Different file times in the inputs must not matter.
+	os.Chtimes(probe, time.Now(), time.Now().Add(-time.Hour))
+	b := probeImage(t, "vmtest-repro-b", probe, extra)
 	ab, err1 := os.ReadFile(a.Initrd)
 	bb, err2 := os.ReadFile(b.Initrd)
 	if err1 != nil || err2 != nil {
 		t.Fatal(err1, err2)
 	}
-	// The two probes are built separately, from the same source, and the C
-	// program by the same gcc: both are reproducible builds themselves.
 	if !bytes.Equal(ab, bb) {
 		t.Fatalf("two builds of the same image differ: %s and %s", a.Initrd, b.Initrd)
+	}
+	for _, n := range []string{"vmtest-repro-a", "vmtest-repro-b"} {
+		os.RemoveAll(filepath.Join(repoRoot(t), "images/out", "root-"+n))
 	}
 	os.Remove(a.Initrd)
 	os.Remove(b.Initrd)
