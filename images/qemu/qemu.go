@@ -142,6 +142,13 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		cfg.HostPort = p
 	}
 	v.hostPort = cfg.HostPort
+	if cfg.ManagerAddr != "" {
+		for _, a := range append(cfg.PipeCommand, cfg.ManagerAddr) {
+			if strings.ContainsAny(a, " ,'\"\\") {
+				return nil, fmt.Errorf("qemu: guestfwd command argument %q has a space, comma or quote", a)
+			}
+		}
+	}
 	var err error
 	if v.logFile, err = os.Create(cfg.SerialLog); err != nil {
 		return nil, fmt.Errorf("qemu: creating serial log: %w", err)
@@ -156,11 +163,6 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	netdev := fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:7002", cfg.HostPort)
 	if cfg.ManagerAddr != "" {
-		for _, a := range append(cfg.PipeCommand, cfg.ManagerAddr) {
-			if strings.ContainsAny(a, " ,'\"\\") {
-				return nil, fmt.Errorf("qemu: guestfwd command argument %q has a space, comma or quote", a)
-			}
-		}
 		netdev += ",guestfwd=tcp:" + GuestManagerAddr + "-cmd:" + strings.Join(append(cfg.PipeCommand, cfg.ManagerAddr), " ")
 	}
 	args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile=")

@@ -1,0 +1,94 @@
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// fakeQMP speaks QMP as qemu does: a greeting, then one answer per command,
+// with an asynchronous event before the answer to system_powerdown.
+func fakeQMP(t *testing.T, answers map[string]string) (string, <-chan []string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "qmp.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []string, 1)
+	go func() {
+		defer ln.Close()
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.Write([]byte(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}` + "\r\n"))
+		var cmds []string
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			var m struct{ Execute string }
+			json.Unmarshal(sc.Bytes(), &m)
+			cmds = append(cmds, m.Execute)
+			if m.Execute == "system_powerdown" {
+				c.Write([]byte(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "POWERDOWN"}` + "\r\n"))
+			}
+			a, ok := answers[m.Execute]
+			if !ok {
+				a = `{"return": {}}`
+			}
+			c.Write([]byte(a + "\r\n"))
+		}
+		got <- cmds
+	}()
+	return path, got
+}
+
+func TestQMP(t *testing.T) {
+	tests := []struct {
+		name    string
+		answers map[string]string
+		wantErr string
+	}{
+		{"power down", nil, ""},
+		{"command refused", map[string]string{"system_powerdown": `{"error": {"class": "GenericError", "desc": "no"}}`}, "QMP system_powerdown"},
+		{"garbage", map[string]string{"qmp_capabilities": `not json`}, "bad QMP message"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path, got := fakeQMP(t, tt.answers)
+			err := qmp(path, "system_powerdown")
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("qmp = %v, want error containing %q", err, tt.wantErr)
+			}
+			cmds := <-got
+			if len(cmds) == 0 || cmds[0] != "qmp_capabilities" {
+				t.Errorf("commands sent %q, want qmp_capabilities first", cmds)
+			}
+		})
+	}
+}
+
+func TestStartRefusesBadConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"no kernel", Config{Initrd: "i", Dir: t.TempDir()}, "required"},
+		{"manager without pipe", Config{Kernel: "k", Initrd: "i", Dir: t.TempDir(), ManagerAddr: "127.0.0.1:1"}, "PipeCommand"},
+		{"space in guestfwd command", Config{Kernel: "k", Initrd: "i", Dir: t.TempDir(), ManagerAddr: "127.0.0.1:1", PipeCommand: []string{"/a b/pipe"}}, "space"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := Start(context.Background(), tt.cfg); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Start = %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
