@@ -18,9 +18,12 @@
 //	state, err := sb.Wait()
 //	sb.Destroy()
 //
-// The binary that uses this package must call Init from its func init() when
-// os.Args[1] == "init" (libcontainer re-executes the binary as `<exe> init`)
-// and link the nsenter package (cmd/cvmd does both).
+// The binary that uses this package must handle libcontainer's re-exec
+// (`<exe> init`) and link the nsenter package (cmd/cvmd does both). Importing
+// sandbox/initfirst for its side effect is the cheap way: it runs the re-exec
+// from a package initialiser, before most of the binary's other initialisers
+// (calling Init from main's func init() also works, but only after every
+// package of the binary was initialised, on every spawn).
 //
 // sandbox does not decide policy: what a child may do is the supervisor's
 // child table (or the runner's validated request); it does not log. Only the
