@@ -26,7 +26,8 @@
 // directories (bound at /state/<dir>, read-only or writable), devices,
 // capabilities (none), seccomp profile (sandbox.FDOnlyProfile: socket(2)
 // denied, socketpair(2) allowed; egress gets sandbox.NetworkProfile),
-// cgroup limits, extra fds ("listen" for ingress) and scope (always or
+// cgroup limits, host files bound read-only (egress: /etc/resolv.conf,
+// /etc/hosts), extra fds ("listen" for ingress) and scope (always or
 // per-computation). Edges are (client, server) pairs; the client's fd is
 // "to:<server>", the server's "from:<client>"; the supervisor is client
 // "supervisor". `cvmd supervise --print-sandbox` prints the table and its

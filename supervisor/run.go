@@ -309,6 +309,11 @@ func (s *Supervisor) sandboxSpec(spec *ChildSpec) *sandbox.Spec {
 	for _, d := range spec.StateDirs {
 		ss.Mounts = append(ss.Mounts, sandbox.Mount{Kind: sandbox.Bind, Source: filepath.Join(s.cfg.State, d.Dir), Dest: filepath.Join(ViewState, d.Dir), Writable: d.Writable})
 	}
+	for _, f := range spec.HostFiles {
+		if fi, err := os.Stat(f); err == nil && fi.Mode().IsRegular() {
+			ss.Mounts = append(ss.Mounts, sandbox.Mount{Kind: sandbox.Bind, Source: f, Dest: f})
+		}
+	}
 	for _, d := range spec.Devices {
 		if _, err := os.Stat(d); err == nil {
 			ss.Devices = append(ss.Devices, d)

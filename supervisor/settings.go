@@ -29,7 +29,7 @@ func (s *Supervisor) settings(name string) proto.Message {
 		}
 		return &config.IngressSettings{}
 	case "egress":
-		return &config.EgressSettings{}
+		return &config.EgressSettings{Allow: s.egressAllowlist()}
 	case "logfwd":
 		return &config.LogfwdSettings{}
 	}

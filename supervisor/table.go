@@ -49,6 +49,9 @@ type ChildSpec struct {
 	Fds []string `json:"fds,omitempty"`
 	// Scope of the restart counters.
 	Scope Scope `json:"scope"`
+	// HostFiles are host files bound read-only at the same path when they
+	// exist (egress: /etc/resolv.conf and /etc/hosts, to resolve names).
+	HostFiles []string `json:"host_files,omitempty"`
 }
 
 // StateDir is one directory of --state in a child's view.
@@ -100,6 +103,7 @@ func DefaultTable() *Table {
 	egress := child("egress", []string{"logfwd"}, nil, 128<<20, 128, Always)
 	egress.HostNet = true
 	egress.Seccomp = sandbox.NetworkProfile()
+	egress.HostFiles = []string{"/etc/resolv.conf", "/etc/hosts"}
 	runner := child("runner", []string{"logfwd"}, []StateDir{rw("runner"), ro("computation")}, 512<<20, 128, PerComputation)
 	agent := child("agent", []string{"logfwd", "attestation", "runner", "egress"}, []StateDir{rw("agent"), rw("computation")}, 256<<20, 64, Always)
 	// Per computation: restarted with the TLS mode of each computation's AgentConfig.
