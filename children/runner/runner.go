@@ -175,7 +175,10 @@ const (
 	TypeDocker = "docker"
 )
 
-var compIDRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,128}$`)
+// compIDRE checks the characters of a computation id; its length (1 to 128)
+// is checked apart: a `{1,128}` repetition compiles into 128 copies, about
+// 0.5 ms and 1,800 allocations at package init in every cvmd process.
+var compIDRE = regexp.MustCompile(`^[A-Za-z0-9_.:-]+$`)
 
 // Run runs one computation's algorithm to its end. A failure of the
 // algorithm is RunResponse.error with an OK status (as in Cocos); a bad
@@ -187,7 +190,7 @@ func (s *Service) Run(ctx context.Context, req *pb.RunRequest) (*pb.RunResponse,
 		return nil, status.Errorf(codes.InvalidArgument, "algo_type %q: want bin, python, wasm or docker", req.GetAlgoType())
 	}
 	id := req.GetComputationId()
-	if !compIDRE.MatchString(id) {
+	if len(id) > 128 || !compIDRE.MatchString(id) {
 		return nil, status.Errorf(codes.InvalidArgument, "computation_id %q: want [A-Za-z0-9_.:-]{1,128}", id)
 	}
 	algo, err := s.compPath("algorithm_path", req.GetAlgorithmPath(), true)

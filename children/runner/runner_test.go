@@ -3,12 +3,17 @@ package runner
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/cvmd/cvmd/proto/logs"
+	pb "github.com/cvmd/cvmd/proto/runner"
 )
 
 var lineTests = []struct {
@@ -162,5 +167,34 @@ func TestSinkEventsOriginator(t *testing.T) {
 	ev := p.recs[0].GetEvent()
 	if ev.GetOriginator() != Originator || ev.GetComputationId() != "c7" || ev.GetEventType() != "AlgorithmRun" || ev.GetStatus() != "Warning" || string(ev.GetDetails()) != `{"stderr":"oops"}` {
 		t.Errorf("event %v", ev)
+	}
+}
+
+// TestRunRefusesBadComputationIDs: the id check (characters by regexp,
+// length apart) refuses before anything runs.
+func TestRunRefusesBadComputationIDs(t *testing.T) {
+	s := &Service{cfg: Config{ComputationDir: t.TempDir()}}
+	tests := []struct {
+		name, id string
+		wantID   bool // the error is about computation_id
+	}{
+		{"empty", "", true},
+		{"129 chars", strings.Repeat("a", 129), true},
+		{"slash", "a/b", true},
+		{"newline at end", "abc\n", true},
+		{"non-ASCII", "é", true},
+		{"128 chars", strings.Repeat("a", 128), false},
+		{"all classes", "Az09_.:-", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.Run(context.Background(), &pb.RunRequest{AlgoType: TypeBin, ComputationId: tc.id, AlgorithmPath: "missing"})
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("Run: %v, want InvalidArgument", err)
+			}
+			if got := strings.Contains(err.Error(), "computation_id"); got != tc.wantID {
+				t.Fatalf("Run(%q): %v; about computation_id = %v, want %v", tc.id, err, got, tc.wantID)
+			}
+		})
 	}
 }
