@@ -57,7 +57,7 @@ bench: build ## print BENCH <name> <value> <unit> lines
 IMAGE_PYTHON ?= 0
 VMFLAGS ?=
 
-image: deps cvmd ## build the VM image: images/out/vmlinuz + initramfs.cpio.gz (IMAGE_PYTHON=1 adds python3)
+image: deps cvmd ## build the VM image: images/out/vmlinuz + initramfs.cpio.zst (IMAGE_PYTHON=1 adds python3)
 	@IMAGE_PYTHON=$(IMAGE_PYTHON) images/build.sh
 
 vm: image ## boot the image under qemu (TCG, swtpm, 127.0.0.1:7002 → guest); VMFLAGS="-manager ... -env FILE"

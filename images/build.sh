@@ -4,7 +4,7 @@
 #
 # Environment (all optional):
 #   INIT=bin/cvmd            the binary that becomes /init
-#   NAME=initramfs           output name: $OUT/$NAME.cpio.gz (and staging $OUT/root-$NAME)
+#   NAME=initramfs           output name: $OUT/$NAME.cpio.zst (and staging $OUT/root-$NAME)
 #   OUT=images/out           outputs and the download cache
 #   KERNEL_PKG=...           Debian kernel package (default: what linux-image-amd64 depends on)
 #   IMAGE_PYTHON=1           add python3 with numpy, pandas, scikit-learn and joblib
@@ -25,7 +25,7 @@ export SOURCE_DATE_EPOCH
 log() { echo "image: $*" >&2; }
 
 [ -x "$INIT" ] || { log "$INIT is missing: run make cvmd first"; exit 1; }
-command -v dpkg-deb >/dev/null && command -v modinfo >/dev/null && command -v qemu-system-x86_64 >/dev/null \
+command -v dpkg-deb >/dev/null && command -v modinfo >/dev/null && command -v zstd >/dev/null && command -v qemu-system-x86_64 >/dev/null \
   || scripts/deps.sh vm
 
 mkdir -p "$OUT/debs"
@@ -191,7 +191,11 @@ printf 'ID=cvmd\nNAME="cvmd VM image"\nVERSION_ID=%s\n' "$IMAGE_VERSION" > "$roo
 if [ -n "${EXTRA:-}" ]; then cp -a "$EXTRA/." "$root/"; fi
 
 # --- archive ---------------------------------------------------------------------------
-go run ./images/cmd/mkinitramfs -root "$root" -epoch "$SOURCE_DATE_EPOCH" -o "$OUT/$NAME.cpio.gz" >/dev/null
+# zstd, not gzip: the kernel unpacks it ~3 s faster under TCG (measured: /init ran at 4.6 s of
+# kernel uptime instead of 7.6 s) and it is smaller. Single-threaded, so the bytes are reproducible.
+go run ./images/cmd/mkinitramfs -root "$root" -epoch "$SOURCE_DATE_EPOCH" -level 0 -o "$OUT/$NAME.cpio" >/dev/null
+zstd -q -12 -T1 -f --rm "$OUT/$NAME.cpio" -o "$OUT/$NAME.cpio.zst"
+rm -f "$OUT/$NAME.cpio.gz"
 {
   echo "kernel    $KERNEL_PKG ($(dpkg-deb -f "$(deb "$KERNEL_PKG")" Version))"
   for p in "${base_pkgs[@]}"; do echo "package   $p $(dpkg-deb -f "$(deb "$p")" Version)"; done
@@ -199,7 +203,7 @@ go run ./images/cmd/mkinitramfs -root "$root" -epoch "$SOURCE_DATE_EPOCH" -o "$O
   echo "epoch     $SOURCE_DATE_EPOCH"
   echo "python    $IMAGE_PYTHON"
 } > "$OUT/$NAME.manifest"
-for f in "$OUT/vmlinuz" "$OUT/$NAME.cpio.gz"; do
+for f in "$OUT/vmlinuz" "$OUT/$NAME.cpio.zst"; do
   size=$(stat -c %s "$f")
   printf 'image: %s  sha256 %s  %s bytes (%s MiB)\n' "$f" "$(sha256sum "$f" | cut -d' ' -f1)" "$size" \
     "$(awk -v s="$size" 'BEGIN{printf "%.1f", s/1048576}')"

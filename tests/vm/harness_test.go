@@ -126,7 +126,7 @@ func buildImage(t testing.TB, name, init, extra string, env ...string) image {
 	t.Logf("image %s built in %v:\n%s", name, time.Since(start).Round(time.Millisecond), out)
 	return image{
 		Kernel: filepath.Join(root, "images/out/vmlinuz"),
-		Initrd: filepath.Join(root, "images/out", name+".cpio.gz"),
+		Initrd: filepath.Join(root, "images/out", name+".cpio.zst"),
 		Build:  time.Since(start),
 	}
 }

@@ -3,7 +3,7 @@
 // device nodes the kernel needs before devtmpfs is mounted, and prints the
 // archive's sha256 and size.
 //
-//	mkinitramfs -root images/out/root -epoch 1700000000 -o images/out/initramfs.cpio.gz
+//	mkinitramfs -root images/out/root-initramfs -epoch 1700000000 -o images/out/initramfs.cpio.gz
 package main
 
 import (

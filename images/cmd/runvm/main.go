@@ -40,7 +40,7 @@ func main() {
 func run() error {
 	out := "images/out"
 	kernel := flag.String("kernel", filepath.Join(out, "vmlinuz"), "kernel image")
-	initrd := flag.String("initrd", filepath.Join(out, "initramfs.cpio.gz"), "initramfs")
+	initrd := flag.String("initrd", filepath.Join(out, "initramfs.cpio.zst"), "initramfs")
 	port := flag.Int("port", 7002, "host port on 127.0.0.1 forwarded to the guest's 7002 (0: any free port)")
 	manager := flag.String("manager", "127.0.0.1:7001", "host address of the manager (CVMS server); the guest reaches it at "+qemu.GuestManagerAddr+"; empty: none")
 	envFile := flag.String("env", "", "environment file for /etc/cocos/environment (default: AGENT_CVM_GRPC_URL pointing at the manager)")
