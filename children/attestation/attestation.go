@@ -87,7 +87,9 @@ type Service struct {
 	simulated bool
 	closers   []io.Closer
 
-	wg sync.WaitGroup // background warm-up; Close waits for it
+	wg        sync.WaitGroup // background warm-up; Close waits for it
+	quit      chan struct{}  // closed by Close: a warm-up not begun is dropped
+	closeOnce sync.Once
 
 	mu       sync.RWMutex // write: a measurement (log append + extend); read: a quote and its log (Attester.MeasureLock)
 	lastBoot string       // guarded by mu
@@ -98,7 +100,7 @@ type Service struct {
 // ("" = in memory only, which a hardware TPM refuses: a restart would lose
 // the log while the PCRs keep its events).
 func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error) {
-	s := &Service{att: &attest.Attester{Issuer: st.GetIssuer(), SWVersion: version()}}
+	s := &Service{att: &attest.Attester{Issuer: st.GetIssuer(), SWVersion: version()}, quit: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -178,6 +180,7 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 
 // Close releases the TPM and the log.
 func (s *Service) Close() {
+	s.closeOnce.Do(func() { close(s.quit) })
 	s.wg.Wait()
 	if s.tpm != nil {
 		s.tpm.Close()

@@ -3,6 +3,8 @@
 package attestation
 
 import (
+	"time"
+
 	sevclient "github.com/google/go-sev-guest/client"
 
 	"github.com/cvmd/cvmd/attest"
@@ -23,12 +25,26 @@ func (s *Service) openSimulated(st *config.AttestationSettings) error {
 		return err
 	}
 	if st.GetSimulateSnp() {
-		// Built in the background: the test-only chain is slow to certify.
+		// Built in the background, once boot is likely over: certifying the
+		// test-only chain is tens of milliseconds of RSA-4096 CPU, which at
+		// once would compete with the children still being spawned. A
+		// quote asked for earlier builds it then.
 		lazy := &sim.LazySNP{}
 		s.att.SNP = lazy
-		s.wg.Go(func() { lazy.Get() })
+		s.wg.Go(func() {
+			t := time.NewTimer(snpWarmDelay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				lazy.Get()
+			case <-s.quit:
+			}
+		})
 	}
 	return nil
 }
+
+// snpWarmDelay is how long after start the simulated SNP is built unasked.
+const snpWarmDelay = 2 * time.Second
 
 var _ sevclient.QuoteProvider = (*sim.LazySNP)(nil)
