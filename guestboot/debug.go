@@ -28,7 +28,8 @@ const (
 )
 
 // DebugCommand is one request on the debug port: "kill NAME" sends SIGKILL
-// to the cvmd child NAME; "ping" answers "pong".
+// to the cvmd child NAME; "ping" answers "pong"; "ps" lists every process as
+// pid:name:state:wchan on one line, to explain a hang.
 type DebugCommand struct {
 	Verb, Arg string
 }
@@ -37,12 +38,12 @@ type DebugCommand struct {
 func ParseDebugCommand(line string) (DebugCommand, error) {
 	f := strings.Fields(line)
 	switch {
-	case len(f) == 1 && f[0] == "ping":
-		return DebugCommand{Verb: "ping"}, nil
+	case len(f) == 1 && (f[0] == "ping" || f[0] == "ps"):
+		return DebugCommand{Verb: f[0]}, nil
 	case len(f) == 2 && f[0] == "kill" && validChildName(f[1]):
 		return DebugCommand{Verb: "kill", Arg: f[1]}, nil
 	}
-	return DebugCommand{}, fmt.Errorf("guestboot: debug command %q: want \"ping\" or \"kill CHILD\"", line)
+	return DebugCommand{}, fmt.Errorf("guestboot: debug command %q: want \"ping\", \"ps\" or \"kill CHILD\"", line)
 }
 
 func validChildName(s string) bool {
@@ -115,8 +116,11 @@ func runDebug(log *slog.Logger, line string) string {
 	if err != nil {
 		return "error: " + err.Error()
 	}
-	if c.Verb == "ping" {
+	switch c.Verb {
+	case "ping":
 		return "pong"
+	case "ps":
+		return processList()
 	}
 	pids, err := childPIDs(c.Arg)
 	if err != nil {
@@ -162,4 +166,31 @@ func childPIDs(name string) ([]int, error) {
 		}
 	}
 	return pids, nil
+}
+
+// processList describes every process as pid:name:state:wchan, space-separated.
+func processList() string {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var out []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		st := string(stat)
+		lp, rp := strings.IndexByte(st, '('), strings.LastIndexByte(st, ')')
+		if lp < 0 || rp < lp || rp+3 > len(st) {
+			continue
+		}
+		wchan, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "wchan"))
+		name := strings.ReplaceAll(st[lp+1:rp], " ", "_")
+		out = append(out, fmt.Sprintf("%s:%s:%c:%s", e.Name(), name, st[rp+2], wchan))
+	}
+	return strings.Join(out, " ")
 }

@@ -3,6 +3,7 @@ package guestboot
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -235,6 +236,7 @@ var debugTests = []struct {
 	wantErr bool
 }{
 	{"ping", DebugCommand{Verb: "ping"}, false},
+	{"ps", DebugCommand{Verb: "ps"}, false},
 	{"kill agent", DebugCommand{Verb: "kill", Arg: "agent"}, false},
 	{"  kill   logfwd \r", DebugCommand{Verb: "kill", Arg: "logfwd"}, false},
 	{"kill", DebugCommand{}, true},
@@ -309,4 +311,11 @@ func FuzzParseKmsg(f *testing.F) {
 			t.Fatalf("message %q keeps a newline", r.Message)
 		}
 	})
+}
+
+func TestProcessListShowsThisProcess(t *testing.T) {
+	want := fmt.Sprintf("%d:", os.Getpid())
+	if got := processList(); !strings.Contains(" "+got, " "+want) {
+		t.Fatalf("processList() has no entry for pid %d: %.200s", os.Getpid(), got)
+	}
 }

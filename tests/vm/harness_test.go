@@ -133,8 +133,9 @@ func buildImage(t testing.TB, name, init, extra string, env ...string) image {
 
 // guest is a booted VM under test.
 type guest struct {
-	t  testing.TB
-	vm *qemu.VM
+	t     testing.TB
+	vm    *qemu.VM
+	debug bool // the image serves the debug port
 }
 
 // boot starts the VM and arranges for it to be killed at the end of the test.
@@ -158,7 +159,7 @@ func boot(t testing.TB, cfg qemu.Config) *guest {
 	if err != nil {
 		t.Fatalf("starting qemu: %v", err)
 	}
-	g := &guest{t: t, vm: vm}
+	g := &guest{t: t, vm: vm, debug: cfg.DebugPort}
 	t.Cleanup(func() {
 		vm.Kill()
 		if t.Failed() {
@@ -198,10 +199,19 @@ func (g *guest) wait(step string, from int, re string, timeout time.Duration) (i
 	return i, l
 }
 
-// fatalf fails the test at a step, printing the last serial lines.
+// fatalf fails the test at a step, printing the last serial lines (and,
+// in test images, the guest's processes with what they wait in).
 func (g *guest) fatalf(step, format string, args ...any) {
 	g.t.Helper()
-	g.t.Fatalf("step %q: %s\nlast serial lines:\n%s", step, fmt.Sprintf(format, args...), g.vm.Tail(60))
+	ps := ""
+	if g.debug {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if out, err := g.vm.Debug(ctx, "ps"); err == nil {
+			ps = "\nguest processes (pid:name:state:wchan):\n  " + strings.ReplaceAll(out, " ", "\n  ")
+		}
+		cancel()
+	}
+	g.t.Fatalf("step %q: %s\nlast serial lines:\n%s%s", step, fmt.Sprintf(format, args...), g.vm.Tail(60), ps)
 }
 
 // powerOff presses the power button and expects qemu to exit 0 in time.
