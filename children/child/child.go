@@ -41,8 +41,10 @@ type Env struct {
 	Config *control.ChildConfig
 	Log    *slog.Logger
 
-	ctl  *ipc.Control
-	sink *logsink.Sink // nil without a "to:logfwd" edge; see log.go
+	ctl       *ipc.Control
+	sink      *logsink.Sink // nil without a "to:logfwd" edge; see log.go
+	ready     chan struct{} // closed by Ready
+	readyOnce sync.Once
 
 	mu        sync.Mutex
 	files     map[string]*os.File                              // guarded by mu; not yet taken
@@ -67,7 +69,7 @@ func Run(name string, main Main) (err error) {
 	if ferr != nil {
 		return fmt.Errorf("%s: opening control channel (fd %d): %w", name, ControlFD, ferr)
 	}
-	env := &Env{ctl: ipc.NewControl(f), dialers: map[string]*ipc.Dialer{}, hooks: map[string]func(*os.File){}, handlers: map[string]CommandHandler{}}
+	env := &Env{ctl: ipc.NewControl(f), ready: make(chan struct{}), dialers: map[string]*ipc.Dialer{}, hooks: map[string]func(*os.File){}, handlers: map[string]CommandHandler{}}
 	if err := env.hello(name); err != nil {
 		env.fail(err)
 		return err
@@ -240,6 +242,7 @@ func (e *Env) Send(msg *control.Message, files map[string]*os.File) error {
 
 // Ready tells the supervisor the child is serving.
 func (e *Env) Ready() error {
+	e.readyOnce.Do(func() { close(e.ready) })
 	return e.ctl.Send(&control.Message{Body: &control.Message_Ready{Ready: &control.Ready{}}}, nil)
 }
 
@@ -332,9 +335,17 @@ func (e *Env) command(ctx context.Context, c *control.Command) {
 	if err != nil {
 		reply.Error = fmt.Sprintf("decoding command: %v", err)
 	} else {
-		e.mu.Lock()
-		h := e.handlers[string(body.ProtoReflect().Descriptor().FullName())]
-		e.mu.Unlock()
+		h := e.handler(body)
+		if h == nil {
+			// A child registers its handlers before it says READY; a command
+			// that arrives earlier (the supervisor may send one as soon as
+			// the child runs) waits for READY rather than being refused.
+			select {
+			case <-e.ready:
+			case <-ctx.Done():
+			}
+			h = e.handler(body)
+		}
 		if h == nil {
 			reply.Error = fmt.Sprintf("%s: no handler for command %s", e.Config.GetName(), body.ProtoReflect().Descriptor().FullName())
 		} else if out, herr := h(ctx, body); herr != nil {
@@ -346,6 +357,12 @@ func (e *Env) command(ctx context.Context, c *control.Command) {
 		}
 	}
 	e.ctl.Send(&control.Message{Body: &control.Message_CommandReply{CommandReply: reply}}, nil)
+}
+
+func (e *Env) handler(body proto.Message) CommandHandler {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.handlers[string(body.ProtoReflect().Descriptor().FullName())]
 }
 
 func closeFiles(files map[string]*os.File) {

@@ -44,6 +44,11 @@ func TestMain(m *testing.M) {
 // echoMain serves a line echo on every from: edge and answers a Command
 // carrying a string with its upper-case form.
 func echoMain(ctx context.Context, env *child.Env) error {
+	// CHILD_TEST_SLOW_START: a child that takes a while before it registers
+	// its handlers, as a real child does while it opens its TPM.
+	if os.Getenv("CHILD_TEST_SLOW_START") != "" {
+		time.Sleep(300 * time.Millisecond)
+	}
 	env.HandleCommand(&wrapperspb.StringValue{}, func(_ context.Context, body proto.Message) (proto.Message, error) {
 		return wrapperspb.String(strings.ToUpper(body.(*wrapperspb.StringValue).GetValue())), nil
 	})
@@ -201,6 +206,30 @@ func TestChildReadyServesRewiresAndStops(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("child did not stop within 10 s")
+	}
+}
+
+// TestCommandBeforeReadyWaitsForHandlers: the supervisor may send a command
+// as soon as the child runs; one that arrives before the child registered
+// its handlers is answered once it has, not refused.
+func TestCommandBeforeReadyWaitsForHandlers(t *testing.T) {
+	t.Setenv("CHILD_TEST_SLOW_START", "1")
+	s := start(t, goodConfig())
+	body, _ := anypb.New(wrapperspb.String("early"))
+	if err := s.ctl.Send(&control.Message{Body: &control.Message_Command{Command: &control.Command{Id: 1, Body: body}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var reply *control.CommandReply
+	for reply == nil {
+		m := s.recv(t)
+		reply = m.GetCommandReply()
+	}
+	if reply.GetError() != "" {
+		t.Fatalf("early command refused: %s", reply.GetError())
+	}
+	var out wrapperspb.StringValue
+	if err := reply.GetBody().UnmarshalTo(&out); err != nil || out.GetValue() != "EARLY" {
+		t.Fatalf("early command answered %q, %v", out.GetValue(), err)
 	}
 }
 
