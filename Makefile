@@ -5,7 +5,7 @@ export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 export CGO_ENABLED := 1
 
 TAGS    := seccomp netgo osusergo
-STATIC  := -linkmode external -extldflags "-static"
+STATIC  := -s -w -linkmode external -extldflags "-static"
 BIN     := bin
 GOTEST  := $(GO) test -tags '$(TAGS)'
 TESTTIMEOUT ?= 40m
