@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cvmd/cvmd/guestboot"
 	"github.com/cvmd/cvmd/images/qemu"
 )
 
@@ -166,4 +167,39 @@ func TestImageIsReproducible(t *testing.T) {
 	}
 	os.Remove(a.Initrd)
 	os.Remove(b.Initrd)
+}
+
+// TestProductionImageHasNoDebugPort makes sure the image make image builds
+// (no EXTRA tree) does not carry the test images' debug-port marker, and
+// that the kernel modules guestboot loads are all in it.
+func TestProductionImageHasNoDebugPort(t *testing.T) {
+	requireQEMU(t) // for the build tools, which deps.sh vm installs
+	buildImage(t, "vmtest-prod", cvmdBinary(t), "")
+	root := filepath.Join(repoRoot(t), "images/out/root-vmtest-prod")
+	if _, err := os.Stat(filepath.Join(root, "etc/cvmd/debug-port")); err == nil {
+		t.Fatalf("the production image has the debug-port marker")
+	}
+	list, err := filepath.Glob(filepath.Join(root, "usr/lib/modules/*/modules.cvmd"))
+	if err != nil || len(list) != 1 {
+		t.Fatalf("module list: %v %v", list, err)
+	}
+	f, err := os.Open(list[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mods, err := guestboot.ParseModuleList(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range mods {
+		if _, err := os.Stat(filepath.Join(filepath.Dir(list[0]), m.Path)); err != nil {
+			t.Errorf("module %s listed but missing: %v", m.Path, err)
+		}
+	}
+	if len(mods) < 20 {
+		t.Errorf("only %d modules listed", len(mods))
+	}
+	os.RemoveAll(root)
+	os.Remove(filepath.Join(repoRoot(t), "images/out/vmtest-prod.cpio.zst"))
 }
