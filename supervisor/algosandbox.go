@@ -69,8 +69,9 @@ type AlgoConfig struct {
 var DefaultBaseDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"}
 
 // DefaultHide are covered in every algorithm sandbox: the platform's
-// environment file, certificates and configuration.
-var DefaultHide = []string{"/etc/cocos", "/etc/cvmd"}
+// environment file (/etc/cocos), the manager link's certificates and mTLS
+// client key (/etc/certs, Cocos's certs_share) and cvmd's configuration.
+var DefaultHide = []string{"/etc/cocos", "/etc/certs", "/etc/cvmd"}
 
 // AlgoSandboxes serves the runner's SandboxRequest and SandboxKill. Each
 // request gets a fresh sandbox, destroyed when its process ends. It is safe

@@ -19,7 +19,18 @@ import (
 // a CVM) unless it already does, and removes what it made.
 func withPlatformSecrets(t *testing.T) string {
 	t.Helper()
-	const dir, file = "/etc/cocos", "/etc/cocos/environment"
+	return withSecretFile(t, "/etc/cocos", "/etc/cocos/environment", "AWS_SECRET_ACCESS_KEY=platform-secret\n")
+}
+
+// withManagerKey makes /etc/certs/key.pem exist (the manager link's mTLS
+// client key in a CVM) unless it already does, and removes what it made.
+func withManagerKey(t *testing.T) string {
+	t.Helper()
+	return withSecretFile(t, "/etc/certs", "/etc/certs/key.pem", "-----BEGIN EC PRIVATE KEY-----\nnot-for-algorithms\n")
+}
+
+func withSecretFile(t *testing.T, dir, file, content string) string {
+	t.Helper()
 	if _, err := os.Stat(file); err == nil {
 		return file
 	}
@@ -30,7 +41,7 @@ func withPlatformSecrets(t *testing.T) string {
 		}
 		made = true
 	}
-	if err := os.WriteFile(file, []byte("AWS_SECRET_ACCESS_KEY=platform-secret\n"), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -46,6 +57,7 @@ func withPlatformSecrets(t *testing.T) string {
 // program prints "blocked:") and the run must end as the case says.
 func TestEscapeAttempts(t *testing.T) {
 	secrets := withPlatformSecrets(t)
+	managerKey := withManagerKey(t)
 	hostLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +86,7 @@ func TestEscapeAttempts(t *testing.T) {
 		wantErr string // "" = the run succeeds
 	}{
 		{"read the platform environment file", []string{"read", secrets}, ""},
+		{"read the manager link's client key", []string{"read", managerKey}, ""},
 		{"read the agent's state", []string{"read", filepath.Join(w.state, "agent", "secret")}, ""},
 		{"read the computation dir by host path", []string{"read", filepath.Join(w.comp, "algo")}, ""},
 		{"see other processes", []string{"ps"}, ""},
