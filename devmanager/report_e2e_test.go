@@ -14,9 +14,7 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -57,33 +55,7 @@ func TestE2EManagerMTLSAttestationReport(t *testing.T) {
 	go func() { devmanager.Serve(ctx, ln, srv, creds); close(served) }()
 	t.Cleanup(func() { cancel(); <-served })
 
-	env := filepath.Join(g.work, "environment")
-	os.WriteFile(env, []byte("AGENT_CVM_GRPC_URL="+g.mgrAddr+"\nAGENT_CVM_ID=e2e-mtls\n"+
-		"AGENT_CVM_GRPC_SERVER_CA_CERTS="+caFile+"\nAGENT_CVM_GRPC_CLIENT_CERT="+cliCert+"\nAGENT_CVM_GRPC_CLIENT_KEY="+cliKey+"\n"), 0o600)
-	sup := exec.Command(filepath.Join(g.bin, "cvmd"), "supervise", "--dev", "--state", filepath.Join(g.work, "state"),
-		"--listen", g.agentAddr, "--env", env, "--attestation", "simulated")
-	logf, _ := os.Create(filepath.Join(g.work, "supervisor.log"))
-	sup.Stdout, sup.Stderr = logf, logf
-	sup.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := sup.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		sup.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { sup.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			sup.Process.Kill()
-			<-done
-		}
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(g.work, "supervisor.log"))
-			t.Logf("supervisor log:\n%s", tail(string(b), 4000))
-		}
-	})
+	g.startCvmdEnv("AGENT_CVM_GRPC_SERVER_CA_CERTS=" + caFile + "\nAGENT_CVM_GRPC_CLIENT_CERT=" + cliCert + "\nAGENT_CVM_GRPC_CLIENT_KEY=" + cliKey + "\n")
 
 	wctx, wcancel := context.WithTimeout(g.ctx, 90*time.Second)
 	defer wcancel()
