@@ -51,7 +51,7 @@ run: build ## boot cvmd locally (dev mode) and run a sample computation end to e
 	@scripts/run.sh
 
 bench: build ## print BENCH <name> <value> <unit> lines
-	@CVMD_BENCH=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 60m -p 1 -run '^TestBench' -v ./... 2>&1 | tee $(BIN)/bench.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench: no figures (see $(BIN)/bench.log)"; exit 1}}'
+	@set -o pipefail; CVMD_BENCH=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 60m -p 1 -run '^TestBench' -v ./... 2>&1 | tee $(BIN)/bench.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench: no figures (see $(BIN)/bench.log)"; exit 1}}'
 
 # --- VM image (images/, tests/vm) ---------------------------------------------------
 IMAGE_PYTHON ?= 0
@@ -65,7 +65,7 @@ vm: image ## boot the image under qemu (TCG, swtpm, 127.0.0.1:7002 → guest); V
 	$(BIN)/runvm $(VMFLAGS)
 
 bench-vm: build ## VM figures: boot times, end to end, image size (boots qemu)
-	@CVMD_BENCH_VM=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 30m -p 1 -run '^TestBench' -v ./tests/vm/ 2>&1 | tee $(BIN)/bench-vm.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench-vm: no figures (see $(BIN)/bench-vm.log)"; exit 1}}'
+	@set -o pipefail; CVMD_BENCH_VM=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 30m -p 1 -run '^TestBench' -v ./tests/vm/ 2>&1 | tee $(BIN)/bench-vm.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench-vm: no figures (see $(BIN)/bench-vm.log)"; exit 1}}'
 
 clean: ## remove build outputs
 	rm -rf $(BIN)
