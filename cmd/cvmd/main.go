@@ -5,6 +5,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 
 	"github.com/cvmd/cvmd/children/agent"
 	"github.com/cvmd/cvmd/children/attestation"
@@ -48,6 +49,13 @@ var children = map[string]child.Main{
 }
 
 func main() {
+	// Keep the main thread for the main goroutine. libcontainer runs some
+	// work on goroutines that lock their thread, setns(2) into a container
+	// and exit without unlocking, so that the thread dies with them; Go can
+	// never end the main thread, so if such a goroutine ran there the
+	// process's main thread would stay in that container's mount namespace
+	// for good (keeping its mounts alive and making /proc/PID/ns/mnt lie).
+	runtime.LockOSThread()
 	os.Exit(run(os.Args))
 }
 
