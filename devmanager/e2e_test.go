@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -150,36 +149,9 @@ func (g *guest) startManager(sendRun bool) *devmanager.Server {
 	return srv
 }
 
-func (g *guest) startCvmd() {
-	t := g.t
-	env := filepath.Join(g.work, "environment")
-	os.WriteFile(env, []byte("AGENT_CVM_GRPC_URL="+g.mgrAddr+"\nAGENT_CVM_ID=e2e\n"), 0o600)
-	sup := exec.Command(filepath.Join(g.bin, "cvmd"), "supervise", "--dev", "--state", filepath.Join(g.work, "state"),
-		"--listen", g.agentAddr, "--env", env, "--attestation", "simulated")
-	logf, _ := os.Create(filepath.Join(g.work, "supervisor.log"))
-	sup.Stdout, sup.Stderr = logf, logf
-	sup.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := sup.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- sup.Wait() }()
-	t.Cleanup(func() {
-		defer logf.Close()
-		sup.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			sup.Process.Kill()
-			<-exited
-			t.Error("cvmd did not stop within 20 s of SIGTERM")
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(g.work, "supervisor.log"))
-			t.Logf("supervisor log:\n%s", tail(string(b), 4000))
-		}
-	})
-}
+// startCvmd starts `cvmd supervise --dev` pointed at the manager address,
+// with simulated attestation; see startCvmdEnv.
+func (g *guest) startCvmd() { g.startCvmdEnv("") }
 
 func has(pred func(devmanager.Received) bool) func([]devmanager.Received) bool {
 	return func(ms []devmanager.Received) bool {
