@@ -19,7 +19,13 @@ func streamLines(r io.Reader, maxLine int, emit func(string)) {
 			s := strings.TrimSuffix(string(line), "\n")
 			s = strings.TrimSuffix(s, "\r")
 			if !utf8.ValidString(s) {
+				// Each invalid byte becomes a 3-byte U+FFFD, which can push
+				// the line past maxLine: cut it back at a rune boundary.
 				s = strings.ToValidUTF8(s, "\uFFFD")
+				for len(s) > maxLine {
+					_, size := utf8.DecodeLastRuneInString(s)
+					s = s[:len(s)-size]
+				}
 			}
 			if s != "" || err == nil {
 				emit(s)
