@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cvmd/cvmd/ipc"
 )
 
 // Resolver is the part of *net.Resolver the proxy uses; tests inject stubs.
@@ -426,11 +428,16 @@ func (p *Proxy) tunnel(w http.ResponseWriter, upstream net.Conn, ls *listenerSta
 			return up, 0, err
 		}
 	}
-	u, dn, why := pipe(conn, upstream, p.cfg.IdleTimeout)
-	if why != "" {
-		err = errors.New(why)
+	r := ipc.RelayConns(conn, upstream, p.cfg.IdleTimeout, nil)
+	switch {
+	case r.Idle:
+		err = errors.New("idle timeout")
+	case r.ClientErr != nil:
+		err = errors.New("client side: " + r.ClientErr.Error())
+	case r.ServerErr != nil:
+		err = errors.New("upstream side: " + r.ServerErr.Error())
 	}
-	return up + u, dn, err
+	return up + r.Up, r.Down, err
 }
 
 // hopHeaders are not forwarded (RFC 9110 §7.6.1), nor is anything named in Connection.
@@ -492,74 +499,6 @@ func (c *countReader) Read(b []byte) (int, error) {
 }
 
 func (c *countReader) Close() error { return c.r.Close() }
-
-// pipe copies both ways until both directions end (half-closing as each
-// does) or nothing moved for idle; it returns the byte counts and, if the
-// idle timeout or an error ended it, why.
-func pipe(client, upstream net.Conn, idle time.Duration) (up, down int64, why string) {
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
-	var idled atomic.Bool
-	var timer *time.Timer
-	timer = time.AfterFunc(idle, func() {
-		if d := time.Duration(time.Now().UnixNano() - last.Load()); d < idle {
-			timer.Reset(idle - d)
-			return
-		}
-		idled.Store(true)
-		client.Close()
-		upstream.Close()
-	})
-	defer timer.Stop()
-	var wg sync.WaitGroup
-	var upErr error
-	wg.Go(func() {
-		up, upErr = copyNoting(upstream, client, &last)
-		closeWrite(upstream)
-	})
-	down, downErr := copyNoting(client, upstream, &last)
-	closeWrite(client)
-	wg.Wait()
-	switch {
-	case idled.Load():
-		why = "idle timeout"
-	case upErr != nil:
-		why = "client side: " + upErr.Error()
-	case downErr != nil:
-		why = "upstream side: " + downErr.Error()
-	}
-	return up, down, why
-}
-
-func copyNoting(dst, src net.Conn, last *atomic.Int64) (int64, error) {
-	buf := make([]byte, 32<<10)
-	var n int64
-	for {
-		r, rerr := src.Read(buf)
-		if r > 0 {
-			last.Store(time.Now().UnixNano())
-			w, werr := dst.Write(buf[:r])
-			n += int64(w)
-			if werr != nil {
-				src.Close()
-				return n, werr
-			}
-		}
-		if rerr == io.EOF || errors.Is(rerr, net.ErrClosed) {
-			return n, nil
-		}
-		if rerr != nil {
-			return n, rerr
-		}
-	}
-}
-
-func closeWrite(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		return
-	}
-	c.Close()
-}
 
 // idleConn bounds each read and write by idle: a forwarded exchange may take
 // as long as it keeps moving.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cvmd/cvmd/attest/atls"
+	"github.com/cvmd/cvmd/ipc"
 )
 
 // h2Preface is the HTTP/2 client connection preface (RFC 9113 §3.4). The
@@ -283,10 +284,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, el *list.Element) {
 		s.cfg.Log.Warn("dropped connection: writing to agent", "remote", remote, "err", err.Error())
 		return
 	}
-	up, down, why := pipe(conn, backend, s.cfg.IdleTimeout, last)
+	r := ipc.RelayConns(conn, backend, s.cfg.IdleTimeout, last)
 	s.cfg.Log.Info("connection closed", "remote", remote, "mode", s.cfg.Mode(), "client_cert", peer,
-		"handshake_ms", handshake.Milliseconds(), "bytes_in", up, "bytes_out", down,
-		"duration_ms", time.Since(start).Milliseconds(), "end", why)
+		"handshake_ms", handshake.Milliseconds(), "bytes_in", r.Up, "bytes_out", r.Down,
+		"duration_ms", time.Since(start).Milliseconds(), "end", why(r))
 }
 
 // handshake does TLS, aTLS and reads the HTTP/2 preface before the deadline.
@@ -321,82 +322,17 @@ func (s *Server) handshake(ctx context.Context, raw net.Conn) (conn net.Conn, pe
 	return conn, peer, nil
 }
 
-// pipe copies both ways until both directions end, half-closing as each does,
-// or until nothing moved for idle. It returns the byte counts and why it ended.
-func pipe(client, backend net.Conn, idle time.Duration, last *atomic.Int64) (up, down int64, why string) {
-	var idled atomic.Bool
-	var timer *time.Timer
-	timer = time.AfterFunc(idle, func() {
-		if d := time.Duration(time.Now().UnixNano() - last.Load()); d < idle {
-			timer.Reset(idle - d)
-			return
-		}
-		idled.Store(true)
-		client.Close()
-		backend.Close()
-	})
-	defer timer.Stop()
-	var wg sync.WaitGroup
-	var upErr, downErr error
-	wg.Go(func() {
-		up, upErr = copyActive(backend, client, last)
-		closeWrite(backend)
-	})
-	down, downErr = copyActive(client, backend, last)
-	closeWrite(client)
-	wg.Wait()
+// why says how a relay ended, for the connection's log line.
+func why(r ipc.Relay) string {
 	switch {
-	case idled.Load():
-		why = "idle timeout"
-	case upErr != nil:
-		why = "client: " + upErr.Error()
-	case downErr != nil:
-		why = "agent: " + downErr.Error()
-	default:
-		why = "closed"
+	case r.Idle:
+		return "idle timeout"
+	case r.ClientErr != nil:
+		return "client: " + r.ClientErr.Error()
+	case r.ServerErr != nil:
+		return "agent: " + r.ServerErr.Error()
 	}
-	return up, down, why
-}
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
-// copyActive copies src to dst, noting the time of every read. On a write
-// error it closes src so that the other direction ends too.
-func copyActive(dst, src net.Conn, last *atomic.Int64) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	var n int64
-	for {
-		r, rerr := src.Read(buf)
-		if r > 0 {
-			last.Store(time.Now().UnixNano())
-			w, werr := dst.Write(buf[:r])
-			n += int64(w)
-			if werr != nil {
-				src.Close()
-				return n, werr
-			}
-		}
-		if rerr == io.EOF {
-			return n, nil
-		}
-		if rerr != nil {
-			if errors.Is(rerr, net.ErrClosed) {
-				return n, nil
-			}
-			return n, rerr
-		}
-	}
-}
-
-func closeWrite(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		if cw.CloseWrite() == nil {
-			return
-		}
-	}
-	c.Close()
+	return "closed"
 }
 
 // rateLimited logs at most perSecond lines a second and says how many it
