@@ -1,10 +1,8 @@
 package devmanager_test
 
 import (
-	"archive/zip"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -176,26 +174,8 @@ func (g *guest) waitRunRes(srv *devmanager.Server) {
 	}
 }
 
-// result downloads and returns result.txt.
-func (g *guest) result() string {
-	out := filepath.Join(g.work, "out")
-	g.retry("result", g.priv, "-o", out)
-	zr, err := zip.OpenReader(filepath.Join(out, "results.zip"))
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	defer zr.Close()
-	for _, f := range zr.File {
-		if f.Name == "result.txt" {
-			rc, _ := f.Open()
-			b, _ := io.ReadAll(rc)
-			rc.Close()
-			return string(b)
-		}
-	}
-	g.t.Fatal("no result.txt in results.zip")
-	return ""
-}
+// result downloads and returns result.txt (plaintext to the ingress).
+func (g *guest) result() string { return g.resultEnv(nil) }
 
 // events returns originator/type/status of every event the managers saw on
 // log streams, and how many were duplicates (same event, same timestamp).
