@@ -43,19 +43,30 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 			if err := devMounts(); err != nil {
 				return err
 			}
-		} else if err := vmSetup(log); err != nil {
-			// Keep going: a half-mounted system still gets a supervisor and a log line.
-			log.Error("PID 1 setup incomplete", "err", err)
+		} else {
+			if err := vmSetup(log); err != nil {
+				// Keep going: a half-mounted system still gets a supervisor and a log line.
+				log.Error("PID 1 setup incomplete", "err", err)
+			}
+			// The image's devices, after the mounts and before the supervisor
+			// proper (which reads the 9p env file and dials the manager):
+			// modules (overlay among them, see sealing), 9p shares, eth0,
+			// and the power button as SIGPWR.
+			if err := guestboot.Prepare(log); err != nil {
+				log.Error("guest devices incomplete", "err", err)
+			}
 		}
-		// Re-execute from a sealed memfd copy of the binary (PID 1 stays 1):
-		// the supervisor proper and every child then run from the same
-		// sealed file, so libcontainer needs no copy per spawn
-		// (CVE-2019-5736) and all of them share one copy of its pages.
-		exe, err := sealedSelf()
-		if err == nil {
-			err = unix.Exec(fmt.Sprintf("/proc/self/fd/%d", exe.Fd()), append([]string{"cvmd", "supervise", "--sealed"}, args...), os.Environ())
+		// A child must never be able to write the binary it runs
+		// (CVE-2019-5736). sealing picks the cheaper of the two ways.
+		exe, err := sealing()
+		if err == nil && exe == nil {
+			log.Debug("binary sealed per spawn by a read-only overlay")
+		} else {
+			if err == nil {
+				err = unix.Exec(fmt.Sprintf("/proc/self/fd/%d", exe.Fd()), append([]string{"cvmd", "supervise", "--sealed"}, args...), os.Environ())
+			}
+			log.Warn("running from the unsealed binary; each spawn will copy it", "err", err)
 		}
-		log.Warn("running from the unsealed binary; each spawn will copy it", "err", err)
 	}
 	p := &pid1{log: log, dev: o.dev, cgroupRoot: o.cgroupRoot, args: append([]string{"supervise", "--proper"}, stripSealed(args)...)}
 	if !o.dev {
@@ -78,14 +89,6 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 	}
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR, unix.SIGCHLD)
-	if !o.dev {
-		// The image's devices, after the mounts and before the supervisor
-		// proper (which reads the 9p env file and dials the manager):
-		// modules, 9p shares, eth0, and the power button as SIGPWR.
-		if err := guestboot.Prepare(log); err != nil {
-			log.Error("guest devices incomplete", "err", err)
-		}
-	}
 	tick := time.NewTicker(time.Second) // in case a SIGCHLD was coalesced
 	defer tick.Stop()
 	var restart <-chan time.Time
@@ -252,7 +255,17 @@ func runDev(args []string, log *slog.Logger) error {
 	}
 }
 
-func sealedSelf() (*os.File, error) {
+// sealing decides how children are kept from writing the binary. When the
+// file this process runs is reachable by its path and the kernel has
+// overlayfs, libcontainer seals each spawn's binary through a detached
+// read-only overlay of its directory: no copy, and every process shares the
+// file's page cache. sealing then returns nil. Otherwise (no overlayfs, or
+// the VM's PID 1, whose initramfs file is hidden under the tmpfs root it
+// moved to, where the path now names a copy) it returns a sealed memfd copy
+// of the binary for PID 1 to re-execute from once, so that libcontainer
+// does not copy it for every spawn and all processes share the memfd's
+// pages.
+func sealing() (*os.File, error) {
 	self, err := os.Open("/proc/self/exe")
 	if err != nil {
 		return nil, err
@@ -261,6 +274,19 @@ func sealedSelf() (*os.File, error) {
 	st, err := self.Stat()
 	if err != nil {
 		return nil, err
+	}
+	if path, err := os.Readlink("/proc/self/exe"); err == nil {
+		if byPath, err := os.Stat(path); err == nil && os.SameFile(st, byPath) {
+			exe, err := exeseal.CloneSelfExe(os.TempDir())
+			if err != nil {
+				return nil, err
+			}
+			if !exeseal.IsCloned(exe) {
+				exe.Close() // an overlay handle: libcontainer makes its own per spawn
+				return nil, nil
+			}
+			return exe, nil // no overlayfs: exeseal fell back to a sealed memfd copy
+		}
 	}
 	return exeseal.CloneBinary(self, st.Size(), "/proc/self/exe", os.TempDir())
 }

@@ -160,6 +160,9 @@ func TestIsolation(t *testing.T) {
 			if !strings.Contains(r["write-root"], "read-only file system") {
 				t.Errorf("%s: writing / gave %q, want a read-only file system", c.Name, r["write-root"])
 			}
+			if r["write-exe"] == "<nil>" || r["write-exe"] == "" {
+				t.Errorf("%s: writing its own binary gave %q, want an error (CVE-2019-5736)", c.Name, r["write-exe"])
+			}
 			if r["Seccomp"] != "2" || r["CapEff"] != "0000000000000000" {
 				t.Errorf("%s: probe ran with Seccomp %q CapEff %q, want the child's sandbox", c.Name, r["Seccomp"], r["CapEff"])
 			}
