@@ -36,7 +36,7 @@ func NewFile(fd int, name string) (*os.File, error) {
 
 // fdOf returns f's descriptor without File.Fd's side effect of switching it
 // to blocking mode. The number is valid while f is open.
-func fdOf(f *os.File) (int, error) {
+func FD(f *os.File) (int, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return -1, err
@@ -58,7 +58,7 @@ func sendPacket(sock *os.File, data []byte, files []*os.File) error {
 	if len(files) > 0 {
 		fds := make([]int, len(files))
 		for i, f := range files {
-			n, err := fdOf(f)
+			n, err := FD(f)
 			if err != nil {
 				return fmt.Errorf("ipc: sending %s: %w", f.Name(), err)
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -234,4 +235,62 @@ func TestRuntimeCleansStale(t *testing.T) {
 			t.Errorf("cgroup %s left", d)
 		}
 	}
+}
+
+// TestCreateThenExec: a created sandbox does not run its program until
+// Exec, and then runs it with the full sandbox (seccomp included); a
+// created sandbox that is never executed is killed and destroyed cleanly.
+func TestCreateThenExec(t *testing.T) {
+	requireRoot(t)
+	rt := newRuntime(t)
+	out := &syncBuffer{}
+	sb, err := rt.Create(testSpec("created", "probe", "status"), IO{Stdout: out, Stderr: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if s := out.String(); s != "" {
+		t.Fatalf("the program ran before Exec: %q", s)
+	}
+	if err := sb.Exec(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sb.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.Destroy(); err != nil {
+		t.Error(err)
+	}
+	if s := out.String(); !strings.Contains(s, "Seccomp:\t2") || !strings.Contains(s, "NoNewPrivs:\t1") {
+		t.Errorf("after Exec the program ran without its sandbox:\n%s", s)
+	}
+
+	idle, err := rt.Create(testSpec("never-run", "probe", "status"), IO{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle.Kill()
+	if _, err := idle.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Destroy(); err != nil {
+		t.Error(err)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -50,6 +50,7 @@ type launch struct {
 	cfg      *control.ChildConfig
 	sbSpec   *sandbox.Spec
 	pr, pw   *os.File
+	exec     bool // run the program at once (its dependencies are READY); else only build the sandbox
 	sb       *sandbox.Sandbox
 	err      error
 }
@@ -117,10 +118,14 @@ func (l *launch) abort() {
 	}
 }
 
-// run starts the sandbox. It touches nothing of the loop's, so several
-// launches may run at once.
+// run builds the sandbox and, if l.exec, runs its program. It touches
+// nothing of the loop's, so several launches may run at once.
 func (l *launch) run(rt *sandbox.Runtime) {
-	l.sb, l.err = rt.Start(l.sbSpec, sandbox.IO{Stdout: l.pw, Stderr: l.pw, ExtraFiles: l.extra})
+	start := rt.Create
+	if l.exec {
+		start = rt.Start
+	}
+	l.sb, l.err = start(l.sbSpec, sandbox.IO{Stdout: l.pw, Stderr: l.pw, ExtraFiles: l.extra})
 	// The child has its copies now (or never will): ours go (style 5).
 	l.pw.Close()
 	l.ctlChild.Close()

@@ -114,7 +114,8 @@ type childState struct {
 type Status string
 
 const (
-	StatusPending  Status = "pending"  // waiting for its dependencies
+	StatusPending  Status = "pending"  // no sandbox yet
+	StatusCreated  Status = "created"  // sandbox built; its program waits for its dependencies to be READY
 	StatusStarting Status = "starting" // started, not yet READY
 	StatusReady    Status = "ready"
 	StatusBackoff  Status = "backoff" // exited, restart scheduled
@@ -217,7 +218,11 @@ func (s *Supervisor) ListenAddr() string {
 	if s.listen == nil {
 		return ""
 	}
-	sa, err := unix.Getsockname(int(s.listen.Fd()))
+	fd, err := ipc.FD(s.listen) // not Fd(): ingress shares this socket (see ipc.FD)
+	if err != nil {
+		return ""
+	}
+	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		return ""
 	}
@@ -236,7 +241,11 @@ func (s *Supervisor) extraFD(child, name string) (*os.File, error) {
 		if s.listen == nil {
 			return nil, fmt.Errorf("supervisor: %s: no listener", child)
 		}
-		fd, err := unix.FcntlInt(s.listen.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+		lfd, err := ipc.FD(s.listen)
+		if err != nil {
+			return nil, err
+		}
+		fd, err := unix.FcntlInt(uintptr(lfd), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			return nil, os.NewSyscallError("dup listener", err)
 		}
@@ -350,10 +359,16 @@ func (s *Supervisor) post(ev event) {
 	}
 }
 
-// kick starts every pending child whose dependencies are ready, all of
-// them at once: each is prepared on the loop in table order (a child
+// kick builds a sandbox for every pending child, all of them at once, and
+// runs the program of every child whose dependencies are READY. A child
+// whose dependencies are not READY yet stays "created": its sandbox is
+// complete (namespaces, mounts, cgroup, fds) but its program has not been
+// executed; the kick after its last dependency's READY runs it. Building
+// ahead is what lets a boot overlap the sandbox work of every level instead
+// of paying it level by level; the start order of the programs is the
+// table's. Each child is prepared on the loop in table order (a child
 // prepared earlier in the batch counts as running for the wiring, so two
-// new peers share one edge without rewiring), their sandboxes start in
+// new peers share one edge without rewiring), the sandboxes are built in
 // parallel, and each is finished on the loop.
 func (s *Supervisor) kick() {
 	if s.stopping {
@@ -377,21 +392,22 @@ func (s *Supervisor) kick() {
 	s.writeStatus()
 }
 
+// depsReady reports whether every dependency of c is READY.
+func (s *Supervisor) depsReady(c *childState) bool {
+	for _, d := range c.spec.Deps {
+		if s.children[d].status != StatusReady {
+			return false
+		}
+	}
+	return true
+}
+
 func (s *Supervisor) kickOnce() {
-	var batch []*launch
+	s.releaseCreated()
+	var now, ahead []*launch
 	for i := range s.table.Children {
 		c := s.children[s.table.Children[i].Name]
 		if c.status != StatusPending {
-			continue
-		}
-		ok := true
-		for _, d := range c.spec.Deps {
-			if s.children[d].status != StatusReady {
-				ok = false
-				break
-			}
-		}
-		if !ok {
 			continue
 		}
 		c.gen++
@@ -410,30 +426,91 @@ func (s *Supervisor) kickOnce() {
 		}
 		c.status = StatusStarting
 		s.spawning[c.spec.Name] = c.gen
-		batch = append(batch, l)
-	}
-	if len(batch) == 1 {
-		batch[0].run(s.rt)
-	} else if len(batch) > 1 {
-		var wg sync.WaitGroup
-		for _, l := range batch {
-			wg.Go(func() { l.run(s.rt) })
+		if l.exec = s.depsReady(c); l.exec {
+			now = append(now, l)
+		} else {
+			ahead = append(ahead, l)
 		}
-		wg.Wait()
 	}
-	for _, l := range batch {
-		delete(s.spawning, l.spec.Name)
+	batch := append(now, ahead...)
+	if len(batch) == 0 {
+		return
 	}
+	// The sandboxes are built off the loop, all at once (the runtime's
+	// forker threads bound how many fork at a time; building two at a time
+	// in dependency order was slower here: 193 against 176 ms median boot).
+	// Each launch is finished as soon as it is built, and the loop keeps
+	// handling events meanwhile, so that a READY runs the created
+	// dependents at once; the kicks those events ask for run after this one.
+	built := make(chan *launch, len(batch))
 	for _, l := range batch {
-		c := s.children[l.spec.Name]
-		inc, err := s.finish(l)
-		s.log.Debug("spawned", "child", c.spec.Name, "took", time.Since(c.startAt))
-		if err != nil {
-			s.startFailed(c, err)
+		go func() { l.run(s.rt); built <- l }()
+	}
+	for left := len(batch); left > 0; {
+		select {
+		case l := <-built:
+			left--
+			delete(s.spawning, l.spec.Name)
+			s.finishLaunch(l)
+		case ev := <-s.events:
+			s.handle(ev)
+		}
+		s.releaseCreated()
+	}
+}
+
+// finishLaunch records a built sandbox: started (its program runs) or
+// created (it waits for its dependencies).
+func (s *Supervisor) finishLaunch(l *launch) {
+	c := s.children[l.spec.Name]
+	inc, err := s.finish(l)
+	s.log.Debug("spawned", "child", c.spec.Name, "executed", l.exec, "took", time.Since(c.startAt))
+	if err != nil {
+		s.startFailed(c, err)
+		return
+	}
+	if l.exec {
+		s.started(c, inc)
+		return
+	}
+	c.inc = inc
+	c.status = StatusCreated
+	s.log.Debug("child created; its program waits for its dependencies", "child", c.spec.Name, "generation", c.gen)
+}
+
+// releaseCreated runs the program of every created child whose
+// dependencies are READY, in parallel. A child whose init died meanwhile
+// is killed; its exit comes from the incarnation's Wait and the restart
+// policy applies.
+func (s *Supervisor) releaseCreated() {
+	var rel []*childState
+	for i := range s.table.Children {
+		c := s.children[s.table.Children[i].Name]
+		if c.status == StatusCreated && s.depsReady(c) {
+			rel = append(rel, c)
+		}
+	}
+	if len(rel) == 0 {
+		return
+	}
+	errs := make([]error, len(rel))
+	var wg sync.WaitGroup
+	for i, c := range rel {
+		c.startAt = time.Now()
+		sb := c.inc.sb
+		wg.Go(func() { errs[i] = sb.Exec() })
+	}
+	wg.Wait()
+	for i, c := range rel {
+		if errs[i] != nil {
+			s.log.Error("starting created child", "child", c.spec.Name, "err", errs[i])
+			c.inc.sb.Kill()
+			c.status = StatusStarting
 			continue
 		}
-		s.started(c, inc)
+		s.started(c, c.inc)
 	}
+	s.writeStatus()
 }
 
 // startFailed applies the restart policy to a child that could not be started.

@@ -185,6 +185,27 @@ func TestIsolation(t *testing.T) {
 		if len(socketInodes(host["ingress"])) == 0 {
 			t.Fatal("ingress has no sockets")
 		}
+		// Every socket ingress serves is non-blocking (the netpoller's): the
+		// mode belongs to the open file, shared with the supervisor's copy of
+		// the listener, and a blocking accept would not end at shutdown.
+		pid := host["ingress"]
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, e := range fds {
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); !strings.HasPrefix(l, "socket:") {
+				continue
+			}
+			info, err := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, line := range strings.Split(string(info), "\n") {
+				if v, ok := strings.CutPrefix(line, "flags:"); ok {
+					if flags, _ := strconv.ParseUint(strings.TrimSpace(v), 8, 64); flags&unix.O_NONBLOCK == 0 {
+						t.Errorf("ingress fd %s is in blocking mode (flags %s)", e.Name(), strings.TrimSpace(v))
+					}
+				}
+			}
+		}
 	})
 }
 
@@ -439,6 +460,14 @@ func TestSupervisorPanicDoesNotKillPID1(t *testing.T) {
 
 func TestShutdownLeavesNothing(t *testing.T) {
 	d := startDev(t)
+	d.stopLeavingNothing()
+}
+
+// stopLeavingNothing stops the supervisor with SIGTERM and checks that it
+// took at most 5 s and left no process and no cgroup behind.
+func (d *dev) stopLeavingNothing() {
+	t := d.t
+	t.Helper()
 	var pids []int
 	for _, c := range d.status().Children {
 		pids = append(pids, d.hostPid(c.Pid))
@@ -470,6 +499,37 @@ func TestShutdownLeavesNothing(t *testing.T) {
 	if !strings.Contains(d.out.String(), "msg=stopped") {
 		t.Errorf("PID 1 did not log an orderly stop")
 	}
+}
+
+// TestDependentsRunAfterReady: with logfwd never READY, every other child
+// (all depend on it, directly or not) has its sandbox built but its
+// program not executed: the sandbox's process is still libcontainer's init.
+// A shutdown then stops those half-started sandboxes like any other.
+func TestDependentsRunAfterReady(t *testing.T) {
+	d := startDevWith(t, false, "--test-misbehave", "logfwd=silent", "--ready-timeout", "60s")
+	st := d.waitAll(func(s *status) bool {
+		for _, name := range childNames[1:] {
+			if s.child(name).Status != "created" {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, "every dependent of logfwd created")
+	if c := st.child("logfwd"); c.Status != "starting" {
+		t.Errorf("logfwd: %+v, want starting (it never says READY)", c)
+	}
+	time.Sleep(300 * time.Millisecond) // a program started too early would have replaced init by now
+	for _, name := range childNames[1:] {
+		pid := d.hostPid(d.status().child(name).Pid)
+		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00"); len(args) < 2 || args[1] != "init" {
+			t.Errorf("%s runs %q before logfwd is READY, want libcontainer's init waiting", name, args)
+		}
+	}
+	d.stopLeavingNothing()
 }
 
 func TestPrintSandboxIsStable(t *testing.T) {
