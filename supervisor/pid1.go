@@ -43,18 +43,9 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 			if err := devMounts(); err != nil {
 				return err
 			}
-		} else {
-			if err := vmSetup(log); err != nil {
-				// Keep going: a half-mounted system still gets a supervisor and a log line.
-				log.Error("PID 1 setup incomplete", "err", err)
-			}
-			// The image's devices, after the mounts and before the supervisor
-			// proper (which reads the 9p env file and dials the manager):
-			// modules (overlay among them, see sealing), 9p shares, eth0,
-			// and the power button as SIGPWR.
-			if err := guestboot.Prepare(log); err != nil {
-				log.Error("guest devices incomplete", "err", err)
-			}
+		} else if err := vmSetup(log); err != nil {
+			// Keep going: a half-mounted system still gets a supervisor and a log line.
+			log.Error("PID 1 setup incomplete", "err", err)
 		}
 		// A child must never be able to write the binary it runs
 		// (CVE-2019-5736). sealing picks the cheaper of the two ways.
@@ -89,6 +80,16 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 	}
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR, unix.SIGCHLD)
+	if !o.dev {
+		// The image's devices, after the mounts and before the supervisor
+		// proper (which reads the 9p env file and dials the manager):
+		// modules, 9p shares, eth0, and the power button as SIGPWR. In the
+		// process that stays PID 1: its goroutines (the power button, a
+		// test image's debug port) would not survive a re-execution.
+		if err := guestboot.Prepare(log); err != nil {
+			log.Error("guest devices incomplete", "err", err)
+		}
+	}
 	tick := time.NewTicker(time.Second) // in case a SIGCHLD was coalesced
 	defer tick.Stop()
 	var restart <-chan time.Time
