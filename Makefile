@@ -4,7 +4,7 @@ GO ?= go
 export PATH := $(shell $(GO) env GOPATH)/bin:$(PATH)
 export CGO_ENABLED := 1
 
-TAGS    := seccomp netgo osusergo
+TAGS    := seccomp netgo osusergo grpcnotrace
 STATIC  := -s -w -linkmode external -extldflags "-static"
 BIN     := bin
 GOTEST  := $(GO) test -tags '$(TAGS)'
@@ -26,7 +26,7 @@ cvmd:
 
 cvm:
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -o $(BIN)/cvm ./cmd/cvm
+	$(GO) build -tags grpcnotrace -trimpath -o $(BIN)/cvm ./cmd/cvm
 
 proto: ## regenerate the Go code of proto/*.proto
 	@scripts/genproto.sh

@@ -31,7 +31,7 @@ func binaries(t *testing.T) string {
 			t.Fatalf("go %v: %v\n%s", args, err, out)
 		}
 	}
-	build("build", "-tags", "seccomp netgo osusergo", "-ldflags", `-linkmode external -extldflags "-static"`, "-o", filepath.Join(dir, "cvmd"), "./cmd/cvmd")
+	build("build", "-tags", "seccomp netgo osusergo grpcnotrace", "-ldflags", `-linkmode external -extldflags "-static"`, "-o", filepath.Join(dir, "cvmd"), "./cmd/cvmd")
 	build("build", "-o", filepath.Join(dir, "cvm"), "./cmd/cvm")
 	return dir
 }

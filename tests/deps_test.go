@@ -16,7 +16,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // visible diff in testdata/cvmd-deps.txt. Rewrite with
 // `go test ./tests -run TestCvmdDependencies -update`.
 func TestCvmdDependencies(t *testing.T) {
-	cmd := exec.Command("go", "list", "-deps", "-tags", "seccomp netgo osusergo",
+	cmd := exec.Command("go", "list", "-deps", "-tags", "seccomp netgo osusergo grpcnotrace",
 		"-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./cmd/cvmd")
 	cmd.Dir = ".."
 	out, err := cmd.Output()

@@ -42,7 +42,7 @@ func cvmd(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "cvmd")
-		cmd := exec.Command("go", "build", "-tags", "seccomp netgo osusergo", "-ldflags", `-linkmode external -extldflags "-static"`, "-o", binPath, "./cmd/cvmd")
+		cmd := exec.Command("go", "build", "-tags", "seccomp netgo osusergo grpcnotrace", "-ldflags", `-linkmode external -extldflags "-static"`, "-o", binPath, "./cmd/cvmd")
 		cmd.Dir = "../.."
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -85,7 +85,7 @@ func cvmdBinary(t testing.TB) string {
 		}
 	}
 	return goBuild(t, t.TempDir(), "./cmd/cvmd", "cvmd", []string{"CGO_ENABLED=1"},
-		"-tags", "seccomp netgo osusergo", "-trimpath", "-ldflags", `-linkmode external -extldflags "-static"`)
+		"-tags", "seccomp netgo osusergo grpcnotrace", "-trimpath", "-ldflags", `-linkmode external -extldflags "-static"`)
 }
 
 // cvmBinary returns bin/cvm from CVMD_BIN, or builds it.
