@@ -228,7 +228,7 @@ func TestStopLeavesNoProcess(t *testing.T) {
 		t.Errorf("run error %q, want stopped", resp.GetError())
 	}
 	if n := countProcs("sleep 120"); n != 0 {
-		t.Errorf("%d processes of the algorithm remain", n)
+		t.Errorf("%d processes of the algorithm remain: %s", n, describeProcs("sleep 120"))
 	}
 	if n := w.algo.Live(); n != 0 {
 		t.Errorf("%d sandboxes live", n)
@@ -295,7 +295,30 @@ func countProcs(s string) int {
 	return n
 }
 
-var _ = fmt.Sprint
+// describeProcs says, for each process whose command line contains s, its
+// pid, state, parent and namespace pids (to tell a dying process from one
+// that escaped its sandbox when a test finds one left).
+func describeProcs(s string) string {
+	var out []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(strings.ReplaceAll(string(b), "\x00", " "), s) {
+			continue
+		}
+		st, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		var keep []string
+		for _, l := range strings.Split(string(st), "\n") {
+			for _, k := range []string{"State:", "PPid:", "NSpid:"} {
+				if strings.HasPrefix(l, k) {
+					keep = append(keep, strings.Join(strings.Fields(l), " "))
+				}
+			}
+		}
+		out = append(out, fmt.Sprintf("pid %s (%s)", e.Name(), strings.Join(keep, ", ")))
+	}
+	return strings.Join(out, "; ")
+}
 
 // TestLongLinesAreSplit: output without newlines is forwarded in pieces of
 // at most max_line_bytes, never buffered whole.
