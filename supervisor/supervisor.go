@@ -746,8 +746,16 @@ func (s *Supervisor) stopChild(c *childState, reason string) {
 func (s *Supervisor) stopChildren(cs []*childState, reason string) {
 	incs := map[*childState]*incarnation{}
 	for _, c := range cs {
+		created := c.status == StatusCreated
 		c.status = StatusStopping
 		incs[c] = c.inc
+		if created {
+			// Only libcontainer's init runs there, holding nothing to save;
+			// as PID 1 of its namespace it would answer SIGTERM with exit
+			// status 2, which reads like a failure in the log.
+			c.inc.sb.Kill()
+			continue
+		}
 		c.inc.ctl.Send((&stopMsg{reason}).msg(), nil)
 		c.inc.sb.Signal(unix.SIGTERM)
 	}

@@ -530,6 +530,14 @@ func TestDependentsRunAfterReady(t *testing.T) {
 		}
 	}
 	d.stopLeavingNothing()
+	// A created child has no program to stop gracefully: it is killed, and
+	// the log says so rather than an exit status that reads like a failure.
+	out := d.out.String()
+	for _, name := range childNames[1:] {
+		if !strings.Contains(out, "child="+name+" generation=1 status=\"signal: killed\"") {
+			t.Errorf("%s: no line saying its created sandbox was killed at shutdown", name)
+		}
+	}
 }
 
 func TestPrintSandboxIsStable(t *testing.T) {
