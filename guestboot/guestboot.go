@@ -48,27 +48,35 @@ var Shares = map[string]string{
 	"certs_share": CertsDir,
 }
 
-// Prepare loads the image's kernel modules, mounts the 9p shares that are
-// present, configures the network and starts watching the power button.
-// Every step is attempted even when an earlier one failed; the error joins
-// what went wrong, each part naming its object. The caller logs it and
-// carries on: a VM whose share failed may still be configured from the kernel
+// LoadModules loads the image's kernel modules (the list in
+// ModulesDir/<release>). PID 1 runs it before anything that may need one
+// (the overlay it seals its binary with, see supervisor/pid1.go) and before
+// Prepare; it starts no goroutine, so it may run in a process that then
+// re-executes itself.
+func LoadModules(log *slog.Logger) error {
+	start := time.Now()
+	log.Info("guestboot: start", "kernel_uptime_s", fmt.Sprintf("%.3f", uptime()), "init_start_s", fmt.Sprintf("%.2f", initStart()))
+	n, err := loadModules(log, ModulesDir)
+	log.Info("guestboot: modules loaded", "count", n, "ms", time.Since(start).Milliseconds())
+	return err
+}
+
+// Prepare mounts the 9p shares that are present, configures the network and
+// starts watching the power button (the modules are LoadModules' part). Every
+// step is attempted even when an earlier one failed; the error joins what
+// went wrong, each part naming its object. The caller logs it and carries
+// on: a VM whose share failed may still be configured from the kernel
 // command line, and PID 1 must not die.
 //
 // The power-button watcher goroutine lives as long as the process: it sends
 // SIGPWR to the calling process when the button is pressed, which the
 // supervisor treats as an orderly shutdown. In test images only (see
-// DebugMarker) it also serves the debug port.
+// DebugMarker) it also serves the debug port. Call it in the process that
+// stays PID 1.
 func Prepare(log *slog.Logger) error {
 	start := time.Now()
-	log.Info("guestboot: start", "kernel_uptime_s", fmt.Sprintf("%.3f", uptime()), "init_start_s", fmt.Sprintf("%.2f", initStart()))
 	cmd := readCmdline("/proc/cmdline")
 	var errs []error
-	n, err := loadModules(log, ModulesDir)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	log.Info("guestboot: modules loaded", "count", n, "ms", time.Since(start).Milliseconds())
 	if err := mountShares(log, Shares); err != nil {
 		errs = append(errs, err)
 	}

@@ -31,6 +31,7 @@ type options struct {
 	attestation  string
 	proper       bool
 	sealed       bool
+	rooted       bool
 	testPanic    bool
 	readyTimeout time.Duration
 	window       time.Duration
@@ -61,6 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	// Internal flags: how PID 1 starts the supervisor proper, and a test switch.
 	fs.BoolVar(&o.proper, "proper", false, "internal: run the supervisor proper (started by PID 1)")
 	fs.BoolVar(&o.sealed, "sealed", false, "internal: PID 1 already set up and re-executed from a sealed copy")
+	fs.BoolVar(&o.rooted, "rooted", false, "internal: PID 1 already mounted, moved the root and loaded modules; it re-executed from the new root and only seals its binary")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long a child has to say READY (default: the table's, 10s)")
 	fs.DurationVar(&o.window, "restart-window", 0, "the restart policy's window: more than 5 restarts within it mark a child failed (default: the table's, 10s)")
 	fs.StringVar(&o.misbehave, "test-misbehave", "", "internal, tests only: CHILD=MODE[,CHILD=MODE] replaces children by a probe that breaks the child contract (garbage, silent, startfail, crash)")

@@ -27,7 +27,9 @@ func devMounts() error {
 // vmSetup is what the real PID 1 of the VM does before anything else:
 // mount the API file systems, move an initramfs root into a tmpfs (so that
 // pivot_root works for the sandboxes) and set the hostname.
-func vmSetup(log *slog.Logger) error {
+// It reports whether it moved the root: the binary this process runs is
+// then the initramfs's, deleted, and its copy is at the same path.
+func vmSetup(log *slog.Logger) (moved bool, _ error) {
 	var errs []error
 	mount := func(src, dst, fstype string, flags uintptr, data string) {
 		os.MkdirAll(dst, 0o755)
@@ -43,6 +45,8 @@ func vmSetup(log *slog.Logger) error {
 	if isInitramfs() {
 		if err := switchRoot(log); err != nil {
 			errs = append(errs, err)
+		} else {
+			moved = true
 		}
 	}
 	mount("sysfs", "/sys", "sysfs", nse, "")
@@ -57,7 +61,7 @@ func vmSetup(log *slog.Logger) error {
 	if err := unix.Sethostname([]byte("cvmd")); err != nil {
 		errs = append(errs, fmt.Errorf("setting hostname: %w", err))
 	}
-	return errors.Join(errs...)
+	return moved, errors.Join(errs...)
 }
 
 func mounted(dir string) bool {
@@ -102,14 +106,21 @@ func isInitramfs() bool {
 }
 
 // switchRoot copies the initramfs into a fresh tmpfs and makes it the root
-// (like switch_root(8), keeping the content): mount tmpfs on /newroot, copy,
-// move /proc there, chdir, mount --move . /, chroot ".".
+// (like switch_root(8)): mount tmpfs on /newroot, copy each entry and delete
+// the original (the initramfs cannot be unmounted; deleting its files is
+// what frees their memory, ~33 MB for the test image), move /proc there,
+// chdir, mount --move . /, chroot ".".
 func switchRoot(log *slog.Logger) error {
 	const nr = "/newroot"
 	os.MkdirAll(nr, 0o755)
 	if err := unix.Mount("tmpfs", nr, "tmpfs", 0, "mode=0755"); err != nil {
 		return fmt.Errorf("switch root: tmpfs: %w", err)
 	}
+	var st unix.Stat_t
+	if err := unix.Lstat("/", &st); err != nil {
+		return fmt.Errorf("switch root: %w", err)
+	}
+	rootDev := st.Dev
 	entries, _ := os.ReadDir("/")
 	for _, e := range entries {
 		switch e.Name() {
@@ -120,6 +131,7 @@ func switchRoot(log *slog.Logger) error {
 		if err := copyTree(filepath.Join("/", e.Name()), filepath.Join(nr, e.Name())); err != nil {
 			return fmt.Errorf("switch root: copying %s: %w", e.Name(), err)
 		}
+		freeTree(filepath.Join("/", e.Name()), rootDev)
 	}
 	if err := unix.Mount("/proc", nr+"/proc", "", unix.MS_MOVE, ""); err != nil {
 		return fmt.Errorf("switch root: moving /proc: %w", err)
@@ -136,6 +148,24 @@ func switchRoot(log *slog.Logger) error {
 	unix.Chdir("/")
 	log.Info("moved the initramfs root into a tmpfs")
 	return nil
+}
+
+// freeTree deletes path, once copied, from the old root, never crossing into
+// another file system. Failures are ignored: what stays is only memory.
+func freeTree(path string, dev uint64) {
+	var st unix.Stat_t
+	if unix.Lstat(path, &st) != nil || st.Dev != dev {
+		return
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		ents, _ := os.ReadDir(path)
+		for _, e := range ents {
+			freeTree(filepath.Join(path, e.Name()), dev)
+		}
+		unix.Rmdir(path)
+		return
+	}
+	unix.Unlink(path)
 }
 
 func copyTree(src, dst string) error {

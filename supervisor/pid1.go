@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer/exeseal"
@@ -39,23 +41,43 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 	// every fork on this one (see Supervisor.Run).
 	runtime.LockOSThread()
 	if !o.sealed {
-		if o.dev {
+		switch {
+		case o.rooted:
+		case o.dev:
 			if err := devMounts(); err != nil {
 				return err
 			}
-		} else if err := vmSetup(log); err != nil {
-			// Keep going: a half-mounted system still gets a supervisor and a log line.
-			log.Error("PID 1 setup incomplete", "err", err)
+		default:
+			moved, err := vmSetup(log)
+			if err != nil {
+				// Keep going: a half-mounted system still gets a supervisor and a log line.
+				log.Error("PID 1 setup incomplete", "err", err)
+			}
+			// Before sealing: the overlay it uses may be a module.
+			if err := guestboot.LoadModules(log); err != nil {
+				log.Error("kernel modules incomplete", "err", err)
+			}
+			if self, _ := os.Readlink("/proc/self/exe"); moved && filepath.IsAbs(self) {
+				// This process runs the initramfs's file, now deleted; run its
+				// copy at the same path in the new root instead, so that the
+				// initramfs's memory is freed and the overlay can seal the
+				// file we run.
+				self = strings.TrimSuffix(self, " (deleted)")
+				err := unix.Exec(self, append([]string{"cvmd", "supervise", "--rooted"}, args...), os.Environ())
+				log.Warn("cannot re-execute from the new root", "path", self, "err", err)
+			}
 		}
 		// A child must never be able to write the binary it runs
 		// (CVE-2019-5736). sealing picks the cheaper of the two ways.
-		exe, err := sealing()
-		if err == nil && exe == nil {
-			log.Debug("binary sealed per spawn by a read-only overlay")
-		} else {
-			if err == nil {
-				err = unix.Exec(fmt.Sprintf("/proc/self/fd/%d", exe.Fd()), append([]string{"cvmd", "supervise", "--sealed"}, args...), os.Environ())
-			}
+		exe, why, err := sealing()
+		switch {
+		case err == nil && exe == nil:
+			log.Info("binary sealed per spawn by a read-only overlay")
+		case err == nil:
+			log.Info("binary sealed by one memfd copy", "why", why)
+			err = unix.Exec(fmt.Sprintf("/proc/self/fd/%d", exe.Fd()), append([]string{"cvmd", "supervise", "--sealed"}, args...), os.Environ())
+			fallthrough
+		default:
 			log.Warn("running from the unsealed binary; each spawn will copy it", "err", err)
 		}
 	}
@@ -266,36 +288,42 @@ func runDev(args []string, log *slog.Logger) error {
 // of the binary for PID 1 to re-execute from once, so that libcontainer
 // does not copy it for every spawn and all processes share the memfd's
 // pages.
-func sealing() (*os.File, error) {
+func sealing() (exe *os.File, why string, err error) {
 	self, err := os.Open("/proc/self/exe")
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	defer self.Close()
 	st, err := self.Stat()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	if path, err := os.Readlink("/proc/self/exe"); err == nil {
-		if byPath, err := os.Stat(path); err == nil && os.SameFile(st, byPath) {
-			exe, err := exeseal.CloneSelfExe(os.TempDir())
-			if err != nil {
-				return nil, err
-			}
-			if !exeseal.IsCloned(exe) {
-				exe.Close() // an overlay handle: libcontainer makes its own per spawn
-				return nil, nil
-			}
-			return exe, nil // no overlayfs: exeseal fell back to a sealed memfd copy
+	path, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		return nil, "", err
+	}
+	if byPath, err := os.Stat(path); err != nil || !os.SameFile(st, byPath) {
+		why = fmt.Sprintf("%s is not the file this process runs", path)
+	} else {
+		exe, err := exeseal.CloneSelfExe(os.TempDir())
+		if err != nil {
+			return nil, "", err
 		}
+		if !exeseal.IsCloned(exe) {
+			exe.Close() // an overlay handle: libcontainer makes its own per spawn
+			return nil, "", nil
+		}
+		// No overlayfs: exeseal fell back to a sealed memfd copy.
+		return exe, "no overlayfs", nil
 	}
-	return exeseal.CloneBinary(self, st.Size(), "/proc/self/exe", os.TempDir())
+	exe, err = exeseal.CloneBinary(self, st.Size(), "/proc/self/exe", os.TempDir())
+	return exe, why, err
 }
 
 func stripSealed(args []string) []string {
 	var out []string
 	for _, a := range args {
-		if a != "--sealed" && a != "-sealed" {
+		if a != "--sealed" && a != "-sealed" && a != "--rooted" && a != "-rooted" {
 			out = append(out, a)
 		}
 	}

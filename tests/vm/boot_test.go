@@ -83,6 +83,7 @@ func TestImageBoots(t *testing.T) {
 	ready, _ := g.wait("boot to ready", 0, `^bootprobe: ready$`, 3*time.Minute)
 
 	checks := []struct{ name, want string }{
+		{"load-modules", ""},
 		{"prepare", ""},
 		{"eth0", "10.0.2.15/24"},
 		{"env_share", "AGENT_CVM_GRPC_URL=10.0.2.100:7001"},

@@ -40,6 +40,7 @@ func main() {
 	// Signals first: a power button press must never be lost.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, unix.SIGPWR, unix.SIGTERM, unix.SIGINT)
+	check("load-modules", guestboot.LoadModules(log), "")
 	check("prepare", guestboot.Prepare(log), "")
 	probes()
 	fmt.Println("bootprobe: ready")
