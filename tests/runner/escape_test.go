@@ -227,9 +227,7 @@ func TestStopLeavesNoProcess(t *testing.T) {
 	if !strings.Contains(resp.GetError(), "stopped") {
 		t.Errorf("run error %q, want stopped", resp.GetError())
 	}
-	if n := countProcs("sleep 120"); n != 0 {
-		t.Errorf("%d processes of the algorithm remain: %s", n, describeProcs("sleep 120"))
-	}
+	noneLeft(t, "sleep 120")
 	if n := w.algo.Live(); n != 0 {
 		t.Errorf("%d sandboxes live", n)
 	}
@@ -251,9 +249,7 @@ func TestRunnerDeathKillsSandbox(t *testing.T) {
 	if !strings.Contains(resp.GetError(), "runner exited") {
 		t.Errorf("run error %q, want the runner's death as reason", resp.GetError())
 	}
-	if n := countProcs("sleep 121"); n != 0 {
-		t.Errorf("%d processes of the algorithm remain", n)
-	}
+	noneLeft(t, "sleep 121")
 }
 
 func TestWallClockLimit(t *testing.T) {
@@ -263,9 +259,7 @@ func TestWallClockLimit(t *testing.T) {
 	if !strings.Contains(resp.GetError(), "timed out") {
 		t.Fatalf("run error %q, want timed out", resp.GetError())
 	}
-	if n := countProcs("sleep 30"); n != 0 {
-		t.Errorf("%d processes remain", n)
-	}
+	noneLeft(t, "sleep 30")
 }
 
 func waitFor(t *testing.T, cond func() bool) {
@@ -293,6 +287,24 @@ func countProcs(s string) int {
 		}
 	}
 	return n
+}
+
+// noneLeft checks that no process whose command line contains s is left.
+// Twice under make test's parallel load (qemu TCG on both cores) one such
+// process was still listed right after the run ended, and never when run
+// alone; it is given up to 2 s to disappear, logged when it needed them,
+// and described if it stays: an escaped algorithm process would live on.
+func noneLeft(t *testing.T, s string) {
+	t.Helper()
+	start := time.Now()
+	for countProcs(s) != 0 && time.Since(start) < 2*time.Second {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := countProcs(s); n != 0 {
+		t.Errorf("%d processes of the algorithm remain: %s", n, describeProcs(s))
+	} else if d := time.Since(start); d > 10*time.Millisecond {
+		t.Logf("the algorithm's last process was gone %v after the run ended", d.Round(time.Millisecond))
+	}
 }
 
 // describeProcs says, for each process whose command line contains s, its
