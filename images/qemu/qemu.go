@@ -62,7 +62,7 @@ type Config struct {
 	// GuestManagerAddr, with ManagerAddr appended as its last argument; it
 	// must copy stdin to that address and the answers to stdout (Pipe does).
 	PipeCommand []string
-	// Dir holds the sockets, the vTPM state and the serial log; required.
+	// Dir holds the vTPM state and its control socket, and the serial log; required.
 	Dir string
 	// SerialLog, when set, receives every serial line prefixed with the
 	// host time since qemu started; "" means Dir/serial.log.
@@ -92,7 +92,8 @@ type VM struct {
 	start    time.Time
 	cmd      *exec.Cmd
 	swtpm    *exec.Cmd
-	qmpPath  string
+	qmp      *qmpConn // the QMP monitor, over a socketpair
+	dbgHost  *os.File // the debug port's host end (a socketpair), until first used
 	hostPort int
 	logFile  *os.File
 	readDone chan struct{}
@@ -132,8 +133,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.Stderr == nil {
 		cfg.Stderr = io.Discard
 	}
-	v := &VM{cfg: cfg, qmpPath: filepath.Join(cfg.Dir, "qmp.sock"), readDone: make(chan struct{}),
-		exited: make(chan struct{}), changed: make(chan bool)}
+	v := &VM{cfg: cfg, readDone: make(chan struct{}), exited: make(chan struct{}), changed: make(chan bool)}
 	if cfg.HostPort == 0 {
 		p, err := freePort()
 		if err != nil {
@@ -153,10 +153,34 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if v.logFile, err = os.Create(cfg.SerialLog); err != nil {
 		return nil, fmt.Errorf("qemu: creating serial log: %w", err)
 	}
+	// QMP, the vTPM and the debug port reach qemu as inherited socketpair
+	// ends (-chardev socket,fd=N): no socket file, nothing another process
+	// could connect to. qemu's fds are 3, 4, ... in the order of extra.
+	var extra, ours []*os.File
+	fail := func(err error) (*VM, error) {
+		for _, f := range append(extra, ours...) {
+			f.Close()
+		}
+		v.logFile.Close()
+		return nil, err
+	}
+	chardev := func(id string) (*os.File, string, error) {
+		host, guest, err := socketpair(id)
+		if err != nil {
+			return nil, "", err
+		}
+		extra = append(extra, guest)
+		ours = append(ours, host)
+		return host, fmt.Sprintf("socket,id=%s,fd=%d", id, 2+len(extra)), nil
+	}
+	qmpHost, qmpDev, err := chardev("qmp")
+	if err != nil {
+		return fail(err)
+	}
 	args := []string{
 		"-accel", cfg.Accel, "-cpu", "max", "-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-serial", "stdio", "-monitor", "none", "-qmp", "unix:" + v.qmpPath + ",server=on,wait=off",
+		"-serial", "stdio", "-monitor", "none", "-chardev", qmpDev, "-mon", "chardev=qmp,mode=control",
 		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd,
 		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet " + cfg.Append),
 		"-device", "virtio-rng-pci",
@@ -174,20 +198,24 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.TPM {
 		sock, err := v.startSwtpm(ctx)
 		if err != nil {
-			v.logFile.Close()
-			return nil, err
+			return fail(err)
 		}
 		args = append(args, "-chardev", "socket,id=chrtpm,path="+sock,
 			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
 	}
 	if cfg.DebugPort {
-		args = append(args, "-device", "virtio-serial-pci",
-			"-chardev", "socket,id=dbg,path="+filepath.Join(cfg.Dir, "debug.sock")+",server=on,wait=off",
+		dbgHost, dbgDev, err := chardev("dbg")
+		if err != nil {
+			return fail(err)
+		}
+		v.dbgHost = dbgHost
+		args = append(args, "-device", "virtio-serial-pci", "-chardev", dbgDev,
 			"-device", "virtserialport,chardev=dbg,name=cvmd.debug")
 	}
 	args = append(args, cfg.ExtraArgs...)
 
 	v.cmd = exec.Command("qemu-system-x86_64", args...)
+	v.cmd.ExtraFiles = extra
 	v.cmd.Stderr = cfg.Stderr
 	// Own process group: a Ctrl-C meant for runvm must reach the guest as a
 	// power-button press, not kill qemu.
@@ -199,9 +227,18 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	fmt.Fprintf(v.logFile, "# qemu-system-x86_64 %s\n", strings.Join(args, " "))
 	v.start = time.Now()
-	if err := v.cmd.Start(); err != nil {
+	err = v.cmd.Start()
+	for _, f := range extra {
+		f.Close() // qemu has its copies (or never will)
+	}
+	if err != nil {
+		qmpHost.Close()
 		v.cleanup()
 		return nil, fmt.Errorf("qemu: starting qemu-system-x86_64: %w", err)
+	}
+	if v.qmp, err = newQMP(qmpHost); err != nil {
+		v.Kill()
+		return nil, err
 	}
 	go v.readSerial(out)
 	go func() {
@@ -214,7 +251,9 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 }
 
 // startSwtpm starts a swtpm socket emulator for one qemu and returns its
-// control socket. swtpm exits when qemu disconnects (--terminate).
+// control socket. swtpm exits when qemu disconnects (--terminate). This one
+// stays a path in Dir: qemu's TPM emulator did not work over an inherited
+// socketpair with swtpm's clientfd= (the guest froze at its first TPM use).
 func (v *VM) startSwtpm(ctx context.Context) (string, error) {
 	state := filepath.Join(v.cfg.Dir, "tpm")
 	if err := os.MkdirAll(state, 0o700); err != nil {
@@ -226,6 +265,7 @@ func (v *VM) startSwtpm(ctx context.Context) (string, error) {
 	v.swtpm.Stdout, v.swtpm.Stderr = v.cfg.Stderr, v.cfg.Stderr
 	v.swtpm.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := v.swtpm.Start(); err != nil {
+		v.swtpm = nil
 		return "", fmt.Errorf("qemu: starting swtpm: %w", err)
 	}
 	for {
@@ -242,10 +282,22 @@ func (v *VM) startSwtpm(ctx context.Context) (string, error) {
 	}
 }
 
+// socketpair returns two connected, close-on-exec unix stream sockets.
+func socketpair(name string) (*os.File, *os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("qemu: socketpair for %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fds[0]), name+"-host"), os.NewFile(uintptr(fds[1]), name+"-qemu"), nil
+}
+
 func (v *VM) cleanup() {
 	v.dbgMu.Lock()
 	v.closeDebug()
 	v.dbgMu.Unlock()
+	if v.qmp != nil {
+		v.qmp.close()
+	}
 	if v.swtpm != nil && v.swtpm.Process != nil {
 		// swtpm ends by itself when qemu disconnects; give it a moment.
 		done := make(chan struct{})
@@ -367,8 +419,12 @@ func (v *VM) Debug(ctx context.Context, command string) (string, error) {
 	v.dbgMu.Lock()
 	defer v.dbgMu.Unlock()
 	if v.dbgConn == nil {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "unix", filepath.Join(v.cfg.Dir, "debug.sock"))
+		if v.dbgHost == nil {
+			return "", errors.New("qemu: debug port closed after an error")
+		}
+		c, err := net.FileConn(v.dbgHost)
+		v.dbgHost.Close()
+		v.dbgHost = nil
 		if err != nil {
 			return "", fmt.Errorf("qemu: debug port: %w", err)
 		}
@@ -391,16 +447,21 @@ func (v *VM) Debug(ctx context.Context, command string) (string, error) {
 	return strings.TrimSpace(s), nil
 }
 
-// closeDebug drops the debug connection. Preconditions: dbgMu held.
+// closeDebug drops the debug connection (an answer may be missing: later
+// commands would read the wrong line). Preconditions: dbgMu held.
 func (v *VM) closeDebug() {
 	if v.dbgConn != nil {
 		v.dbgConn.Close()
 		v.dbgConn, v.dbgR = nil, nil
 	}
+	if v.dbgHost != nil {
+		v.dbgHost.Close()
+		v.dbgHost = nil
+	}
 }
 
 // Powerdown presses the ACPI power button (QMP system_powerdown).
-func (v *VM) Powerdown() error { return qmp(v.qmpPath, "system_powerdown") }
+func (v *VM) Powerdown() error { return v.qmp.run("system_powerdown") }
 
 // Exited is closed when qemu has exited and its output has been read.
 func (v *VM) Exited() <-chan struct{} { return v.exited }

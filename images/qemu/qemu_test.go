@@ -5,28 +5,28 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"path/filepath"
+	"os"
 	"strings"
 	"testing"
 )
 
-// fakeQMP speaks QMP as qemu does: a greeting, then one answer per command,
-// with an asynchronous event before the answer to system_powerdown.
-func fakeQMP(t *testing.T, answers map[string]string) (string, <-chan []string) {
+// fakeQMP speaks QMP as qemu does on one end of a socketpair: a greeting,
+// then one answer per command, with an asynchronous event before the answer
+// to system_powerdown. It returns the other end and, once that end is
+// closed, the commands it received.
+func fakeQMP(t *testing.T, answers map[string]string) (*os.File, <-chan []string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "qmp.sock")
-	ln, err := net.Listen("unix", path)
+	ours, theirs, err := socketpair("qmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.FileConn(ours)
+	ours.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan []string, 1)
 	go func() {
-		defer ln.Close()
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
 		defer c.Close()
 		c.Write([]byte(`{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}` + "\r\n"))
 		var cmds []string
@@ -46,7 +46,7 @@ func fakeQMP(t *testing.T, answers map[string]string) (string, <-chan []string) 
 		}
 		got <- cmds
 	}()
-	return path, got
+	return theirs, got
 }
 
 func TestQMP(t *testing.T) {
@@ -61,14 +61,24 @@ func TestQMP(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			path, got := fakeQMP(t, tt.answers)
-			err := qmp(path, "system_powerdown")
+			end, got := fakeQMP(t, tt.answers)
+			q, err := newQMP(end)
+			if err == nil {
+				err = q.run("system_powerdown")
+				if err == nil {
+					err = q.run("system_powerdown") // the session stays usable
+				}
+				q.close()
+			}
 			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
 				t.Fatalf("qmp = %v, want error containing %q", err, tt.wantErr)
 			}
 			cmds := <-got
 			if len(cmds) == 0 || cmds[0] != "qmp_capabilities" {
 				t.Errorf("commands sent %q, want qmp_capabilities first", cmds)
+			}
+			if tt.wantErr == "" && len(cmds) != 3 {
+				t.Errorf("commands sent %q, want capabilities and two power-downs on one session", cmds)
 			}
 		})
 	}

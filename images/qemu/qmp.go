@@ -6,42 +6,70 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"sync"
 	"time"
 )
 
-// qmp connects to qemu's QMP socket, negotiates capabilities and runs one
-// command without arguments.
-func qmp(path, command string) error {
-	c, err := net.DialTimeout("unix", path, 5*time.Second)
-	if err != nil {
-		return fmt.Errorf("qemu: connecting to QMP: %w", err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	r := bufio.NewReader(c)
-	if _, err := readQMP(r); err != nil { // the greeting
-		return fmt.Errorf("qemu: QMP greeting: %w", err)
-	}
-	for _, cmd := range []string{"qmp_capabilities", command} {
-		if _, err := fmt.Fprintf(c, `{"execute":%q}`+"\n", cmd); err != nil {
-			return fmt.Errorf("qemu: QMP %s: %w", cmd, err)
-		}
-		for {
-			m, err := readQMP(r)
-			if err != nil {
-				return fmt.Errorf("qemu: QMP %s: %w", cmd, err)
-			}
-			if e, ok := m["error"]; ok {
-				return fmt.Errorf("qemu: QMP %s: %s", cmd, e)
-			}
-			if _, ok := m["return"]; ok {
-				break
-			}
-			// An asynchronous event: skip it.
-		}
-	}
-	return nil
+// qmpConn is one QMP session with qemu over an inherited socketpair: the
+// greeting and capability negotiation happen once, at the start; commands
+// are serialised.
+type qmpConn struct {
+	mu sync.Mutex
+	c  net.Conn
+	r  *bufio.Reader
 }
+
+// newQMP takes over f (one end of qemu's QMP socketpair) and negotiates
+// capabilities.
+func newQMP(f *os.File) (*qmpConn, error) {
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("qemu: QMP: %w", err)
+	}
+	q := &qmpConn{c: c, r: bufio.NewReader(c)}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := readQMP(q.r); err != nil { // the greeting
+		c.Close()
+		return nil, fmt.Errorf("qemu: QMP greeting: %w", err)
+	}
+	if err := q.exchange("qmp_capabilities"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// run runs one command without arguments.
+func (q *qmpConn) run(command string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.c.SetDeadline(time.Now().Add(10 * time.Second))
+	return q.exchange(command)
+}
+
+// exchange sends command and reads up to its answer, skipping events.
+func (q *qmpConn) exchange(command string) error {
+	if _, err := fmt.Fprintf(q.c, `{"execute":%q}`+"\n", command); err != nil {
+		return fmt.Errorf("qemu: QMP %s: %w", command, err)
+	}
+	for {
+		m, err := readQMP(q.r)
+		if err != nil {
+			return fmt.Errorf("qemu: QMP %s: %w", command, err)
+		}
+		if e, ok := m["error"]; ok {
+			return fmt.Errorf("qemu: QMP %s: %s", command, e)
+		}
+		if _, ok := m["return"]; ok {
+			return nil
+		}
+		// An asynchronous event: skip it.
+	}
+}
+
+func (q *qmpConn) close() { q.c.Close() }
 
 // QMPMessage is one JSON object from qemu.
 type QMPMessage map[string]json.RawMessage
