@@ -12,6 +12,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/cvmd/cvmd/children/child"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/cvms"
@@ -80,14 +81,7 @@ func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
 	// New CLI connections see the agent going away while running uploads finish.
 	h.Shutdown()
 	for _, s := range servers {
-		done := make(chan struct{})
-		go func() { s.GracefulStop(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(2 * time.Second):
-			s.Stop()
-			<-done
-		}
+		child.StopServer(s, 2*time.Second)
 	}
 	wg.Wait()
 	if ctx.Err() != nil {

@@ -214,14 +214,7 @@ func (s *Service) Run(ctx context.Context, ln net.Listener, ready func() error) 
 	}
 	select {
 	case <-ctx.Done():
-		done := make(chan struct{})
-		go func() { srv.GracefulStop(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(2 * time.Second):
-			srv.Stop()
-			<-done
-		}
+		child.StopServer(srv, 2*time.Second)
 		return nil
 	case err := <-errc:
 		if errors.Is(err, grpc.ErrServerStopped) {

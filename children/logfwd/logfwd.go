@@ -78,14 +78,7 @@ func Serve(ctx context.Context, q *Queue, ln net.Listener, ready func() error) e
 	}
 	// Let pending pushes finish their fsync and ack; Read streams end at
 	// once (Server.Done), so a tailing supervisor does not hold us up.
-	done := make(chan struct{})
-	go func() { srv.GracefulStop(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(2 * time.Second):
-		srv.Stop()
-		<-done
-	}
+	child.StopServer(srv, 2*time.Second)
 	<-errc
 	return nil
 }

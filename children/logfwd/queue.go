@@ -15,6 +15,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/children/child"
 )
 
 // QueueOptions bound a Queue. The zero value means the defaults.
@@ -370,22 +372,7 @@ func readCommit(path string) (uint64, error) {
 func writeCommit(dir string, through uint64) error {
 	b := binary.LittleEndian.AppendUint64(nil, through)
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
-	tmp := filepath.Join(dir, "commit.tmp")
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return fmt.Errorf("logfwd: writing commit file: %w", err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, "commit"))
-	}
-	if err != nil {
+	if err := child.WriteFileAtomic(filepath.Join(dir, "commit"), b, 0o600); err != nil {
 		return fmt.Errorf("logfwd: writing commit file: %w", err)
 	}
 	return nil
