@@ -259,8 +259,10 @@ func (a *AlgoSandboxes) RequestNamed(ctx context.Context, req *control.SandboxRe
 		return nil, "", err
 	}
 	go func() {
-		defer forget()
 		st := done()
+		// Destroyed and cleaned up: no longer live by the time the runner
+		// hears of the end (a runner's Stop that returned finds nothing left).
+		forget()
 		a.log.Info("algorithm sandbox ended", "sandbox", run.id, "computation_id", req.GetComputationId(),
 			"exit_code", st.GetExitCode(), "signal", st.GetSignal(), "oom", st.GetOomKilled(), "timed_out", st.GetTimedOut(),
 			"stopped", st.GetStopReason(), "error", st.GetError())
