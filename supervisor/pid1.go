@@ -43,6 +43,7 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 	if !o.sealed {
 		switch {
 		case o.rooted:
+			// Re-executed from the moved root below: mounts and modules are done.
 		case o.dev:
 			if err := devMounts(); err != nil {
 				return err
@@ -104,10 +105,11 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGPWR, unix.SIGCHLD)
 	if !o.dev {
 		// The image's devices, after the mounts and before the supervisor
-		// proper (which reads the 9p env file and dials the manager):
-		// modules, 9p shares, eth0, and the power button as SIGPWR. In the
-		// process that stays PID 1: its goroutines (the power button, a
-		// test image's debug port) would not survive a re-execution.
+		// proper (which reads the 9p env file and dials the manager): 9p
+		// shares, eth0, and the power button as SIGPWR (the modules were
+		// loaded before sealing). In the process that stays PID 1: its
+		// goroutines (the power button, a test image's debug port) would not
+		// survive a re-execution.
 		if err := guestboot.Prepare(log); err != nil {
 			log.Error("guest devices incomplete", "err", err)
 		}
