@@ -3,12 +3,15 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,6 +94,8 @@ type Supervisor struct {
 	compID   string
 	ingress  *config.IngressSettings // the current computation's, from its AgentConfig; nil = plaintext
 	stopping bool
+	booted   bool      // every child was READY once
+	bornAt   time.Time // when New made the supervisor
 
 	dialMu    sync.Mutex
 	dialers   map[string]*ipc.Dialer // guarded by dialMu; supervisor's "to:<server>"
@@ -173,6 +178,7 @@ func New(cfg Config) (*Supervisor, error) {
 		children: map[string]*childState{},
 		spawning: map[string]uint32{},
 		dialers:  map[string]*ipc.Dialer{},
+		bornAt:   time.Now(),
 	}
 	for i := range cfg.Table.Children {
 		spec := &cfg.Table.Children[i]
@@ -459,6 +465,55 @@ func (s *Supervisor) kickOnce() {
 	}
 }
 
+// noteBooted logs, once, when every child is READY for the first time:
+// the end of the boot, with the memory the whole system uses then (in the
+// VM, where it is the guest's; not in dev mode, where it would be the
+// host's).
+func (s *Supervisor) noteBooted() {
+	if s.booted {
+		return
+	}
+	for _, c := range s.children {
+		if c.status != StatusReady {
+			return
+		}
+	}
+	s.booted = true
+	attrs := []any{"after", time.Since(s.bornAt).Round(time.Millisecond)}
+	if !s.cfg.Dev {
+		if used, err := memUsedMiB(); err == nil {
+			attrs = append(attrs, "mem_used_mib", used)
+		}
+	}
+	s.log.Info("all children ready", attrs...)
+}
+
+// memUsedMiB is MemTotal - MemAvailable from /proc/meminfo.
+func memUsedMiB() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	var total, avail int64 = -1, -1
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "MemTotal:":
+			total = n
+		case "MemAvailable:":
+			avail = n
+		}
+	}
+	if total < 0 || avail < 0 {
+		return 0, errors.New("supervisor: /proc/meminfo lacks MemTotal or MemAvailable")
+	}
+	return (total - avail) / 1024, nil
+}
+
 // finishLaunch records a built sandbox: started (its program runs) or
 // created (it waits for its dependencies).
 func (s *Supervisor) finishLaunch(l *launch) {
@@ -569,6 +624,7 @@ func (s *Supervisor) handle(ev event) {
 		c.setTimer(s.table.Policy.Window, func() { s.post(evStable(e)) })
 		s.log.Info("child ready", "child", e.name, "generation", e.gen, "after", c.readyAt.Sub(c.startAt).Round(time.Microsecond))
 		s.Events().Event("child.ready", "ok", "child", e.name, "generation", e.gen)
+		s.noteBooted()
 		if d := s.Dialer(e.name); d != nil {
 			s.wg.Add(1)
 			go func() { defer s.wg.Done(); s.checkServing(e.name, e.gen, d) }()

@@ -19,7 +19,10 @@ type bootFigures struct {
 	initToReady  time.Duration // PID 1 start → last child ready
 	qemuToReady  time.Duration // host: qemu started → last child ready on serial
 	powerOff     time.Duration // host: power button → qemu exited 0
+	memUsedMiB   float64       // guest: MemTotal - MemAvailable once every child was ready
 }
+
+var allReady = regexp.MustCompile(`msg="all children ready" .*mem_used_mib=([0-9]+)`)
 
 var guestbootStart = regexp.MustCompile(`msg="guestboot: start" .*kernel_uptime_s=([0-9.]+) init_start_s=([0-9.]+)`)
 
@@ -37,10 +40,13 @@ func measureBoot(t *testing.T, img image) bootFigures {
 	up, _ := strconv.ParseFloat(m[1], 64)
 	initStart, _ := strconv.ParseFloat(m[2], 64)
 	_, last := g.waitChildrenReady("boot: every child ready", i, children, 5*time.Minute)
+	_, mem := g.wait("boot: memory once ready", i, allReady.String(), 30*time.Second)
+	used, _ := strconv.ParseFloat(allReady.FindStringSubmatch(mem.Text)[1], 64)
 	f := bootFigures{
 		kernelToInit: initStart,
 		initToReady:  last.At - first.At + time.Duration((up-initStart)*float64(time.Second)),
 		qemuToReady:  last.At,
+		memUsedMiB:   used,
 	}
 	f.powerOff = g.powerOff(2 * time.Minute)
 	return f
@@ -68,19 +74,21 @@ func TestBenchVM(t *testing.T) {
 		}
 		fmt.Printf("BENCH %s %.1f MiB\n", name, float64(st.Size())/(1<<20))
 	}
-	var k2i, i2r, q2r, off []float64
+	var k2i, i2r, q2r, off, mem []float64
 	for n := 0; n < 3; n++ {
 		f := measureBoot(t, img)
-		t.Logf("boot %d: kernel→init %.2fs, init→ready %v, qemu→ready %v, power-off %v", n+1, f.kernelToInit, f.initToReady, f.qemuToReady, f.powerOff)
+		t.Logf("boot %d: kernel→init %.2fs, init→ready %v, qemu→ready %v, power-off %v, guest memory used %.0f MiB", n+1, f.kernelToInit, f.initToReady, f.qemuToReady, f.powerOff, f.memUsedMiB)
 		k2i = append(k2i, f.kernelToInit)
 		i2r = append(i2r, float64(f.initToReady)/float64(time.Millisecond))
 		q2r = append(q2r, f.qemuToReady.Seconds())
 		off = append(off, f.powerOff.Seconds())
+		mem = append(mem, f.memUsedMiB)
 	}
 	fmt.Printf("BENCH vm_kernel_to_init_s %.1f s\n", median(k2i))
 	fmt.Printf("BENCH vm_init_to_ready_ms %.1f ms\n", median(i2r))
 	fmt.Printf("BENCH vm_qemu_to_ready_s %.1f s\n", median(q2r))
 	fmt.Printf("BENCH vm_poweroff_s %.1f s\n", median(off))
+	fmt.Printf("BENCH vm_mem_used_mib %.0f MiB\n", median(mem))
 	e2e := runE2E(t)
 	fmt.Printf("BENCH vm_e2e_s %.1f s\n", e2e.Seconds())
 }
