@@ -85,6 +85,8 @@ type Supervisor struct {
 	wg     sync.WaitGroup // every incarnation's goroutines
 	sink   *logsink.Sink
 	listen *os.File
+	// listenAddr is listen's address, fixed when it was made.
+	listenAddr string
 
 	// Owned by the loop goroutine.
 	children map[string]*childState
@@ -185,7 +187,7 @@ func New(cfg Config) (*Supervisor, error) {
 		s.children[spec.Name] = &childState{spec: spec, status: StatusPending, restarts: Restarts{Policy: cfg.Table.Policy}}
 		for _, fd := range spec.Fds {
 			if fd == "listen" && s.listen == nil {
-				if s.listen, err = listenTCP(cfg.Listen); err != nil {
+				if s.listen, s.listenAddr, err = listenTCP(cfg.Listen); err != nil {
 					rt.Close()
 					return nil, err
 				}
@@ -206,40 +208,23 @@ func New(cfg Config) (*Supervisor, error) {
 	return s, nil
 }
 
-func listenTCP(addr string) (*os.File, error) {
+// listenTCP makes ingress's listener and returns it as a file, with the
+// address it got (a port 0 is chosen here).
+func listenTCP(addr string) (*os.File, string, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("supervisor: ingress listener: %w", err)
+		return nil, "", fmt.Errorf("supervisor: ingress listener: %w", err)
 	}
 	defer l.Close()
 	f, err := l.(*net.TCPListener).File()
 	if err != nil {
-		return nil, fmt.Errorf("supervisor: ingress listener: %w", err)
+		return nil, "", fmt.Errorf("supervisor: ingress listener: %w", err)
 	}
-	return f, nil
+	return f, l.Addr().String(), nil
 }
 
 // ListenAddr is the ingress listener's address ("" without one).
-func (s *Supervisor) ListenAddr() string {
-	if s.listen == nil {
-		return ""
-	}
-	fd, err := ipc.FD(s.listen) // not Fd(): ingress shares this socket (see ipc.FD)
-	if err != nil {
-		return ""
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		return ""
-	}
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return net.JoinHostPort(net.IP(a.Addr[:]).String(), fmt.Sprint(a.Port))
-	case *unix.SockaddrInet6:
-		return net.JoinHostPort(net.IP(a.Addr[:]).String(), fmt.Sprint(a.Port))
-	}
-	return ""
-}
+func (s *Supervisor) ListenAddr() string { return s.listenAddr }
 
 func (s *Supervisor) extraFD(child, name string) (*os.File, error) {
 	switch name {

@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -62,7 +63,7 @@ type Config struct {
 	// GuestManagerAddr, with ManagerAddr appended as its last argument; it
 	// must copy stdin to that address and the answers to stdout (Pipe does).
 	PipeCommand []string
-	// Dir holds the vTPM state and its control socket, and the serial log; required.
+	// Dir holds the vTPM state and the serial log; required.
 	Dir string
 	// SerialLog, when set, receives every serial line prefixed with the
 	// host time since qemu started; "" means Dir/serial.log.
@@ -196,11 +197,11 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		}
 	}
 	if cfg.TPM {
-		sock, err := v.startSwtpm(ctx)
+		name, err := v.startSwtpm()
 		if err != nil {
 			return fail(err)
 		}
-		args = append(args, "-chardev", "socket,id=chrtpm,path="+sock,
+		args = append(args, "-chardev", "socket,id=chrtpm,path="+name+",abstract=on",
 			"-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
 	}
 	if cfg.DebugPort {
@@ -236,7 +237,7 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		v.cleanup()
 		return nil, fmt.Errorf("qemu: starting qemu-system-x86_64: %w", err)
 	}
-	if v.qmp, err = newQMP(qmpHost); err != nil {
+	if v.qmp, err = newQMP(ctx, qmpHost); err != nil {
 		v.Kill()
 		return nil, err
 	}
@@ -250,37 +251,44 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	return v, nil
 }
 
-// startSwtpm starts a swtpm socket emulator for one qemu and returns its
-// control socket. swtpm exits when qemu disconnects (--terminate). This one
-// stays a path in Dir: qemu's TPM emulator did not work over an inherited
-// socketpair with swtpm's clientfd= (the guest froze at its first TPM use).
-func (v *VM) startSwtpm(ctx context.Context) (string, error) {
+// startSwtpm starts a swtpm socket emulator for one qemu and returns the
+// abstract unix socket name qemu connects its TPM chardev to. The listening
+// socket is made here and handed to swtpm as fd 3 (its --ctrl fd=): an
+// abstract name leaves no file behind. (A connected socketpair, as QMP and
+// the debug port use, froze the guest at its first TPM use with swtpm's
+// clientfd=.) swtpm exits when qemu disconnects (--terminate).
+func (v *VM) startSwtpm() (string, error) {
 	state := filepath.Join(v.cfg.Dir, "tpm")
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return "", fmt.Errorf("qemu: making vTPM state dir: %w", err)
 	}
-	sock := filepath.Join(v.cfg.Dir, "swtpm.sock")
+	name := fmt.Sprintf("cvmd-swtpm-%d-%d", os.Getpid(), swtpmSeq.Add(1))
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("qemu: swtpm control socket: %w", err)
+	}
+	ln := os.NewFile(uintptr(fd), "swtpm-ctrl")
+	defer ln.Close() // swtpm has its copy once started
+	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: "@" + name}); err != nil {
+		return "", fmt.Errorf("qemu: binding swtpm control socket: %w", err)
+	}
+	if err := syscall.Listen(fd, 1); err != nil {
+		return "", fmt.Errorf("qemu: swtpm control socket: %w", err)
+	}
 	v.swtpm = exec.Command("swtpm", "socket", "--tpm2", "--tpmstate", "dir="+state,
-		"--ctrl", "type=unixio,path="+sock, "--terminate", "--log", "level=1")
+		"--ctrl", "type=unixio,fd=3", "--terminate", "--log", "level=1")
+	v.swtpm.ExtraFiles = []*os.File{ln}
 	v.swtpm.Stdout, v.swtpm.Stderr = v.cfg.Stderr, v.cfg.Stderr
 	v.swtpm.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := v.swtpm.Start(); err != nil {
 		v.swtpm = nil
 		return "", fmt.Errorf("qemu: starting swtpm: %w", err)
 	}
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			return sock, nil
-		}
-		select {
-		case <-ctx.Done():
-			v.swtpm.Process.Kill()
-			v.swtpm.Wait()
-			return "", fmt.Errorf("qemu: waiting for swtpm's socket: %w", ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	return name, nil
 }
+
+// swtpmSeq numbers the vTPMs of this process.
+var swtpmSeq atomic.Int64
 
 // socketpair returns two connected, close-on-exec unix stream sockets.
 func socketpair(name string) (*os.File, *os.File, error) {

@@ -62,7 +62,7 @@ func TestQMP(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			end, got := fakeQMP(t, tt.answers)
-			q, err := newQMP(end)
+			q, err := newQMP(context.Background(), end)
 			if err == nil {
 				err = q.run("system_powerdown")
 				if err == nil {

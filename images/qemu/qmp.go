@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,15 +22,19 @@ type qmpConn struct {
 }
 
 // newQMP takes over f (one end of qemu's QMP socketpair) and negotiates
-// capabilities.
-func newQMP(f *os.File) (*qmpConn, error) {
+// capabilities, within ctx (30 s without a deadline).
+func newQMP(ctx context.Context, f *os.File) (*qmpConn, error) {
 	c, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("qemu: QMP: %w", err)
 	}
 	q := &qmpConn{c: c, r: bufio.NewReader(c)}
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(30 * time.Second)
+	}
+	c.SetDeadline(dl)
 	if _, err := readQMP(q.r); err != nil { // the greeting
 		c.Close()
 		return nil, fmt.Errorf("qemu: QMP greeting: %w", err)
