@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cvmd/cvmd/manifest"
+	"github.com/cvmd/cvmd/cocos/manifest"
 	"github.com/cvmd/cvmd/proto/cvms"
 )
 

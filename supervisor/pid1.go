@@ -15,15 +15,15 @@ import (
 	"github.com/opencontainers/runc/libcontainer/exeseal"
 	"golang.org/x/sys/unix"
 
-	"github.com/cvmd/cvmd/guestboot"
 	"github.com/cvmd/cvmd/sandbox"
+	"github.com/cvmd/cvmd/supervisor/pid1"
 )
 
-// pid1 is the minimal PID 1: it owns no children but the supervisor proper,
+// initProcess is the minimal PID 1: it owns no children but the supervisor proper,
 // reaps every orphan, turns SIGTERM/SIGINT/SIGPWR into one orderly
 // shutdown, and restarts the supervisor proper whenever it dies (a panic
 // there must not kill PID 1: the kernel panics when PID 1 exits).
-type pid1 struct {
+type initProcess struct {
 	log    *slog.Logger
 	dev    bool
 	args   []string // of the supervisor proper
@@ -55,7 +55,7 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 				log.Error("PID 1 setup incomplete", "err", err)
 			}
 			// Before sealing: the overlay it uses may be a module.
-			if err := guestboot.LoadModules(log); err != nil {
+			if err := pid1.LoadModules(log); err != nil {
 				log.Error("kernel modules incomplete", "err", err)
 			}
 			if self, _ := os.Readlink("/proc/self/exe"); moved && filepath.IsAbs(self) {
@@ -82,7 +82,7 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 			log.Warn("running from the unsealed binary; each spawn will copy it", "err", err)
 		}
 	}
-	p := &pid1{log: log, dev: o.dev, cgroupRoot: o.cgroupRoot, args: append([]string{"supervise", "--proper"}, stripSealed(args)...)}
+	p := &initProcess{log: log, dev: o.dev, cgroupRoot: o.cgroupRoot, args: append([]string{"supervise", "--proper"}, stripSealed(args)...)}
 	if !o.dev {
 		// Last line of defence: PID 1 exiting panics the kernel. Should this
 		// small loop ever panic, kill the supervisor proper (its children die
@@ -110,7 +110,7 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 		// loaded before sealing). In the process that stays PID 1: its
 		// goroutines (the power button, a test image's debug port) would not
 		// survive a re-execution.
-		if err := guestboot.Prepare(log); err != nil {
+		if err := pid1.Prepare(log); err != nil {
 			log.Error("guest devices incomplete", "err", err)
 		}
 	}
@@ -140,7 +140,7 @@ func runPID1(o *options, args []string, log *slog.Logger) error {
 	}
 }
 
-func (p *pid1) start() {
+func (p *initProcess) start() {
 	attr := &os.ProcAttr{
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
 		Env:   os.Environ(),
@@ -159,7 +159,7 @@ func (p *pid1) start() {
 
 // scheduleRestart returns when to start the supervisor proper again: at
 // once the first time, then with a back-off up to 2 s while it keeps dying.
-func (p *pid1) scheduleRestart() <-chan time.Time {
+func (p *initProcess) scheduleRestart() <-chan time.Time {
 	recent := 0
 	for _, t := range p.starts {
 		if time.Since(t) < 10*time.Second {
@@ -178,7 +178,7 @@ func (p *pid1) scheduleRestart() <-chan time.Time {
 // reaps the supervisor proper through its os.Process (which owns that exit
 // status) and only the orphans with wait4. It reports whether the
 // supervisor proper exited.
-func (p *pid1) reap() (properExited bool) {
+func (p *initProcess) reap() (properExited bool) {
 	for {
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
@@ -207,7 +207,7 @@ func (p *pid1) reap() (properExited bool) {
 // shutdown stops the supervisor proper (which stops the children in
 // reverse dependency order), kills whatever is left, syncs, and powers off
 // (or exits in dev mode).
-func (p *pid1) shutdown() error {
+func (p *initProcess) shutdown() error {
 	if p.proper != nil {
 		p.proper.Signal(unix.SIGTERM)
 		deadline := time.Now().Add(properGrace)

@@ -18,8 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
+	"github.com/cvmd/cvmd/internal/logsink"
 	"github.com/cvmd/cvmd/ipc"
-	"github.com/cvmd/cvmd/logsink"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/sandbox"
 )

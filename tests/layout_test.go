@@ -49,7 +49,7 @@ var forbidden = []struct {
 	{"ipc", []string{"supervisor", "sandbox", "children", "attest"}, "ipc is a leaf"},
 	{"sandbox", []string{"supervisor", "children", "attest"}, "sandbox is a leaf"},
 	{"attest", []string{"supervisor", "sandbox", "children"}, "attest is a leaf"},
-	{"logsink", []string{"supervisor", "sandbox", "children"}, "the log client is shared by everyone"},
+	{"internal/logsink", []string{"supervisor", "sandbox", "children"}, "the log client is shared by everyone"},
 }
 
 func TestImportRules(t *testing.T) {

@@ -12,7 +12,7 @@
 // It does not open sockets, run algorithms itself, fetch remote sources
 // (Cocos's KBS "pull mode"), or produce evidence (the attestation child
 // does). It imports children/child, logsink, proto and the shared helpers
-// (manifest, rolesig, cocoszip, digest); never supervisor/, sandbox/ or
+// (cocos/manifest, rolesig, zipdir, digest); never supervisor/, sandbox/ or
 // another child.
 package agent
 
@@ -29,8 +29,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/cvmd/cvmd/logsink"
-	"github.com/cvmd/cvmd/manifest"
+	"github.com/cvmd/cvmd/cocos/manifest"
+	"github.com/cvmd/cvmd/internal/logsink"
 	"github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/cvms"

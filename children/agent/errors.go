@@ -8,7 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/cvmd/cvmd/cocoszip"
+	"github.com/cvmd/cvmd/cocos/zipdir"
 )
 
 // Errors the agent returns to clients. Their texts are Cocos's where Cocos
@@ -74,8 +74,8 @@ func toStatus(log *slog.Logger, method string, err error) error {
 		errors.Is(err, ErrRunFailed), errors.Is(err, ErrUnavailable), errors.Is(err, ErrNoComputation), errors.Is(err, ErrBusy):
 		code = codes.FailedPrecondition
 	case errors.Is(err, ErrHashMismatch), errors.Is(err, ErrBadFilename), errors.Is(err, ErrEmptyAlgorithm),
-		errors.Is(err, ErrEmptyDataset), errors.Is(err, ErrInvalidArgument), errors.Is(err, cocoszip.ErrUnsafeEntry),
-		errors.Is(err, cocoszip.ErrNotZip):
+		errors.Is(err, ErrEmptyDataset), errors.Is(err, ErrInvalidArgument), errors.Is(err, zipdir.ErrUnsafeEntry),
+		errors.Is(err, zipdir.ErrNotZip):
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrAlgorithmNotDeclared), errors.Is(err, ErrDatasetNotDeclared):
 		code = codes.NotFound
@@ -83,7 +83,7 @@ func toStatus(log *slog.Logger, method string, err error) error {
 		code = codes.Unauthenticated
 	case errors.Is(err, ErrUndeclaredConsumer), errors.Is(err, ErrPermissionDenied):
 		code = codes.PermissionDenied
-	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrNoSpace), errors.Is(err, cocoszip.ErrTooLarge):
+	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrNoSpace), errors.Is(err, zipdir.ErrTooLarge):
 		code = codes.ResourceExhausted
 	default:
 		log.Error("request failed", "method", method, "err", err)

@@ -7,7 +7,7 @@ import (
 	"google.golang.org/grpc"
 	"os"
 
-	"github.com/cvmd/cvmd/cocoszip"
+	"github.com/cvmd/cvmd/cocos/zipdir"
 	"github.com/cvmd/cvmd/proto/runner"
 )
 
@@ -82,7 +82,7 @@ func (a *Agent) run(ctx context.Context, req *runner.RunRequest, resumed bool) e
 	}
 	tmp := a.dirs.resultsZip + ".tmp"
 	os.Remove(tmp)
-	if err := cocoszip.WriteDirFile(tmp, a.dirs.results); err != nil {
+	if err := zipdir.WriteDirFile(tmp, a.dirs.results); err != nil {
 		return fmt.Errorf("zipping results: %w", err)
 	}
 	if err := os.Rename(tmp, a.dirs.resultsZip); err != nil {

@@ -13,10 +13,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/cvmd/cvmd/cocoszip"
-	"github.com/cvmd/cvmd/manifest"
+	"github.com/cvmd/cvmd/cocos/manifest"
+	"github.com/cvmd/cvmd/cocos/rolesig"
+	"github.com/cvmd/cvmd/cocos/zipdir"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
-	"github.com/cvmd/cvmd/rolesig"
 )
 
 // maxRequirements caps requirements.txt.
@@ -253,7 +253,7 @@ func (a *Agent) extract(p string, size int64) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	if err := cocoszip.Extract(f, size, dir, cocoszip.Limits{MaxEntries: a.lim.maxZipEntries, MaxBytes: a.lim.maxUnzipped}); err != nil {
+	if err := zipdir.Extract(f, size, dir, zipdir.Limits{MaxEntries: a.lim.maxZipEntries, MaxBytes: a.lim.maxUnzipped}); err != nil {
 		os.RemoveAll(dir)
 		return "", err
 	}

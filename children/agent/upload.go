@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cvmd/cvmd/digest"
+	"github.com/cvmd/cvmd/cocos/digest"
 )
 
 // spool receives one upload into a temporary file in the incoming dir while

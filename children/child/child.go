@@ -25,8 +25,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/internal/logsink"
 	"github.com/cvmd/cvmd/ipc"
-	"github.com/cvmd/cvmd/logsink"
 	"github.com/cvmd/cvmd/proto/control"
 )
 

@@ -9,7 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	"github.com/cvmd/cvmd/logsink"
+	"github.com/cvmd/cvmd/internal/logsink"
 )
 
 // logCloseTimeout bounds how long a stopping child waits for logfwd to

@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cvmd/cvmd/internal/logsink"
 	"github.com/cvmd/cvmd/ipc"
-	"github.com/cvmd/cvmd/logsink"
 )
 
 // TestBenchLogThroughput measures sustained logging from several clients

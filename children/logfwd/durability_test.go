@@ -14,8 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cvmd/cvmd/internal/logsink"
 	"github.com/cvmd/cvmd/ipc"
-	"github.com/cvmd/cvmd/logsink"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/logs"
 )

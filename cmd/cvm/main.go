@@ -5,7 +5,7 @@ package main
 import (
 	"os"
 
-	"github.com/cvmd/cvmd/cli"
+	"github.com/cvmd/cvmd/cvm/cli"
 )
 
 func main() {

@@ -69,7 +69,7 @@ type Config struct {
 	// host time since qemu started; "" means Dir/serial.log.
 	SerialLog string
 	// DebugPort adds the virtio-serial port "cvmd.debug" that test images
-	// serve (guestboot.DebugMarker); see VM.Debug.
+	// serve (pid1.DebugMarker); see VM.Debug.
 	DebugPort bool
 	// Console, when set, also receives every timestamped serial line.
 	Console io.Writer

@@ -22,9 +22,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cvmd/cvmd/children/logfwd"
-	"github.com/cvmd/cvmd/devmanager"
+	"github.com/cvmd/cvmd/cvm/devmanager"
+	"github.com/cvmd/cvmd/internal/logsink"
 	"github.com/cvmd/cvmd/ipc"
-	"github.com/cvmd/cvmd/logsink"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/logs"
 )

@@ -19,7 +19,7 @@ import (
 
 	"google.golang.org/grpc/credentials"
 
-	"github.com/cvmd/cvmd/devmanager"
+	"github.com/cvmd/cvmd/cvm/devmanager"
 )
 
 type pki struct {

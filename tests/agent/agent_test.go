@@ -20,11 +20,11 @@ import (
 	"strconv"
 
 	"github.com/cvmd/cvmd/children/agent/agenttest"
-	"github.com/cvmd/cvmd/cli"
-	"github.com/cvmd/cvmd/cocoszip"
+	"github.com/cvmd/cvmd/cocos/rolesig"
+	"github.com/cvmd/cvmd/cocos/zipdir"
+	"github.com/cvmd/cvmd/cvm/cli"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 	"github.com/cvmd/cvmd/proto/agentctl"
-	"github.com/cvmd/cvmd/rolesig"
 )
 
 // algoScript reads both datasets and writes results, one of them > 1 MiB so
@@ -212,7 +212,7 @@ func TestFullComputation(t *testing.T) {
 			os.WriteFile(filepath.Join(want, "sub", "big.bin"), make([]byte, 2621440), 0o644)
 			os.WriteFile(filepath.Join(want, "args.txt"), []byte("args: one two words\n"), 0o644)
 			var wantZip bytes.Buffer
-			if _, err := cocoszip.WriteDir(&wantZip, want); err != nil {
+			if _, err := zipdir.WriteDir(&wantZip, want); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(one, wantZip.Bytes()) || !bytes.Equal(two, one) {

@@ -22,7 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmd/cvmd/children/ingress"
-	"github.com/cvmd/cvmd/digest"
+	"github.com/cvmd/cvmd/cocos/digest"
 )
 
 // TestBenchAgentTransfer measures, in one run: one core's SHA3-256 rate

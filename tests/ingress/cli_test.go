@@ -22,7 +22,7 @@ import (
 	"github.com/cvmd/cvmd/attest"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/ingress"
-	"github.com/cvmd/cvmd/cli"
+	"github.com/cvmd/cvmd/cvm/cli"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/config"
 )

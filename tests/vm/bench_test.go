@@ -24,7 +24,7 @@ type bootFigures struct {
 
 var allReady = regexp.MustCompile(`msg="all children ready" .*mem_used_mib=([0-9]+)`)
 
-var guestbootStart = regexp.MustCompile(`msg="guestboot: start" .*kernel_uptime_s=([0-9.]+) init_start_s=([0-9.]+)`)
+var guestbootStart = regexp.MustCompile(`msg="pid1: start" .*kernel_uptime_s=([0-9.]+) init_start_s=([0-9.]+)`)
 
 // measureBoot boots img with cvmd as PID 1 and no manager, and measures
 // from the serial lines: PID 1's start in kernel uptime (printed by

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cvmd/cvmd/guestboot"
 	"github.com/cvmd/cvmd/images/qemu"
+	"github.com/cvmd/cvmd/supervisor/pid1"
 )
 
 func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
@@ -189,7 +189,7 @@ func TestProductionImageHasNoDebugPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	mods, err := guestboot.ParseModuleList(f)
+	mods, err := pid1.ParseModuleList(f)
 	if err != nil {
 		t.Fatal(err)
 	}

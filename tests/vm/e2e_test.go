@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cvmd/cvmd/devmanager"
+	"github.com/cvmd/cvmd/cvm/devmanager"
 	"github.com/cvmd/cvmd/images/qemu"
 	"github.com/cvmd/cvmd/proto/cvms"
 )

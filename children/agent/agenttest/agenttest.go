@@ -23,14 +23,14 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/cvmd/cvmd/children/agent"
-	"github.com/cvmd/cvmd/digest"
+	"github.com/cvmd/cvmd/cocos/digest"
+	"github.com/cvmd/cvmd/cocos/manifest"
+	"github.com/cvmd/cvmd/cocos/rolesig"
 	"github.com/cvmd/cvmd/ipc"
-	"github.com/cvmd/cvmd/manifest"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/runner"
-	"github.com/cvmd/cvmd/rolesig"
 )
 
 // Runner executes bin algorithms (and python ones with python3) in Dir.

@@ -1,6 +1,6 @@
 // Command bootprobe is a stand-in /init for testing the image itself,
 // independently of the supervisor: it mounts the pseudo filesystems, calls
-// guestboot.Prepare exactly as cvmd's PID 1 does, then reports on the serial
+// pid1.Prepare exactly as cvmd's PID 1 does, then reports on the serial
 // console what the image provides, one "bootprobe: check NAME ok|fail DETAIL"
 // line each, and "bootprobe: ready". It echoes lines on TCP :7002 (the
 // hostfwd target), sends a hello to the manager address given as
@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cvmd/cvmd/guestboot"
+	"github.com/cvmd/cvmd/supervisor/pid1"
 	"golang.org/x/sys/unix"
 )
 
@@ -40,8 +40,8 @@ func main() {
 	// Signals first: a power button press must never be lost.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, unix.SIGPWR, unix.SIGTERM, unix.SIGINT)
-	check("load-modules", guestboot.LoadModules(log), "")
-	check("prepare", guestboot.Prepare(log), "")
+	check("load-modules", pid1.LoadModules(log), "")
+	check("prepare", pid1.Prepare(log), "")
 	probes()
 	fmt.Println("bootprobe: ready")
 	s := <-sig
@@ -67,9 +67,9 @@ func probes() {
 	}
 	check("eth0", err, fmt.Sprint(addrs))
 
-	env, err := os.ReadFile(guestboot.EnvDir + "/environment")
+	env, err := os.ReadFile(pid1.EnvDir + "/environment")
 	check("env_share", err, strings.Join(strings.Fields(string(env)), " "))
-	_, err = os.Stat(guestboot.CertsDir + "/ca.pem")
+	_, err = os.Stat(pid1.CertsDir + "/ca.pem")
 	check("certs_share", err, "")
 
 	_, err = os.Stat("/dev/tpmrm0")
@@ -116,9 +116,9 @@ func probes() {
 	}
 }
 
-func readCmdline() guestboot.Cmdline {
+func readCmdline() pid1.Cmdline {
 	b, _ := os.ReadFile("/proc/cmdline")
-	return guestboot.ParseCmdline(string(b))
+	return pid1.ParseCmdline(string(b))
 }
 
 // echo answers each line with "echo: " and the line, for the host's hostfwd check.
