@@ -146,6 +146,11 @@ type Sandbox struct {
 	pid  int
 	once sync.Once
 	derr error
+
+	// The process is waited for once; every Wait gets that one result.
+	waitOnce  sync.Once
+	waitState *os.ProcessState
+	waitErr   error
 }
 
 // Start creates the container described by spec and runs its process. On
@@ -246,13 +251,19 @@ func (s *Sandbox) Pid() int { return s.pid }
 // Wait waits for the sandbox's process to exit. The other processes of the
 // sandbox die with it (it is PID 1 of its PID namespace).
 // A non-zero exit or a signal is reported in the state, not as an error.
+// Wait may be called several times, from several goroutines: the process
+// is waited for once, and every call returns that result (a second wait
+// on one process would race the first for its exit status).
 func (s *Sandbox) Wait() (*os.ProcessState, error) {
-	st, err := s.p.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ProcessState, nil
-	}
-	return st, err
+	s.waitOnce.Do(func() {
+		st, err := s.p.Wait()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			st, err = ee.ProcessState, nil
+		}
+		s.waitState, s.waitErr = st, err
+	})
+	return s.waitState, s.waitErr
 }
 
 // Signal sends sig to the sandbox's process.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -293,4 +294,42 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TestWaitTwice: the supervisor's loop and its clean-up (or the runtime's
+// Close) may both wait for one sandbox; each gets the process's exit
+// status, and neither steals it from the other.
+func TestWaitTwice(t *testing.T) {
+	requireRoot(t)
+	rt := newRuntime(t)
+	s := testSpec("waited-twice")
+	s.Args = []string{"/usr/bin/sleep", "60"}
+	sb, err := rt.Start(s, IO{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy()
+	type result struct {
+		st  *os.ProcessState
+		err error
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() {
+			st, err := sb.Wait()
+			results <- result{st, err}
+		}()
+	}
+	if err := sb.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		r := <-results
+		if r.err != nil || r.st == nil {
+			t.Fatalf("Wait: state %v, err %v; want the process's status", r.st, r.err)
+		}
+		if ws, ok := r.st.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Errorf("Wait: %v, want killed by SIGKILL", r.st)
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor/algosandbox"
+	"github.com/cvmd/cvmd/supervisor/lifecycle"
 	"github.com/cvmd/cvmd/supervisor/pid1"
 	"github.com/cvmd/cvmd/supervisor/table"
 )
@@ -168,7 +169,7 @@ func Main(args []string) error {
 	case os.Getpid() == 1:
 		return pid1.Run(pid1.Config{
 			Args: args, Dev: o.dev, Sealed: o.sealed, Rooted: o.rooted,
-			ProperGrace:   properGrace,
+			ProperGrace:   properGrace(o.table()),
 			RemoveCgroups: func() error { return sandbox.RemoveCgroupTree(o.cgroupRoot) },
 			Log:           log.With("proc", "pid1"),
 		})
@@ -179,5 +180,16 @@ func Main(args []string) error {
 	}
 }
 
-// properGrace is how long the supervisor proper has to stop its children.
-const properGrace = 4 * time.Second
+// properGrace is how long PID 1 gives the supervisor proper to stop its
+// children: a shutdown stops the table's dependency levels one after the
+// other, each child within its StopGrace or, SIGKILLed, within
+// lifecycle.KillMargin more; then the proper releases what it holds
+// (properReleaseGrace).
+func properGrace(t *table.Table) time.Duration {
+	return time.Duration(t.Depth())*(t.StopGrace+lifecycle.KillMargin) + properReleaseGrace
+}
+
+// properReleaseGrace bounds what the supervisor proper does after its last
+// child stopped: the event sink's last flush, the algorithm sandboxes' and
+// the runtime's clean-up.
+const properReleaseGrace = 3 * time.Second

@@ -249,9 +249,17 @@ func (a *Sandboxes) Request(ctx context.Context, req *control.SandboxRequest) (m
 		a.log.Info("algorithm sandbox ended", "sandbox", run.id, "computation_id", req.GetComputationId(),
 			"exit_code", st.GetExitCode(), "signal", st.GetSignal(), "oom", st.GetOomKilled(), "timed_out", st.GetTimedOut(),
 			"stopped", st.GetStopReason(), "error", st.GetError())
-		b, _ := proto.Marshal(st)
-		status.Write(b)
-		status.Close()
+		// The runner learns the end only from this write: say so if it fails.
+		b, err := proto.Marshal(st)
+		if err == nil {
+			_, err = status.Write(b)
+		}
+		if cerr := status.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			a.log.Error("algorithm sandbox end not reported to the runner", "sandbox", run.id, "err", err)
+		}
 	}()
 	return files, run.id, nil
 }
@@ -546,7 +554,7 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 	if err := os.MkdirAll(filepath.Join(dir, "empty"), 0o755); err != nil {
 		return nil, nil, nil, err
 	}
-	cleanups = append(cleanups, func() { os.RemoveAll(dir) })
+	cleanups = append(cleanups, func() { a.warn(run.id, "removing its scratch dir", os.RemoveAll(dir)) })
 	plan.spec.EmptyDir = filepath.Join(dir, "empty")
 	resultsTmp := ""
 	if plan.results != "" {
@@ -554,7 +562,9 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		if err := mountResults(resultsTmp, plan.resultsBytes, a.cfg.UID, a.cfg.GID); err != nil {
 			return nil, nil, nil, err
 		}
-		cleanups = append(cleanups, func() { syscall.Unmount(resultsTmp, syscall.MNT_DETACH) })
+		cleanups = append(cleanups, func() {
+			a.warn(run.id, "unmounting its results tmpfs", syscall.Unmount(resultsTmp, syscall.MNT_DETACH))
+		})
 		plan.spec.Results = resultsTmp
 	}
 	net, err := newAlgoNet(a.cfg.ProxyPort)
@@ -620,7 +630,7 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		cleanups = append(cleanups, func() { unix.Unmount(target, unix.MNT_DETACH) })
+		cleanups = append(cleanups, func() { a.warn(run.id, "unmounting a bind", unix.Unmount(target, unix.MNT_DETACH)) })
 		m.Source = target
 	}
 	spec, err := sandbox.AlgorithmSpec(plan.spec)
@@ -687,7 +697,7 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		exit := &control.SandboxExit{ExitCode: -1, Complete: true, MemoryLimitBytes: uint64(plan.spec.MemoryBytes),
 			ResultsLimitBytes: uint64(plan.resultsBytes), WallClockLimitMs: uint64(plan.wall.Milliseconds())}
 		exit.OomKilled = sb.OOMKilled()
-		sb.Destroy()
+		a.warn(run.id, "destroying its sandbox", sb.Destroy())
 		if werr != nil && ps == nil {
 			exit.Error = "waiting for the algorithm: " + werr.Error()
 		} else if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
@@ -724,6 +734,14 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		return exit
 	}
 	return stW, map[string]*os.File{"stdout": outR, "stderr": errR, "status": stR}, done, nil
+}
+
+// warn logs a clean-up step of sandbox id that failed (what it leaves
+// behind, the next supervisor's cleanRunDir removes).
+func (a *Sandboxes) warn(id, what string, err error) {
+	if err != nil {
+		a.log.Warn("algorithm sandbox clean-up: "+what, "sandbox", id, "err", err)
+	}
 }
 
 func unixSignalName(s syscall.Signal) string {

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -252,7 +253,8 @@ func spawnBench(args []string) error {
 }
 
 // misbehave stands in for a child and breaks the child contract in one
-// way: probe child garbage|silent|startfail|crash.
+// way: probe child garbage|silent|startfail|crash|stubborn (says READY,
+// then ignores Stop and SIGTERM: only SIGKILL ends it).
 func misbehave(args []string) error {
 	if len(args) != 1 {
 		return errors.New("probe child: want a mode")
@@ -280,6 +282,14 @@ func misbehave(args []string) error {
 		os.Exit(1)
 	case "crash":
 		os.Exit(3)
+	case "stubborn":
+		signal.Ignore(unix.SIGTERM)
+		if err := ctl.Send(&control.Message{Body: &control.Message_Ready{Ready: &control.Ready{}}}, nil); err != nil {
+			return err
+		}
+		for {
+			time.Sleep(time.Hour)
+		}
 	}
 	return fmt.Errorf("probe child: unknown mode %q", args[0])
 }
