@@ -68,11 +68,6 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	if err := r.cleanStale(); err != nil {
 		return nil, err
 	}
-	r.forkWG.Add(forkers)
-	for i := 0; i < forkers; i++ {
-		go r.forker()
-	}
-	go func() { r.forkWG.Wait(); close(r.forkDone) }()
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "containers"), 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox: making state dir: %w", err)
 	}
@@ -80,6 +75,13 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	if err := os.MkdirAll(r.skeleton, 0o755); err != nil {
 		return nil, fmt.Errorf("sandbox: making skeleton rootfs: %w", err)
 	}
+	// Last: nothing after this can fail, so a refused Runtime leaves no
+	// forker (and no locked thread) behind.
+	r.forkWG.Add(forkers)
+	for i := 0; i < forkers; i++ {
+		go r.forker()
+	}
+	go func() { r.forkWG.Wait(); close(r.forkDone) }()
 	return r, nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -331,5 +333,29 @@ func TestWaitTwice(t *testing.T) {
 		if ws, ok := r.st.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
 			t.Errorf("Wait: %v, want killed by SIGKILL", r.st)
 		}
+	}
+}
+
+// TestNewRuntimeRefusedLeavesNoGoroutine: a Runtime that cannot be made
+// (its state dir is a file) leaves none of its forkers behind.
+func TestNewRuntimeRefusedLeavesNoGoroutine(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "containers"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	if _, err := NewRuntime(RuntimeConfig{StateDir: dir, CgroupRoot: fmt.Sprintf("cvmd-refused-%d", os.Getpid())}); err == nil {
+		t.Fatal("NewRuntime accepted a state dir whose containers dir is a file")
+	}
+	// A leaked forker would be blocked for good: give goroutines that do end
+	// a moment, then count.
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines left after a refused NewRuntime (had %d):\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }
