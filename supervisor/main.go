@@ -60,14 +60,13 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.algo.WallClock, "algo-timeout", 0, "algorithm wall-clock limit, e.g. 30m (default 1h)")
 	fs.Var(sizeFlag{&o.algo.ResultsBytes}, "algo-results-cap", "algorithm results tmpfs size, counted against its memory too (default 512MiB)")
 	fs.Var(sizeFlag{&o.algo.TmpBytes}, "algo-tmp", "algorithm private /tmp size (default 256MiB)")
-	// Internal flags: how PID 1 starts the supervisor proper, and a test switch.
+	// Internal flags: how PID 1 starts the supervisor proper.
 	fs.BoolVar(&o.proper, "proper", false, "internal: run the supervisor proper (started by PID 1)")
 	fs.BoolVar(&o.sealed, "sealed", false, "internal: PID 1 already set up and re-executed from a sealed copy")
 	fs.BoolVar(&o.rooted, "rooted", false, "internal: PID 1 already mounted, moved the root and loaded modules; it re-executed from the new root and only seals its binary")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long a child has to say READY (default: the table's, 10s)")
 	fs.DurationVar(&o.window, "restart-window", 0, "the restart policy's window: more than 5 restarts within it mark a child failed (default: the table's, 10s)")
-	fs.StringVar(&o.misbehave, "test-misbehave", "", "internal, tests only: CHILD=MODE[,CHILD=MODE] replaces children by a probe that breaks the child contract (garbage, silent, startfail, crash)")
-	fs.BoolVar(&o.testPanic, "test-panic-on-sigusr1", false, "internal, tests only: SIGUSR1 makes the supervisor proper panic")
+	testFlags(fs, o) // only in a test build
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

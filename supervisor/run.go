@@ -39,6 +39,9 @@ func runProper(o *options, log *slog.Logger) error {
 		return fmt.Errorf("supervise: run dir: %w", err)
 	}
 	tab := o.table()
+	if testBuild {
+		log.Warn("TEST BUILD (-tags cvmdtest): test switches compiled in; never measure or deploy this binary")
+	}
 	misbehave := map[string]string{}
 	for _, kv := range strings.Split(o.misbehave, ",") {
 		if name, mode, ok := strings.Cut(kv, "="); ok {

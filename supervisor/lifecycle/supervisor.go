@@ -82,11 +82,13 @@ type Config struct {
 	// Link runs for Run's whole life (the manager link): from after the
 	// first children were launched until their stop; nil for none.
 	Link func(ctx context.Context) error
-	// TestMisbehave (tests only) replaces children by `cvmd probe child
-	// MODE`, a stand-in that breaks the child contract in the named way.
+	// TestMisbehave replaces children by `cvmd probe child MODE`, a stand-in
+	// that breaks the child contract in the named way. Only a test build
+	// (-tags cvmdtest) has the flag that sets it, and the probe.
 	TestMisbehave map[string]string
-	// PanicOnSIGUSR1 is a test-only switch: SIGUSR1 makes the event loop
-	// panic, to prove that PID 1 survives and the children come back.
+	// PanicOnSIGUSR1 makes the event loop panic on SIGUSR1, to prove that
+	// PID 1 survives and the children come back. Only a test build has the
+	// flag that sets it.
 	PanicOnSIGUSR1 bool
 }
 

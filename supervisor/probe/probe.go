@@ -1,10 +1,13 @@
-// Package probe is a test-only tool built into cvmd as the hidden `cvmd
-// probe` command. It looks at a running child's sandbox from the inside:
+// Package probe is a test-only tool built into the test build of cvmd
+// (-tags cvmdtest, make's bin/cvmd-test) as the hidden `cvmd probe`
+// command; the measured binary does not have it. It looks at a running
+// child's sandbox from the inside:
 // `probe exec` runs `probe in ...` inside an existing child container
 // (joining its namespaces and cgroup, under its capabilities, seccomp
 // profile and no-new-privileges, like `runc exec`), and `probe in` tries
 // what a child must not be able to do and prints what happened. `probe
-// spawnbench` times sandboxed spawns for the benchmarks.
+// spawnbench` times sandboxed spawns for the benchmarks, and `probe child`
+// stands in for a child that breaks the child contract (--test-misbehave).
 //
 // The supervisor never runs it and children cannot reach it; only tests
 // (tests/supervisor) do. It imports sandbox and libcontainer; nothing

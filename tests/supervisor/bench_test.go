@@ -47,7 +47,7 @@ func TestBenchBootToReady(t *testing.T) {
 	benchOn(t)
 	var ms, cpu []float64
 	for i := 0; i < 10; i++ {
-		d := startDev(t)
+		d := startDevBin(t, measuredCvmd(t), true)
 		ms = append(ms, float64(d.ready.Sub(d.started).Microseconds())/1000)
 		d.stop(10 * time.Second)
 		// CPU of the whole tree (every process is waited for by its parent),
@@ -100,7 +100,7 @@ func TestBenchRestart(t *testing.T) {
 	benchOn(t)
 	var ms []float64
 	for boot := 0; boot < 2; boot++ {
-		d := startDev(t)
+		d := startDevBin(t, measuredCvmd(t), true)
 		for _, name := range childNames {
 			old := d.status().child(name)
 			pid := d.hostPid(old.Pid)
@@ -139,7 +139,7 @@ func procKiB(pid int, file, key string) float64 {
 // total PSS of PID 1, the supervisor proper and the six children.
 func TestBenchMemory(t *testing.T) {
 	benchOn(t)
-	d := startDev(t)
+	d := startDevBin(t, measuredCvmd(t), true)
 	time.Sleep(2 * time.Second)
 	st := d.status()
 	proper := d.hostPid(st.Pid)

@@ -2,6 +2,7 @@ package supervisor_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -39,7 +40,13 @@ type tableSpec struct {
 
 func printedTable(t *testing.T) (*tableSpec, string) {
 	t.Helper()
-	out, err := exec.Command(cvmd(t), "supervise", "--print-sandbox").Output()
+	return printedTableOf(t, cvmd(t))
+}
+
+// printedTableOf is `bin supervise --print-sandbox`, parsed.
+func printedTableOf(t *testing.T, bin string) (*tableSpec, string) {
+	t.Helper()
+	out, err := exec.Command(bin, "supervise", "--print-sandbox").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -545,5 +552,36 @@ func TestPrintSandboxIsStable(t *testing.T) {
 	_, h2 := printedTable(t)
 	if h1 != h2 || len(h1) != 64 {
 		t.Fatalf("hash %q then %q", h1, h2)
+	}
+}
+
+// TestMeasuredBinaryHasNoTestSwitches: the binary that is measured has no
+// way to behave otherwise than its measurement says: no `cvmd probe`, no
+// --test-* flag (they exist in the test build only), and the same table.
+func TestMeasuredBinaryHasNoTestSwitches(t *testing.T) {
+	bin := measuredCvmd(t)
+	state := t.TempDir()
+	for _, args := range [][]string{
+		{"probe", "in", "ready"},
+		{"supervise", "--dev", "--state", state, "--test-misbehave", "ingress=crash"},
+		{"supervise", "--dev", "--state", state, "--test-panic-on-sigusr1"},
+	} {
+		// A binary that takes the switch starts a supervisor: bound the wait.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
+		out, err := cmd.CombinedOutput()
+		running := ctx.Err() != nil
+		cancel()
+		if err == nil || running {
+			t.Errorf("cvmd %v: accepted by the measured binary:\n%s", args, out)
+			continue
+		}
+		if !strings.Contains(string(out), "unknown command") && !strings.Contains(string(out), "flag provided but not defined") {
+			t.Errorf("cvmd %v: refused, but not as unknown (%v):\n%s", args, err, out)
+		}
+	}
+	if _, h := printedTableOf(t, bin); h != func() string { _, h := printedTable(t); return h }() {
+		t.Error("the measured and the test build print different tables")
 	}
 }
