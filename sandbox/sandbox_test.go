@@ -251,7 +251,11 @@ func TestCreateThenExec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Its process is libcontainer's init, waiting: the program has not run.
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sb.Pid()))
+	if args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00"); err != nil || len(args) < 2 || args[1] != "init" {
+		t.Fatalf("created sandbox runs %q (%v), want libcontainer's init", args, err)
+	}
 	if s := out.String(); s != "" {
 		t.Fatalf("the program ran before Exec: %q", s)
 	}

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,6 +39,8 @@ type testSupervisor struct {
 	starts   []string
 	stops    int
 	stopGate chan struct{} // if set, Stop waits for it to close
+	// stopped, if set, gets a value when Stop is entered (before the gate).
+	stopped chan struct{}
 }
 
 func (s *testSupervisor) Start(_ context.Context, r *cvms.ComputationRunReq) error {
@@ -51,6 +55,9 @@ func (s *testSupervisor) Start(_ context.Context, r *cvms.ComputationRunReq) err
 }
 
 func (s *testSupervisor) Stop(ctx context.Context, _ string) error {
+	if s.stopped != nil {
+		s.stopped <- struct{}{}
+	}
 	if s.stopGate != nil {
 		select {
 		case <-s.stopGate:
@@ -293,14 +300,15 @@ func TestLinkManagerDownAtBootThenUp(t *testing.T) {
 	r := newRig(t)
 	sup := &testSupervisor{}
 	addr := freeAddr(t)
-	l := startLink(t, Config{URL: addr}, Deps{Supervisor: sup, Logs: r.client})
+	linkLog := &lockedBuffer{}
+	l := startLink(t, Config{URL: addr}, Deps{Supervisor: sup, Logs: r.client, Log: linkLog.logger()})
 	const n = 2000
 	for i := 0; i < n; i++ {
 		if !r.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: fmt.Sprintf("line %d", i), Level: "INFO"}}}) {
 			t.Fatalf("line %d refused", i)
 		}
 	}
-	time.Sleep(300 * time.Millisecond) // the manager is down meanwhile
+	linkLog.waitCount(t, "manager link down", 2, 10*time.Second) // it tried, and tried again, while the manager was down
 	srv, _, _ := startManager(t, addr, devmanager.Options{Computation: sampleReq(t, "c1")})
 	got := waitLines(t, []*devmanager.Server{srv}, n, 20*time.Second)
 	dups := checkLines(t, got, n)
@@ -342,14 +350,15 @@ func TestLinkManagerRestartedMidStream(t *testing.T) {
 	checkLeaks(t)
 	r := newRig(t)
 	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
-	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
+	linkLog := &lockedBuffer{}
+	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client, Log: linkLog.logger()})
 	const n = 20000
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for i := 0; i < n; i++ {
 			r.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: fmt.Sprintf("line %d", i), Level: "INFO"}}})
 			if i%1000 == 0 {
-				time.Sleep(10 * time.Millisecond)
+				time.Sleep(10 * time.Millisecond) // pacing, not waiting: lines keep coming while the manager is replaced
 			}
 		}
 	})
@@ -357,8 +366,9 @@ func TestLinkManagerRestartedMidStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv1.Wait(ctx, func(ms []devmanager.Received) bool { return len(ms) > 3000 })
+	down := linkLog.count("manager link down")
 	stop1()
-	time.Sleep(200 * time.Millisecond)
+	linkLog.waitCount(t, "manager link down", down+1, 10*time.Second) // the link saw the manager go
 	srv2, _, _ := startManager(t, addr, devmanager.Options{})
 	wg.Wait()
 	if st := r.sink.Stats(); st.Dropped != 0 {
@@ -394,14 +404,18 @@ func TestLinkLogfwdRestartedMidStream(t *testing.T) {
 // answers after it.
 func TestLinkKeepsAnswersAcrossReconnect(t *testing.T) {
 	checkLeaks(t)
-	sup := &testSupervisor{stopGate: make(chan struct{})}
+	sup := &testSupervisor{stopGate: make(chan struct{}), stopped: make(chan struct{}, 1)}
 	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	startLink(t, Config{URL: addr}, Deps{Supervisor: sup})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv1.Wait(ctx, func(ms []devmanager.Received) bool { return len(ms) >= 2 })
-	srv1.Command("stop c1") // the stop blocks in the supervisor
-	time.Sleep(100 * time.Millisecond)
+	srv1.Command("stop c1")
+	select { // the stop reached the supervisor, where it blocks
+	case <-sup.stopped:
+	case <-ctx.Done():
+		t.Fatal("the stop did not reach the supervisor")
+	}
 	stop1()
 	close(sup.stopGate) // the answer is made while no manager is there
 	srv2, _, _ := startManager(t, addr, devmanager.Options{})
@@ -671,4 +685,37 @@ func checkLeaks(t *testing.T) {
 func countFDs() int {
 	ents, _ := os.ReadDir("/proc/self/fd")
 	return len(ents)
+}
+
+// lockedBuffer is a log written by the link's goroutines and read by the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// count is how many lines of the log contain s.
+func (l *lockedBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+// waitCount polls the log until s appears n times.
+func (l *lockedBuffer) waitCount(t *testing.T, s string, n int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for l.count(s) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%q logged %d times in %v, want %d", s, l.count(s), d, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -415,18 +415,24 @@ func TestOrphanIsReaped(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nsenter: %v\n%s", err, out)
 	}
-	time.Sleep(100 * time.Millisecond)
-	var orphan int
-	for _, pid := range d.inNS() {
-		if s := procStatus(pid); s["Name"] == "sleep" {
-			orphan = pid
-			if s["PPid"] != strconv.Itoa(d.pid1) {
-				t.Fatalf("orphan's parent is %s, want PID 1 (%d)", s["PPid"], d.pid1)
-			}
-		}
+	nsPid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("nsenter printed %q, want the orphan's pid", out)
 	}
-	if orphan == 0 {
-		t.Fatal("no orphan found")
+	// The shell is gone (nsenter waited for it): its child is an orphan,
+	// running sleep once its exec is done.
+	orphan := 0
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		if orphan = d.hostPid(nsPid); orphan != 0 && procStatus(orphan)["Name"] == "sleep" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no orphan sleep with pid %d in the namespace (host pid %d)", nsPid, orphan)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ppid := procStatus(orphan)["PPid"]; ppid != strconv.Itoa(d.pid1) {
+		t.Fatalf("orphan's parent is %s, want PID 1 (%d)", ppid, d.pid1)
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for {
@@ -513,7 +519,7 @@ func (d *dev) stopLeavingNothing() {
 // program not executed: the sandbox's process is still libcontainer's init.
 // A shutdown then stops those half-started sandboxes like any other.
 func TestDependentsRunAfterReady(t *testing.T) {
-	d := startDevWith(t, false, "--test-misbehave", "logfwd=silent", "--ready-timeout", "60s")
+	d := startDevWith(t, false, "--test-misbehave", "logfwd=silent", "--ready-timeout", "2s")
 	st := d.waitAll(func(s *status) bool {
 		for _, name := range childNames[1:] {
 			if s.child(name).Status != "created" {
@@ -525,9 +531,20 @@ func TestDependentsRunAfterReady(t *testing.T) {
 	if c := st.child("logfwd"); c.Status != "starting" {
 		t.Errorf("logfwd: %+v, want starting (it never says READY)", c)
 	}
-	time.Sleep(300 * time.Millisecond) // a program started too early would have replaced init by now
+	// Still so once logfwd's READY timeout has come and gone: the loop
+	// handled that (and logfwd's restart) without running a dependent.
+	for deadline := time.Now().Add(30 * time.Second); !logHas(d.out.String(), `msg="child never said READY; killing it"`, "child=logfwd "); {
+		if time.Now().After(deadline) {
+			t.Fatal("logfwd's READY timeout never came")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	for _, name := range childNames[1:] {
-		pid := d.hostPid(d.status().child(name).Pid)
+		c := d.status().child(name)
+		if c.Status != "created" || c.Generation != 1 {
+			t.Errorf("%s after logfwd's READY timeout: %+v, want still created, generation 1", name, c)
+		}
+		pid := d.hostPid(c.Pid)
 		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
