@@ -71,6 +71,11 @@ func TestImportRules(t *testing.T) {
 				}
 			}
 		}
+		for _, d := range p.Deps {
+			if d == module+"internal/testutil" {
+				t.Errorf("%s depends on internal/testutil: it is for tests only", rel)
+			}
+		}
 		// A child never imports another child; the shared runtime is children/child.
 		if strings.HasPrefix(rel, "children/") {
 			self := strings.SplitN(strings.TrimPrefix(rel, "children/"), "/", 2)[0]
