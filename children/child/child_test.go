@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/control"
 )
@@ -24,21 +25,10 @@ import (
 // The test binary doubles as the child: TestMain runs child.Run when asked to,
 // the way cvmd's dispatch table does.
 func TestMain(m *testing.M) {
-	if os.Getenv("CHILD_TEST_ROLE") == "orphans" {
-		if err := child.Run("orphans", orphansMain); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	if os.Getenv("CHILD_TEST_ROLE") == "echo" {
-		if err := child.Run("echo", echoMain); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
+	testutil.Main(m, testutil.Helpers{
+		"orphans": func() int { return testutil.ExitCode(child.Run("orphans", orphansMain)) },
+		"echo":    func() int { return testutil.ExitCode(child.Run("echo", echoMain)) },
+	})
 }
 
 // echoMain serves a line echo on every from: edge and answers a Command
@@ -87,8 +77,7 @@ func start(t *testing.T, cfg *control.ChildConfig) *started {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "CHILD_TEST_ROLE=echo")
+	cmd := testutil.HelperCommand("echo")
 	cmd.ExtraFiles = []*os.File{ctlChild, edgeSrv} // fd 3, fd 4
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -3,16 +3,15 @@ package ingress
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"io"
 	"net"
-	"os"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmd/cvmd/attest/atls"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 )
 
@@ -20,9 +19,7 @@ import (
 // a client after the HTTP/2 preface, relayed to a reader that discards it on
 // the far side of an ipc edge (no gRPC, no hashing), plaintext and TLS.
 func TestBenchIngressRelay(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("set CVMD_BENCH=1 to run benchmarks")
-	}
+	testutil.BenchOn(t)
 	const total = 512 << 20
 	cli, srv, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "agent")
 	if err != nil {
@@ -83,6 +80,6 @@ func TestBenchIngressRelay(t *testing.T) {
 		if n != total+int64(len(h2Preface)) {
 			t.Fatalf("%s: relayed %d bytes", mode.name, n)
 		}
-		fmt.Printf("BENCH %s %.1f MiB/s (client, ingress and sink in one process on this machine)\n", mode.name, float64(total)/(1<<20)/el.Seconds())
+		testutil.Bench(mode.name, float64(total)/(1<<20)/el.Seconds(), "MiB/s", "client, ingress and sink in one process on this machine")
 	}
 }

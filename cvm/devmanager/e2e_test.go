@@ -2,7 +2,6 @@ package devmanager_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cvmd/cvmd/cvm/devmanager"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/cvms"
 )
 
@@ -259,8 +259,8 @@ func TestE2ESampleComputation(t *testing.T) {
 		}
 	}
 	t.Logf("sample computation: sent → results.zip in %s; result %q", elapsed, strings.TrimSpace(result))
-	if os.Getenv("CVMD_BENCH") == "1" {
-		fmt.Printf("BENCH run_e2e_ms %.1f ms\n", float64(elapsed.Microseconds())/1000)
+	if testutil.Benchmarking() {
+		testutil.Bench("run_e2e_ms", float64(elapsed.Microseconds())/1000, "ms")
 	}
 }
 
@@ -305,8 +305,6 @@ func tail(s string, n int) string {
 
 // TestBenchRunE2E is the benchmark entry `make bench` selects (^TestBench).
 func TestBenchRunE2E(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("CVMD_BENCH=1 runs benchmarks")
-	}
+	testutil.BenchOn(t)
 	TestE2ESampleComputation(t)
 }

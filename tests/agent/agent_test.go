@@ -10,19 +10,21 @@ import (
 	"testing"
 	"time"
 
+	"net"
+	"strconv"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"net"
-	"strconv"
 
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	"github.com/cvmd/cvmd/cocos/zipdir"
 	"github.com/cvmd/cvmd/cvm/cli"
+	"github.com/cvmd/cvmd/internal/testutil"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 	"github.com/cvmd/cvmd/proto/agentctl"
 )
@@ -162,7 +164,7 @@ func TestFullComputation(t *testing.T) {
 		tcp  bool
 	}{{"socketpair", false}, {"tcp", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
+			testutil.CheckLeaks(t)
 			w := newWorld(t, agenttest.Options{TCP: tc.tcp}, algoScript)
 			tcp := tc.tcp
 			if s := w.state(t); s != "ReceivingAlgorithm" {
@@ -252,7 +254,7 @@ func rawConn(t *testing.T, w *world) *grpc.ClientConn {
 }
 
 func TestClientKilledMidUploadThenRetry(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	w := newWorld(t, agenttest.Options{}, algoScript)
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
 	c := agentpb.NewAgentServiceClient(rawConn(t, w))
@@ -290,7 +292,7 @@ func TestClientKilledMidUploadThenRetry(t *testing.T) {
 }
 
 func TestAgentRestartResumes(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	state := t.TempDir()
 	w := newWorld(t, agenttest.Options{StateDir: state}, "#!/bin/sh\nsleep 1\necho ok > results/r.txt\n")
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)

@@ -20,6 +20,7 @@ import (
 	agentchild "github.com/cvmd/cvmd/children/agent"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/control"
@@ -29,14 +30,7 @@ import (
 // TestMain turns the test binary into `cvmd agent` when asked, so tests can
 // run the real child (its Main and the child runtime) as its own process.
 func TestMain(m *testing.M) {
-	if os.Getenv("CVMD_TEST_AGENT_CHILD") == "1" {
-		if err := child.Run("agent", agentchild.Main); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
+	testutil.Main(m, testutil.Helpers{"agent": func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) }})
 }
 
 // proc is the agent child running as a separate process, wired as the
@@ -77,9 +71,7 @@ func startProc(t *testing.T, stateDir string) *proc {
 	runCli, runSrv := pair("to:runner")
 	rl.Add(runSrv)
 
-	exe, _ := os.Executable()
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), "CVMD_TEST_AGENT_CHILD=1")
+	cmd := testutil.HelperCommand("agent")
 	cmd.ExtraFiles = []*os.File{ctlChild, supSrv, ingSrv, runCli} // fds 3, 4, 5, 6
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
