@@ -49,6 +49,7 @@ const (
 	StatusStarting   = "Starting"
 	StatusFailed     = "Failed"
 	StatusStopped    = "Stopped"
+	StatusWarning    = "Warning" // as the runner's stderr events
 )
 
 // next returns where ev leads from s, and whether that transition exists.

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/proto/logs"
 	pb "github.com/cvmd/cvmd/proto/runner"
 )
@@ -153,5 +154,23 @@ func TestRunRefusesBadComputationIDs(t *testing.T) {
 				t.Fatalf("Run(%q): %v; about computation_id = %v, want %v", tc.id, err, got, tc.wantID)
 			}
 		})
+	}
+}
+
+// TestNewRemovesAKilledRunnersWorkDirs: a runner killed with -9 leaves its
+// run's work dir; the next runner, which may be asked to run the same
+// computation (same dir name), starts without it.
+func TestNewRemovesAKilledRunnersWorkDirs(t *testing.T) {
+	work, comp := t.TempDir(), t.TempDir()
+	left := filepath.Join(work, "runs", "c1-1")
+	if err := os.MkdirAll(left, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(left, "algo"), []byte("x"), 0o555)
+	if _, err := New(Config{WorkDir: work, ComputationDir: comp, Send: func(*control.Message, map[string]*os.File) error { return nil }}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Fatalf("the killed runner's work dir is still there: %v", err)
 	}
 }

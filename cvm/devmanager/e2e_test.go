@@ -67,6 +67,7 @@ type guest struct {
 	managers           []*devmanager.Server
 	stopMgr            func()
 	ctx                context.Context
+	cvmdPid            int // the `cvmd supervise` process, once started
 }
 
 func newGuest(t *testing.T) *guest {
