@@ -120,9 +120,7 @@ func TestKillDuringBurstLosesNothingAcked(t *testing.T) {
 		}
 	})
 	for kill := 1; kill <= 3; kill++ {
-		for sink.Stats().Acked < uint64(kill*n/5) {
-			time.Sleep(time.Millisecond)
-		}
+		testutil.WaitUntil(t, time.Minute, fmt.Sprintf("%d records acknowledged", kill*n/5), func() bool { return sink.Stats().Acked >= uint64(kill*n/5) })
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		var next *os.File
@@ -176,9 +174,7 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 		}
 	})
 	// The "manager": starts late, so the disk fills first, then reads and commits.
-	for q.WriteErrors() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitUntil(t, time.Minute, "a write refused by the full disk", func() bool { return q.WriteErrors() > 0 })
 	r := q.NewReader(0)
 	defer r.Close()
 	next, dups, commitErrs := 0, 0, 0

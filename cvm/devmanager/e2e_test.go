@@ -273,7 +273,8 @@ func TestE2ESampleComputation(t *testing.T) {
 func TestE2EManagerDownAtBootRestartedMidComputation(t *testing.T) {
 	g := newGuest(t)
 	g.startCvmd()
-	time.Sleep(time.Second) // the guest retries meanwhile
+	// The guest tried the absent manager and will retry.
+	g.waitLog(`msg="manager link down"`)
 	first := g.startManager(true)
 	g.waitRunRes(first)
 	g.retry("algo", g.algo, g.priv, "-a", "bin")
@@ -295,6 +296,19 @@ func TestE2EManagerDownAtBootRestartedMidComputation(t *testing.T) {
 	}
 	_, dups := g.events()
 	t.Logf("events across a manager absent at boot and restarted mid-computation: all arrived, %d duplicates (at-least-once)", dups)
+}
+
+// waitLog polls the supervisor's log until it has a line containing s.
+func (g *guest) waitLog(s string) {
+	g.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(filepath.Join(g.work, "supervisor.log")); strings.Contains(string(b), s) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond) // polling the file, bounded by deadline
+	}
+	g.t.Fatalf("the supervisor never logged %q", s)
 }
 
 func tail(s string, n int) string {

@@ -1,7 +1,9 @@
 package testutil
 
 import (
+	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -109,4 +111,31 @@ func (f *fakeT) runCleanups() {
 	for i := len(f.cleanups) - 1; i >= 0; i-- {
 		f.cleanups[i]()
 	}
+}
+
+func TestWaitUntil(t *testing.T) {
+	n := 0
+	WaitUntil(t, time.Second, "three polls", func() bool { n++; return n == 3 })
+	ft := &fatalT{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		WaitUntil(ft, 10*time.Millisecond, "never", func() bool { return false })
+	}()
+	<-done
+	if ft.msg != "waited 10ms for never" {
+		t.Errorf("failure %q", ft.msg)
+	}
+}
+
+// fatalT records Fatalf and ends the goroutine, as testing.T does.
+type fatalT struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalT) Helper() {}
+func (f *fatalT) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
 }
