@@ -270,7 +270,10 @@ func TestClientKilledMidUploadThenRetry(t *testing.T) {
 		}
 	}
 	// The agent has the file open; the client dies.
-	time.Sleep(100 * time.Millisecond)
+	testutil.WaitUntil(t, 20*time.Second, "the upload's file in .incoming", func() bool {
+		ents, _ := os.ReadDir(filepath.Join(w.compDir, ".incoming"))
+		return len(ents) > 0
+	})
 	cancel()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -307,7 +310,7 @@ func TestAgentRestartResumes(t *testing.T) {
 	w.wantCVMError(t, false, "already received", "data", w.dsA, w.dataA.KeyFile)
 	w.mustCVM(t, false, "data", w.dsB, w.dataB.KeyFile)
 	// Killed while running: the new agent runs the algorithm again.
-	time.Sleep(200 * time.Millisecond)
+	testutil.WaitUntil(t, 20*time.Second, "the algorithm running", func() bool { return w.h.Runner.Running() > 0 })
 	if s := w.state(t); s != "Running" {
 		t.Fatalf("state %s, want Running", s)
 	}

@@ -41,6 +41,7 @@ type proc struct {
 	ctl     *ipc.Control
 	Dial    func(ctx context.Context) (net.Conn, error)
 	Control agentctl.ControlClient
+	Runner  *agenttest.Runner // the runner stand-in, in the test process
 	closers []func()
 }
 
@@ -49,9 +50,9 @@ func startProc(t *testing.T, stateDir string) *proc {
 	comp := filepath.Join(stateDir, "computation")
 	// The runner stand-in lives in the test process.
 	rl, rd := agenttest.Edge(t, "runner")
-	_ = rd
 	rs := grpc.NewServer()
-	runner.RegisterRunnerServer(rs, &agenttest.Runner{Dir: comp})
+	rn := &agenttest.Runner{Dir: comp}
+	runner.RegisterRunnerServer(rs, rn)
 	go rs.Serve(rl)
 
 	ctlParent, ctlChild, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "control")
@@ -81,7 +82,7 @@ func startProc(t *testing.T, stateDir string) *proc {
 	for _, f := range cmd.ExtraFiles {
 		f.Close()
 	}
-	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent)}
+	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent), Runner: rn}
 	hello := &control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: &control.ChildConfig{
 		Version: 1, Name: "agent", StateDir: stateDir, LogLevel: "warn",
 		Fds: map[string]int32{"from:supervisor": 4, "from:ingress": 5, "to:runner": 6},
@@ -160,8 +161,8 @@ func TestAgentProcessKilledAndResumed(t *testing.T) {
 		t.Fatalf("resumed in %s", s)
 	}
 	w.mustCVM(t, false, "data", w.dsB, w.dataB.KeyFile)
-	time.Sleep(200 * time.Millisecond)
 	// kill -9 while the algorithm runs.
+	testutil.WaitUntil(t, 20*time.Second, "the algorithm running", func() bool { return p.Runner.Running() > 0 })
 	p.kill()
 	p = startProc(t, state)
 	w.dial, w.control = p.Dial, p.Control
