@@ -55,21 +55,25 @@ func appendN(t *testing.T, q *Queue, from, n, per int) {
 	}
 }
 
-// readAll reads every record currently in q after `after`.
+// readAll reads every record currently in q after `after` (up to the last
+// offset assigned now).
 func readAll(t *testing.T, q *Queue, after uint64) []Entry {
 	t.Helper()
 	r := q.NewReader(after)
 	defer r.Close()
 	var out []Entry
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	next, _, _ := q.Stats()
+	for last := after; last+1 < next; {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		es, err := r.Next(ctx, 1000, 1<<20)
 		cancel()
 		if err != nil {
-			return out
+			t.Fatalf("reading the queue after offset %d of %d: %v", last, next-1, err)
 		}
 		out = append(out, es...)
+		last = es[len(es)-1].Offset
 	}
+	return out
 }
 
 func TestQueueRoundTripRestartCommit(t *testing.T) {
