@@ -82,8 +82,9 @@ const workGrace = 2 * time.Second
 // failure, panics included, on the control channel in the child's own words.
 // A panic in a goroutine of the runtime (a command, a rewire hook) is
 // reported the same way and ends the child with that error. Run returns
-// after every goroutine it started has ended (commands and hooks get
-// workGrace after main returns).
+// after every goroutine it started has ended; commands and hooks get
+// workGrace after main returns, and one still running then is named on
+// stderr and left to the process's exit.
 func Run(name string, main Main) (err error) {
 	f, ferr := ipc.NewFile(ControlFD, "control")
 	if ferr != nil {
