@@ -25,7 +25,7 @@ import (
 	"github.com/cvmd/cvmd/proto/control"
 	pb "github.com/cvmd/cvmd/proto/runner"
 	"github.com/cvmd/cvmd/sandbox"
-	"github.com/cvmd/cvmd/supervisor"
+	"github.com/cvmd/cvmd/supervisor/algosandbox"
 
 	// libcontainer's re-exec of this test binary as `init`.
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
@@ -174,7 +174,7 @@ func (r *records) has(stream, substr string) bool {
 // channel (SOCK_SEQPACKET, fds passed with SCM_RIGHTS), in this process.
 type world struct {
 	state, comp, work string
-	algo              *supervisor.AlgoSandboxes
+	algo              *algosandbox.Sandboxes
 	svc               *runner.Service
 	rec               *records
 	supLog            testutil.Buffer // the handler's own log
@@ -182,7 +182,7 @@ type world struct {
 }
 
 type worldOpts struct {
-	max      supervisor.AlgoLimits
+	max      algosandbox.Limits
 	settings *config.RunnerSettings
 	proxy    func(edge string, ln *os.File) error
 }
@@ -208,7 +208,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.algo, err = supervisor.NewAlgoSandboxes(supervisor.AlgoConfig{
+	w.algo, err = algosandbox.New(algosandbox.Config{
 		Runtime: rt, ComputationDir: w.comp, WorkDir: w.work, RunDir: filepath.Join(w.state, "run"),
 		Cvmd: cvmdForWasm(t), Max: o.max, Proxy: o.proxy, Log: slog.New(slog.NewTextHandler(&w.supLog, nil)),
 	})
@@ -241,7 +241,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 			}
 		}
 	})
-	wg.Go(func() { // the supervisor's routing of the runner's messages (as supervisor/run.go)
+	wg.Go(func() { // the supervisor's routing of the runner's messages (as supervisor/lifecycle/launch.go)
 		var reqs sync.WaitGroup
 		defer reqs.Wait()
 		for {
@@ -258,7 +258,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 			case *control.Message_SandboxRequest:
 				reqs.Go(func() {
 					reply := &control.SandboxReply{Id: b.SandboxRequest.GetId()}
-					files, err := w.algo.Request(context.Background(), b.SandboxRequest)
+					files, _, err := w.algo.Request(context.Background(), b.SandboxRequest)
 					if err != nil {
 						reply.Error = err.Error()
 					}
