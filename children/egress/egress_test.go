@@ -110,22 +110,11 @@ func (d *dialRecorder) count() int {
 }
 
 // logBuffer collects the proxy's log lines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(b)
-}
+type logBuffer struct{ testutil.Buffer }
 
 func (l *logBuffer) lines() []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []map[string]any
-	for _, line := range bytes.Split(bytes.TrimSpace(l.buf.Bytes()), []byte("\n")) {
+	for _, line := range bytes.Split(bytes.TrimSpace(l.Bytes()), []byte("\n")) {
 		m := map[string]any{}
 		if json.Unmarshal(line, &m) == nil {
 			out = append(out, m)
