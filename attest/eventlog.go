@@ -5,10 +5,11 @@ import (
 	"crypto/sha3"
 	"crypto/sha512"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/cvmd/cvmd/attest/strictcbor"
 )
 
 // PCRs cvmd extends.
@@ -181,21 +182,6 @@ func (l EventLog) ReplaySHA384(pcr uint32) ([]byte, error) {
 	return v, nil
 }
 
-var logDec cbor.DecMode
-
-func init() {
-	var err error
-	logDec, err = cbor.DecOptions{
-		MaxArrayElements: MaxEvents,
-		MaxNestedLevels:  4,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-}
-
 // MarshalLog encodes the log as a CBOR array.
 func MarshalLog(l EventLog) ([]byte, error) {
 	if l == nil {
@@ -208,12 +194,11 @@ func MarshalLog(l EventLog) ([]byte, error) {
 // events that are not cvmd events.
 func ParseLog(b []byte) (EventLog, error) {
 	var l EventLog
-	rest, err := logDec.UnmarshalFirst(b, &l)
-	if err != nil {
+	if err := strictcbor.Unmarshal(b, &l); err != nil {
 		return nil, fmt.Errorf("attest: decoding event log: %w", err)
 	}
-	if len(rest) != 0 {
-		return nil, errors.New("attest: trailing bytes after event log")
+	if len(l) > MaxEvents {
+		return nil, fmt.Errorf("attest: event log has %d events, at most %d", len(l), MaxEvents)
 	}
 	for i := range l {
 		if err := l[i].Validate(); err != nil {

@@ -12,6 +12,8 @@ package eat
 import (
 	"fmt"
 	"time"
+
+	"github.com/cvmd/cvmd/attest/strictcbor"
 )
 
 // MinNonceLen is the shortest eat_nonce accepted (RFC 9711 and Cocos).
@@ -120,7 +122,7 @@ func Encode(c *Claims, issuer string, now time.Time, sign Signer) ([]byte, error
 	c.Issuer = issuer
 	c.IssuedAt = now.Unix()
 	c.ExpiresAt = now.Add(Validity).Unix()
-	payload, err := encMode.Marshal(c)
+	payload, err := marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("eat: encoding claims: %w", err)
 	}
@@ -135,7 +137,7 @@ func Decode(token []byte) (*Sign1, *Claims, error) {
 		return nil, nil, err
 	}
 	var c Claims
-	if err := decMode.Unmarshal(m.Payload, &c); err != nil {
+	if err := strictcbor.Unmarshal(m.Payload, &c); err != nil {
 		return nil, nil, fmt.Errorf("eat: decoding claims: %w", err)
 	}
 	return m, &c, nil

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -366,7 +367,8 @@ func FuzzOpenStore(f *testing.F) {
 
 // swtpm starts a software TPM (libtpms, not the simulator this package
 // otherwise uses) on a UnixIO socket; its PCRs outlive our connections, as a
-// vTPM's outlive the attestation child.
+// vTPM's outlive the attestation child. The test listens on the socket and
+// hands it to swtpm, so it is there before swtpm starts: nothing to wait for.
 func swtpm(t *testing.T) string {
 	t.Helper()
 	bin, err := exec.LookPath("swtpm")
@@ -375,22 +377,27 @@ func swtpm(t *testing.T) string {
 	}
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "tpm.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	lf, err := ln.(*net.UnixListener).File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
 	cmd := exec.Command(bin, "socket", "--tpm2", "--tpmstate", "dir="+dir,
-		"--server", "type=unixio,path="+sock, "--ctrl", "type=unixio,path="+filepath.Join(dir, "ctrl.sock"),
+		"--server", "type=unixio,fd=3", "--ctrl", "type=unixio,path="+filepath.Join(dir, "ctrl.sock"),
 		"--flags", "not-need-init,startup-clear")
+	cmd.ExtraFiles = []*os.File{lf}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for i := 0; i < 200; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			return sock
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("swtpm did not create its socket")
-	return ""
+	return sock
 }
 
 // TestHardwareModeSWTPM runs the HARDWARE path against swtpm: evidence that
