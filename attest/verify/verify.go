@@ -61,9 +61,14 @@ type Result struct {
 	SNP       *sevsnp.Report        // nil without SNP
 	TPM       *attestpb.Attestation // nil without vTPM
 	PCRs      map[uint32][]byte     // SHA-256 bank, from the verified quote
+	PCRs384   map[uint32][]byte     // SHA-384 bank, if quoted
+	TDX       *TDXRegisters         // nil without TDX
 	Events    attest.EventLog       // replayed and matching PCRs 15 and 16
 	Checks    []string              // the checks that ran and passed, in order
 	Restarts  map[string]uint32     // child → highest generation seen in the log
+
+	childTables []string // hex, every child-table event of the log
+	manifest    string   // hex SHA3-256 of the last manifest event
 }
 
 func (r *Result) pass(check string) { r.Checks = append(r.Checks, check) }
@@ -155,6 +160,11 @@ func Token(token []byte, o Options) (*Result, error) {
 		return nil, err
 	}
 	r.pass("eat.claims")
+	if o.Policy.CoRIM != nil {
+		if err := checkCoRIM(r, o); err != nil {
+			return nil, err
+		}
+	}
 	if r.Simulated && !o.AllowSimulated {
 		return nil, fail("simulated", ErrSimulated)
 	}

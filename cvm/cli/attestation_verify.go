@@ -19,7 +19,8 @@ import (
 func init() { Register("attestation", newAttestationVerifyCmd) }
 
 func newAttestationVerifyCmd() *cobra.Command {
-	var tee, vtpm, policyPath, bundlePath, childTable, manifest string
+	var tee, vtpm, bundlePath, childTable, manifest string
+	var pf policyFlags
 	var aks []string
 	var allowSim bool
 	c := &cobra.Command{
@@ -31,9 +32,11 @@ TPM attestation key or the SNP-bound token key; the SEV-SNP chain ARK → ASK �
 VCEK against --amd-bundle (PEM: ASK and ARK, e.g. AMD KDS cert_chain, plus
 optionally the VCEK) or go-sev-guest's embedded AMD roots; the report
 signature; REPORT_DATA against --tee (for snp-vtpm: SHA3-512(tee ‖ AK)); the
-vTPM quotes against the AK and --vtpm; --policy (Cocos's attestation_policy.json:
-go-sev-guest "policy", "rootOfTrust", "pcr_values", plus a "cvmd" section);
-and cvmd's measurement log replayed to PCRs 15 and 16.
+vTPM quotes against the AK and --vtpm; cvmd's measurement log replayed to
+PCRs 15 and 16; and --policy: a CoRIM (Cocos's or "cvm policy create-corim"'s;
+signed ones are checked against --corim-key, unsigned ones need
+--allow-unsigned-corim) or a JSON policy (Cocos's attestation_policy.json:
+go-sev-guest "policy", "rootOfTrust", "pcr_values", plus a "cvmd" section).
 
 Simulated evidence (cvmd's development platform) is refused unless
 --allow-simulated. The first failed check is printed with the values that
@@ -56,16 +59,8 @@ failed it, and the exit status is 1.`,
 			if o.Nonce, err = hexArg("vtpm", vtpm, 32); err != nil {
 				return err
 			}
-			if policyPath != "" {
-				b, err := os.ReadFile(policyPath)
-				if err != nil {
-					return fmt.Errorf("reading policy: %w", err)
-				}
-				if o.Policy, err = verify.ParsePolicy(b); err != nil {
-					return err
-				}
-			} else {
-				o.Policy = &verify.Policy{}
+			if o.Policy, err = pf.load(); err != nil {
+				return err
 			}
 			if bundlePath != "" {
 				if o.AMDBundle, err = os.ReadFile(bundlePath); err != nil {
@@ -103,7 +98,9 @@ failed it, and the exit status is 1.`,
 			if r.Simulated {
 				line += "\nWARNING: SIMULATED platform: this evidence proves nothing about hardware"
 			}
-			v := map[string]any{"ok": true, "platform": r.Claims.PlatformType, "simulated": r.Simulated, "checks": r.Checks}
+			// fresh: the evidence was bound to nonces this caller chose.
+			v := map[string]any{"ok": true, "platform": r.Claims.PlatformType, "simulated": r.Simulated, "checks": r.Checks,
+				"fresh": o.ReportData != nil || o.Nonce != nil}
 			if r.SNP != nil {
 				v["measurement"] = hex.EncodeToString(r.SNP.GetMeasurement())
 				line += "\nSNP measurement: " + hex.EncodeToString(r.SNP.GetMeasurement())
@@ -129,7 +126,7 @@ failed it, and the exit status is 1.`,
 	f := c.Flags()
 	f.StringVar(&tee, "tee", "", "expected teeNonce / report data, hex (≤ 64 bytes)")
 	f.StringVar(&vtpm, "vtpm", "", "expected vTPM nonce, hex (≤ 32 bytes)")
-	f.StringVar(&policyPath, "policy", "", "policy JSON (Cocos attestation_policy.json format, plus \"cvmd\")")
+	pf.add(c)
 	f.StringVar(&bundlePath, "amd-bundle", "", "PEM with the AMD ASK and ARK (and optionally the VCEK); default: embedded AMD roots")
 	f.StringVar(&childTable, "child-table", "", "expected supervisor child table SHA-256, hex (cvmd supervise --print-sandbox)")
 	f.StringVar(&manifest, "manifest", "", "expected manifest SHA3-256 in PCR 16's log, hex")

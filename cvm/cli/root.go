@@ -144,8 +144,12 @@ Cocos's CLI, each overridden by the matching flag:
   AGENT_GRPC_CLIENT_KEY       --client-key     client private key file (mTLS)
   AGENT_GRPC_SERVER_CA_CERTS  --server-ca      CA certificates that sign the agent's certificate (TLS)
   AGENT_GRPC_ATTESTED_TLS     --attested-tls   use attested TLS (true/false)
-  AGENT_GRPC_ATTESTATION_POLICY --attestation-policy  attestation policy file for aTLS
-No CA and no aTLS means plaintext gRPC.`,
+  AGENT_GRPC_ATTESTATION_POLICY --attestation-policy  attestation policy file for aTLS: a CoRIM
+                              (Cocos's or "cvm policy create-corim"'s) or a JSON policy
+No CA and no aTLS means plaintext gRPC. aTLS also reads CVM_CORIM_KEY (':'-separated PEM
+files of keys a signed CoRIM must be signed by), CVM_ATTESTATION_ALLOW_UNSIGNED_CORIM=true
+(accept an unsigned CoRIM, as Cocos's CLI writes by default) and
+CVM_ATTESTATION_ALLOW_SIMULATED=true (development VMs).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
