@@ -42,7 +42,8 @@ type Attester struct {
 	Issuer string
 	// SWVersion is claim 271 (the cvmd version); "" = omitted.
 	SWVersion string
-	// Log returns the current measurement log; nil = no log in tokens.
+	// Log returns the current measurement log; nil = no log in tokens. Its
+	// last boot event names the boot in every token (x-cvmd-boot-id).
 	Log func() EventLog
 	// MeasureLock, if set, is read-locked from the quote to the Log call, so
 	// the log in a token is exactly the one its quote covers: whoever
@@ -153,10 +154,15 @@ func (a *Attester) Attest(req Request) ([]byte, error) {
 		c.Signer = &eat.Signing{Kind: eat.SignerTPMAK, Key: spki}
 		sign = a.TPM.Sign
 		if a.Log != nil {
-			if c.EventLog, err = MarshalLog(a.Log()); err != nil {
+			log := a.Log()
+			if c.EventLog, err = MarshalLog(log); err != nil {
 				return nil, err
 			}
+			c.BootID = log.BootID()
 		}
+	}
+	if c.BootID == "" && a.Log != nil && c.EventLog == nil {
+		c.BootID = a.Log().BootID() // no quote to cover the log: the boot id alone, signed
 	}
 	if a.Simulated {
 		c.SWName = "cvmd (simulated platform: not for production)"

@@ -35,6 +35,7 @@ const (
 	EventChildTable = "child-table" // the supervisor's child table hash, at boot
 	EventChildStart = "child-start" // a child (re)started with this sandbox spec
 	EventManifest   = "manifest"    // PCR 16: a computation manifest
+	EventBoot       = "boot"        // the supervisor's boot id, before its child table
 )
 
 // MaxEventData bounds Event.Data for PCR 15 events (TPM2_PCR_Event takes at
@@ -80,7 +81,7 @@ func (e *Event) Digest() ([]byte, error) {
 // Validate checks an event before it is extended.
 func (e *Event) Validate() error {
 	switch {
-	case e.PCR == MeasurePCR && (e.Type == EventPlatform || e.Type == EventChildTable || e.Type == EventChildStart):
+	case e.PCR == MeasurePCR && (e.Type == EventPlatform || e.Type == EventChildTable || e.Type == EventChildStart || e.Type == EventBoot):
 		if len(e.Data) > MaxEventData {
 			return fmt.Errorf("attest: %s event data is %d bytes, at most %d", e.Type, len(e.Data), MaxEventData)
 		}
@@ -107,6 +108,26 @@ type PlatformInfo struct {
 	TPM       string `json:"tpm"`           // "simulator" or the device path
 	SNP       string `json:"snp,omitempty"` // "", "simulated", "hardware"
 	Simulated bool   `json:"simulated"`
+}
+
+// Boot is the data of a boot event: the supervisor's random id for this boot.
+type Boot struct {
+	BootID string `json:"boot_id"`
+}
+
+// BootID returns the boot id of the log's last boot event, or "".
+func (l EventLog) BootID() string {
+	id := ""
+	for _, e := range l {
+		if e.PCR != MeasurePCR || e.Type != EventBoot {
+			continue
+		}
+		var b Boot
+		if json.Unmarshal(e.Data, &b) == nil {
+			id = b.BootID
+		}
+	}
+	return id
 }
 
 // ChildTable is the data of a child-table event.

@@ -54,9 +54,14 @@ func RawSignature(r, s *big.Int) []byte {
 type Sign1 struct {
 	Protected []byte // serialized protected header map
 	Alg       int64  // from the protected header
-	Kid       []byte // unprotected header 4, if present
-	Payload   []byte
-	Signature []byte
+	// Kid is protected header 4 (the issuer), covered by the signature.
+	Kid []byte
+	// UnprotectedKid is unprotected header 4, which anyone can change without
+	// breaking the signature (Cocos puts its kid there): a verifier refuses
+	// a token that has one.
+	UnprotectedKid []byte
+	Payload        []byte
+	Signature      []byte
 }
 
 type sign1Wire struct {
@@ -86,8 +91,13 @@ func toBeSigned(protected, payload []byte) ([]byte, error) {
 }
 
 // SignSign1 wraps payload in a tagged COSE_Sign1 signed by sign with ES256.
+// kid, if any, goes into the protected header, so it is signed too.
 func SignSign1(payload, kid []byte, sign Signer) ([]byte, error) {
-	protected, err := marshal(map[int64]int64{headerAlg: algES256})
+	ph := map[int64]any{headerAlg: algES256}
+	if len(kid) > 0 {
+		ph[headerKid] = kid
+	}
+	protected, err := marshal(ph)
 	if err != nil {
 		return nil, err
 	}
@@ -102,12 +112,8 @@ func SignSign1(payload, kid []byte, sign Signer) ([]byte, error) {
 	if len(sig) != es256SigBytes {
 		return nil, fmt.Errorf("eat: signer returned %d bytes, want %d", len(sig), es256SigBytes)
 	}
-	unprot := map[int64]any{}
-	if len(kid) > 0 {
-		unprot[headerKid] = kid
-	}
 	return marshal(cbor.Tag{Number: coseSign1Tag, Content: sign1Wire{
-		Protected: protected, Unprotected: unprot, Payload: payload, Signature: sig,
+		Protected: protected, Unprotected: map[int64]any{}, Payload: payload, Signature: sig,
 	}})
 }
 
@@ -141,8 +147,16 @@ func ParseSign1(b []byte) (*Sign1, error) {
 		return nil, errors.New("eat: protected header has no integer alg")
 	}
 	m := &Sign1{Protected: w.Protected, Alg: alg, Payload: w.Payload, Signature: w.Signature}
-	if kid, ok := w.Unprotected[headerKid].([]byte); ok {
+	if v, ok := ph[headerKid]; ok {
+		kid, ok := v.([]byte)
+		if !ok {
+			return nil, errors.New("eat: protected kid is not a byte string")
+		}
 		m.Kid = kid
+	}
+	if v, ok := w.Unprotected[headerKid]; ok {
+		kid, _ := v.([]byte)
+		m.UnprotectedKid = append([]byte{}, kid...)
 	}
 	if w.Payload == nil {
 		return nil, errors.New("eat: COSE_Sign1 has a detached or nil payload")

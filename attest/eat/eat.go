@@ -65,6 +65,10 @@ type Claims struct {
 	// EventLog is cvmd's measurement log (attest.EventLog, CBOR), replayable
 	// against PCR 15 and PCR 16 of the quote in RawReport.
 	EventLog []byte `cbor:"x-cvmd-eventlog,omitempty"`
+	// BootID names the VM boot the token comes from (the supervisor's boot
+	// event in PCR 15's log): a verifier that knows the boot refuses a token
+	// of an earlier one.
+	BootID string `cbor:"x-cvmd-boot-id,omitempty"`
 }
 
 // SNP mirrors Cocos's x-cocos-sevsnp claims, read from the SNP report.
@@ -113,6 +117,9 @@ const (
 
 // Token validity, as Cocos: iat + 5 minutes.
 const Validity = 5 * time.Minute
+
+// MaxValidity is the longest exp − iat a verifier accepts.
+const MaxValidity = time.Hour
 
 // Encode sets iss/iat/exp, marshals claims deterministically and signs them.
 func Encode(c *Claims, issuer string, now time.Time, sign Signer) ([]byte, error) {

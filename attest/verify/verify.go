@@ -49,9 +49,21 @@ type Options struct {
 	// still marked Simulated). With no AMDBundle it also trusts the test-only
 	// chain carried in the evidence itself.
 	AllowSimulated bool
-	// Now is the time certificates are checked at; zero = time.Now().
+	// Now is the time certificates and the token's iat/exp are checked at;
+	// zero = time.Now().
 	Now time.Time
+	// ClockSkew is how far the token's clock may be from Now: iat may be up
+	// to ClockSkew in the future, exp up to ClockSkew in the past. Zero =
+	// DefaultClockSkew.
+	ClockSkew time.Duration
+	// BootID, if set, is the boot the token must come from (x-cvmd-boot-id,
+	// as a previous Result.BootID showed it): a token from an earlier boot
+	// of the VM is refused.
+	BootID string
 }
+
+// DefaultClockSkew is the clock difference tolerated between the VM and the verifier.
+const DefaultClockSkew = time.Minute
 
 // Result describes evidence that passed.
 type Result struct {
@@ -66,6 +78,8 @@ type Result struct {
 	Events    attest.EventLog       // replayed and matching PCRs 15 and 16
 	Checks    []string              // the checks that ran and passed, in order
 	Restarts  map[string]uint32     // child → highest generation seen in the log
+	BootID    string                // the boot the token comes from ("" if it names none)
+	IssuedAt  time.Time
 
 	childTables []string // hex, every child-table event of the log
 	manifest    string   // hex SHA3-256 of the last manifest event
@@ -85,8 +99,16 @@ func Token(token []byte, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fail("eat.decode", err)
 	}
-	r := &Result{Claims: c}
+	r := &Result{Claims: c, BootID: c.BootID, IssuedAt: time.Unix(c.IssuedAt, 0)}
 	r.pass("eat.decode")
+	if err := checkHeader(msg, c); err != nil {
+		return nil, err
+	}
+	r.pass("eat.kid")
+	if err := checkTime(c, o); err != nil {
+		return nil, err
+	}
+	r.pass("eat.time")
 	p, err := attest.ParsePlatform(c.PlatformType)
 	if err != nil || (p != attest.SNP && p != attest.VTPM && p != attest.SNPvTPM) {
 		return nil, mismatch("eat.platform_type", fmt.Sprintf("%q", c.PlatformType), `"SNP", "vTPM" or "SNP-vTPM"`)
@@ -156,6 +178,9 @@ func Token(token []byte, o Options) (*Result, error) {
 		return nil, fail("eat.signature", err)
 	}
 	r.pass("eat.signature")
+	if err := checkBootID(r, c, o); err != nil {
+		return nil, err
+	}
 	if err := checkClaims(r, c); err != nil {
 		return nil, err
 	}
@@ -169,6 +194,55 @@ func Token(token []byte, o Options) (*Result, error) {
 		return nil, fail("simulated", ErrSimulated)
 	}
 	return r, nil
+}
+
+// checkHeader refuses a kid the signature does not cover and a protected
+// kid that is not the issuer.
+func checkHeader(msg *eat.Sign1, c *eat.Claims) error {
+	if msg.UnprotectedKid != nil {
+		return mismatch("eat.kid", fmt.Sprintf("unprotected kid %q (not covered by the signature)", msg.UnprotectedKid), "no unprotected kid")
+	}
+	if msg.Kid != nil && string(msg.Kid) != c.Issuer {
+		return mismatch("eat.kid", fmt.Sprintf("%q", msg.Kid), fmt.Sprintf("the issuer %q", c.Issuer))
+	}
+	return nil
+}
+
+// checkTime checks iat and exp against o.Now, within o.ClockSkew.
+func checkTime(c *eat.Claims, o Options) error {
+	skew := o.ClockSkew
+	if skew == 0 {
+		skew = DefaultClockSkew
+	}
+	iat, exp := time.Unix(c.IssuedAt, 0), time.Unix(c.ExpiresAt, 0)
+	switch {
+	case c.IssuedAt == 0 || c.ExpiresAt == 0:
+		return mismatch("eat.time", fmt.Sprintf("iat %d, exp %d", c.IssuedAt, c.ExpiresAt), "both set")
+	case !exp.After(iat) || exp.Sub(iat) > eat.MaxValidity:
+		return mismatch("eat.time", fmt.Sprintf("valid %v from iat", exp.Sub(iat)), fmt.Sprintf("more than 0 and at most %v", eat.MaxValidity))
+	case iat.After(o.Now.Add(skew)):
+		return mismatch("eat.iat", "issued at "+iat.UTC().Format(time.RFC3339), fmt.Sprintf("not after %s (now + %v skew)", o.Now.Add(skew).UTC().Format(time.RFC3339), skew))
+	case exp.Before(o.Now.Add(-skew)):
+		return mismatch("eat.exp", "expired at "+exp.UTC().Format(time.RFC3339), fmt.Sprintf("not before %s (now − %v skew)", o.Now.Add(-skew).UTC().Format(time.RFC3339), skew))
+	}
+	return nil
+}
+
+// checkBootID requires the boot id claim to be the one of the quoted
+// measurement log (when there is one) and the one the caller expects.
+func checkBootID(r *Result, c *eat.Claims, o Options) error {
+	if r.Events != nil {
+		if logged := r.Events.BootID(); logged != c.BootID {
+			return mismatch("eat.boot_id", fmt.Sprintf("claim %q", c.BootID), fmt.Sprintf("%q, the quoted log's boot event", logged))
+		}
+	}
+	if o.BootID != "" {
+		if c.BootID != o.BootID {
+			return mismatch("eat.boot_id", fmt.Sprintf("%q (a token from another boot of the VM)", c.BootID), fmt.Sprintf("%q", o.BootID))
+		}
+		r.pass("eat.boot_id")
+	}
+	return nil
 }
 
 func kindOf(s *eat.Signing) string {

@@ -36,6 +36,9 @@ type fixture struct {
 	table string
 }
 
+// fixtureBoot is the boot id of the fixture's measurement log.
+const fixtureBoot = "0123456789abcdef"
+
 // newFixture opens the TPM simulator (process-global: tests using it are not parallel).
 func newFixture(t testing.TB, withTPM bool, snpOpts *sim.SNPOptions) *fixture {
 	t.Helper()
@@ -62,6 +65,7 @@ func newFixture(t testing.TB, withTPM bool, snpOpts *sim.SNPOptions) *fixture {
 		f.tpm, f.a.TPM = tp, tp
 		t.Cleanup(func() { tp.Close(); rw.Close() })
 		f.extend(t, attest.EventPlatform, attest.PlatformInfo{TPM: "simulator", SNP: "simulated", Simulated: true})
+		f.extend(t, attest.EventBoot, attest.Boot{BootID: fixtureBoot})
 		h := sha256.Sum256([]byte("child table"))
 		f.table = hex.EncodeToString(h[:])
 		f.extend(t, attest.EventChildTable, attest.ChildTable{SHA256: f.table})

@@ -256,8 +256,12 @@ func (s *Service) ExtendManifest(ctx context.Context, req *pb.ExtendManifestRequ
 }
 
 // Measure applies a supervisor MeasureRequest exactly once per (boot_id, seq).
+//
+// Without a TPM only the supervisor's boot event is kept (in the log file,
+// not extended anywhere), so tokens still name their boot; other events
+// have no PCR to go to and are refused.
 func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
-	if s.tpm == nil {
+	if s.tpm == nil && req.GetType() != attest.EventBoot {
 		return nil, errors.New("attestation: no TPM: measurement not recorded")
 	}
 	if req.GetSeq() == 0 || req.GetBootId() == "" {
@@ -282,6 +286,14 @@ func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
 	if req.GetBootId() == s.lastBoot && req.GetSeq() <= s.lastSeq {
 		s.logger().Debug("measurement already applied", "boot_id", e.BootID, "seq", e.Seq)
 		return s.reply(attest.MeasurePCR) // already applied: a resend after a restart
+	}
+	if s.tpm == nil {
+		if err := s.store.append(e); err != nil {
+			return nil, err
+		}
+		s.logger().Info("boot recorded (no TPM to measure it into)", "data", string(e.Data))
+		s.lastBoot, s.lastSeq = e.BootID, e.Seq
+		return &pb.MeasureReply{Pcr: attest.MeasurePCR, Events: uint64(len(s.store.snapshot()))}, nil
 	}
 	if err := s.apply(e); err != nil {
 		s.logger().Error("measurement failed", "type", e.Type, "seq", e.Seq, "err", err)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -456,4 +457,47 @@ func random32(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestBootEvent: the supervisor's boot event names the boot in every token;
+// without a TPM it is still kept (and only it), so SNP tokens name it too.
+func TestBootEvent(t *testing.T) {
+	s := simulated(t, t.TempDir())
+	measure(t, s, "b1", 1, attest.EventBoot, attest.Boot{BootID: "b1"})
+	nonce := random32(t)
+	tok, err := s.att.Attest(attest.Request{Nonce: nonce, Platform: attest.VTPM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	akSum := sha256.Sum256(s.tpm.AKPub())
+	r, err := verify.Token(tok, verify.Options{Nonce: nonce, AllowSimulated: true, BootID: "b1",
+		Policy: &verify.Policy{CVMD: verify.CVMDPolicy{TrustedAKSHA256: []string{hex.EncodeToString(akSum[:])}}}})
+	if err != nil || r.BootID != "b1" {
+		t.Fatalf("boot id %q: %v", r.BootID, err)
+	}
+
+	// No TPM: an SNP-only service.
+	st, err := openStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	snp, err := sim.NewSNP(sim.SNPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := &Service{att: &attest.Attester{SNP: snp, Simulated: true, Log: st.snapshot}, store: st, quit: make(chan struct{})}
+	defer ns.Close()
+	measure(t, ns, "b2", 1, attest.EventBoot, attest.Boot{BootID: "b2"})
+	e, _ := attest.JSONEvent(attest.EventChildTable, attest.ChildTable{SHA256: strings.Repeat("00", 32)})
+	if _, err := ns.Measure(&pb.MeasureRequest{BootId: "b2", Seq: 2, Type: e.Type, Data: e.Data}); err == nil {
+		t.Fatal("a child-table event was accepted without a TPM")
+	}
+	stok, err := ns.att.Attest(attest.Request{ReportData: []byte("tee"), Platform: attest.SNP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err = verify.Token(stok, verify.Options{ReportData: []byte("tee"), AllowSimulated: true, BootID: "b2"})
+	if err != nil || r.BootID != "b2" {
+		t.Fatalf("SNP boot id %q: %v", r.BootID, err)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/google/go-sev-guest/proto/check"
 	"github.com/spf13/cobra"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/eat"
 	"github.com/cvmd/cvmd/attest/verify"
 )
 
@@ -43,6 +45,11 @@ obtained from a VM you trust: it pins that VM, it does not judge it.`,
 				return fmt.Errorf("reading token: %w", err)
 			}
 			o := verify.Options{AllowSimulated: allowSim, Policy: &verify.Policy{}}
+			// Pinning what a token showed does not need it to be fresh:
+			// check it as of its own issue time.
+			if _, c, err := eat.Decode(tok); err == nil {
+				o.Now = time.Unix(c.IssuedAt, 0)
+			}
 			if bundlePath != "" {
 				if o.AMDBundle, err = os.ReadFile(bundlePath); err != nil {
 					return fmt.Errorf("reading AMD bundle: %w", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	tpmattest "github.com/google/go-tpm-tools/proto/attest"
 	"github.com/spf13/cobra"
@@ -19,7 +20,8 @@ import (
 func init() { Register("attestation", newAttestationVerifyCmd) }
 
 func newAttestationVerifyCmd() *cobra.Command {
-	var tee, vtpm, bundlePath, childTable, manifest string
+	var tee, vtpm, bundlePath, childTable, manifest, bootID string
+	var skew time.Duration
 	var pf policyFlags
 	var aks []string
 	var allowSim bool
@@ -38,8 +40,10 @@ signed ones are checked against --corim-key, unsigned ones need
 --allow-unsigned-corim) or a JSON policy (Cocos's attestation_policy.json:
 go-sev-guest "policy", "rootOfTrust", "pcr_values", plus a "cvmd" section).
 
-Simulated evidence (cvmd's development platform) is refused unless
---allow-simulated. The first failed check is printed with the values that
+The token's iat and exp are checked against this machine's clock, within
+--clock-skew. A token names the VM boot it comes from: --boot-id refuses a
+token of any other (earlier) boot. Simulated evidence (cvmd's development
+platform) is refused unless --allow-simulated. The first failed check is printed with the values that
 failed it, and the exit status is 1.`,
 		Example: `  cvm attestation verify attestation.bin --tee $TEE --vtpm $VTPM --policy policy.json --amd-bundle milan.pem`,
 		Args:    cobra.MaximumNArgs(1),
@@ -52,7 +56,7 @@ failed it, and the exit status is 1.`,
 			if err != nil {
 				return fmt.Errorf("reading token: %w", err)
 			}
-			o := verify.Options{AllowSimulated: allowSim}
+			o := verify.Options{AllowSimulated: allowSim, BootID: bootID, ClockSkew: skew}
 			if o.ReportData, err = hexArg("tee", tee, 64); err != nil {
 				return err
 			}
@@ -110,6 +114,11 @@ failed it, and the exit status is 1.`,
 				v["ak_sha256"] = hex.EncodeToString(ak[:])
 				line += "\nAK sha256 (for --ak): " + hex.EncodeToString(ak[:])
 			}
+			if r.BootID != "" {
+				v["boot_id"] = r.BootID
+				line += "\nboot id (for --boot-id): " + r.BootID
+			}
+			v["issued_at"] = r.IssuedAt.UTC().Format(time.RFC3339)
 			if r.PCRs != nil {
 				v["pcr15"] = hex.EncodeToString(r.PCRs[15])
 				v["pcr16"] = hex.EncodeToString(r.PCRs[16])
@@ -132,6 +141,8 @@ failed it, and the exit status is 1.`,
 	f.StringVar(&manifest, "manifest", "", "expected manifest SHA3-256 in PCR 16's log, hex")
 	f.StringArrayVar(&aks, "ak", nil, "trusted TPM AK (SHA-256 of its public area, hex); needed for vtpm-only evidence")
 	f.BoolVar(&allowSim, "allow-simulated", false, "accept evidence from a simulated platform (development only)")
+	f.StringVar(&bootID, "boot-id", "", "the VM boot the token must come from (as a previous verify printed it)")
+	f.DurationVar(&skew, "clock-skew", verify.DefaultClockSkew, "tolerated clock difference with the VM for the token's iat and exp")
 	return c
 }
 

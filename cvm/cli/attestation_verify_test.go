@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cvmd/cvmd/attest"
 	"github.com/cvmd/cvmd/attest/sim"
@@ -19,16 +21,7 @@ type verifyCase struct {
 }
 
 func TestAttestationVerify(t *testing.T) {
-	rw, err := sim.OpenTPM()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rw.Close()
-	tpm, err := attest.NewTPM(rw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tpm.Close()
+	tpm := simTPM(t)
 	snp, err := sim.NewSNP(sim.SNPOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -88,4 +81,60 @@ func TestAttestationVerify(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestVerifyRefusesReplays: an expired token and a token of another boot
+// are refused by name.
+func TestVerifyRefusesReplays(t *testing.T) {
+	tpm := simTPM(t)
+	boot, _ := attest.JSONEvent(attest.EventBoot, attest.Boot{BootID: "aaaa"})
+	if err := tpm.Extend(boot); err != nil {
+		t.Fatal(err)
+	}
+	a := &attest.Attester{TPM: tpm, Simulated: true, Log: func() attest.EventLog { return attest.EventLog{boot} }}
+	vtpm := strings.Repeat("cd", 32)
+	vtpmB, _ := hex.DecodeString(vtpm)
+	dir := t.TempDir()
+	write := func(name string, issued time.Time) string {
+		a.Now = func() time.Time { return issued }
+		tok, err := a.Attest(attest.Request{Nonce: vtpmB, Platform: attest.VTPM})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(dir, name)
+		os.WriteFile(f, tok, 0o600)
+		return f
+	}
+	fresh, old := write("fresh.bin", time.Now()), write("old.bin", time.Now().Add(-time.Hour))
+	ak := sha256.Sum256(tpm.AKPub())
+	base := []string{"attestation", "verify", "--vtpm", vtpm, "--allow-simulated", "--ak", hex.EncodeToString(ak[:])}
+	for _, tc := range []verifyCase{
+		{"fresh, this boot", []string{fresh, "--boot-id", "aaaa"}, 0, "boot id (for --boot-id): aaaa"},
+		{"another boot", []string{fresh, "--boot-id", "bbbb"}, 1, "eat.boot_id"},
+		{"expired", []string{old}, 1, "eat.exp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, Options{}, append(base, tc.args...)...)
+			if code != tc.code || !strings.Contains(out+errOut, tc.want) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.code, tc.want)
+			}
+		})
+	}
+}
+
+// simTPM opens the TPM simulator (process-global: tests using it are not
+// parallel) and its attestation key, both closed at the end of the test.
+func simTPM(t *testing.T) *attest.TPM {
+	t.Helper()
+	rw, err := sim.OpenTPM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tpm, err := attest.NewTPM(rw)
+	if err != nil {
+		rw.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tpm.Close(); rw.Close() })
+	return tpm
 }
