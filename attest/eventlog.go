@@ -107,6 +107,7 @@ func ManifestEvent(manifestJSON []byte) Event {
 type PlatformInfo struct {
 	TPM       string `json:"tpm"`           // "simulator" or the device path
 	SNP       string `json:"snp,omitempty"` // "", "simulated", "hardware"
+	TDX       string `json:"tdx,omitempty"` // "", "simulated", "hardware"
 	Simulated bool   `json:"simulated"`
 }
 

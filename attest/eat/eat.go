@@ -56,6 +56,7 @@ type Claims struct {
 	PlatformType string `cbor:"platform_type"`
 	SNP          *SNP   `cbor:"x-cocos-sevsnp,omitempty"`
 	VTPM         *VTPM  `cbor:"x-cocos-vtpm,omitempty"`
+	TDX          *TDX   `cbor:"x-cocos-tdx,omitempty"`
 	RawReport    []byte `cbor:"raw_report,omitempty"`
 	Simulated    bool   `cbor:"x-cvmd-simulated,omitempty"`
 	// ReportData is the (padded) teeNonce of an SNP-vTPM token, so a verifier
@@ -69,6 +70,26 @@ type Claims struct {
 	// event in PCR 15's log): a verifier that knows the boot refuses a token
 	// of an earlier one.
 	BootID string `cbor:"x-cvmd-boot-id,omitempty"`
+	// TDXCollateral is, on a simulated TDX only, the intelpcs bundle of the
+	// simulated platform (a verifier allowing simulated evidence may use it
+	// when given none; real collateral always comes from the verifier).
+	TDXCollateral []byte `cbor:"x-cvmd-tdx-collateral,omitempty"`
+}
+
+// TDX mirrors Cocos's x-cocos-tdx claims, read from the TD quote body.
+type TDX struct {
+	MRTD          []byte `cbor:"tdx_mrtd"`
+	RTMR0         []byte `cbor:"tdx_rtmr0"`
+	RTMR1         []byte `cbor:"tdx_rtmr1"`
+	RTMR2         []byte `cbor:"tdx_rtmr2"`
+	RTMR3         []byte `cbor:"tdx_rtmr3"`
+	XFAM          uint64 `cbor:"tdx_xfam"`          // little-endian in the quote
+	TDAttributes  uint64 `cbor:"tdx_td_attributes"` // little-endian in the quote
+	MRConfigID    []byte `cbor:"tdx_mrconfigid"`
+	MROwner       []byte `cbor:"tdx_mrowner"`
+	MROwnerConfig []byte `cbor:"tdx_mrownerconfig"`
+	MRSEAM        []byte `cbor:"tdx_mrseam"`
+	Signature     []byte `cbor:"tdx_signature,omitempty"`
 }
 
 // SNP mirrors Cocos's x-cocos-sevsnp claims, read from the SNP report.
@@ -100,12 +121,13 @@ type VTPM struct {
 // Signing says which key signed the token and how a verifier can trust it.
 type Signing struct {
 	// Kind is SignerTPMAK (the TPM attestation key in RawReport signed the
-	// token) or SignerSNPKeyReport (an ephemeral P-256 key whose SHA-512
-	// binding is the REPORT_DATA of KeyReport).
+	// token), SignerSNPKeyReport or SignerTDXKeyQuote (an ephemeral P-256 key
+	// whose SHA-512 binding is the REPORT_DATA of KeyReport).
 	Kind string `cbor:"kind"`
 	// Key is the PKIX DER of the signing public key.
 	Key []byte `cbor:"key"`
-	// KeyReport is a marshalled sevsnp.Attestation (SignerSNPKeyReport only).
+	// KeyReport is a marshalled sevsnp.Attestation (SignerSNPKeyReport) or
+	// a raw TDX quote (SignerTDXKeyQuote).
 	KeyReport []byte `cbor:"key_report,omitempty"`
 }
 
@@ -113,6 +135,7 @@ type Signing struct {
 const (
 	SignerTPMAK        = "tpm-ak"
 	SignerSNPKeyReport = "snp-key-report"
+	SignerTDXKeyQuote  = "tdx-key-quote"
 )
 
 // Token validity, as Cocos: iat + 5 minutes.

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/google/go-sev-guest/proto/check"
+	tdxcheck "github.com/google/go-tdx-guest/proto/checkconfig"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/cvmd/cvmd/attest/corim"
@@ -19,10 +20,13 @@ import (
 // Policy is what a verifier requires of the evidence. Its JSON form is
 // Cocos's historic attestation_policy.json (§5.5): "policy" is go-sev-guest's
 // check.Policy in protojson, "rootOfTrust" its check.RootOfTrust (only
-// cabundlePaths/cabundles and productLine are used: no network), "pcr_values"
+// cabundlePaths/cabundles and productLine are used: no network), "tdx" is
+// go-tdx-guest's checkconfig.Policy in protojson, "pcr_values"
 // maps bank → PCR index → hex; "cvmd" holds cvmd's own requirements.
 type Policy struct {
-	SNP         *check.Policy
+	SNP *check.Policy
+	// TDX is go-tdx-guest's checkconfig.Policy ("tdx" in the JSON file).
+	TDX         *tdxcheck.Policy
 	RootOfTrust *check.RootOfTrust
 	// PCRs maps a bank ("sha1", "sha256", "sha384") to PCR index to value.
 	PCRs map[string]map[uint32][]byte
@@ -47,6 +51,7 @@ type CVMDPolicy struct {
 
 type policyJSON struct {
 	Policy      json.RawMessage              `json:"policy,omitempty"`
+	TDX         json.RawMessage              `json:"tdx,omitempty"`
 	RootOfTrust json.RawMessage              `json:"rootOfTrust,omitempty"`
 	PCRValues   map[string]map[string]string `json:"pcr_values,omitempty"`
 	CVMD        *CVMDPolicy                  `json:"cvmd,omitempty"`
@@ -102,6 +107,12 @@ func ParsePolicy(b []byte) (*Policy, error) {
 		p.SNP = &check.Policy{}
 		if err := protojson.Unmarshal(pj.Policy, p.SNP); err != nil {
 			return nil, fmt.Errorf("verify: policy: \"policy\": %w", err)
+		}
+	}
+	if len(pj.TDX) > 0 && string(pj.TDX) != "null" {
+		p.TDX = &tdxcheck.Policy{}
+		if err := protojson.Unmarshal(pj.TDX, p.TDX); err != nil {
+			return nil, fmt.Errorf("verify: policy: \"tdx\": %w", err)
 		}
 	}
 	if len(pj.RootOfTrust) > 0 && string(pj.RootOfTrust) != "null" {

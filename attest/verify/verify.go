@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/google/go-sev-guest/proto/sevsnp"
+	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 	attestpb "github.com/google/go-tpm-tools/proto/attest"
 	"google.golang.org/protobuf/proto"
 
@@ -45,6 +46,13 @@ type Options struct {
 	// AMDBundle is PEM: the ASK and ARK (any order), optionally a VCEK. nil =
 	// go-sev-guest's embedded AMD roots, plus rootOfTrust bundles of the policy.
 	AMDBundle []byte
+	// IntelRoots is PEM: the roots a TDX PCK chain must lead to. nil =
+	// Intel's SGX Root CA (embedded).
+	IntelRoots []byte
+	// TDXCollateral is an intelpcs bundle (Intel PCS responses recorded
+	// offline) for the TDX platforms expected: TCB info, QE identity, CRLs.
+	// TDX evidence is refused without it.
+	TDXCollateral []byte
 	// AllowSimulated accepts evidence from simulated platforms (the result is
 	// still marked Simulated). With no AMDBundle it also trusts the test-only
 	// chain carried in the evidence itself.
@@ -75,6 +83,7 @@ type Result struct {
 	PCRs      map[uint32][]byte     // SHA-256 bank, from the verified quote
 	PCRs384   map[uint32][]byte     // SHA-384 bank, if quoted
 	TDX       *TDXRegisters         // nil without TDX
+	TDXQuote  *tdxpb.QuoteV4        // the verified quote, nil without TDX
 	Events    attest.EventLog       // replayed and matching PCRs 15 and 16
 	Checks    []string              // the checks that ran and passed, in order
 	Restarts  map[string]uint32     // child → highest generation seen in the log
@@ -110,8 +119,8 @@ func Token(token []byte, o Options) (*Result, error) {
 	}
 	r.pass("eat.time")
 	p, err := attest.ParsePlatform(c.PlatformType)
-	if err != nil || (p != attest.SNP && p != attest.VTPM && p != attest.SNPvTPM) {
-		return nil, mismatch("eat.platform_type", fmt.Sprintf("%q", c.PlatformType), `"SNP", "vTPM" or "SNP-vTPM"`)
+	if err != nil || (p != attest.SNP && p != attest.VTPM && p != attest.SNPvTPM && p != attest.TDX) {
+		return nil, mismatch("eat.platform_type", fmt.Sprintf("%q", c.PlatformType), `"SNP", "vTPM", "SNP-vTPM" or "TDX"`)
 	}
 	r.Platform = p
 	if c.Simulated {
@@ -142,17 +151,27 @@ func Token(token []byte, o Options) (*Result, error) {
 		if signKey, err = verifyKeyReport(r, c, &att, roots, o); err != nil {
 			return nil, err
 		}
-		// What the policy asks of the vTPM cannot be shown without one.
-		pc := o.Policy.CVMD
-		switch {
-		case len(o.Policy.PCRs) > 0:
-			return nil, mismatch("vtpm.pcrs", "SNP evidence without a vTPM quote", "the policy's pcr_values")
-		case pc.ChildTableSHA256 != "":
-			return nil, mismatch("cvmd.child_table", "SNP evidence without a measurement log", pc.ChildTableSHA256)
-		case pc.ManifestSHA3256 != "":
-			return nil, mismatch("cvmd.manifest", "SNP evidence without a measurement log", pc.ManifestSHA3256)
+		if err := noVTPMRequirements(p, o.Policy); err != nil {
+			return nil, err
+		}
+	case attest.TDX:
+		if o.Policy.SNP != nil {
+			return nil, mismatch("snp.policy", "TDX evidence without an SNP report", "an SNP report checked against the policy's \"policy\"")
+		}
+		q, t, err := verifyTDX(r, c.RawReport, c, o, expectedSNPReportData(o.ReportData))
+		if err != nil {
+			return nil, err
+		}
+		if signKey, err = verifyTDXKeyQuote(r, c, q, t, o); err != nil {
+			return nil, err
+		}
+		if err := noVTPMRequirements(p, o.Policy); err != nil {
+			return nil, err
 		}
 	case attest.VTPM, attest.SNPvTPM:
+		if o.Policy.TDX != nil {
+			return nil, mismatch("tdx.policy", p.String()+" evidence without a TDX quote", "a TDX quote checked against the policy's \"tdx\"")
+		}
 		if p == attest.VTPM && o.Policy.SNP != nil {
 			return nil, mismatch("snp.policy", "vTPM evidence without an SNP report", "an SNP report checked against the policy's \"policy\"")
 		}
@@ -245,6 +264,21 @@ func checkBootID(r *Result, c *eat.Claims, o Options) error {
 	return nil
 }
 
+// noVTPMRequirements refuses a policy asking what only a vTPM quote and
+// its measurement log can show, for evidence without them.
+func noVTPMRequirements(p attest.Platform, pol *Policy) error {
+	pc := pol.CVMD
+	switch {
+	case len(pol.PCRs) > 0:
+		return mismatch("vtpm.pcrs", p.String()+" evidence without a vTPM quote", "the policy's pcr_values")
+	case pc.ChildTableSHA256 != "":
+		return mismatch("cvmd.child_table", p.String()+" evidence without a measurement log", pc.ChildTableSHA256)
+	case pc.ManifestSHA3256 != "":
+		return mismatch("cvmd.manifest", p.String()+" evidence without a measurement log", pc.ManifestSHA3256)
+	}
+	return nil
+}
+
 func kindOf(s *eat.Signing) string {
 	if s == nil {
 		return "none"
@@ -307,6 +341,11 @@ func checkClaims(r *Result, c *eat.Claims) error {
 		}
 		if c.SNP.Policy != r.SNP.GetPolicy() || c.SNP.ReportedTCB != r.SNP.GetReportedTcb() || !bytes.Equal(c.SNP.ChipID, r.SNP.GetChipId()) {
 			return mismatch("eat.claims x-cocos-sevsnp", "policy/TCB/chip id differing from the report", "the report's values")
+		}
+	}
+	if r.TDX != nil {
+		if err := checkTDXClaims(r, c); err != nil {
+			return err
 		}
 	}
 	if r.PCRs != nil {

@@ -426,7 +426,7 @@ func TestUnavailablePlatforms(t *testing.T) {
 		{attest.SNP, attest.ErrUnsupportedPlatform},
 		{attest.VTPM, attest.ErrUnsupportedPlatform},
 		{attest.Azure, attest.ErrUnimplemented},
-		{attest.TDX, attest.ErrUnimplemented},
+		{attest.TDX, attest.ErrUnsupportedPlatform},
 		{attest.NoCC, attest.ErrBadRequest},
 	} {
 		if _, err := a.Attest(attest.Request{Platform: tc.p, Nonce: []byte("12345678")}); !errors.Is(err, tc.want) {

@@ -501,3 +501,38 @@ func TestBootEvent(t *testing.T) {
 		t.Fatalf("SNP boot id %q: %v", r.BootID, err)
 	}
 }
+
+// TestSimulatedTDX: the child's SIMULATED TDX answers Cocos's type 4 with a
+// token that verifies through the TDX path and says it is simulated.
+func TestSimulatedTDX(t *testing.T) {
+	s, err := New(&config.AttestationSettings{Mode: config.AttestationSettings_SIMULATED, SimulateTdx: true}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := serve(t, s)
+	tee, nonce := []byte("tee nonce"), []byte("vtpm nonce")
+	res, err := c.Evidence(context.Background(), &pb.EvidenceRequest{ReportData: tee, Nonce: nonce, PlatformType: int32(attest.TDX)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetPlatform() != "simulated TDX" {
+		t.Fatalf("platform %q", res.GetPlatform())
+	}
+	if _, err := verify.Token(res.GetEatToken(), verify.Options{ReportData: tee, Nonce: nonce}); verify.CheckName(err) != "simulated" {
+		t.Fatalf("without AllowSimulated: %v", err)
+	}
+	r, err := verify.Token(res.GetEatToken(), verify.Options{ReportData: tee, Nonce: nonce, AllowSimulated: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.TDX == nil || !r.Simulated {
+		t.Fatalf("result %+v", r)
+	}
+	if _, err := c.Evidence(context.Background(), &pb.EvidenceRequest{ReportData: tee, PlatformType: int32(attest.SNP)}); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("SNP on a TDX VM: %v", err)
+	}
+	if _, err := New(&config.AttestationSettings{Mode: config.AttestationSettings_SIMULATED, SimulateTdx: true, SimulateSnp: true}, t.TempDir()); err == nil {
+		t.Fatal("SNP and TDX at once accepted")
+	}
+}

@@ -12,7 +12,7 @@ import (
 	"github.com/cvmd/cvmd/proto/config"
 )
 
-// openSimulated opens the TPM simulator and, if asked, the simulated SNP.
+// openSimulated opens the TPM simulator and, if asked, the simulated SNP or TDX.
 // Build with -tags nosim to leave both (cgo simulator, test-only AMD chain)
 // out of a production binary.
 func (s *Service) openSimulated(st *config.AttestationSettings) error {
@@ -40,6 +40,14 @@ func (s *Service) openSimulated(st *config.AttestationSettings) error {
 			case <-s.quit:
 			}
 		})
+	}
+	if st.GetSimulateTdx() {
+		// P-256 only: cheap enough to build now.
+		tdx, err := sim.NewTDX(sim.TDXOptions{})
+		if err != nil {
+			return err
+		}
+		s.att.TDX, s.att.TDXCollateral = tdx, tdx.Collateral
 	}
 	return nil
 }

@@ -26,6 +26,10 @@ const allowSimulatedEnv = "CVM_ATTESTATION_ALLOW_SIMULATED"
 const (
 	corimKeyEnv           = "CVM_CORIM_KEY"
 	allowUnsignedCoRIMEnv = "CVM_ATTESTATION_ALLOW_UNSIGNED_CORIM"
+	// tdxCollateralEnv and intelRootsEnv name the files TDX evidence is
+	// verified with (as verify's --tdx-collateral and --intel-roots).
+	tdxCollateralEnv = "CVM_TDX_COLLATERAL"
+	intelRootsEnv    = "CVM_INTEL_ROOTS"
 )
 
 func boolEnv(getenv func(string) string, name string) (bool, error) {
@@ -71,6 +75,9 @@ func atlsDialOptions(ctx context.Context, cfg *AgentConfig) ([]grpc.DialOption, 
 		return nil, err
 	}
 	opts := verify.Options{Policy: policy}
+	if opts.TDXCollateral, opts.IntelRoots, err = readTDXTrust(getenv(tdxCollateralEnv), getenv(intelRootsEnv)); err != nil {
+		return nil, err
+	}
 	if opts.AllowSimulated, err = boolEnv(getenv, allowSimulatedEnv); err != nil {
 		return nil, err
 	}

@@ -20,7 +20,7 @@ import (
 func init() { Register("attestation", newAttestationVerifyCmd) }
 
 func newAttestationVerifyCmd() *cobra.Command {
-	var tee, vtpm, bundlePath, childTable, manifest, bootID string
+	var tee, vtpm, bundlePath, childTable, manifest, bootID, tdxCollateral, intelRoots string
 	var skew time.Duration
 	var pf policyFlags
 	var aks []string
@@ -33,7 +33,10 @@ func newAttestationVerifyCmd() *cobra.Command {
 TPM attestation key or the SNP-bound token key; the SEV-SNP chain ARK → ASK →
 VCEK against --amd-bundle (PEM: ASK and ARK, e.g. AMD KDS cert_chain, plus
 optionally the VCEK) or go-sev-guest's embedded AMD roots; the report
-signature; REPORT_DATA against --tee (for snp-vtpm: SHA3-512(tee ‖ AK)); the
+signature; for TDX the PCK chain to Intel's root (or --intel-roots), the quote
+and QE signatures and the TCB status against --tdx-collateral (recorded Intel
+PCS responses: nothing is fetched); REPORT_DATA against --tee (for snp-vtpm:
+SHA3-512(tee ‖ AK)); the
 vTPM quotes against the AK and --vtpm; cvmd's measurement log replayed to
 PCRs 15 and 16; and --policy: a CoRIM (Cocos's or "cvm policy create-corim"'s;
 signed ones are checked against --corim-key, unsigned ones need
@@ -70,6 +73,9 @@ failed it, and the exit status is 1.`,
 				if o.AMDBundle, err = os.ReadFile(bundlePath); err != nil {
 					return fmt.Errorf("reading AMD bundle: %w", err)
 				}
+			}
+			if o.TDXCollateral, o.IntelRoots, err = readTDXTrust(tdxCollateral, intelRoots); err != nil {
+				return err
 			}
 			for name, v := range map[string]string{"child-table": childTable, "manifest": manifest} {
 				if v != "" {
@@ -109,6 +115,10 @@ failed it, and the exit status is 1.`,
 				v["measurement"] = hex.EncodeToString(r.SNP.GetMeasurement())
 				line += "\nSNP measurement: " + hex.EncodeToString(r.SNP.GetMeasurement())
 			}
+			if r.TDX != nil {
+				v["mrtd"] = hex.EncodeToString(r.TDX.MRTD)
+				line += "\nTDX MRTD: " + hex.EncodeToString(r.TDX.MRTD)
+			}
 			if r.TPM != nil {
 				ak := sha256.Sum256(r.TPM.GetAkPub())
 				v["ak_sha256"] = hex.EncodeToString(ak[:])
@@ -141,9 +151,26 @@ failed it, and the exit status is 1.`,
 	f.StringVar(&manifest, "manifest", "", "expected manifest SHA3-256 in PCR 16's log, hex")
 	f.StringArrayVar(&aks, "ak", nil, "trusted TPM AK (SHA-256 of its public area, hex); needed for vtpm-only evidence")
 	f.BoolVar(&allowSim, "allow-simulated", false, "accept evidence from a simulated platform (development only)")
+	f.StringVar(&tdxCollateral, "tdx-collateral", "", "Intel PCS collateral bundle (JSON of recorded PCS responses) for TDX evidence")
+	f.StringVar(&intelRoots, "intel-roots", "", "PEM roots a TDX PCK chain must lead to (default: Intel's SGX Root CA)")
 	f.StringVar(&bootID, "boot-id", "", "the VM boot the token must come from (as a previous verify printed it)")
 	f.DurationVar(&skew, "clock-skew", verify.DefaultClockSkew, "tolerated clock difference with the VM for the token's iat and exp")
 	return c
+}
+
+// readTDXTrust reads the TDX collateral bundle and roots files ("" = none).
+func readTDXTrust(collateralPath, rootsPath string) (collateral, roots []byte, err error) {
+	if collateralPath != "" {
+		if collateral, err = os.ReadFile(collateralPath); err != nil {
+			return nil, nil, fmt.Errorf("reading TDX collateral: %w", err)
+		}
+	}
+	if rootsPath != "" {
+		if roots, err = os.ReadFile(rootsPath); err != nil {
+			return nil, nil, fmt.Errorf("reading Intel roots: %w", err)
+		}
+	}
+	return collateral, roots, nil
 }
 
 // decodeAK returns the SHA-256 (hex) of the AK in a vTPM token's raw report, "" if none.

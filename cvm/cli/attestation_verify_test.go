@@ -138,3 +138,48 @@ func simTPM(t *testing.T) *attest.TPM {
 	t.Cleanup(func() { tpm.Close(); rw.Close() })
 	return tpm
 }
+
+func TestVerifyTDX(t *testing.T) {
+	tdx, err := sim.NewTDX(sim.TDXOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := sim.NewTDX(sim.TDXOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &attest.Attester{TDX: tdx, TDXCollateral: tdx.Collateral, Simulated: true}
+	tee := strings.Repeat("ab", 64)
+	teeB, _ := hex.DecodeString(tee)
+	tok, err := a.Attest(attest.Request{ReportData: teeB, Platform: attest.TDX})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file, col, otherCol, roots := filepath.Join(dir, "tdx.bin"), filepath.Join(dir, "col.json"), filepath.Join(dir, "other.json"), filepath.Join(dir, "roots.pem")
+	os.WriteFile(file, tok, 0o600)
+	os.WriteFile(col, tdx.Collateral(), 0o600)
+	os.WriteFile(otherCol, other.Collateral(), 0o600)
+	os.WriteFile(roots, tdx.RootPEM(), 0o600)
+	mrtd := sim.DefaultMRTD()
+	corimFile := filepath.Join(dir, "tdx.corim")
+	if code, out, errOut := runCLI(t, Options{}, "policy", "create-corim", "tdx", "--measurement", hex.EncodeToString(mrtd[:]), "-o", corimFile); code != 0 {
+		t.Fatalf("create-corim: %d %s %s", code, out, errOut)
+	}
+	base := []string{"attestation", "verify", file, "--tee", tee, "--allow-simulated"}
+	for _, tc := range []verifyCase{
+		{"collateral in the simulated token", nil, 0, "TDX MRTD: " + hex.EncodeToString(mrtd[:])},
+		{"verifier's collateral and roots", []string{"--tdx-collateral", col, "--intel-roots", roots}, 0, "OK: TDX"},
+		{"another platform's collateral", []string{"--tdx-collateral", otherCol}, 1, "tdx.tcb"},
+		{"Intel's root only", []string{"--tdx-collateral", col, "--intel-roots", "../../attest/verify/intel_sgx_root_ca.pem"}, 1, "tdx.chain"},
+		{"wrong tee", []string{"--tee", strings.Repeat("00", 64)}, 1, "eat.nonce"},
+		{"CoRIM", []string{"--policy", corimFile, "--allow-unsigned-corim"}, 0, "corim.tdx"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, Options{}, append(append([]string{}, base...), tc.args...)...)
+			if code != tc.code || !strings.Contains(out+errOut, tc.want) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.code, tc.want)
+			}
+		})
+	}
+}

@@ -148,8 +148,9 @@ Cocos's CLI, each overridden by the matching flag:
                               (Cocos's or "cvm policy create-corim"'s) or a JSON policy
 No CA and no aTLS means plaintext gRPC. aTLS also reads CVM_CORIM_KEY (':'-separated PEM
 files of keys a signed CoRIM must be signed by), CVM_ATTESTATION_ALLOW_UNSIGNED_CORIM=true
-(accept an unsigned CoRIM, as Cocos's CLI writes by default) and
-CVM_ATTESTATION_ALLOW_SIMULATED=true (development VMs).`,
+(accept an unsigned CoRIM, as Cocos's CLI writes by default), CVM_TDX_COLLATERAL and
+CVM_INTEL_ROOTS (TDX collateral bundle and roots, as verify --tdx-collateral/--intel-roots)
+and CVM_ATTESTATION_ALLOW_SIMULATED=true (development VMs).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
