@@ -39,6 +39,9 @@ type Attester struct {
 	// TDX produces TDX quotes: a go-tdx-guest client.QuoteProvider or
 	// client.Device; nil means none.
 	TDX any
+	// Azure, with TPM, makes this an Azure confidential VM (platform Azure);
+	// nil = not Azure.
+	Azure *AzureVM
 	// TDXCollateral, on a simulated TDX only, is the simulated platform's
 	// intelpcs collateral bundle, carried in tokens (x-cvmd-tdx-collateral).
 	TDXCollateral func() []byte
@@ -79,6 +82,8 @@ func (a *Attester) Has(p Platform) bool {
 		return a.SNP != nil && a.TPM != nil
 	case TDX:
 		return a.TDX != nil
+	case Azure:
+		return a.TPM != nil && a.Azure != nil
 	}
 	return false
 }
@@ -94,9 +99,7 @@ func (a *Attester) Describe(p Platform) string {
 // Attest produces a signed EAT token for req.
 func (a *Attester) Attest(req Request) ([]byte, error) {
 	switch req.Platform {
-	case SNP, VTPM, SNPvTPM, TDX:
-	case Azure:
-		return nil, fmt.Errorf("%w: %s", ErrUnimplemented, req.Platform)
+	case SNP, VTPM, SNPvTPM, TDX, Azure:
 	default:
 		return nil, fmt.Errorf("%w: attestation type %d (want 0–4)", ErrBadRequest, int32(req.Platform))
 	}
@@ -147,15 +150,18 @@ func (a *Attester) Attest(req Request) ([]byte, error) {
 		if a.Simulated && a.TDXCollateral != nil {
 			c.TDXCollateral = a.TDXCollateral()
 		}
-	case VTPM, SNPvTPM:
+	case VTPM, SNPvTPM, Azure:
 		if a.MeasureLock != nil {
 			a.MeasureLock.RLock()
 			defer a.MeasureLock.RUnlock()
 		}
 		var att *attestpb.Attestation
-		if req.Platform == VTPM {
+		switch req.Platform {
+		case VTPM:
 			att, err = a.TPM.Attest(nonce[:], nil, nil)
-		} else {
+		case Azure:
+			att, err = a.azureEvidence(c, tee, nonce)
+		default:
 			rd := SNPvTPMReportData(tee, a.TPM.AKPub())
 			c.ReportData = tee[:]
 			att, err = a.TPM.Attest(nonce[:], &client.SevSnpQuoteProvider{QuoteProvider: a.SNP}, rd[:])
@@ -166,7 +172,7 @@ func (a *Attester) Attest(req Request) ([]byte, error) {
 		if c.RawReport, err = proto.Marshal(att); err != nil {
 			return nil, err
 		}
-		if r := att.GetSevSnpAttestation().GetReport(); r != nil {
+		if r := att.GetSevSnpAttestation().GetReport(); r != nil && req.Platform == SNPvTPM {
 			SNPClaims(c, r)
 		}
 		VTPMClaims(c, SHA256Quote(att), att.GetAkPub())

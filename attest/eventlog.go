@@ -105,9 +105,10 @@ func ManifestEvent(manifestJSON []byte) Event {
 
 // PlatformInfo is the data of the platform event.
 type PlatformInfo struct {
-	TPM       string `json:"tpm"`           // "simulator" or the device path
-	SNP       string `json:"snp,omitempty"` // "", "simulated", "hardware"
-	TDX       string `json:"tdx,omitempty"` // "", "simulated", "hardware"
+	TPM       string `json:"tpm"`             // "simulator" or the device path
+	SNP       string `json:"snp,omitempty"`   // "", "simulated", "hardware"
+	TDX       string `json:"tdx,omitempty"`   // "", "simulated", "hardware"
+	Azure     string `json:"azure,omitempty"` // "", "simulated", "hardware": an HCL report in the vTPM
 	Simulated bool   `json:"simulated"`
 }
 

@@ -74,6 +74,19 @@ type Claims struct {
 	// simulated platform (a verifier allowing simulated evidence may use it
 	// when given none; real collateral always comes from the verifier).
 	TDXCollateral []byte `cbor:"x-cvmd-tdx-collateral,omitempty"`
+	// HCLReport is, on Azure, the paravisor's report read from the vTPM
+	// (attest/hcl): the hardware report and the runtime claims naming the
+	// Azure AK.
+	HCLReport []byte `cbor:"x-cvmd-hcl-report,omitempty"`
+	// AKCertify is, on Azure, the Azure AK's certification of the AK that
+	// quotes and signs this token.
+	AKCertify *Certify `cbor:"x-cvmd-ak-certify,omitempty"`
+}
+
+// Certify is a TPM2_Certify result: a TPMS_ATTEST and its TPMT_SIGNATURE.
+type Certify struct {
+	Attest    []byte `cbor:"attest"`
+	Signature []byte `cbor:"signature"`
 }
 
 // TDX mirrors Cocos's x-cocos-tdx claims, read from the TD quote body.

@@ -37,8 +37,13 @@ func verifyVTPM(r *Result, att *attestpb.Attestation, c *eat.Claims, rs *roots, 
 		return nil, fail("vtpm.ak", fmt.Errorf("AK is %T, want ECDSA P-256", k))
 	}
 
-	// Trust in the AK: an SNP report binding it, or a pin in the policy.
-	if r.Platform == attest.SNPvTPM {
+	// Trust in the AK: an SNP report binding it, Azure's HCL report naming
+	// the key that certified it, or a pin in the policy.
+	if r.Platform == attest.Azure {
+		if err := verifyAzure(r, att, c, rs, o); err != nil {
+			return nil, err
+		}
+	} else if r.Platform == attest.SNPvTPM {
 		snp := att.GetSevSnpAttestation()
 		if snp == nil {
 			return nil, fail("snp.decode", errors.New("SNP-vTPM evidence without an SNP report"))

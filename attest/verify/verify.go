@@ -119,8 +119,8 @@ func Token(token []byte, o Options) (*Result, error) {
 	}
 	r.pass("eat.time")
 	p, err := attest.ParsePlatform(c.PlatformType)
-	if err != nil || (p != attest.SNP && p != attest.VTPM && p != attest.SNPvTPM && p != attest.TDX) {
-		return nil, mismatch("eat.platform_type", fmt.Sprintf("%q", c.PlatformType), `"SNP", "vTPM", "SNP-vTPM" or "TDX"`)
+	if err != nil || p == attest.NoCC {
+		return nil, mismatch("eat.platform_type", fmt.Sprintf("%q", c.PlatformType), `"SNP", "vTPM", "SNP-vTPM", "TDX" or "Azure"`)
 	}
 	r.Platform = p
 	if c.Simulated {
@@ -168,8 +168,8 @@ func Token(token []byte, o Options) (*Result, error) {
 		if err := noVTPMRequirements(p, o.Policy); err != nil {
 			return nil, err
 		}
-	case attest.VTPM, attest.SNPvTPM:
-		if o.Policy.TDX != nil {
+	case attest.VTPM, attest.SNPvTPM, attest.Azure:
+		if o.Policy.TDX != nil && p != attest.Azure {
 			return nil, mismatch("tdx.policy", p.String()+" evidence without a TDX quote", "a TDX quote checked against the policy's \"tdx\"")
 		}
 		if p == attest.VTPM && o.Policy.SNP != nil {

@@ -119,7 +119,12 @@ func wantCheck(t *testing.T, err error, check string) {
 // attacker in control of the attestation child could.
 func (f *fixture) resign(t *testing.T, c *eat.Claims) []byte {
 	t.Helper()
-	tok, err := eat.Encode(c, attest.DefaultIssuer, time.Now(), f.tpm.Sign)
+	return resignWith(t, f.tpm, c)
+}
+
+func resignWith(t *testing.T, tp *attest.TPM, c *eat.Claims) []byte {
+	t.Helper()
+	tok, err := eat.Encode(c, attest.DefaultIssuer, time.Now(), tp.Sign)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +430,7 @@ func TestUnavailablePlatforms(t *testing.T) {
 	}{
 		{attest.SNP, attest.ErrUnsupportedPlatform},
 		{attest.VTPM, attest.ErrUnsupportedPlatform},
-		{attest.Azure, attest.ErrUnimplemented},
+		{attest.Azure, attest.ErrUnsupportedPlatform},
 		{attest.TDX, attest.ErrUnsupportedPlatform},
 		{attest.NoCC, attest.ErrBadRequest},
 	} {

@@ -536,3 +536,33 @@ func TestSimulatedTDX(t *testing.T) {
 		t.Fatal("SNP and TDX at once accepted")
 	}
 }
+
+// TestSimulatedAzure: with simulate_azure the child answers Cocos's type 3
+// from the HCL report in its simulated vTPM.
+func TestSimulatedAzure(t *testing.T) {
+	for _, tee := range []string{"snp", "tdx"} {
+		t.Run(tee, func(t *testing.T) {
+			s, err := New(&config.AttestationSettings{Mode: config.AttestationSettings_SIMULATED, SimulateAzure: tee}, t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			c := serve(t, s)
+			tee, nonce := []byte("tee nonce"), random32(t)
+			res, err := c.Evidence(context.Background(), &pb.EvidenceRequest{ReportData: tee, Nonce: nonce, PlatformType: int32(attest.Azure)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := verify.Token(res.GetEatToken(), verify.Options{ReportData: tee, Nonce: nonce, AllowSimulated: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Platform != attest.Azure || !r.Simulated || len(r.Events) == 0 {
+				t.Fatalf("result %+v", r)
+			}
+		})
+	}
+	if _, err := New(&config.AttestationSettings{Mode: config.AttestationSettings_SIMULATED, SimulateAzure: "sgx"}, t.TempDir()); err == nil {
+		t.Fatal("simulate_azure sgx accepted")
+	}
+}

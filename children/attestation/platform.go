@@ -42,6 +42,13 @@ func (s *Service) openHardware(st *config.AttestationSettings) error {
 			return fmt.Errorf("TPM %s: %w", path, err)
 		}
 		s.tpm.EventLogPath = firmwareLogPath
+		if s.tpm.HasAzure() {
+			// An Azure CVM: the paravisor's report is in the vTPM. Its VCEK
+			// chain (THIM) and TDX quotes (IMDS) are host network services
+			// this child cannot reach: verifiers bring the VCEK, and Azure
+			// TDX evidence is not produced.
+			s.att.Azure = &attest.AzureVM{}
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("opening TPM: %w", err)
 	}
@@ -72,6 +79,9 @@ func (s *Service) platformInfo() attest.PlatformInfo {
 	}
 	if s.att.TDX != nil {
 		info.TDX = kind
+	}
+	if s.att.Azure != nil {
+		info.Azure = kind
 	}
 	return info
 }

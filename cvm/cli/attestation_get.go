@@ -13,24 +13,27 @@ import (
 func init() { Register("attestation", newAttestationGetCmd) }
 
 // platformTypes maps the CLI's names to the agent wire numbering.
-var platformTypes = map[string]int32{"snp": 0, "vtpm": 1, "snp-vtpm": 2, "azure-token": 3, "tdx": 4}
+var platformTypes = map[string]int32{"snp": 0, "vtpm": 1, "snp-vtpm": 2, "azure": 3, "azure-token": 3, "tdx": 4}
 
 func newAttestationGetCmd() *cobra.Command {
 	var tee, vtpm, token, out string
 	c := &cobra.Command{
-		Use:   "get <snp|vtpm|snp-vtpm|tdx|azure-token>",
+		Use:   "get <snp|vtpm|snp-vtpm|tdx|azure|azure-token>",
 		Short: "Download attestation evidence (an EAT token) from the agent",
 		Long: `get asks the agent for evidence of the given platform type, bound to the
 nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
---vtpm (up to 32 bytes; vtpm and snp-vtpm need it). The token is written to
---output (default attestation.bin). azure-token asks for an Azure MAA token
-(--token, up to 32 bytes), which cvmd agents do not provide.`,
+--vtpm (up to 32 bytes; vtpm, snp-vtpm and azure need it). Unlike Cocos's CLI,
+the --tee nonce is sent for tdx too, so a TDX quote is bound to it. azure is
+the evidence of an Azure confidential VM (the paravisor's SEV-SNP or TDX
+report in the vTPM, and a vTPM quote). The token is written to --output
+(default attestation.bin). azure-token asks for an Azure MAA token (--token,
+up to 32 bytes), which cvmd agents do not provide yet.`,
 		Example: `  cvm attestation get snp-vtpm --tee $(openssl rand -hex 64) --vtpm $(openssl rand -hex 32)`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			typ, ok := platformTypes[a[0]]
 			if !ok {
-				return &UsageError{fmt.Errorf("attestation type %q: want snp, vtpm, snp-vtpm, tdx or azure-token", a[0])}
+				return &UsageError{fmt.Errorf("attestation type %q: want snp, vtpm, snp-vtpm, tdx, azure or azure-token", a[0])}
 			}
 			teeB, err := hexArg("tee", tee, 64)
 			if err != nil {
@@ -44,7 +47,7 @@ nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
 			if err != nil {
 				return err
 			}
-			needTee, needVTPM := typ == 0 || typ == 2 || typ == 4, typ == 1 || typ == 2
+			needTee, needVTPM := typ == 0 || typ == 2 || typ == 4, typ == 1 || typ == 2 || a[0] == "azure"
 			if needTee && teeB == nil {
 				return &UsageError{fmt.Errorf("%s evidence needs --tee", a[0])}
 			}
@@ -57,7 +60,7 @@ nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
 			}
 			defer ag.Close()
 			o := IOOf(cmd)
-			if typ == 3 {
+			if a[0] == "azure-token" {
 				res, err := ag.AzureAttestationToken(cmd.Context(), &agentpb.AttestationTokenRequest{TokenNonce: tokB, Type: typ})
 				if err != nil {
 					return fmt.Errorf("getting Azure token: %s", statusText(err))

@@ -27,16 +27,10 @@ func TestAttestationVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := &attest.Attester{TPM: tpm, SNP: snp, Simulated: true}
-	tee, vtpm := strings.Repeat("ab", 64), strings.Repeat("cd", 32)
-	teeB, _ := hex.DecodeString(tee)
-	vtpmB, _ := hex.DecodeString(vtpm)
-	tok, err := a.Attest(attest.Request{ReportData: teeB, Nonce: vtpmB, Platform: attest.SNPvTPM})
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	file, bundle := filepath.Join(dir, "attestation.bin"), filepath.Join(dir, "roots.pem")
-	os.WriteFile(file, tok, 0o600)
+	tee, vtpm, file := tokenFile(t, a, attest.SNPvTPM, dir, "attestation.bin")
+	vtpmB, _ := hex.DecodeString(vtpm)
+	bundle := filepath.Join(dir, "roots.pem")
 	os.WriteFile(bundle, snp.RootsPEM(), 0o600)
 	policy := filepath.Join(dir, "policy.json")
 	os.WriteFile(policy, []byte(`{"policy":{"policy":"196608","minimumTcb":"0"},"pcr_values":{"sha256":{"0":"`+strings.Repeat("00", 32)+`"}}}`), 0o600)
@@ -182,4 +176,65 @@ func TestVerifyTDX(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestVerifyAzure(t *testing.T) {
+	rw, err := sim.OpenTPM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	snp, err := sim.NewSNP(sim.SNPOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sim.ProvisionAzureSNP(rw, snp); err != nil {
+		t.Fatal(err)
+	}
+	tpm, err := attest.NewTPM(rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	a := &attest.Attester{TPM: tpm, Simulated: true, Azure: &attest.AzureVM{SNPCerts: snp.SNPCertChain}}
+	dir := t.TempDir()
+	tee, vtpm, file := tokenFile(t, a, attest.Azure, dir, "azure.bin")
+	bundle := filepath.Join(dir, "roots.pem")
+	os.WriteFile(bundle, snp.RootsPEM(), 0o600)
+	m := sim.DefaultMeasurement()
+	corimFile := filepath.Join(dir, "azure.corim")
+	if code, out, errOut := runCLI(t, Options{}, "policy", "create-corim", "azure", "--measurement", hex.EncodeToString(m[:]), "-o", corimFile); code != 0 {
+		t.Fatalf("create-corim: %d %s %s", code, out, errOut)
+	}
+	base := []string{"attestation", "verify", file, "--vtpm", vtpm, "--amd-bundle", bundle, "--allow-simulated"}
+	for _, tc := range []verifyCase{
+		{"good", []string{"--tee", tee}, 0, "OK: Azure"},
+		{"CoRIM", []string{"--tee", tee, "--policy", corimFile, "--allow-unsigned-corim"}, 0, "corim.snp"},
+		{"wrong tee", []string{"--tee", strings.Repeat("00", 64)}, 1, "azure.nonce"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, Options{}, append(append([]string{}, base...), tc.args...)...)
+			if code != tc.code || !strings.Contains(out+errOut, tc.want) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.code, tc.want)
+			}
+		})
+	}
+}
+
+// tokenFile has a attest p over fixed nonces and writes the token to
+// dir/name; it returns the nonces (hex) and the file.
+func tokenFile(t *testing.T, a *attest.Attester, p attest.Platform, dir, name string) (tee, vtpm, file string) {
+	t.Helper()
+	tee, vtpm = strings.Repeat("ab", 64), strings.Repeat("cd", 32)
+	teeB, _ := hex.DecodeString(tee)
+	vtpmB, _ := hex.DecodeString(vtpm)
+	tok, err := a.Attest(attest.Request{ReportData: teeB, Nonce: vtpmB, Platform: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	file = filepath.Join(dir, name)
+	if err := os.WriteFile(file, tok, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return tee, vtpm, file
 }
