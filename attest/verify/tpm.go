@@ -119,6 +119,9 @@ func verifyVTPM(r *Result, att *attestpb.Attestation, c *eat.Claims, rs *roots, 
 	if q := quotes["sha384"]; q != nil {
 		r.PCRs384 = q.GetPcrs().GetPcrs()
 	}
+	if q := quotes["sha1"]; q != nil {
+		r.PCRsSHA1 = q.GetPcrs().GetPcrs()
+	}
 
 	// PCR values required by the policy.
 	banks := make([]string, 0, len(o.Policy.PCRs))

@@ -82,6 +82,7 @@ type Result struct {
 	TPM       *attestpb.Attestation // nil without vTPM
 	PCRs      map[uint32][]byte     // SHA-256 bank, from the verified quote
 	PCRs384   map[uint32][]byte     // SHA-384 bank, if quoted
+	PCRsSHA1  map[uint32][]byte     // SHA-1 bank, if quoted (IMA's PCR 10 list is SHA-1)
 	TDX       *TDXRegisters         // nil without TDX
 	TDXQuote  *tdxpb.QuoteV4        // the verified quote, nil without TDX
 	Events    attest.EventLog       // replayed and matching PCRs 15 and 16

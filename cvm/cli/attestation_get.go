@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -76,24 +77,17 @@ up to 32 bytes), which cvmd agents do not provide yet.`,
 			if out == "" {
 				out = "attestation.bin"
 			}
-			stream, err := ag.Attestation(cmd.Context(), &agentpb.AttestationRequest{TeeNonce: teeB, VtpmNonce: vtpmB, Type: typ})
-			if err != nil {
-				return fmt.Errorf("getting attestation: %s", statusText(err))
-			}
 			f, err := os.Create(out)
 			if err != nil {
 				return err
 			}
-			n, err := recvFile(stream, f, o, "attestation", func() ([]byte, error) {
-				m, err := stream.Recv()
-				return m.GetFile(), err
-			})
+			n, err := fetchEvidence(cmd, ag, &agentpb.AttestationRequest{TeeNonce: teeB, VtpmNonce: vtpmB, Type: typ}, f)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
 				os.Remove(out)
-				return fmt.Errorf("getting attestation: %s", statusText(err))
+				return err
 			}
 			return o.Print(fmt.Sprintf("attestation saved to %s (%d bytes)", out, n), map[string]any{"file": out, "bytes": n})
 		},
@@ -103,6 +97,22 @@ up to 32 bytes), which cvmd agents do not provide yet.`,
 	c.Flags().StringVar(&token, "token", "", "Azure token nonce, hex, up to 32 bytes")
 	c.Flags().StringVarP(&out, "output", "o", "", "output file (default attestation.bin)")
 	return c
+}
+
+// fetchEvidence streams the agent's answer to req (an EAT token) into w.
+func fetchEvidence(cmd *cobra.Command, ag *Agent, req *agentpb.AttestationRequest, w io.Writer) (int64, error) {
+	stream, err := ag.Attestation(cmd.Context(), req)
+	if err != nil {
+		return 0, fmt.Errorf("getting attestation: %s", statusText(err))
+	}
+	n, err := recvFile(stream, w, IOOf(cmd), "attestation", func() ([]byte, error) {
+		m, err := stream.Recv()
+		return m.GetFile(), err
+	})
+	if err != nil {
+		return n, fmt.Errorf("getting attestation: %s", statusText(err))
+	}
+	return n, nil
 }
 
 func hexArg(name, v string, max int) ([]byte, error) {
