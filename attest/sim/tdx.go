@@ -78,6 +78,7 @@ type TDX struct {
 	body       *tdxpb.TDQuoteBody // template; REPORT_DATA set per quote
 	header     *tdxpb.Header
 	ak         *ecdsa.PrivateKey // the QE's attestation key
+	akRaw      []byte            // its public key, X ‖ Y
 	certData   *tdxpb.CertificationData
 	rootPEM    []byte
 	collateral []byte
@@ -127,7 +128,11 @@ func NewTDX(o TDXOptions) (*TDX, error) {
 	}
 	// The QE report certifies the attestation key: its REPORT_DATA is
 	// SHA-256(attestation key ‖ QE auth data), and the PCK key signs it.
-	akRaw := rawPub(&t.ak.PublicKey)
+	akRaw, err := rawPub(&t.ak.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	t.akRaw = akRaw
 	authData := make([]byte, 32)
 	for i := range authData {
 		authData[i] = byte(i)
@@ -187,7 +192,7 @@ func (t *TDX) GetRawQuote(reportData [64]byte) ([]uint8, error) {
 	q := &tdxpb.QuoteV4{
 		Header: t.header, TdQuoteBody: body,
 		SignedDataSize: uint32(0x80 + 6 + t.certData.GetSize()),
-		SignedData:     &tdxpb.Ecdsa256BitQuoteV4AuthData{Signature: sig, EcdsaAttestationKey: rawPub(&t.ak.PublicKey), CertificationData: t.certData},
+		SignedData:     &tdxpb.Ecdsa256BitQuoteV4AuthData{Signature: sig, EcdsaAttestationKey: t.akRaw, CertificationData: t.certData},
 	}
 	return abi.QuoteToAbiBytes(q)
 }
@@ -206,11 +211,14 @@ func putLE(b []byte, v uint64) {
 	}
 }
 
-func rawPub(k *ecdsa.PublicKey) []byte {
-	b := make([]byte, 64)
-	k.X.FillBytes(b[:32])
-	k.Y.FillBytes(b[32:])
-	return b
+// rawPub is the attestation key as quotes carry it: X ‖ Y, without the
+// uncompressed-point prefix byte.
+func rawPub(k *ecdsa.PublicKey) ([]byte, error) {
+	b, err := k.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	return b[1:], nil
 }
 
 // rawSign signs SHA-256(msg) and returns r ‖ s, as Intel's structures carry it.

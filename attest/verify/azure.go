@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 
 	"github.com/google/go-sev-guest/abi"
@@ -54,7 +55,7 @@ func verifyAzure(r *Result, att *attestpb.Attestation, c *eat.Claims, rs *roots,
 		}
 		q := att.GetTdxAttestation()
 		if q == nil {
-			return fail("azure.hcl", fmt.Errorf("Azure TDX evidence without a TDX quote"))
+			return fail("azure.hcl", errors.New("the Azure TDX evidence has no TDX quote"))
 		}
 		raw, err := tdxabi.QuoteToAbiBytes(q)
 		if err != nil {
