@@ -195,14 +195,18 @@ func (t *TPM) Sign(tbs []byte) ([]byte, error) {
 	return eat.RawSignature(sig.ECC.R, sig.ECC.S), nil
 }
 
-// ReadNV reads a whole NV index with its own (empty) authorization, as
-// Azure's HCL report index is read.
+// ReadNV reads a whole NV index with its own (empty) authorization, or the
+// owner's (empty) if the index does not allow that: Azure's HCL report index
+// is readable either way, depending on the paravisor's version.
 func (t *TPM) ReadNV(index uint32) ([]byte, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	b, err := tpm2.NVReadEx(t.rw, tpmutil.Handle(index), tpmutil.Handle(index), "", 0)
 	if err != nil {
-		return nil, fmt.Errorf("attest: reading NV index %#x: %w", index, err)
+		var err2 error
+		if b, err2 = tpm2.NVReadEx(t.rw, tpmutil.Handle(index), tpm2.HandleOwner, "", 0); err2 != nil {
+			return nil, fmt.Errorf("attest: reading NV index %#x: %w", index, err)
+		}
 	}
 	return b, nil
 }

@@ -238,3 +238,37 @@ func tokenFile(t *testing.T, a *attest.Attester, p attest.Platform, dir, name st
 	}
 	return tee, vtpm, file
 }
+
+// TestPolicyFromTDXToken: trust on first use pins a TDX token's registers,
+// and the pinned policy refuses another TD.
+func TestPolicyFromTDXToken(t *testing.T) {
+	tdx, err := sim.NewTDX(sim.TDXOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := sim.NewTDX(sim.TDXOptions{MRTD: [48]byte{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tee, vtpm, file := tokenFile(t, &attest.Attester{TDX: tdx, TDXCollateral: tdx.Collateral, Simulated: true}, attest.TDX, dir, "tdx.bin")
+	_, _, otherFile := tokenFile(t, &attest.Attester{TDX: other, TDXCollateral: other.Collateral, Simulated: true}, attest.TDX, dir, "other.bin")
+	pol := filepath.Join(dir, "tdx.json")
+	if code, out, errOut := runCLI(t, Options{}, "attestation", "policy", file, "--allow-simulated", "-o", pol); code != 0 {
+		t.Fatalf("policy: %d %s %s", code, out, errOut)
+	}
+	if b, _ := os.ReadFile(pol); !strings.Contains(string(b), `"mrTd"`) {
+		t.Fatalf("policy %s", b)
+	}
+	for _, tc := range []verifyCase{
+		{"same TD", []string{file}, 0, "OK: TDX"},
+		{"another TD", []string{otherFile}, 1, "tdx.mrtd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := runCLI(t, Options{}, append([]string{"attestation", "verify", "--tee", tee, "--vtpm", vtpm, "--allow-simulated", "--policy", pol}, tc.args...)...)
+			if code != tc.code || !strings.Contains(out+errOut, tc.want) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit %d and %q", code, out, errOut, tc.code, tc.want)
+			}
+		})
+	}
+}
