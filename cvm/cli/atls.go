@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/cvmd/cvmd/attest/atls"
+	"github.com/cvmd/cvmd/attest/atlsverify"
 	"github.com/cvmd/cvmd/attest/verify"
 )
 
@@ -99,7 +100,7 @@ func atlsDialOptions(ctx context.Context, cfg *AgentConfig) ([]grpc.DialOption, 
 		}
 		tc.Certificates = []tls.Certificate{c}
 	}
-	ac := &atls.ClientConfig{TLS: tc, VerifyEvidence: atls.PolicyVerifier(opts)}
+	ac := &atls.ClientConfig{TLS: tc, VerifyEvidence: atlsverify.Policy(opts)}
 	if cfg.RequestContext != "" {
 		if ac.Context, err = hex.DecodeString(cfg.RequestContext); err != nil || len(ac.Context) == 0 || len(ac.Context) > 255 {
 			return nil, &UsageError{fmt.Errorf("attestation request context %q: want 1 to 255 bytes in hex", cfg.RequestContext)}
