@@ -160,6 +160,11 @@ func (s *Spec) Validate() error {
 		// Binding the host's / would carry every submount, writable, into the view.
 		return fmt.Errorf("sandbox: spec %s: rootfs %q: want an absolute directory other than /", s.ID, s.Rootfs)
 	}
+	if s.Seccomp != nil {
+		if err := s.Seccomp.Validate(); err != nil {
+			return fmt.Errorf("sandbox: spec %s: %w", s.ID, err)
+		}
+	}
 	if s.Net != "" && s.Net != NetHost && !filepath.IsAbs(s.Net) {
 		return fmt.Errorf("sandbox: spec %s: net %q: want \"\", %q or an absolute nsfs path", s.ID, s.Net, NetHost)
 	}
