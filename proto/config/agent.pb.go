@@ -34,7 +34,8 @@ type AgentSettings struct {
 	// Largest single dataset upload accepted, bytes. 0 = 64 GiB.
 	MaxDatasetBytes uint64 `protobuf:"varint,3,opt,name=max_dataset_bytes,json=maxDatasetBytes,proto3" json:"max_dataset_bytes,omitempty"`
 	// Free space the agent keeps on the computation dir's filesystem: an upload
-	// that would go below it is refused. 0 = 64 MiB.
+	// or a zip extraction is stopped before it would go below it, and what it
+	// wrote is removed. 0 = 64 MiB.
 	MinFreeBytes uint64 `protobuf:"varint,4,opt,name=min_free_bytes,json=minFreeBytes,proto3" json:"min_free_bytes,omitempty"`
 	// Caps on `decompress` extraction: entries (0 = 10000) and total
 	// uncompressed bytes (0 = max_dataset_bytes).
