@@ -57,7 +57,11 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	if sn.keys.Algorithm == nil {
 		return ErrAlgorithmNotDeclared
 	}
-	if !rolesig.Verify(sn.keys.Algorithm, rolesig.AlgorithmProvider, m.Signature) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !verify(sn.keys.Algorithm, rolesig.AlgorithmProvider) {
 		return fmt.Errorf("%w: the signature is not the algorithm provider's", ErrUnauthenticated)
 	}
 	if sn.state != ReceivingAlgorithm {
@@ -143,7 +147,11 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if sn.man == nil {
 		return ErrWrongState
 	}
-	if !slices.ContainsFunc(sn.keys.Datasets, func(k crypto.PublicKey) bool { return rolesig.Verify(k, rolesig.DataProvider, m.Signature) }) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(sn.keys.Datasets, func(k crypto.PublicKey) bool { return verify(k, rolesig.DataProvider) }) {
 		return fmt.Errorf("%w: the signature is no data provider's", ErrUnauthenticated)
 	}
 	if sn.state != ReceivingData {
@@ -167,7 +175,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if slices.Contains(sn.rec.Received, name) {
 		return fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
 	}
-	if !rolesig.Verify(sn.keys.Datasets[idx], rolesig.DataProvider, m.Signature) {
+	if !verify(sn.keys.Datasets[idx], rolesig.DataProvider) {
 		return fmt.Errorf("%w: dataset %q belongs to another data provider", ErrPermissionDenied, name)
 	}
 	sp, err := a.newSpool(stream.Context(), "dataset "+name, a.lim.maxDataset)
@@ -347,7 +355,11 @@ func (a *Agent) result(stream agentpb.AgentService_ResultServer) error {
 	if sn.man == nil {
 		return ErrResultsNotReady
 	}
-	if !slices.ContainsFunc(sn.keys.Consumers, func(k crypto.PublicKey) bool { return rolesig.Verify(k, rolesig.Consumer, m.Signature) }) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(sn.keys.Consumers, func(k crypto.PublicKey) bool { return verify(k, rolesig.Consumer) }) {
 		return ErrUndeclaredConsumer
 	}
 	switch sn.state {

@@ -48,8 +48,12 @@ type AgentSettings struct {
 	// Soft limit of the agent's Go heap (runtime/debug.SetMemoryLimit), so that
 	// garbage from streamed chunks is collected before RSS grows. 0 = 32 MiB.
 	MemoryLimitBytes uint64 `protobuf:"varint,9,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Refuse role-only (Cocos) signatures: every Algo, Data and Result call
+	// must sign a nonce offered by cvmd.rolechallenge.v1.RoleChallenge/Offer
+	// (docs/agent.md, "Role signatures"). A manifest can also require it.
+	RequireRoleChallenge bool `protobuf:"varint,10,opt,name=require_role_challenge,json=requireRoleChallenge,proto3" json:"require_role_challenge,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *AgentSettings) Reset() {
@@ -145,11 +149,18 @@ func (x *AgentSettings) GetMemoryLimitBytes() uint64 {
 	return 0
 }
 
+func (x *AgentSettings) GetRequireRoleChallenge() bool {
+	if x != nil {
+		return x.RequireRoleChallenge
+	}
+	return false
+}
+
 var File_proto_config_agent_proto protoreflect.FileDescriptor
 
 const file_proto_config_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18proto/config/agent.proto\x12\vcvmd.config\"\x91\x03\n" +
+	"\x18proto/config/agent.proto\x12\vcvmd.config\"\xc7\x03\n" +
 	"\rAgentSettings\x12'\n" +
 	"\x0fcomputation_dir\x18\x01 \x01(\tR\x0ecomputationDir\x12.\n" +
 	"\x13max_algorithm_bytes\x18\x02 \x01(\x04R\x11maxAlgorithmBytes\x12*\n" +
@@ -160,7 +171,9 @@ const file_proto_config_agent_proto_rawDesc = "" +
 	"\x15ima_measurements_path\x18\a \x01(\tR\x13imaMeasurementsPath\x12\x1d\n" +
 	"\n" +
 	"pcr10_path\x18\b \x01(\tR\tpcr10Path\x12,\n" +
-	"\x12memory_limit_bytes\x18\t \x01(\x04R\x10memoryLimitBytesB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x12memory_limit_bytes\x18\t \x01(\x04R\x10memoryLimitBytes\x124\n" +
+	"\x16require_role_challenge\x18\n" +
+	" \x01(\bR\x14requireRoleChallengeB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_agent_proto_rawDescOnce sync.Once
