@@ -196,6 +196,40 @@ func TestSocketFamilies(t *testing.T) {
 	}
 }
 
+// TestMountinfoHidesHostPaths reads the algorithm's /proc/self/mountinfo:
+// its root is the skeleton's own tmpfs and /etc/cocos an empty tmpfs, so
+// neither the state dir nor the supervisor's run dir shows; the only host
+// paths left are the sources of the binds it was given (its datasets and its
+// copy of the algorithm), as docs/runner.md says.
+func TestMountinfoHidesHostPaths(t *testing.T) {
+	withPlatformSecrets(t)
+	w := newWorld(t, worldOpts{})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	w.put(t, "datasets/x.csv", []byte("x"), 0o644)
+	if resp := w.run(t, "bin", "mountinfo"); resp.GetError() != "" {
+		t.Fatalf("run: %s\n%s", resp.GetError(), w.rec.all())
+	}
+	lines := w.rec.output("stdout")
+	seen := map[string]string{} // mount point → root
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 5 {
+			continue
+		}
+		root, point := f[3], f[4]
+		seen[point] = root
+		if strings.Contains(l, w.state) && point != "/cocos/datasets" && point != "/cocos/algo" {
+			t.Errorf("mountinfo shows a host path of the state dir: %s", l)
+		}
+	}
+	if seen["/"] != "/" {
+		t.Errorf("the root is %q of its file system, want \"/\" (the skeleton's own tmpfs)\n%s", seen["/"], strings.Join(lines, "\n"))
+	}
+	if seen["/etc/cocos"] != "/" {
+		t.Errorf("/etc/cocos is %q, want an empty tmpfs\n%s", seen["/etc/cocos"], strings.Join(lines, "\n"))
+	}
+}
+
 // TestSandboxProperties checks what the algorithm sees of itself: no
 // capabilities, no_new_privs, seccomp, a non-root uid, a clean environment
 // and a reachable proxy.
