@@ -1,5 +1,7 @@
 // Package agent is the agent child (`cvmd agent`): the computation's state
-// machine and the CLI-facing agent.AgentService, wire-compatible with Cocos.
+// machine and the CLI-facing agent.AgentService, wire-compatible with Cocos,
+// plus cvmd's opt-in role challenges (cvmd.rolechallenge.v1.RoleChallenge,
+// challenge.go), which bind a role signature to one request.
 //
 // It receives a manifest from the supervisor (agentctl.Control, served only
 // on the supervisor's own edge), then the algorithm and datasets from the
