@@ -371,6 +371,11 @@ func (s *Supervisor) sandboxSpec(spec *table.ChildSpec) *sandbox.Spec {
 			ss.Mounts = append(ss.Mounts, sandbox.Mount{Kind: sandbox.Bind, Source: f, Dest: f})
 		}
 	}
+	for _, d := range spec.HostDirs {
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			ss.Mounts = append(ss.Mounts, sandbox.Mount{Kind: sandbox.Bind, Source: d, Dest: d})
+		}
+	}
 	for _, d := range spec.Devices {
 		if _, err := os.Stat(d); err == nil {
 			ss.Devices = append(ss.Devices, d)
