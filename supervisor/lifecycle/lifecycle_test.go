@@ -1,12 +1,10 @@
 package lifecycle
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,80 +16,42 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/sandbox"
+	_ "github.com/cvmd/cvmd/supervisor/lifecycle/internal/staticlink"
 	"github.com/cvmd/cvmd/supervisor/table"
 )
 
 // The lifecycle tests run a real Supervisor over real libcontainer
-// sandboxes. This test binary is libcontainer's init (TestMain); the
-// children are testdata/child, a static binary built once and copied into
-// each test runtime's skeleton rootfs, the one file every child's view
-// then has (at /child).
-
-var (
-	helperOnce sync.Once
-	helperDir  string
-	helperErr  error
-)
+// sandboxes. This test binary is libcontainer's init and the children
+// (TestMain, as cvmd's dispatch table): a child runs `/proc/self/exe NAME`,
+// standIn under the real child runtime. The binary is linked statically
+// (staticlink), so it runs in the children's empty sandboxes.
 
 func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == "init" {
 		sandbox.Init() // libcontainer's re-exec; never returns
 	}
-	code := m.Run()
-	if helperDir != "" {
-		os.RemoveAll(helperDir)
+	if len(os.Args) > 1 && !strings.HasPrefix(os.Args[1], "-") {
+		os.Exit(testutil.ExitCode(child.Run(os.Args[1], standIn)))
 	}
-	os.Exit(code)
+	os.Exit(m.Run())
 }
 
-// helper returns the stand-in child binary, built once.
-func helper(t *testing.T) string {
+func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (namespaces, cgroups)")
 	}
-	helperOnce.Do(func() {
-		if helperDir, helperErr = os.MkdirTemp("", "lifecycle-child-"); helperErr != nil {
-			return
-		}
-		cmd := exec.Command("go", "build", "-o", filepath.Join(helperDir, "child"), "./testdata/child")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			helperErr = fmt.Errorf("building testdata/child: %v\n%s", err, out)
-		}
-	})
-	if helperErr != nil {
-		t.Fatal(helperErr)
-	}
-	return filepath.Join(helperDir, "child")
 }
 
-// lockedBuffer is the supervisor's log, written by its goroutines and read
-// by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// lines returns the log lines that contain every one of parts.
-func (l *lockedBuffer) lines(parts ...string) []string {
+// logLines returns the lines of log that contain every one of parts.
+func logLines(log *testutil.Buffer, parts ...string) []string {
 	var out []string
-	for _, line := range strings.Split(l.String(), "\n") {
+	for _, line := range log.Lines() {
 		ok := true
 		for _, p := range parts {
 			ok = ok && strings.Contains(line, p)
@@ -120,7 +80,7 @@ var rigSeq atomic.Int32
 type rig struct {
 	t      *testing.T
 	sup    *Supervisor
-	log    *lockedBuffer
+	log    *testutil.Buffer
 	cancel context.CancelFunc
 	done   chan error
 	ended  bool
@@ -130,23 +90,18 @@ type rig struct {
 // set by mod) until the test ends.
 func start(t *testing.T, children []table.ChildSpec, mod func(*Config)) *rig {
 	t.Helper()
-	exe := helper(t)
+	needRoot(t)
 	rt, err := sandbox.NewRuntime(sandbox.RuntimeConfig{StateDir: filepath.Join(t.TempDir(), "sandbox"),
 		CgroupRoot: fmt.Sprintf("cvmd-lifecycle-test-%d-%d", os.Getpid(), rigSeq.Add(1))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("cp", exe, filepath.Join(rt.Skeleton(), "child")).CombinedOutput(); err != nil {
-		rt.Close()
-		t.Fatalf("copying the child into the skeleton: %v\n%s", err, out)
-	}
-	log := &lockedBuffer{}
+	log := &testutil.Buffer{}
 	cfg := Config{
 		Table:   &table.Table{Children: children, Policy: table.DefaultPolicy(), ReadyTimeout: 20 * time.Second, StopGrace: time.Second},
 		Runtime: rt,
 		State:   t.TempDir(),
 		RunDir:  t.TempDir(),
-		Exe:     []string{"/child"},
 		Log:     slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if mod != nil {
@@ -246,11 +201,11 @@ func TestBootAndShutdown(t *testing.T) {
 	r.waitFor("both children READY", 30*time.Second, allReady)
 	r.stop(30 * time.Second)
 	log := r.log
-	stopped := log.lines("event_type=child.stopped", "status=ok")
+	stopped := logLines(log, "event_type=child.stopped", "status=ok")
 	if len(stopped) != 2 {
 		t.Errorf("%d child.stopped events, want 2:\n%s", len(stopped), strings.Join(stopped, "\n"))
 	}
-	if exited := log.lines("event_type=child.exited"); len(exited) != 0 {
+	if exited := logLines(log, "event_type=child.exited"); len(exited) != 0 {
 		t.Errorf("a shutdown reported as failures:\n%s", strings.Join(exited, "\n"))
 	}
 	// top depends on base: it is stopped first, base after top exited.
@@ -276,7 +231,7 @@ func TestCallsServedWhileAChildStops(t *testing.T) {
 		}
 	}
 	r.stop(30 * time.Second)
-	if len(r.log.lines("child did not stop in time; killing it", "child=stubborn")) != 1 {
+	if len(logLines(r.log, "child did not stop in time; killing it", "child=stubborn")) != 1 {
 		t.Error("the stubborn child was not killed after its grace")
 	}
 }
@@ -300,13 +255,13 @@ func TestReplacementIsReportedAsSuch(t *testing.T) {
 	if m["base"].Generation != 1 {
 		t.Errorf("base was restarted: %+v", m["base"])
 	}
-	if got := r.log.lines("event_type=child.replaced", "status=ok", `\"child\":\"runner\"`); len(got) != 1 {
+	if got := logLines(r.log, "event_type=child.replaced", "status=ok", `\"child\":\"runner\"`); len(got) != 1 {
 		t.Errorf("%d child.replaced events for the runner, want 1", len(got))
 	}
-	if got := r.log.lines("event_type=child.exited"); len(got) != 0 {
+	if got := logLines(r.log, "event_type=child.exited"); len(got) != 0 {
 		t.Errorf("the replacement reported as a failure:\n%s", strings.Join(got, "\n"))
 	}
-	if len(r.log.lines("child output", "mode ok generation 2 computation c1")) != 1 {
+	if len(logLines(r.log, "child output", "mode ok generation 2 computation c1")) != 1 {
 		t.Error("the new runner did not get the computation id")
 	}
 }
@@ -344,17 +299,13 @@ func TestOnlyTheSandboxRoleAsksForSandboxes(t *testing.T) {
 	sbs := &recordingSandboxes{}
 	r := start(t, []table.ChildSpec{runner, spec("other", "asksandbox")}, func(c *Config) { c.Sandboxes = sbs })
 	r.waitFor("READY", 30*time.Second, allReady)
-	deadline := time.Now().Add(20 * time.Second)
-	for len(r.log.lines("child output", "sandbox reply:")) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the children did not both get a sandbox reply")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := r.log.lines("child=other", "sandbox reply: supervisor: other may not ask for algorithm sandboxes"); len(got) != 1 {
+	testutil.WaitUntil(t, 20*time.Second, "both children's sandbox replies", func() bool {
+		return len(logLines(r.log, "child output", "sandbox reply:")) >= 2
+	})
+	if got := logLines(r.log, "child=other", "sandbox reply: supervisor: other may not ask for algorithm sandboxes"); len(got) != 1 {
 		t.Errorf("the other child's request was not refused as such")
 	}
-	if got := r.log.lines("child=runner", "sandbox reply: recording: request 1 seen"); len(got) != 1 {
+	if got := logLines(r.log, "child=runner", "sandbox reply: recording: request 1 seen"); len(got) != 1 {
 		t.Errorf("the runner's request did not reach the sandboxes")
 	}
 	r.stop(30 * time.Second)
@@ -409,15 +360,11 @@ func TestReplacedDuringBootReachesItsServer(t *testing.T) {
 			r.waitFor("the new client READY", 30*time.Second, func(m map[string]ChildInfo) bool {
 				return m["cli"].Generation >= 2 && m["cli"].Status == StatusReady
 			})
-			deadline := time.Now().Add(25 * time.Second)
-			for {
-				if len(r.log.lines("child=cli", "reached srv generation 2")) == 1 {
-					break
-				}
-				if bad := r.log.lines("child=cli", "unreachable srv"); len(bad) > 0 || time.Now().After(deadline) {
-					t.Fatalf("the replaced client did not reach its server: %v", bad)
-				}
-				time.Sleep(10 * time.Millisecond)
+			testutil.WaitUntil(t, 25*time.Second, "the replaced client's dial", func() bool {
+				return len(logLines(r.log, "child=cli", "srv generation 2")) > 0 || len(logLines(r.log, "child=cli", "unreachable srv")) > 0
+			})
+			if bad := logLines(r.log, "child=cli", "unreachable srv"); len(bad) > 0 || len(logLines(r.log, "child=cli", "reached srv generation 2")) != 1 {
+				t.Fatalf("the replaced client did not reach its server: %v", bad)
 			}
 		})
 	}

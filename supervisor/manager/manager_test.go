@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -13,7 +12,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +24,7 @@ import (
 	"github.com/cvmd/cvmd/children/logfwd"
 	"github.com/cvmd/cvmd/cvm/devmanager"
 	"github.com/cvmd/cvmd/internal/logsink"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/logs"
@@ -296,11 +295,11 @@ func freeAddr(t *testing.T) string {
 }
 
 func TestLinkManagerDownAtBootThenUp(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	sup := &testSupervisor{}
 	addr := freeAddr(t)
-	linkLog := &lockedBuffer{}
+	linkLog := &logRecorder{}
 	l := startLink(t, Config{URL: addr}, Deps{Supervisor: sup, Logs: r.client, Log: linkLog.logger()})
 	const n = 2000
 	for i := 0; i < n; i++ {
@@ -347,10 +346,10 @@ func TestLinkManagerDownAtBootThenUp(t *testing.T) {
 }
 
 func TestLinkManagerRestartedMidStream(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
-	linkLog := &lockedBuffer{}
+	linkLog := &logRecorder{}
 	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client, Log: linkLog.logger()})
 	const n = 20000
 	var wg sync.WaitGroup
@@ -380,7 +379,7 @@ func TestLinkManagerRestartedMidStream(t *testing.T) {
 }
 
 func TestLinkLogfwdRestartedMidStream(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	srv, addr, _ := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
@@ -403,7 +402,7 @@ func TestLinkLogfwdRestartedMidStream(t *testing.T) {
 // is gone (a slow stop) is sent to the next manager, in order with the
 // answers after it.
 func TestLinkKeepsAnswersAcrossReconnect(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	sup := &testSupervisor{stopGate: make(chan struct{}), stopped: make(chan struct{}, 1)}
 	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	startLink(t, Config{URL: addr}, Deps{Supervisor: sup})
@@ -450,7 +449,7 @@ func TestLinkKeepsAnswersAcrossReconnect(t *testing.T) {
 // the restart the manager gets every line outside the damaged bytes, in
 // order, and the LogQueueDamaged event naming exactly the lost range.
 func TestLinkCorruptedSegment(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	const n = 3000
 	for i := 0; i < n; i++ {
@@ -529,7 +528,7 @@ func chunk(id string, data []byte, last bool) *cvms.ServerStreamMessage {
 }
 
 func TestLinkRefusesMalformedServerMessages(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	srv, addr, _ := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	l := startLink(t, Config{URL: addr, MaxRunReqBytes: 4096, ChunkTimeout: 500 * time.Millisecond}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
@@ -660,62 +659,16 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
-// checkLeaks fails the test if goroutines or fds started during it are still
-// there after its cleanups (register it first: cleanups run last-in first-out).
-func checkLeaks(t *testing.T) {
-	g0 := runtime.NumGoroutine()
-	fds0 := countFDs()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			g, fds := runtime.NumGoroutine(), countFDs()
-			if g <= g0 && fds <= fds0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, fds, fds0, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-}
+// logRecorder is the link's log, for the tests that wait for its lines.
+type logRecorder struct{ testutil.Buffer }
 
-func countFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
-}
+func (l *logRecorder) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
 
-// lockedBuffer is a log written by the link's goroutines and read by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// count is how many times s appears in the log.
+func (l *logRecorder) count(s string) int { return strings.Count(l.String(), s) }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
-
-// count is how many lines of the log contain s.
-func (l *lockedBuffer) count(s string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.b.String(), s)
-}
-
-// waitCount polls the log until s appears n times.
-func (l *lockedBuffer) waitCount(t *testing.T, s string, n int, d time.Duration) {
+// waitCount waits until s appears n times in the log.
+func (l *logRecorder) waitCount(t *testing.T, s string, n int, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for l.count(s) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%q logged %d times in %v, want %d", s, l.count(s), d, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitUntil(t, d, fmt.Sprintf("%q logged %d times", s, n), func() bool { return l.count(s) >= n })
 }

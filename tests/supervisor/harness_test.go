@@ -9,7 +9,6 @@
 package supervisor_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/internal/testutil"
 )
 
 // binary is one build of cvmd: $CVMD_BIN/<name>, or built once with tags.
@@ -81,24 +82,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuf is a bytes.Buffer safe for the writer goroutine of exec.Cmd and readers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type childInfo struct {
 	Name       string `json:"name"`
 	Status     string `json:"status"`
@@ -129,7 +112,7 @@ type dev struct {
 	bin   string
 	state string
 	cmd   *exec.Cmd
-	out   *syncBuf
+	out   *testutil.Buffer
 	done  chan error
 	pid1  int // host pid of the namespace's PID 1
 	// started and ready: when the process was started and when
@@ -157,7 +140,7 @@ func startDevBin(t *testing.T, bin string, waitReady bool, extra ...string) *dev
 	t.Helper()
 	state := t.TempDir()
 	args := append([]string{"supervise", "--dev", "--state", state, "--listen", "127.0.0.1:0"}, extra...)
-	d := &dev{t: t, bin: bin, state: state, cmd: exec.Command(bin, args...), out: &syncBuf{}, done: make(chan error, 1)}
+	d := &dev{t: t, bin: bin, state: state, cmd: exec.Command(bin, args...), out: &testutil.Buffer{}, done: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	d.cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	d.started = time.Now()

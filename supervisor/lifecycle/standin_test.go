@@ -1,19 +1,4 @@
-// Command child is the stand-in child of the lifecycle tests: a static
-// binary that runs children/child's runtime, as every cvmd child does, and
-// behaves as its settings (a StringValue "MODE[:detail]") say:
-//
-//   - ok: says READY and runs until told to stop;
-//   - stubborn: says READY and ignores Stop and SIGTERM (only SIGKILL ends it);
-//   - crash: exits with status 3 before saying READY;
-//   - asksandbox: says READY, asks the supervisor for an algorithm sandbox
-//     and prints the reply's error as "sandbox reply: ...";
-//   - dial: says READY, dials each of its "to:" edges (for 20 s at most)
-//     and prints "reached SERVER generation N" or "unreachable SERVER: ...".
-//
-// It prints "mode MODE generation N computation ID" when it starts. The
-// tests build it with CGO_ENABLED=0 and hand it to each child as an fd, so
-// it runs in the children's empty sandboxes.
-package main
+package lifecycle
 
 import (
 	"context"
@@ -30,18 +15,21 @@ import (
 	"github.com/cvmd/cvmd/proto/control"
 )
 
-func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "child: want a name")
-		os.Exit(2)
-	}
-	if err := child.Run(os.Args[1], run); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
-
-func run(ctx context.Context, env *child.Env) error {
+// standIn is the child the lifecycle tests run: this test binary
+// re-executed by the Supervisor in the child's sandbox (TestMain), under
+// children/child's runtime as every cvmd child. Its settings (a StringValue
+// "MODE[:computation id]") say how it behaves:
+//
+//   - ok: says READY and runs until told to stop;
+//   - stubborn: says READY and ignores Stop and SIGTERM (only SIGKILL ends it);
+//   - crash: exits with status 3 before saying READY;
+//   - asksandbox: says READY, asks the supervisor for an algorithm sandbox
+//     and prints the reply's error as "sandbox reply: ...";
+//   - dial: says READY, dials each of its "to:" edges (for 20 s at most)
+//     and prints "reached SERVER generation N" or "unreachable SERVER: ...".
+//
+// It prints "mode MODE generation N computation ID" when it starts.
+func standIn(ctx context.Context, env *child.Env) error {
 	var s wrapperspb.StringValue
 	if err := env.Settings(&s); err != nil {
 		return err
