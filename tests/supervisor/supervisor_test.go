@@ -520,17 +520,15 @@ func (d *dev) stopLeavingNothing() {
 // A shutdown then stops those half-started sandboxes like any other.
 func TestDependentsRunAfterReady(t *testing.T) {
 	d := startDevWith(t, false, "--test-misbehave", "logfwd=silent", "--ready-timeout", "2s")
-	st := d.waitAll(func(s *status) bool {
+	d.waitAll(func(s *status) bool {
 		for _, name := range childNames[1:] {
 			if s.child(name).Status != "created" {
 				return false
 			}
 		}
-		return true
-	}, 30*time.Second, "every dependent of logfwd created")
-	if c := st.child("logfwd"); c.Status != "starting" {
-		t.Errorf("logfwd: %+v, want starting (it never says READY)", c)
-	}
+		// logfwd runs but never says READY.
+		return s.child("logfwd").Status == "starting"
+	}, 30*time.Second, "every dependent of logfwd created, logfwd starting")
 	// Still so once logfwd's READY timeout has come and gone: the loop
 	// handled that (and logfwd's restart) without running a dependent.
 	for deadline := time.Now().Add(30 * time.Second); !logHas(d.out.String(), `msg="child never said READY; killing it"`, "child=logfwd "); {
