@@ -54,9 +54,10 @@
 // that the new generation answered.
 //
 // The supervisor publishes its own facts as events: supervisor.started,
-// child.started, child.ready, child.exited, child.restarting, child.failed,
-// child.start_failed, computation.started, computation.manifest_measured,
-// computation.stopped, supervisor.shutdown.
+// child.started, child.ready, child.exited (a failure), child.replaced (a
+// new computation replaced it), child.stopped (shutdown), child.restarting,
+// child.failed, child.start_failed, computation.started,
+// computation.manifest_measured, computation.stopped, supervisor.shutdown.
 //
 // # Files on disk
 //
