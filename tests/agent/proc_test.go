@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	agentchild "github.com/cvmd/cvmd/children/agent"
+	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/child"
 	"github.com/cvmd/cvmd/internal/testutil"
@@ -30,7 +31,10 @@ import (
 // TestMain turns the test binary into `cvmd agent` when asked, so tests can
 // run the real child (its Main and the child runtime) as its own process.
 func TestMain(m *testing.M) {
-	testutil.Main(m, testutil.Helpers{"agent": func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) }})
+	testutil.Main(m, testutil.Helpers{
+		"agent":   func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) },
+		"ingress": func() int { return testutil.ExitCode(child.Run("ingress", ingress.Main)) },
+	})
 }
 
 // proc is the agent child running as a separate process, wired as the
@@ -42,6 +46,9 @@ type proc struct {
 	Dial    func(ctx context.Context) (net.Conn, error)
 	Control agentctl.ControlClient
 	Runner  *agenttest.Runner // the runner stand-in, in the test process
+	// ingressEdge is the dialing end of the agent's from:ingress edge, for
+	// an ingress child to dial the agent with (as the supervisor wires it).
+	ingressEdge *os.File
 	closers []func()
 }
 
@@ -95,6 +102,11 @@ func startProc(t *testing.T, stateDir string) *proc {
 		t.Fatalf("agent child did not say ready: %v %v", msg, err)
 	}
 	sd := ipc.NewDialer("agent-control", supCli)
+	ingDup, err := unix.Dup(int(ingCli.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ingressEdge = os.NewFile(uintptr(ingDup), "to:agent")
 	id := ipc.NewDialer("agent", ingCli)
 	p.Dial = id.Dial
 	conn, err := ipc.GRPCClient(sd)
@@ -102,7 +114,7 @@ func startProc(t *testing.T, stateDir string) *proc {
 		t.Fatal(err)
 	}
 	p.Control = agentctl.NewControlClient(conn)
-	p.closers = []func(){func() { conn.Close() }, func() { sd.Close() }, func() { id.Close() }, rs.Stop, func() { rd.Close() }}
+	p.closers = []func(){func() { conn.Close() }, func() { sd.Close() }, func() { id.Close() }, func() { p.ingressEdge.Close() }, rs.Stop, func() { rd.Close() }}
 	t.Cleanup(p.kill)
 	return p
 }
