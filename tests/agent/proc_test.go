@@ -18,9 +18,9 @@ import (
 	"google.golang.org/grpc"
 
 	agentchild "github.com/cvmd/cvmd/children/agent"
-	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
@@ -49,7 +49,7 @@ type proc struct {
 	// ingressEdge is the dialing end of the agent's from:ingress edge, for
 	// an ingress child to dial the agent with (as the supervisor wires it).
 	ingressEdge *os.File
-	closers []func()
+	closers     []func()
 }
 
 func startProc(t *testing.T, stateDir string) *proc {

@@ -301,7 +301,7 @@ func TestBenchTransfer(t *testing.T) {
 	policy := filepath.Join(dir, "policy.json")
 	os.WriteFile(policy, []byte(`{}`), 0o600)
 	ingresses := map[string]*ingressProc{
-		"atls": startIngressProc(t, p, &config.IngressSettings{AttestedTls: true, PlatformType: int32(attest.SNPvTPM)}, serveAttestation(t)),
+		"atls":  startIngressProc(t, p, &config.IngressSettings{AttestedTls: true, PlatformType: int32(attest.SNPvTPM)}, serveAttestation(t)),
 		"tls":   startIngressProc(t, p, &config.IngressSettings{CertFile: certPEM, KeyFile: keyPEM}, nil),
 		"plain": startIngressProc(t, p, &config.IngressSettings{}, nil),
 	}
