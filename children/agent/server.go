@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/cocos/chunks"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/cvms"
@@ -48,9 +49,11 @@ func (a *Agent) RegisterPublic(s *grpc.Server) *health.Server {
 }
 
 // PublicServerOptions are ServerOptions plus the stats handler that tells
-// the public server's connections apart (role challenges).
+// the public server's connections apart (role challenges) and the codec
+// that receives and sends upload and download chunks without copying them
+// (cocos/chunks: the same bytes on the wire as the proto codec).
 func (a *Agent) PublicServerOptions() []grpc.ServerOption {
-	return append(ServerOptions(), grpc.StatsHandler(&connTagger{ch: a.challenges}))
+	return append(ServerOptions(), grpc.StatsHandler(&connTagger{ch: a.challenges}), grpc.ForceServerCodecV2(chunks.Codec{}))
 }
 
 // RegisterControl registers agentctl.Control on s. Only the supervisor may

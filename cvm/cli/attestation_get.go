@@ -7,6 +7,7 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/mem"
 
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 )
@@ -105,9 +106,8 @@ func fetchEvidence(cmd *cobra.Command, ag *Agent, req *agentpb.AttestationReques
 	if err != nil {
 		return 0, fmt.Errorf("getting attestation: %s", statusText(err))
 	}
-	n, err := recvFile(stream, w, IOOf(cmd), "attestation", func() ([]byte, error) {
-		m, err := stream.Recv()
-		return m.GetFile(), err
+	n, err := recvFile(stream, w, IOOf(cmd), "attestation", func() (mem.BufferSlice, error) {
+		return recvChunk(stream, &agentpb.AttestationResponse{})
 	})
 	if err != nil {
 		return n, fmt.Errorf("getting attestation: %s", statusText(err))
