@@ -2,15 +2,20 @@
 // supervisor starts its children: it loads the kernel modules the image
 // ships (virtio, 9p, overlay, vsock, the ACPI power button, sev-guest), mounts
 // the manager's 9p shares (env_share → /etc/cocos, certs_share → /etc/certs),
-// configures eth0 for qemu's user network, and turns a press of the ACPI power
-// button (qemu's system_powerdown) into SIGPWR for the calling process.
+// configures eth0 for qemu's user network, turns a press of the ACPI power
+// button (qemu's system_powerdown) into SIGPWR for the calling process, and
+// puts the computation's files on the scratch disk when the VM has one: a
+// fresh dm-crypt (AES-GCM) over dm-integrity volume each boot, keyed in the
+// guest (scratch.go), whose choice the supervisor measures (storage.go).
 //
 // It is image glue, not policy: it does not mount /proc, /sys or /dev, does
 // not move the root, read the environment file, or start anything. The
 // supervisor (PID 1) does those and calls Prepare once, after /proc, /sys and
 // /dev are mounted and after the root has been moved to its final place, so
 // that the 9p mounts land in the root the children see. Only the
-// supervisor's PID 1 (supervisor/pid1.go) and images/ may import it. Every
+// supervisor (its PID 1, and the supervisor proper for the storage it
+// measures and sizes its limits by: StorageOf, BudgetFor, MakeQuotaDir,
+// WatchIntegrity) and images/ may import it. Every
 // step skips what is absent (no module list, no share, no eth0), but it
 // changes the machine's network and mounts: never call it on a workstation.
 package pid1
@@ -61,8 +66,10 @@ func LoadModules(log *slog.Logger) error {
 	return err
 }
 
-// Prepare mounts the 9p shares that are present, configures the network and
-// starts watching the power button (the modules are LoadModules' part). Every
+// Prepare mounts the 9p shares that are present, configures the network,
+// starts watching the power button, and gives StateRoot its storage: the
+// scratch disk as a fresh encrypted volume, or memory (SetupStorage; the
+// modules are LoadModules' part). Every
 // step is attempted even when an earlier one failed; the error joins what
 // went wrong, each part naming its object. The caller logs it and carries
 // on: a VM whose share failed may still be configured from the kernel
@@ -89,6 +96,9 @@ func Prepare(log *slog.Logger) error {
 	if err := startDebugPort(log); err != nil {
 		errs = append(errs, err)
 	}
+	// Last: formatting the scratch disk takes a while, and the debug port
+	// should answer meanwhile.
+	SetupStorage(log, cmd)
 	log.Info("pid1: done", "ms", time.Since(start).Milliseconds())
 	return errors.Join(errs...)
 }
