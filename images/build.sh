@@ -164,16 +164,18 @@ fi
 
 # --- kernel modules, with their dependencies, in load order ----------------------
 # Built-in on Debian's kernel: tpm_tis, tpm_crb, the 8250 serial, cgroups, seccomp.
-# The scratch disk: virtio_blk, dm-integrity and dm-crypt with AES-GCM (the kernel cannot load
-# crypto modules on demand: there is no modprobe), ext4 with its crc32c and quota format. The
+# virtio_blk finds the disks; the scratch disk's own modules (marked "scratch": PID 1 loads them
+# only when the VM has one) are dm-integrity and dm-crypt with AES-GCM (the kernel cannot load
+# crypto modules on demand: there is no modprobe), and ext4 with its crc32c and quota format. The
 # CPU-specific ones are optional (no AES-NI, PCLMUL or SSE4.2: the generic code serves); xts is
 # only for the benchmark's crypt-only volume.
 wanted=(virtio_pci virtio_net virtio_console virtio-rng 9pnet_virtio 9p overlay
-        vsock vmw_vsock_virtio_transport vsock_loopback button evdev sev-guest
-        virtio_blk dm-integrity dm-crypt ctr ghash-generic gcm aesni-intel ghash-clmulni-intel xts
+        vsock vmw_vsock_virtio_transport vsock_loopback button evdev sev-guest virtio_blk)
+scratch_wanted=(dm-integrity dm-crypt ctr ghash-generic gcm aesni-intel ghash-clmulni-intel xts
         crc32c_generic crc32c-intel ext4 quota_v2)
 optional=" sev-guest aesni-intel ghash-clmulni-intel crc32c-intel xts "
-declare -A modpath=() seen=()
+declare -A modpath=() seen=() group=()
+current_group=
 while read -r f; do m=${f##*/}; m=${m%.ko}; modpath[$m]=${f#"$mroot"/}; done < <(find "$mroot/kernel" -name '*.ko')
 order=()
 visit() {
@@ -186,16 +188,23 @@ visit() {
     visit "$dep"
   done
   order+=("$m")
+  group[$m]=$current_group
 }
 for m in "${wanted[@]}"; do visit "$m"; done
+# What only the scratch disk needs (its dependencies not already listed).
+current_group=scratch
+for m in "${scratch_wanted[@]}"; do visit "$m"; done
 kmods="$root/usr/lib/modules/$kver"
 mkdir -p "$kmods"
 {
-  echo "# load order for cvmd's guestboot: module [optional]"
+  echo "# load order for cvmd's PID 1: module [optional] [scratch]"
   for m in "${order[@]}"; do
     mkdir -p "$kmods/$(dirname "${modpath[$m]}")"
     cp "$mroot/${modpath[$m]}" "$kmods/${modpath[$m]}"
-    if [[ $optional == *" $m "* ]]; then echo "${modpath[$m]} optional"; else echo "${modpath[$m]}"; fi
+    line=${modpath[$m]}
+    if [[ $optional == *" $m "* ]]; then line+=" optional"; fi
+    if [ -n "${group[$m]}" ]; then line+=" ${group[$m]}"; fi
+    echo "$line"
   done
 } > "$kmods/modules.cvmd"
 

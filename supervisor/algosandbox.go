@@ -21,6 +21,7 @@ import (
 
 	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/sandbox"
+	"github.com/cvmd/cvmd/supervisor/pid1"
 )
 
 // AlgoLimits are the most an algorithm sandbox may get; a request may ask
@@ -45,6 +46,11 @@ type AlgoConfig struct {
 	// RunDir holds per-sandbox scratch (the results tmpfs mount points);
 	// root-only, ideally on a tmpfs.
 	RunDir string
+	// ResultsDisk, when set, is a root-only dir of the scratch disk where
+	// each sandbox's results go instead of a tmpfs: a directory capped by
+	// a project quota (pid1.MakeQuotaDir), so results need not fit in
+	// memory. Whatever it holds at start is removed.
+	ResultsDisk string
 	// Cvmd is the binary behind the logical source "cvmd"; "" = os.Executable.
 	Cvmd string
 	// UID and GID the algorithm runs as; 0 means 65532 (never root).
@@ -92,7 +98,8 @@ type AlgoSandboxes struct {
 }
 
 type algoRun struct {
-	id string
+	id  string
+	seq uint64 // numbers its results dir's quota
 
 	mu         sync.Mutex
 	sb         *sandbox.Sandbox // guarded by mu; nil until started
@@ -146,6 +153,11 @@ func NewAlgoSandboxes(cfg AlgoConfig) (*AlgoSandboxes, error) {
 	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
 		return nil, fmt.Errorf("supervisor: algorithm sandboxes: run dir: %w", err)
 	}
+	if cfg.ResultsDisk != "" {
+		if err := os.RemoveAll(cfg.ResultsDisk); err != nil {
+			return nil, fmt.Errorf("supervisor: algorithm sandboxes: cleaning the results dir: %w", err)
+		}
+	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -197,8 +209,12 @@ func orDefault[T int64 | time.Duration](v, d T) T {
 
 func init() {
 	RegisterSandboxHandler(func(s *Supervisor) SandboxHandler {
+		// The results cap follows the state directory's size (storage.go).
+		limits := s.cfg.AlgoLimits
+		limits.ResultsBytes = s.budget().ResultsBytes
 		a, err := NewAlgoSandboxes(AlgoConfig{
-			Max:            s.cfg.AlgoLimits,
+			Max:            limits,
+			ResultsDisk:    s.resultsDiskDir(),
 			Runtime:        s.rt,
 			ComputationDir: filepath.Join(s.cfg.State, "computation"),
 			WorkDir:        filepath.Join(s.cfg.State, "runner"),
@@ -242,7 +258,7 @@ func (a *AlgoSandboxes) RequestNamed(ctx context.Context, req *control.SandboxRe
 		return nil, "", fmt.Errorf("supervisor: algorithm sandboxes: request id %d already running", req.GetId())
 	}
 	a.seq++
-	run := &algoRun{id: fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq)}
+	run := &algoRun{id: fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq), seq: a.seq}
 	a.live[req.GetId()] = run
 	a.wg.Add(1)
 	a.mu.Unlock()
@@ -567,11 +583,19 @@ func (a *AlgoSandboxes) start(req *control.SandboxRequest, run *algoRun) (status
 	plan.spec.EmptyDir = filepath.Join(dir, "empty")
 	resultsTmp := ""
 	if plan.results != "" {
-		resultsTmp = filepath.Join(dir, "results")
-		if err := mountResults(resultsTmp, plan.resultsBytes, a.cfg.UID, a.cfg.GID); err != nil {
-			return nil, nil, nil, err
+		if a.cfg.ResultsDisk != "" {
+			resultsTmp = filepath.Join(a.cfg.ResultsDisk, run.id)
+			if err := pid1.MakeQuotaDir(resultsTmp, run.seq, plan.resultsBytes, a.cfg.UID, a.cfg.GID); err != nil {
+				return nil, nil, nil, err
+			}
+			cleanups = append(cleanups, func() { pid1.RemoveQuotaDir(resultsTmp, run.seq) })
+		} else {
+			resultsTmp = filepath.Join(dir, "results")
+			if err := mountResults(resultsTmp, plan.resultsBytes, a.cfg.UID, a.cfg.GID); err != nil {
+				return nil, nil, nil, err
+			}
+			cleanups = append(cleanups, func() { syscall.Unmount(resultsTmp, syscall.MNT_DETACH) })
 		}
-		cleanups = append(cleanups, func() { syscall.Unmount(resultsTmp, syscall.MNT_DETACH) })
 		plan.spec.Results = resultsTmp
 	}
 	net, err := newAlgoNet(a.cfg.ProxyPort)

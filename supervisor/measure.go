@@ -95,6 +95,8 @@ func (m *Measurer) Measure(ctx context.Context, kind string, data []byte) {
 		if err = json.Unmarshal(data, &r); err == nil {
 			ev, err = attest.JSONEvent(attest.EventChildStart, attest.ChildStart{Child: r.Child, Generation: r.Generation, ComputationID: r.ComputationID})
 		}
+	case MeasureStorage:
+		ev, err = storageEvent(data)
 	default:
 		err = fmt.Errorf("unknown measurement kind %q", kind)
 	}

@@ -13,7 +13,7 @@ func (s *Supervisor) settings(name string) proto.Message {
 	case "agent":
 		// The agent's default (<state_dir>/computation) is inside its own
 		// state dir, which the runner cannot see: use the shared one.
-		return &config.AgentSettings{ComputationDir: ViewState + "/computation"}
+		return &config.AgentSettings{ComputationDir: ViewState + "/computation", MinFreeBytes: uint64(s.budget().AgentMinFreeBytes)}
 	case "runner":
 		return &config.RunnerSettings{}
 	case "attestation":
@@ -31,7 +31,7 @@ func (s *Supervisor) settings(name string) proto.Message {
 	case "egress":
 		return &config.EgressSettings{Allow: s.egressAllowlist()}
 	case "logfwd":
-		return &config.LogfwdSettings{}
+		return &config.LogfwdSettings{MaxBytes: uint64(s.budget().LogQueueBytes)}
 	}
 	return &config.AgentSettings{} // unreachable for a validated table
 }

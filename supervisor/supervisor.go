@@ -291,6 +291,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		b, _ := s.table.Canonical()
 		m(ctx, MeasureTable, b)
 	}
+	s.startStorage(ctx)
 	s.Events().Event("supervisor.started", "ok", "table_hash", s.table.HashHex())
 	var usr1 chan os.Signal
 	if s.cfg.PanicOnSIGUSR1 {

@@ -64,6 +64,7 @@ type Result struct {
 	Events    attest.EventLog       // replayed and matching PCRs 15 and 16
 	Checks    []string              // the checks that ran and passed, in order
 	Restarts  map[string]uint32     // child → highest generation seen in the log
+	Storage   *attest.Storage       // the last storage event of the log; nil without one
 }
 
 func (r *Result) pass(check string) { r.Checks = append(r.Checks, check) }
@@ -124,6 +125,8 @@ func Token(token []byte, o Options) (*Result, error) {
 			return nil, mismatch("cvmd.child_table", "SNP evidence without a measurement log", pc.ChildTableSHA256)
 		case pc.ManifestSHA3256 != "":
 			return nil, mismatch("cvmd.manifest", "SNP evidence without a measurement log", pc.ManifestSHA3256)
+		case pc.Storage != "":
+			return nil, mismatch("cvmd.storage", "SNP evidence without a measurement log", pc.Storage)
 		}
 	case attest.VTPM, attest.SNPvTPM:
 		if p == attest.VTPM && o.Policy.SNP != nil {

@@ -61,7 +61,7 @@ var Shares = map[string]string{
 func LoadModules(log *slog.Logger) error {
 	start := time.Now()
 	log.Info("pid1: start", "kernel_uptime_s", fmt.Sprintf("%.3f", uptime()), "init_start_s", fmt.Sprintf("%.2f", initStart()))
-	n, err := loadModules(log, ModulesDir)
+	n, err := loadModules(log, ModulesDir, false)
 	log.Info("pid1: modules loaded", "count", n, "ms", time.Since(start).Milliseconds())
 	return err
 }

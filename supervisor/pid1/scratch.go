@@ -245,6 +245,9 @@ func chooseStorage(log *slog.Logger, cmd Cmdline) attest.Storage {
 		}
 		return memory("no scratch disk (" + what + ")")
 	}
+	if err := LoadScratchModules(log); err != nil {
+		log.Warn("pid1: scratch disk modules incomplete", "err", err)
+	}
 	st, err := FormatVolume(log, disk, StateRoot, LayoutAEAD)
 	if err != nil {
 		log.Error("pid1: scratch disk unusable; keeping the computation in memory", "disk", disk.Name, "err", err)

@@ -102,8 +102,17 @@ const maxMemoryResults = 512 << 20
 // BudgetFor shares out s.SizeBytes (T): the log queue T/16 between 8 and
 // 256 MiB, the results T/16 from 16 MiB (at most 512 MiB in memory) unless
 // resultsCap (--algo-results-cap) is set, and the agent's floor the log
-// queue, twice the results and T/64 between 16 MiB and 1 GiB.
+// queue, twice the results and T/64 between 16 MiB and 1 GiB. A host
+// directory (development mode) keeps the children's defaults: the size of
+// a workstation's disk says nothing about what a computation may use.
 func BudgetFor(s attest.Storage, resultsCap int64) Budget {
+	if s.Kind == attest.StorageHostDir {
+		b := Budget{LogQueueBytes: 256 << 20, ResultsBytes: maxMemoryResults, AgentMinFreeBytes: 64 << 20}
+		if resultsCap > 0 {
+			b.ResultsBytes = resultsCap
+		}
+		return b
+	}
 	t := int64(s.SizeBytes)
 	b := Budget{
 		LogQueueBytes: clamp(t/16, 8<<20, 256<<20),

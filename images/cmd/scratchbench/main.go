@@ -43,6 +43,9 @@ func main() {
 	if err := pid1.LoadModules(log); err != nil {
 		fmt.Printf("scratchbench: modules: %v\n", err)
 	}
+	if err := pid1.LoadScratchModules(log); err != nil {
+		fmt.Printf("scratchbench: modules: %v\n", err)
+	}
 	b, _ := os.ReadFile("/proc/cmdline")
 	cmd := pid1.ParseCmdline(string(b))
 	mib := param(cmd, "scratchbench.mib", 128)
