@@ -239,6 +239,9 @@ var debugTests = []struct {
 }{
 	{"ping", DebugCommand{Verb: "ping"}, false},
 	{"ps", DebugCommand{Verb: "ps"}, false},
+	{"mem", DebugCommand{Verb: "mem"}, false},
+	{"drop-caches", DebugCommand{Verb: "drop-caches"}, false},
+	{"mem now", DebugCommand{}, true},
 	{"kill agent", DebugCommand{Verb: "kill", Arg: "agent"}, false},
 	{"  kill   logfwd \r", DebugCommand{Verb: "kill", Arg: "logfwd"}, false},
 	{"kill", DebugCommand{}, true},

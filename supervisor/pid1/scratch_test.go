@@ -215,3 +215,15 @@ func TestStorageRecordIsTiedToTheMount(t *testing.T) {
 		t.Fatalf("StorageOf a plain directory = %+v, want a host dir with its size", got)
 	}
 }
+
+func TestMemoryReport(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "meminfo")
+	os.WriteFile(p, []byte("MemTotal:        2048000 kB\nMemFree:          100000 kB\nMemAvailable:    1024000 kB\nCached:           512000 kB\nDirty:              1024 kB\nHugePages_Total:       0\n"), 0o644)
+	m, err := meminfo(p)
+	if err != nil || m["MemTotal"] != 2048000 || m["MemAvailable"] != 1024000 || m["HugePages_Total"] != 0 {
+		t.Fatalf("meminfo = %v, %v", m, err)
+	}
+	if r := memoryReport(); !strings.HasPrefix(r, "used_mib=") || !strings.Contains(r, "total_mib=") {
+		t.Fatalf("memoryReport() = %q", r)
+	}
+}

@@ -1,0 +1,489 @@
+package vm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/cvm/devmanager"
+	"github.com/cvmd/cvmd/images/qemu"
+	"github.com/cvmd/cvmd/proto/cvms"
+)
+
+// The scratch disk end to end (supervisor/pid1/scratch.go): a computation
+// whose dataset is larger than the guest's memory, a block changed by the
+// host detected as an I/O error, no plaintext on the host's disk, and a
+// fresh volume at the next boot.
+
+// checksumSource is the scratch tests' `bin` algorithm: it reads every
+// dataset in 1 MiB reads and writes "bytes N sum S", S being the sum over
+// files of byte·(offset+1), modulo 2^64. A read error ends it with the
+// error on stderr and exit status 3.
+const checksumSource = `#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static unsigned char buf[1 << 20];
+int main(void) {
+	uint64_t total = 0, sum = 0;
+	DIR *d = opendir("/cocos/datasets");
+	struct dirent *e;
+	char path[4096];
+	if (!d) { perror("datasets"); return 2; }
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.') continue;
+		snprintf(path, sizeof path, "/cocos/datasets/%s", e->d_name);
+		int fd = open(path, O_RDONLY);
+		if (fd < 0) { perror(path); return 2; }
+		uint64_t off = 0;
+		for (;;) {
+			ssize_t n = read(fd, buf, sizeof buf);
+			if (n < 0) { fprintf(stderr, "reading %s at %llu: %s\n", path, (unsigned long long)off, strerror(errno)); return 3; }
+			if (n == 0) break;
+			for (ssize_t i = 0; i < n; i++) sum += (uint64_t)buf[i] * (off + i + 1);
+			off += n;
+		}
+		close(fd);
+		total += off;
+	}
+	FILE *o = fopen("/cocos/results/result.txt", "w");
+	if (!o) { perror("results"); return 4; }
+	fprintf(o, "bytes %llu sum %016llx\n", (unsigned long long)total, (unsigned long long)sum);
+	printf("checksum done: %llu bytes\n", (unsigned long long)total);
+	return fclose(o) == 0 ? 0 : 5;
+}
+`
+
+// dataset writes a file of size bytes: random bytes with marker at the
+// start of every 4 KiB block (so that any plaintext of it on the host's
+// disk is found), and returns its checksum as checksumSource computes it.
+func dataset(t testing.TB, path string, size int64, marker string) (sum uint64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var seed [32]byte
+	rand.Read(seed[:])
+	rng := mrand.NewChaCha8(seed)
+	w := bufio.NewWriterSize(f, 4<<20)
+	block := make([]byte, 4096)
+	for off := int64(0); off < size; off += int64(len(block)) {
+		rng.Read(block)
+		copy(block, marker)
+		b := block[:min(int64(len(block)), size-off)]
+		for i, c := range b {
+			sum += uint64(c) * uint64(off+int64(i)+1)
+		}
+		if _, err := w.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}
+
+// findInFile reports whether needle occurs in the file, reading it in
+// chunks that overlap by len(needle)-1 bytes.
+func findInFile(t testing.TB, path string, needle []byte) bool {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 16<<20)
+	keep := 0
+	for {
+		n, err := io.ReadFull(f, buf[keep:])
+		if bytes.Contains(buf[:keep+n], needle) {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+		keep = len(needle) - 1
+		copy(buf, buf[len(buf)-keep:])
+	}
+}
+
+// dataExtents lists the regions of a sparse file that hold data.
+func dataExtents(t testing.TB, path string) [][2]int64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	var out [][2]int64
+	for off := int64(0); ; {
+		start, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if err != nil { // ENXIO: no data after off
+			return out
+		}
+		end, err := unix.Seek(fd, start, unix.SEEK_HOLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, [2]int64{start, end})
+		off = end
+	}
+}
+
+// newData returns the parts of after not in before, largest first.
+func newData(before, after [][2]int64) [][2]int64 {
+	var out [][2]int64
+	for _, a := range after {
+		parts := [][2]int64{a}
+		for _, b := range before {
+			var next [][2]int64
+			for _, p := range parts {
+				if b[1] <= p[0] || b[0] >= p[1] {
+					next = append(next, p)
+					continue
+				}
+				if p[0] < b[0] {
+					next = append(next, [2]int64{p[0], b[0]})
+				}
+				if b[1] < p[1] {
+					next = append(next, [2]int64{b[1], p[1]})
+				}
+			}
+			parts = next
+		}
+		out = append(out, parts...)
+	}
+	slices.SortFunc(out, func(x, y [2]int64) int { return int((y[1] - y[0]) - (x[1] - x[0])) })
+	return out
+}
+
+// flipBytes inverts one byte every stride bytes of [start, end) of path,
+// as a host changing the guest's disk would, and returns how many.
+func flipBytes(t testing.TB, path string, start, end, stride int64) int {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	b := make([]byte, 1)
+	for off := start; off < end; off += stride {
+		if _, err := f.ReadAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		b[0] ^= 0xff
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// scratchRun is one run of the scratch scenario.
+type scratchRun struct {
+	*e2e
+	disk   string // the backing file
+	marker string // in every 4 KiB block of every dataset
+	img    image
+	envDir string
+	vmDir  string
+	mgrAdr string
+}
+
+// guestMem asks the guest (debug port) for MemTotal-MemAvailable in MiB.
+func (r *scratchRun) guestMem(step string) int {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ans, err := r.g.vm.Debug(ctx, "mem")
+	if err != nil || !strings.HasPrefix(ans, "used_mib=") {
+		r.g.fatalf(step, "debug mem: %q, %v", ans, err)
+	}
+	n, _ := strconv.Atoi(strings.Fields(strings.TrimPrefix(ans, "used_mib="))[0])
+	return n
+}
+
+func (r *scratchRun) debug(step, cmd, want string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if ans, err := r.g.vm.Debug(ctx, cmd); err != nil || ans != want {
+		r.g.fatalf(step, "debug %s: %q, %v; want %q", cmd, ans, err, want)
+	}
+}
+
+// bootScratch boots the test image with the scratch disk and waits for
+// every child and the storage event.
+func (r *scratchRun) bootScratch(step string, memMiB int) int {
+	r.g = boot(r.t, qemu.Config{
+		Kernel: r.img.Kernel, Initrd: r.img.Initrd, TPM: true, EnvDir: r.envDir, Dir: r.vmDir,
+		ManagerAddr: r.mgrAdr, DebugPort: true, MemoryMiB: memMiB, Append: os.Getenv("CVMD_TEST_APPEND"),
+		Disks: []qemu.Disk{{Path: r.disk, Serial: qemu.ScratchSerial}},
+	})
+	ready, _ := r.g.waitChildrenReady(step+": every child ready", 0, children, 5*time.Minute)
+	r.g.wait(step+": scratch disk", 0, `msg="pid1: storage: scratch disk" .*disk=vda serial=cvmd-scratch layout=aead cipher=capi:gcm\(aes\)-random integrity=aead`, time.Second)
+	return ready
+}
+
+// TestScratchDisk is the scratch disk end to end, in one VM of 1.5 GiB
+// with a 6 GiB disk, booted twice:
+//   - the storage is measured and announced as the encrypted disk, and
+//     attestation can require it;
+//   - a computation whose dataset the host then changes (bytes flipped in
+//     the backing file while the guest runs) fails: the read is an I/O
+//     error, and the supervisor reports the failed tag;
+//   - a computation with a 3 GiB dataset (twice the guest's memory),
+//     uploaded through the ingress, gives the right result, with the guest's
+//     memory flat during the upload;
+//   - neither dataset's plaintext is in the backing file;
+//   - after a reboot the volume is new: nothing of the first boot is read.
+func TestScratchDisk(t *testing.T) {
+	if os.Getenv("CVMD_BENCH_VM") == "1" {
+		t.Skip("make bench-vm runs the big upload inside TestBenchScratchUpload")
+	}
+	runScratch(t, 3<<30, true)
+}
+
+// TestBenchScratchUpload prints the big upload's figures (make bench-vm).
+func TestBenchScratchUpload(t *testing.T) {
+	if os.Getenv("CVMD_BENCH_VM") != "1" {
+		t.Skip("VM benchmarks run with make bench-vm (CVMD_BENCH_VM=1)")
+	}
+	runScratch(t, 3<<30, false)
+}
+
+// runScratch runs the scenario with a dataset of big bytes; the reboot
+// part only with reboot.
+func runScratch(t *testing.T, big int64, reboot bool) {
+	requireQEMU(t)
+	r := &scratchRun{e2e: &e2e{t: t, dir: t.TempDir()}}
+	e := r.e2e
+	cvmd := cvmdBinary(t)
+	e.cvm = cvmBinary(t)
+	extra := filepath.Join(e.dir, "extra")
+	os.MkdirAll(filepath.Join(extra, "etc/cvmd"), 0o755)
+	os.WriteFile(filepath.Join(extra, "etc/cvmd/debug-port"), nil, 0o644)
+	r.img = buildImage(t, "vmtest-cvmd", cvmd, extra)
+	e.mustLocal("keys", e.cvm, "keys", "-k", "ecdsa", "--dir", e.dir)
+	e.key, e.pub = filepath.Join(e.dir, "private.pem"), filepath.Join(e.dir, "public.pem")
+	src := filepath.Join(e.dir, "checksum.c")
+	os.WriteFile(src, []byte(checksumSource), 0o644)
+	e.algo = filepath.Join(e.dir, "checksum")
+	e.mustLocal("compile algorithm", "gcc", "-O2", "-o", e.algo, src)
+
+	tag := make([]byte, 8)
+	rand.Read(tag)
+	r.marker = "cvmd-plaintext-" + hex.EncodeToString(tag)
+	tamperA, tamperB := filepath.Join(e.dir, "tamper-a.bin"), filepath.Join(e.dir, "tamper-b.bin")
+	dataset(t, tamperA, 32<<20, r.marker)
+	dataset(t, tamperB, 4096, r.marker)
+	bigFile := filepath.Join(e.dir, "big.bin")
+	start := time.Now()
+	bigSum := dataset(t, bigFile, big, r.marker)
+	t.Logf("%d MiB dataset made in %v", big>>20, time.Since(start).Round(time.Millisecond))
+	if !findInFile(t, bigFile, []byte(r.marker)) {
+		t.Fatal("the marker scan does not find the marker in the dataset itself")
+	}
+	r.disk = sparseDisk(t, e.dir, "scratch.img", 6<<30)
+
+	e.datasets = []string{tamperA, tamperB}
+	r.mgrAdr = e.startManager(e.computation("t1"))
+	r.envDir, r.vmDir = e.guestDirs("vm-scratch")
+	e.akHash = provisionAK(t, filepath.Join(r.vmDir, "tpm"))
+	e.table = childTableHash(t, cvmd)
+	r.bootScratch("boot", 1536)
+	g := e.g
+	e.waitManager("storage announced", 2*time.Minute, supervisorEvent("storage.ready", `"kind":"disk"`, `"integrity":"aead"`))
+	e.waitManager("computation t1 accepted", 3*time.Minute, runResOf("t1"))
+	r.attestStorage("attestation requires the disk")
+
+	// Tampering: the host flips bytes of dataset A on the disk, between its
+	// upload and the run, which the last dataset starts.
+	e.mustCVM("t1: upload algorithm", 2*time.Minute, "algo", e.algo, e.key, "-a", "bin")
+	r.debug("t1: write back", "drop-caches", "dropped")
+	before := dataExtents(t, r.disk)
+	e.mustCVM("t1: upload dataset A", 5*time.Minute, "data", tamperA, e.key)
+	r.debug("t1: write back, drop the page cache", "drop-caches", "dropped")
+	fresh := newData(before, dataExtents(t, r.disk))
+	if len(fresh) == 0 || fresh[0][1]-fresh[0][0] < 16<<20 {
+		g.fatalf("t1: find dataset A on the disk", "new data extents %v: none of 16 MiB or more", fresh)
+	}
+	a := fresh[0]
+	n := flipBytes(t, r.disk, a[0]+(a[1]-a[0])/8, a[1]-(a[1]-a[0])/8, 256<<10)
+	t.Logf("flipped %d bytes in [%d, %d) of the backing file (new data there: %v)", n, a[0], a[1], fresh)
+	e.mustCVM("t1: upload dataset B", 2*time.Minute, "data", tamperB, e.key)
+	e.waitManager("t1: the supervisor reports the failed tag", 5*time.Minute, supervisorEvent("storage.integrity_error", "failed its authentication tag"))
+	e.waitManager("t1: the computation fails", 5*time.Minute, func(m *cvms.ClientStreamMessage) bool {
+		ev := m.GetAgentEvent()
+		return ev != nil && ev.GetComputationId() == "t1" && ev.GetStatus() == "Failed"
+	})
+	e.waitManager("t1: the algorithm's read was an I/O error", 2*time.Minute, func(m *cvms.ClientStreamMessage) bool {
+		l := m.GetAgentLog()
+		return l != nil && strings.Contains(l.GetMessage(), "reading /cocos/datasets/tamper-a.bin at") && strings.Contains(l.GetMessage(), "Input/output error")
+	})
+	if out, err := e.cvmRun("t1: result", time.Minute, "result", e.key, "-o", filepath.Join(e.dir, "results-t1")); err == nil {
+		g.fatalf("t1: no result", "cvm result succeeded after the tampering:\n%s", out)
+	}
+
+	// The big computation: its dataset is twice the guest's memory.
+	if err := e.mgr.Command("stop t1"); err != nil {
+		g.fatalf("stop t1", "%v", err)
+	}
+	e.waitManager("stop t1", 2*time.Minute, func(m *cvms.ClientStreamMessage) bool {
+		return m.GetStopComputationRes().GetComputationId() == "t1"
+	})
+	e.datasets = []string{bigFile}
+	if err := e.mgr.SendControl(&cvms.ServerStreamMessage{Message: &cvms.ServerStreamMessage_RunReq{RunReq: e.computation("big")}}); err != nil {
+		g.fatalf("send computation big", "%v", err)
+	}
+	e.waitManager("computation big accepted", 3*time.Minute, runResOf("big"))
+	e.mustCVM("big: upload algorithm", 2*time.Minute, "algo", e.algo, e.key, "-a", "bin")
+	upload, mem := r.uploadSampled("big: upload dataset", bigFile)
+	baseline, peak := mem[0], slices.Max(mem)
+	t.Logf("big: %d MiB uploaded in %v (%.1f MiB/s); guest memory used %d MiB before, %d MiB at most (samples %v)",
+		big>>20, upload.Round(time.Millisecond), float64(big>>20)/upload.Seconds(), baseline, peak, mem)
+	if peak-baseline > 256 {
+		g.fatalf("big: memory flat", "the guest's memory grew by %d MiB during the upload (samples %v)", peak-baseline, mem)
+	}
+	got := r.result("big", 20*time.Minute)
+	if want := fmt.Sprintf("bytes %d sum %016x\n", big, bigSum); got != want {
+		g.fatalf("big: check result", "result.txt = %q, want %q", got, want)
+	}
+	fmt.Printf("BENCH vm_upload_big_s %.1f s\n", upload.Seconds())
+	fmt.Printf("BENCH vm_upload_big_mib_s %.1f MiB/s\n", float64(big>>20)/upload.Seconds())
+	fmt.Printf("BENCH vm_mem_used_mib %d MiB\n", peak)
+	fmt.Printf("BENCH vm_mem_growth_during_upload_mib %d MiB\n", peak-baseline)
+
+	r.debug("write back", "drop-caches", "dropped")
+	if findInFile(t, r.disk, []byte(r.marker)) {
+		g.fatalf("no plaintext on the host", "the datasets' marker %q is in the backing file", r.marker)
+	}
+	if !reboot {
+		g.powerOff(2 * time.Minute)
+		return
+	}
+	g.powerOff(2 * time.Minute)
+	seen := len(e.mgr.Messages())
+
+	// Reboot on the same disk: a new key, a new volume; the first boot's
+	// computation (its state file and datasets) is gone with its key.
+	r.bootScratch("reboot", 1536)
+	e.g.wait("reboot: volume made anew", 0, `msg="pid1: scratch: dm-integrity ready" .*disk=vda`, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	announced := supervisorEvent("storage.ready", `"kind":"disk"`)
+	if err := e.mgr.Wait(ctx, func(rs []devmanager.Received) bool {
+		return slices.ContainsFunc(rs[min(seen, len(rs)):], func(r devmanager.Received) bool { return announced(r.Msg) })
+	}); err != nil {
+		e.g.fatalf("reboot: storage announced", "%v\nmanager received:\n%s", err, e.managerTail(40))
+	}
+	if s := e.g.vm.Grep(regexp.MustCompile(`resuming computation`)); s != "" {
+		e.g.fatalf("reboot: nothing resumed", "the agent resumed a computation of the previous boot:\n%s", s)
+	}
+	if s := e.g.vm.Grep(regexp.MustCompile(`INTEGRITY AEAD ERROR`)); s != "" {
+		e.g.fatalf("reboot: nothing old read", "the new volume read a block of the old one:\n%s", s)
+	}
+	e.g.powerOff(2 * time.Minute)
+}
+
+// attestStorage gets vTPM evidence and verifies it requiring the storage to
+// be the encrypted disk; requiring memory must then fail.
+func (r *scratchRun) attestStorage(step string) {
+	e := r.e2e
+	nonce := make([]byte, 32)
+	rand.Read(nonce)
+	file := filepath.Join(e.dir, "attestation.bin")
+	e.mustCVM(step+": get", 2*time.Minute, "attestation", "get", "vtpm", "--vtpm", hex.EncodeToString(nonce), "-o", file)
+	args := func(storage string) []string {
+		return []string{"attestation", "verify", file, "--json", "--vtpm", hex.EncodeToString(nonce), "--ak", e.akHash,
+			"--child-table", e.table, "--storage", storage}
+	}
+	out := e.mustCVM(step+": verify", time.Minute, args("disk")...)
+	if !strings.Contains(out, `"cvmd.storage"`) || !strings.Contains(out, `"cipher":"capi:gcm(aes)-random"`) {
+		e.g.fatalf(step, "verdict does not show the storage check and the cipher:\n%s", out)
+	}
+	if out, err := e.cvmRun(step, time.Minute, args("memory")...); err == nil || !strings.Contains(out, "cvmd.storage") {
+		e.g.fatalf(step+": memory refused", "verify requiring memory: %v\n%s", err, out)
+	}
+}
+
+// uploadSampled uploads a dataset and samples the guest's memory every 2 s
+// meanwhile (the first sample is before the upload).
+func (r *scratchRun) uploadSampled(step, path string) (time.Duration, []int) {
+	mem := []int{r.guestMem(step)}
+	var mu sync.Mutex
+	done := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				ans, err := r.g.vm.Debug(ctx, "mem")
+				cancel()
+				if err != nil {
+					continue
+				}
+				if n, err := strconv.Atoi(strings.Fields(strings.TrimPrefix(ans, "used_mib="))[0]); err == nil {
+					mu.Lock()
+					mem = append(mem, n)
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	r.mustCVM(step, 30*time.Minute, "data", path, r.key)
+	took := time.Since(start)
+	close(done)
+	<-sampled
+	return took, mem
+}
+
+// result waits for the computation's result and returns result.txt.
+func (r *scratchRun) result(id string, within time.Duration) string {
+	out := filepath.Join(r.dir, "results-"+id)
+	deadline := time.Now().Add(within)
+	for {
+		o, err := r.cvmRun(id+": result", 2*time.Minute, "result", r.key, "-o", out)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			r.g.fatalf(id+": result", "no result after %v; last cvm answer:\n%s\nmanager saw:\n%s", within, o, r.managerTail(40))
+		}
+		time.Sleep(5 * time.Second)
+	}
+	return readZipFile(r.t, filepath.Join(out, "results.zip"), "result.txt")
+}
