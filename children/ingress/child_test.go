@@ -17,6 +17,7 @@ import (
 
 	"github.com/cvmd/cvmd/attest"
 	"github.com/cvmd/cvmd/attest/atls"
+	"github.com/cvmd/cvmd/attest/atlsverify"
 	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/attest/verify"
 	"github.com/cvmd/cvmd/children/child"
@@ -166,7 +167,7 @@ func TestChildAcrossComputations(t *testing.T) {
 		creds    grpc.DialOption
 	}{
 		{"computation 1: aTLS, simulated SNP+vTPM", &config.IngressSettings{AttestedTls: true, PlatformType: int32(attest.SNPvTPM)},
-			grpc.WithTransportCredentials(atls.NewCredentials(&atls.ClientConfig{VerifyEvidence: atls.PolicyVerifier(verify.Options{AllowSimulated: true})}))},
+			grpc.WithTransportCredentials(atls.NewCredentials(&atls.ClientConfig{VerifyEvidence: atlsverify.Policy(verify.Options{AllowSimulated: true})}))},
 		{"computation 2: TLS", &config.IngressSettings{CertFile: string(cert), KeyFile: string(key)}, tlsCreds(t, ca, nil, nil)},
 	}
 	for i, r := range runs {

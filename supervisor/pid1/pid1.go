@@ -1,23 +1,37 @@
-// Package pid1 brings up the devices of the cvmd VM image before the
-// supervisor starts its children: it loads the kernel modules the image
-// ships (virtio, 9p, overlay, vsock, the ACPI power button, sev-guest), mounts
-// the manager's 9p shares (env_share → /etc/cocos, certs_share → /etc/certs),
-// configures eth0 for qemu's user network, turns a press of the ACPI power
-// button (qemu's system_powerdown) into SIGPWR for the calling process, and
-// puts the computation's files on the scratch disk when the VM has one: a
-// fresh dm-crypt (AES-GCM) over dm-integrity volume each boot, keyed in the
-// guest (scratch.go), whose choice the supervisor measures (storage.go).
+// Package pid1 is what cvmd does as PID 1, before and around the
+// supervisor proper.
 //
-// It is image glue, not policy: it does not mount /proc, /sys or /dev, does
-// not move the root, read the environment file, or start anything. The
-// supervisor (PID 1) does those and calls Prepare once, after /proc, /sys and
-// /dev are mounted and after the root has been moved to its final place, so
-// that the 9p mounts land in the root the children see. Only the
-// supervisor (its PID 1, and the supervisor proper for the storage it
-// measures and sizes its limits by: StorageOf, BudgetFor, MakeQuotaDir,
-// WatchIntegrity) and images/ may import it. Every
-// step skips what is absent (no module list, no share, no eth0), but it
-// changes the machine's network and mounts: never call it on a workstation.
+// Run is PID 1 itself (init.go): in the VM it mounts the API file systems,
+// moves an initramfs root into a tmpfs (mounts.go), loads the image's
+// kernel modules, seals its binary against the children (CVE-2019-5736),
+// brings up the guest's devices, then starts the supervisor proper as its
+// only managed child, reaps every orphan, restarts the proper if it dies,
+// and turns SIGTERM/SIGINT/SIGPWR into one orderly shutdown and power-off.
+// RunDev is the dev launcher that makes a workstation process PID 1 of new
+// PID and mount namespaces.
+//
+// The device bring-up (LoadModules and Prepare) is image glue, not policy:
+// it loads the kernel modules the image ships (virtio, 9p, overlay, vsock,
+// the ACPI power button, sev-guest), mounts the manager's 9p shares
+// (env_share → /etc/cocos, certs_share → /etc/certs), configures eth0 for
+// qemu's user network, turns a press of the ACPI power button (qemu's
+// system_powerdown) into SIGPWR for the calling process, and puts the
+// computation's files on the scratch disk when the VM has one: a fresh
+// dm-crypt (AES-GCM) over dm-integrity volume each boot, keyed in the guest
+// (scratch.go), whose choice the supervisor measures (storage.go). PID 1 calls
+// Prepare once, after /proc, /sys and /dev are mounted and after the root
+// has been moved to its final place, so that the 9p mounts land in the
+// root the children see. Every step skips what is absent (no module list,
+// no share, no eth0), but it changes the machine's network and mounts:
+// never call it on a workstation.
+//
+// pid1 knows nothing of the children or the child table: the supervisor
+// (package supervisor) passes what it needs in Config. It imports
+// libcontainer's exeseal, x/sys and attest (the storage fact's type); the
+// supervisor (PID 1, and the supervisor proper for the storage it measures
+// and sizes its limits by: StorageOf, BudgetFor, WatchIntegrity), the
+// algorithm sandboxes (MakeQuotaDir), images/ (the boot probe, the scratch
+// benchmark) and tests/vm import it.
 package pid1
 
 import (
@@ -66,10 +80,11 @@ func LoadModules(log *slog.Logger) error {
 	return err
 }
 
-// Prepare mounts the 9p shares that are present, configures the network,
-// starts watching the power button, and gives StateRoot its storage: the
-// scratch disk as a fresh encrypted volume, or memory (SetupStorage; the
-// modules are LoadModules' part). Every
+// Prepare mounts securityfs and loads the image's IMA policy (ima.go), mounts
+// the 9p shares that are present, configures the network, starts watching
+// the power button, and gives StateRoot its storage: the scratch disk as a
+// fresh encrypted volume, or memory (SetupStorage; the modules are
+// LoadModules' part). Every
 // step is attempted even when an earlier one failed; the error joins what
 // went wrong, each part naming its object. The caller logs it and carries
 // on: a VM whose share failed may still be configured from the kernel
@@ -84,6 +99,9 @@ func Prepare(log *slog.Logger) error {
 	start := time.Now()
 	cmd := readCmdline("/proc/cmdline")
 	var errs []error
+	if err := setupIMA(log); err != nil {
+		errs = append(errs, err)
+	}
 	if err := mountShares(log, Shares); err != nil {
 		errs = append(errs, err)
 	}

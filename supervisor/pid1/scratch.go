@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/cvmd/cvmd/attest"
 )
 
 // The scratch disk: where the computation's files (datasets, results, the
@@ -207,7 +205,7 @@ func FindDisk(c ScratchChoice, disks []Disk) (Disk, bool) {
 // up, the root tmpfs as before. It never fails: what it chose, and why, is
 // in the result, which the supervisor measures. A second call in the same
 // boot (PID 1 starting over) keeps what the first one set up.
-func SetupStorage(log *slog.Logger, cmd Cmdline) attest.Storage {
+func SetupStorage(log *slog.Logger, cmd Cmdline) Storage {
 	if rec, err := readStorageRecord(StorageFile); err == nil && rec.matches() {
 		log.Info("pid1: storage already set up", "kind", rec.Storage.Kind)
 		return rec.Storage
@@ -219,8 +217,8 @@ func SetupStorage(log *slog.Logger, cmd Cmdline) attest.Storage {
 	return st
 }
 
-func chooseStorage(log *slog.Logger, cmd Cmdline) attest.Storage {
-	memory := func(reason string) attest.Storage {
+func chooseStorage(log *slog.Logger, cmd Cmdline) Storage {
+	memory := func(reason string) Storage {
 		st := memoryStorage(StateRoot, reason)
 		log.Info("pid1: storage: memory (tmpfs)", "reason", reason, "size_mib", st.SizeBytes>>20)
 		return st
@@ -264,21 +262,21 @@ func truncate(s string, n int) string {
 }
 
 // memoryStorage describes a directory of the root tmpfs.
-func memoryStorage(dir, reason string) attest.Storage {
+func memoryStorage(dir, reason string) Storage {
 	os.MkdirAll(dir, 0o755)
-	return attest.Storage{Kind: attest.StorageMemory, FS: fsName(dir), SizeBytes: fsSize(dir), Reason: reason}
+	return Storage{Kind: StorageMemory, FS: fsName(dir), SizeBytes: fsSize(dir), Reason: reason}
 }
 
 // FormatVolume makes a fresh volume of the given layout on disk and mounts
 // it on dir. Everything the disk held is lost. On error nothing stays
 // mounted or mapped.
-func FormatVolume(log *slog.Logger, disk Disk, dir string, layout Layout) (_ attest.Storage, err error) {
+func FormatVolume(log *slog.Logger, disk Disk, dir string, layout Layout) (_ Storage, err error) {
 	start := time.Now()
 	if disk.ReadOnly {
-		return attest.Storage{}, fmt.Errorf("disk %s is read-only", disk.Name)
+		return Storage{}, fmt.Errorf("disk %s is read-only", disk.Name)
 	}
 	if disk.Bytes < 64<<20 {
-		return attest.Storage{}, fmt.Errorf("disk %s has %d bytes, want at least 64 MiB", disk.Name, disk.Bytes)
+		return Storage{}, fmt.Errorf("disk %s has %d bytes, want at least 64 MiB", disk.Name, disk.Bytes)
 	}
 	name := scratchName
 	if layout != LayoutAEAD {
@@ -292,7 +290,7 @@ func FormatVolume(log *slog.Logger, disk Disk, dir string, layout Layout) (_ att
 			}
 		}
 	}()
-	st := attest.Storage{Kind: attest.StorageDisk, FS: "ext4", Disk: disk.Name, Serial: disk.Serial, DiskBytes: disk.Bytes, SectorBytes: sectorBytes}
+	st := Storage{Kind: StorageDisk, FS: "ext4", Disk: disk.Name, Serial: disk.Serial, DiskBytes: disk.Bytes, SectorBytes: sectorBytes}
 	node := "/dev/" + disk.Name
 	if err := mknodBlock(node, disk.Major, disk.Minor); err != nil {
 		return st, err

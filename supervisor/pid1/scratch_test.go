@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"github.com/cvmd/cvmd/attest"
 )
 
 var scratchTests = []struct {
@@ -113,18 +111,18 @@ func TestBudgetFor(t *testing.T) {
 	const mib, gib = 1 << 20, 1 << 30
 	tests := []struct {
 		name                     string
-		st                       attest.Storage
+		st                       Storage
 		cap                      int64
 		logQueue, results, floor int64
 		onDisk                   bool
 	}{
-		{"8 GiB disk", attest.Storage{Kind: attest.StorageDisk, SizeBytes: 8 * gib}, 0, 256 * mib, 512 * mib, 256*mib + 1024*mib + 128*mib, true},
-		{"100 GiB disk", attest.Storage{Kind: attest.StorageDisk, SizeBytes: 100 * gib}, 0, 256 * mib, 6400 * mib, 256*mib + 12800*mib + 1*gib, true},
-		{"1 GiB of memory", attest.Storage{Kind: attest.StorageMemory, SizeBytes: 1 * gib}, 0, 64 * mib, 64 * mib, 64*mib + 128*mib + 16*mib, false},
-		{"16 GiB of memory", attest.Storage{Kind: attest.StorageMemory, SizeBytes: 16 * gib}, 0, 256 * mib, 512 * mib, 256*mib + 1024*mib + 256*mib, false},
-		{"small memory", attest.Storage{Kind: attest.StorageMemory, SizeBytes: 128 * mib}, 0, 8 * mib, 16 * mib, 8*mib + 32*mib + 16*mib, false},
-		{"explicit results cap", attest.Storage{Kind: attest.StorageDisk, SizeBytes: 8 * gib}, 100 * mib, 256 * mib, 100 * mib, 256*mib + 200*mib + 128*mib, true},
-		{"host directory keeps the defaults", attest.Storage{Kind: attest.StorageHostDir, SizeBytes: 500 * gib}, 0, 256 * mib, 512 * mib, 64 * mib, false},
+		{"8 GiB disk", Storage{Kind: StorageDisk, SizeBytes: 8 * gib}, 0, 256 * mib, 512 * mib, 256*mib + 1024*mib + 128*mib, true},
+		{"100 GiB disk", Storage{Kind: StorageDisk, SizeBytes: 100 * gib}, 0, 256 * mib, 6400 * mib, 256*mib + 12800*mib + 1*gib, true},
+		{"1 GiB of memory", Storage{Kind: StorageMemory, SizeBytes: 1 * gib}, 0, 64 * mib, 64 * mib, 64*mib + 128*mib + 16*mib, false},
+		{"16 GiB of memory", Storage{Kind: StorageMemory, SizeBytes: 16 * gib}, 0, 256 * mib, 512 * mib, 256*mib + 1024*mib + 256*mib, false},
+		{"small memory", Storage{Kind: StorageMemory, SizeBytes: 128 * mib}, 0, 8 * mib, 16 * mib, 8*mib + 32*mib + 16*mib, false},
+		{"explicit results cap", Storage{Kind: StorageDisk, SizeBytes: 8 * gib}, 100 * mib, 256 * mib, 100 * mib, 256*mib + 200*mib + 128*mib, true},
+		{"host directory keeps the defaults", Storage{Kind: StorageHostDir, SizeBytes: 500 * gib}, 0, 256 * mib, 512 * mib, 64 * mib, false},
 	}
 	for _, tt := range tests {
 		b := BudgetFor(tt.st, tt.cap)
@@ -132,7 +130,7 @@ func TestBudgetFor(t *testing.T) {
 		if b != want {
 			t.Errorf("%s: BudgetFor = %+v, want %+v", tt.name, b, want)
 		}
-		if tt.st.Kind != attest.StorageHostDir && b.AgentMinFreeBytes+b.ResultsBytes > int64(tt.st.SizeBytes) {
+		if tt.st.Kind != StorageHostDir && b.AgentMinFreeBytes+b.ResultsBytes > int64(tt.st.SizeBytes) {
 			t.Errorf("%s: the floor and the results (%d) exceed the storage (%d)", tt.name, b.AgentMinFreeBytes+b.ResultsBytes, tt.st.SizeBytes)
 		}
 	}
@@ -195,7 +193,7 @@ func TestDMTable(t *testing.T) {
 func TestStorageRecordIsTiedToTheMount(t *testing.T) {
 	dir, other := t.TempDir(), t.TempDir()
 	path := filepath.Join(t.TempDir(), "storage.json")
-	st := attest.Storage{Kind: attest.StorageMemory, FS: "tmpfs", SizeBytes: 123}
+	st := Storage{Kind: StorageMemory, FS: "tmpfs", SizeBytes: 123}
 	if err := writeStorageRecord(path, dir, st); err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +209,7 @@ func TestStorageRecordIsTiedToTheMount(t *testing.T) {
 	if _, err := readStorageRecord(filepath.Join(t.TempDir(), "none.json")); err != errNoRecord {
 		t.Fatalf("missing record: %v", err)
 	}
-	if got := StorageOf(dir); got.Kind != attest.StorageHostDir || got.SizeBytes == 0 {
+	if got := StorageOf(dir); got.Kind != StorageHostDir || got.SizeBytes == 0 {
 		t.Fatalf("StorageOf a plain directory = %+v, want a host dir with its size", got)
 	}
 }

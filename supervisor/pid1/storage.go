@@ -14,21 +14,55 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/cvmd/cvmd/attest"
 )
 
 // What the supervisor proper reads of the storage PID 1 set up: the fact it
 // measures, the limits sized by it, the results directories on the disk,
 // and the kernel's reports of blocks that failed their tag.
 
+// Storage kinds (Storage.Kind).
+const (
+	// StorageDisk is the scratch disk: dm-crypt with authenticated
+	// encryption over dm-integrity, keyed by a random key made in the guest
+	// at boot and kept only in its kernel.
+	StorageDisk = "disk"
+	// StorageMemory is a tmpfs in the guest's (encrypted) memory.
+	StorageMemory = "memory"
+	// StorageHostDir is a directory of the host (development mode): not
+	// confidential.
+	StorageHostDir = "host-dir"
+)
+
+// Storage says where the computation's files (datasets, results, the
+// runner's work dir, the log queue: the state directory) live. Its JSON is
+// the data of the storage event the supervisor measures into PCR 15;
+// attest.Storage is the verifier's reading of it (tests/storage_test.go
+// keeps the two in step).
+type Storage struct {
+	Kind      string `json:"kind"`       // StorageDisk, StorageMemory or StorageHostDir
+	FS        string `json:"fs"`         // "ext4", "tmpfs", ...
+	SizeBytes uint64 `json:"size_bytes"` // the file system's size
+	// For StorageDisk: the virtio disk, its size, and the layout.
+	Disk        string `json:"disk,omitempty"`   // kernel name, e.g. "vdb"
+	Serial      string `json:"serial,omitempty"` // the disk's virtio serial
+	DiskBytes   uint64 `json:"disk_bytes,omitempty"`
+	Cipher      string `json:"cipher,omitempty"`    // dm-crypt cipher spec, e.g. "capi:gcm(aes)-random"
+	KeyBits     int    `json:"key_bits,omitempty"`  // 256
+	Integrity   string `json:"integrity,omitempty"` // "aead": dm-integrity stores dm-crypt's AEAD tag and IV per sector
+	Journal     string `json:"journal,omitempty"`   // dm-integrity mode: "D" (direct: no journal; the disk is rebuilt each boot)
+	TagBytes    int    `json:"tag_bytes,omitempty"` // bytes of tag+IV per sector
+	SectorBytes int    `json:"sector_bytes,omitempty"`
+	// Reason says why the storage is not the disk, when it is not.
+	Reason string `json:"reason,omitempty"`
+}
+
 // storageRecord is StorageFile's content. Dev ties it to the mount: a
 // record about another file system (a stale file, a --state elsewhere) is
 // ignored.
 type storageRecord struct {
-	StateRoot string         `json:"state_root"`
-	Dev       uint64         `json:"dev"`
-	Storage   attest.Storage `json:"storage"`
+	StateRoot string  `json:"state_root"`
+	Dev       uint64  `json:"dev"`
+	Storage   Storage `json:"storage"`
 }
 
 func (r storageRecord) matches() bool {
@@ -36,7 +70,7 @@ func (r storageRecord) matches() bool {
 	return unix.Stat(r.StateRoot, &st) == nil && st.Dev == r.Dev
 }
 
-func writeStorageRecord(path, stateRoot string, s attest.Storage) error {
+func writeStorageRecord(path, stateRoot string, s Storage) error {
 	var st unix.Stat_t
 	if err := unix.Stat(stateRoot, &st); err != nil {
 		return err
@@ -73,11 +107,11 @@ func readStorageRecord(path string) (storageRecord, error) {
 // StorageOf describes the storage of stateRoot: what PID 1 set up, when
 // StorageFile is about that mount; otherwise (development mode, tests) a
 // directory of the host, with the size of its file system.
-func StorageOf(stateRoot string) attest.Storage {
+func StorageOf(stateRoot string) Storage {
 	if r, err := readStorageRecord(StorageFile); err == nil && r.StateRoot == filepath.Clean(stateRoot) && r.matches() {
 		return r.Storage
 	}
-	return attest.Storage{Kind: attest.StorageHostDir, FS: fsName(stateRoot), SizeBytes: fsSize(stateRoot)}
+	return Storage{Kind: StorageHostDir, FS: fsName(stateRoot), SizeBytes: fsSize(stateRoot)}
 }
 
 // Budget is how the state root's space is shared out.
@@ -105,8 +139,8 @@ const maxMemoryResults = 512 << 20
 // queue, twice the results and T/64 between 16 MiB and 1 GiB. A host
 // directory (development mode) keeps the children's defaults: the size of
 // a workstation's disk says nothing about what a computation may use.
-func BudgetFor(s attest.Storage, resultsCap int64) Budget {
-	if s.Kind == attest.StorageHostDir {
+func BudgetFor(s Storage, resultsCap int64) Budget {
+	if s.Kind == StorageHostDir {
 		b := Budget{LogQueueBytes: 256 << 20, ResultsBytes: maxMemoryResults, AgentMinFreeBytes: 64 << 20}
 		if resultsCap > 0 {
 			b.ResultsBytes = resultsCap
@@ -117,7 +151,7 @@ func BudgetFor(s attest.Storage, resultsCap int64) Budget {
 	b := Budget{
 		LogQueueBytes: clamp(t/16, 8<<20, 256<<20),
 		ResultsBytes:  max(t/16, 16<<20),
-		ResultsOnDisk: s.Kind == attest.StorageDisk,
+		ResultsOnDisk: s.Kind == StorageDisk,
 	}
 	if !b.ResultsOnDisk {
 		b.ResultsBytes = min(b.ResultsBytes, maxMemoryResults)
@@ -143,13 +177,42 @@ const (
 	firstResultsProject = 1 << 20    // project ids of results dirs start here
 )
 
-// MakeQuotaDir makes dir (which must not exist) on the scratch file system,
-// owned by uid:gid, and caps what can be written under it at limit bytes
-// with an ext4 project quota: a write past the cap fails with EDQUOT, and
-// statfs on the directory reports the cap as its size (so usage and
-// fullness read as on a tmpfs of that size). id numbers the directory
-// among the live ones. RemoveQuotaDir undoes it.
-func MakeQuotaDir(dir string, id uint64, limit int64, uid, gid int) error {
+// ResultsArea holds the algorithm sandboxes' results directories on the
+// scratch disk, each capped by an ext4 project quota.
+type ResultsArea struct{ dir string }
+
+// NewResultsArea returns the area in dir, removing what a previous
+// supervisor left there.
+func NewResultsArea(dir string) (*ResultsArea, error) {
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, fmt.Errorf("pid1: emptying the results area: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pid1: results area: %w", err)
+	}
+	return &ResultsArea{dir: dir}, nil
+}
+
+// Make makes the results directory of the sandbox called name (id numbers
+// it among the live ones), owned by uid:gid, where at most limit bytes can
+// be written: a write past the cap fails with EDQUOT, and statfs on the
+// directory reports the cap as its size (so usage and fullness read as on
+// a tmpfs of that size). remove deletes it with its contents and lifts the
+// quota.
+func (a *ResultsArea) Make(name string, id uint64, limit int64, uid, gid int) (dir string, remove func(), err error) {
+	if !filepath.IsLocal(name) || strings.Contains(name, "/") {
+		return "", nil, fmt.Errorf("pid1: results directory name %q", name)
+	}
+	dir = filepath.Join(a.dir, name)
+	if err := makeQuotaDir(dir, id, limit, uid, gid); err != nil {
+		return "", nil, err
+	}
+	return dir, func() { removeQuotaDir(dir, id) }, nil
+}
+
+// makeQuotaDir makes dir (which must not exist) with a project quota of
+// limit bytes, owned by uid:gid.
+func makeQuotaDir(dir string, id uint64, limit int64, uid, gid int) error {
 	if limit <= 0 {
 		return fmt.Errorf("pid1: results cap %d", limit)
 	}
@@ -189,9 +252,9 @@ func MakeQuotaDir(dir string, id uint64, limit int64, uid, gid int) error {
 	return nil
 }
 
-// RemoveQuotaDir removes a directory MakeQuotaDir made, with its contents,
+// removeQuotaDir removes a directory makeQuotaDir made, with its contents,
 // and lifts its quota.
-func RemoveQuotaDir(dir string, id uint64) error {
+func removeQuotaDir(dir string, id uint64) error {
 	parent, err := os.Open(filepath.Dir(dir))
 	if err == nil {
 		proj := uint32(firstResultsProject + id%(1<<30))

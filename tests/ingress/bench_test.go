@@ -22,6 +22,7 @@ import (
 
 	"github.com/cvmd/cvmd/attest"
 	"github.com/cvmd/cvmd/attest/atls"
+	"github.com/cvmd/cvmd/attest/atlsverify"
 	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/attest/verify"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
@@ -211,7 +212,7 @@ func TestBenchIngressUpload(t *testing.T) {
 
 	a := simAttester(t)
 	atlsRate := uploadThroughIngress(t, p, sum, atls.ServerTLSConfig(id), &atls.ServerConfig{Identity: id, Evidence: simEvidence(a)},
-		grpc.WithTransportCredentials(atls.NewCredentials(&atls.ClientConfig{VerifyEvidence: atls.PolicyVerifier(verify.Options{AllowSimulated: true})})))
+		grpc.WithTransportCredentials(atls.NewCredentials(&atls.ClientConfig{VerifyEvidence: atlsverify.Policy(verify.Options{AllowSimulated: true})})))
 	fmt.Printf("BENCH atls_upload_mib_s %.1f MiB/s (%.0f%% of one core's SHA3-256)\n", atlsRate, 100*atlsRate/ref)
 	fmt.Printf("BENCH atls_upload_cpu_s_per_gib %.2f s (client, ingress and agent CPU time per GiB)\n", lastCPU)
 }
@@ -227,7 +228,7 @@ func TestBenchIngressHandshake(t *testing.T) {
 	a := simAttester(t)
 	tlsAddr := startIngress(t, ingress.Config{TLS: &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{id}, NextProtos: []string{"h2"}}, Backend: h.Dial})
 	atlsAddr := startIngress(t, ingress.Config{TLS: atls.ServerTLSConfig(id), ATLS: &atls.ServerConfig{Identity: id, Evidence: simEvidence(a)}, Backend: h.Dial})
-	acfg := &atls.ClientConfig{VerifyEvidence: atls.PolicyVerifier(verify.Options{AllowSimulated: true})}
+	acfg := &atls.ClientConfig{VerifyEvidence: atlsverify.Policy(verify.Options{AllowSimulated: true})}
 	measure := func(name, addr string, hs func(net.Conn) error) {
 		var ds []time.Duration
 		for range 40 {
