@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -37,15 +38,35 @@ import (
 // dataset (whose sizes are multiples of 8) in 1 MiB reads and writes
 // "bytes N sum S", S being the sum over files of word·(index+1), words
 // being the little-endian 64-bit words of the file, modulo 2^64. A read
-// error ends it with the error on stderr and exit status 3.
+// error ends it with the error on stderr and exit status 3. With the
+// argument "fill" it first writes /cocos/results/fill.bin until a write
+// fails, prints "results full after N bytes: ERROR" and removes the file.
 const checksumSource = `#include <dirent.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 static uint64_t buf[1 << 17];
-int main(void) {
+static void fill(void) {
+	FILE *f = fopen("/cocos/results/fill.bin", "wb");
+	if (!f) { perror("fill"); return; }
+	setvbuf(f, NULL, _IONBF, 0);
+	unsigned long long n = 0;
+	memset(buf, 0x5a, sizeof buf);
+	for (;;) {
+		size_t k = fwrite(buf, 1, sizeof buf, f);
+		n += k;
+		if (k < sizeof buf) break;
+	}
+	printf("results full after %llu bytes: %s\n", n, strerror(errno));
+	fflush(stdout);
+	fclose(f);
+	unlink("/cocos/results/fill.bin");
+}
+int main(int argc, char **argv) {
 	uint64_t total = 0, sum = 0;
+	if (argc > 1 && strcmp(argv[1], "fill") == 0) fill();
 	DIR *d = opendir("/cocos/datasets");
 	struct dirent *e;
 	char path[4096];
@@ -373,8 +394,16 @@ func runScratch(t *testing.T, big int64, memMiB int, reboot bool) float64 {
 	r.attestStorage("attestation requires the disk")
 
 	// Tampering: the host flips bytes of dataset A on the disk, between its
-	// upload and the run, which the last dataset starts.
-	e.mustCVM("t1: upload algorithm", 2*time.Minute, "algo", e.algo, e.key, "-a", "bin")
+	// upload and the run, which the last dataset starts. The run first
+	// fills its results directory: the cap (on the disk, sized by it) holds.
+	ready := e.waitManager("storage announced", time.Second, supervisorEvent("storage.ready", `"kind":"disk"`)).GetAgentEvent()
+	var budget struct {
+		ResultsCap int64 `json:"results_cap_bytes"`
+	}
+	if err := json.Unmarshal(ready.GetDetails(), &budget); err != nil || budget.ResultsCap < 64<<20 {
+		g.fatalf("storage announced", "details %s: results cap %d, %v", ready.GetDetails(), budget.ResultsCap, err)
+	}
+	e.mustCVM("t1: upload algorithm", 2*time.Minute, "algo", e.algo, e.key, "-a", "bin", "--args", "fill")
 	r.debug("t1: write back", "drop-caches", "dropped")
 	before := dataExtents(t, r.disk)
 	e.mustCVM("t1: upload dataset A", 5*time.Minute, "data", tamperA, e.key)
@@ -392,6 +421,16 @@ func runScratch(t *testing.T, big int64, memMiB int, reboot bool) float64 {
 		ev := m.GetAgentEvent()
 		return ev != nil && ev.GetComputationId() == "t1" && ev.GetStatus() == "Failed"
 	})
+	full := e.waitManager("t1: the results cap holds", 2*time.Minute, func(m *cvms.ClientStreamMessage) bool {
+		return strings.Contains(m.GetAgentLog().GetMessage(), "results full after ")
+	}).GetAgentLog().GetMessage()
+	m := regexp.MustCompile(`results full after (\d+) bytes: Disk quota exceeded`).FindStringSubmatch(full)
+	if m == nil {
+		g.fatalf("t1: the results cap holds", "the algorithm said %q, want a write refused with EDQUOT", full)
+	}
+	if n, _ := strconv.ParseInt(m[1], 10, 64); n > budget.ResultsCap || n < budget.ResultsCap-4<<20 {
+		g.fatalf("t1: the results cap holds", "results full after %d bytes, the cap is %d", n, budget.ResultsCap)
+	}
 	e.waitManager("t1: the algorithm's read was an I/O error", 2*time.Minute, func(m *cvms.ClientStreamMessage) bool {
 		l := m.GetAgentLog()
 		return l != nil && strings.Contains(l.GetMessage(), "reading /cocos/datasets/tamper-a.bin at") && strings.Contains(l.GetMessage(), "Input/output error")
