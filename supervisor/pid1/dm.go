@@ -183,9 +183,3 @@ func dmRemove(name string) error {
 	}
 	return dmCall("removing "+name, unix.DM_DEV_REMOVE, buf)
 }
-
-// dmExists reports whether a device-mapper device of that name exists.
-func dmExists(name string) bool {
-	buf, err := dmRequest(name, 0, 0, nil, 0)
-	return err == nil && dmCall("status of "+name, unix.DM_DEV_STATUS, buf) == nil
-}

@@ -3,7 +3,6 @@ package pid1
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -536,6 +535,3 @@ func fsName(dir string) string {
 	}
 	return fmt.Sprintf("0x%x", st.Type)
 }
-
-// errNoRecord is returned when StorageFile does not describe the mount.
-var errNoRecord = errors.New("pid1: no storage record")

@@ -89,6 +89,9 @@ func writeStorageRecord(path, stateRoot string, s Storage) error {
 	return os.Rename(tmp, path)
 }
 
+// errNoRecord is returned when there is no StorageFile.
+var errNoRecord = errors.New("pid1: no storage record")
+
 func readStorageRecord(path string) (storageRecord, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
