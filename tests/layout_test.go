@@ -72,12 +72,14 @@ var supervisorImports = map[string][]string{
 	"supervisor": {"ipc", "proto/...", "sandbox", "supervisor/algosandbox", "supervisor/lifecycle",
 		"supervisor/manager", "supervisor/measure", "supervisor/pid1", "supervisor/table"},
 	"supervisor/table":       {"children/...", "proto/...", "sandbox"},
-	"supervisor/lifecycle":   {"internal/logsink", "ipc", "proto/...", "sandbox", "supervisor/table"},
+	"supervisor/lifecycle":   {"internal/lines", "internal/logsink", "ipc", "proto/...", "sandbox", "supervisor/table"},
 	"supervisor/algosandbox": {"proto/...", "sandbox"},
 	"supervisor/measure":     {"attest", "cocos/manifest", "proto/..."},
 	"supervisor/manager":     {"internal/logsink", "ipc", "proto/..."},
 	"supervisor/pid1":        {},
 	"supervisor/probe":       {"ipc", "proto/...", "sandbox"},
+	// Links the lifecycle tests' binary statically (cgo flags only).
+	"supervisor/lifecycle/internal/staticlink": {},
 }
 
 // importers is, for packages only some may import, who may (tests and
@@ -91,6 +93,8 @@ var importers = map[string][]string{
 	"supervisor/manager":     {"supervisor"},
 	"supervisor/table":       {"supervisor/...", "cmd/cvmd"},
 	"supervisor/pid1":        {"supervisor", "images/..."},
+	// Tests only: no package imports it.
+	"supervisor/lifecycle/internal/staticlink": {},
 }
 
 func anyUnder(rel string, pkgs []string) bool {
@@ -118,6 +122,11 @@ func TestImportRules(t *testing.T) {
 				if anyUnder(drel, rule.notDeps) {
 					t.Errorf("%s depends on %s: %s", rel, drel, rule.why)
 				}
+			}
+		}
+		for _, d := range p.Deps {
+			if d == module+"internal/testutil" {
+				t.Errorf("%s depends on internal/testutil: it is for tests only", rel)
 			}
 		}
 		if allowed, ok := supervisorImports[rel]; ok {

@@ -1,7 +1,6 @@
 package lifecycle
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/cvmd/cvmd/internal/lines"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/sandbox"
@@ -203,6 +203,11 @@ func (s *Supervisor) finish(l *launch) (*incarnation, error) {
 }
 
 // sendRewires hands the peers their new ends and closes our copies.
+//
+// A peer whose sandbox is being built took its ends when it was prepared:
+// an end made since then (a new incarnation of ours) waits for its Hello
+// and is sent right after it (sendDeferred); a control channel must start
+// with the Hello.
 func (s *Supervisor) sendRewires(rs []rewire) {
 	for _, r := range rs {
 		if r.peer == table.SupervisorName {
@@ -210,7 +215,11 @@ func (s *Supervisor) sendRewires(rs []rewire) {
 			continue
 		}
 		c := s.children[r.peer]
-		if c == nil || c.inc == nil {
+		switch {
+		case c != nil && c.status == StatusBuilding:
+			c.deferred = append(c.deferred, r)
+			continue
+		case c == nil || c.inc == nil:
 			r.f.Close()
 			continue
 		}
@@ -315,17 +324,23 @@ func (s *Supervisor) serveSandboxRequest(ctx context.Context, inc *incarnation, 
 }
 
 // readOutput logs what the child writes on stdout/stderr and keeps the tail
-// as its crash text.
+// as its crash text. It reads to EOF whatever the child writes: a line over
+// outputPiece bytes is logged in pieces (cut=true on all but the last), since
+// a reader that stopped would kill the child with SIGPIPE.
 func (inc *incarnation) readOutput(r io.ReadCloser, log *slog.Logger) {
 	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 64<<10)
-	for sc.Scan() {
-		line := sc.Text()
+	lines.Each(r, outputPiece, func(line string, more bool) {
 		inc.tail.add(line)
-		log.Info("child output", "line", line)
-	}
+		if more {
+			log.Info("child output", "line", line, "cut", true)
+		} else {
+			log.Info("child output", "line", line)
+		}
+	})
 }
+
+// outputPiece bounds one record of a child's output.
+const outputPiece = 16 << 10
 
 func closeFiles(files map[string]*os.File) {
 	for _, f := range files {
