@@ -50,6 +50,7 @@ var forbidden = []struct {
 	{"sandbox", []string{"supervisor", "children", "attest"}, "sandbox is a leaf"},
 	{"attest", []string{"supervisor", "sandbox", "children"}, "attest is a leaf"},
 	{"internal/logsink", []string{"supervisor", "sandbox", "children"}, "the log client is shared by everyone"},
+	{"pull", []string{"supervisor", "sandbox", "children"}, "pull mode is a library of the agent (the supervisor uses its grant)"},
 }
 
 func TestImportRules(t *testing.T) {

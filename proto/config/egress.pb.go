@@ -228,6 +228,71 @@ func (x *EgressSetAllowlist) GetAllow() []string {
 	return nil
 }
 
+// EgressSetGrant is a control.Command body: replace one client's grant, the
+// hosts a computation's pull mode may reach (its declared source URLs and
+// KBS, as host:port). Unlike allowlist entries, a grant never lets an
+// address past the SSRF guard: only the operator's IP/CIDR entries do.
+// Empty entries revoke the grant. Reply: empty.
+type EgressSetGrant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	ComputationId string                 `protobuf:"bytes,2,opt,name=computation_id,json=computationId,proto3" json:"computation_id,omitempty"` // for the log line
+	Entries       []string               `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`                                  // "host:port" or "ip:port", "[ipv6]:port"
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EgressSetGrant) Reset() {
+	*x = EgressSetGrant{}
+	mi := &file_proto_config_egress_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EgressSetGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EgressSetGrant) ProtoMessage() {}
+
+func (x *EgressSetGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_egress_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EgressSetGrant.ProtoReflect.Descriptor instead.
+func (*EgressSetGrant) Descriptor() ([]byte, []int) {
+	return file_proto_config_egress_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EgressSetGrant) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *EgressSetGrant) GetComputationId() string {
+	if x != nil {
+		return x.ComputationId
+	}
+	return ""
+}
+
+func (x *EgressSetGrant) GetEntries() []string {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 var File_proto_config_egress_proto protoreflect.FileDescriptor
 
 const file_proto_config_egress_proto_rawDesc = "" +
@@ -249,7 +314,11 @@ const file_proto_config_egress_proto_rawDesc = "" +
 	"\x05allow\x18\x01 \x03(\tR\x05allow\"B\n" +
 	"\x12EgressSetAllowlist\x12\x16\n" +
 	"\x06client\x18\x01 \x01(\tR\x06client\x12\x14\n" +
-	"\x05allow\x18\x02 \x03(\tR\x05allowB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x05allow\x18\x02 \x03(\tR\x05allow\"i\n" +
+	"\x0eEgressSetGrant\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12%\n" +
+	"\x0ecomputation_id\x18\x02 \x01(\tR\rcomputationId\x12\x18\n" +
+	"\aentries\x18\x03 \x03(\tR\aentriesB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_egress_proto_rawDescOnce sync.Once
@@ -263,15 +332,16 @@ func file_proto_config_egress_proto_rawDescGZIP() []byte {
 	return file_proto_config_egress_proto_rawDescData
 }
 
-var file_proto_config_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_proto_config_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_proto_config_egress_proto_goTypes = []any{
 	(*EgressSettings)(nil),     // 0: cvmd.config.EgressSettings
 	(*EgressAllowlist)(nil),    // 1: cvmd.config.EgressAllowlist
 	(*EgressSetAllowlist)(nil), // 2: cvmd.config.EgressSetAllowlist
-	nil,                        // 3: cvmd.config.EgressSettings.ClientsEntry
+	(*EgressSetGrant)(nil),     // 3: cvmd.config.EgressSetGrant
+	nil,                        // 4: cvmd.config.EgressSettings.ClientsEntry
 }
 var file_proto_config_egress_proto_depIdxs = []int32{
-	3, // 0: cvmd.config.EgressSettings.clients:type_name -> cvmd.config.EgressSettings.ClientsEntry
+	4, // 0: cvmd.config.EgressSettings.clients:type_name -> cvmd.config.EgressSettings.ClientsEntry
 	1, // 1: cvmd.config.EgressSettings.ClientsEntry.value:type_name -> cvmd.config.EgressAllowlist
 	2, // [2:2] is the sub-list for method output_type
 	2, // [2:2] is the sub-list for method input_type
@@ -291,7 +361,7 @@ func file_proto_config_egress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_egress_proto_rawDesc), len(file_proto_config_egress_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
