@@ -442,5 +442,3 @@ func (f *Fetcher) pickOCIResult(r Resource, loc *Location, out string, files []s
 	res.Path, res.Name = out, loc.Name()+".zip"
 	return nil
 }
-
-

@@ -96,7 +96,7 @@ func newEnv(t *testing.T) *env {
 func (e *env) fetcher(mod ...func(*pull.Config)) *pull.Fetcher {
 	cfg := pull.Config{Dir: filepath.Join(e.dir, "staging"), Dial: e.dial, RootCAs: e.ca.Pool,
 		Retry: pull.Backoff{Base: 20 * time.Millisecond, Max: 200 * time.Millisecond, Attempts: 20},
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Log:   slog.New(slog.NewTextHandler(io.Discard, nil))}
 	for _, m := range mod {
 		m(&cfg)
 	}
@@ -220,7 +220,9 @@ func TestFetchRefusals(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := e.fetcher(func(cfg *pull.Config) { cfg.Retry = pull.Backoff{Base: time.Millisecond, Max: 5 * time.Millisecond, Attempts: 2} })
+			f := e.fetcher(func(cfg *pull.Config) {
+				cfg.Retry = pull.Backoff{Base: time.Millisecond, Max: 5 * time.Millisecond, Attempts: 2}
+			})
 			_, err := f.Fetch(context.Background(), pull.Resource{What: `dataset "x.csv"`, Source: manifest.ResourceSource{Type: c.typ, URL: c.url}, Hash: c.hash})
 			if !errors.Is(err, c.class) || !strings.Contains(err.Error(), c.message) || !strings.Contains(err.Error(), `dataset "x.csv" from `+c.url) {
 				t.Fatalf("got %v, want %v with %q", err, c.class, c.message)

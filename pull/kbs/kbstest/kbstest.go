@@ -235,5 +235,3 @@ func (s *Server) resource(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte(obj.FullSerialize()))
 	s.Releases.Add(1)
 }
-
-
