@@ -84,7 +84,9 @@ func digestFile(p string) ([32]byte, int64, error) {
 // OCI layout, skipping blobs already there (a resumed pull), and returns
 // the image read back from disk.
 func (f *Fetcher) pullImage(ctx context.Context, loc *Location, dir string) (v1.Image, string, int64, error) {
-	tr := f.httpClient().Transport
+	// go-containerregistry falls back to plain HTTP for loopback and
+	// private registries after a TLS failure; a registry is TLS or nothing.
+	tr := httpsOnly{f.httpClient().Transport}
 	opts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(tr),
 		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"})}
 	var img v1.Image
@@ -181,6 +183,15 @@ func (f *Fetcher) pullImage(ctx context.Context, loc *Location, dir string) (v1.
 	return local, origin, got, nil
 }
 
+type httpsOnly struct{ rt http.RoundTripper }
+
+func (h httpsOnly) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme != "https" {
+		return nil, fmt.Errorf("plain-HTTP registry request %s refused (TLS only)", r.URL.Redacted())
+	}
+	return h.rt.RoundTrip(r)
+}
+
 func (f *Fetcher) wait(ctx context.Context, attempt int) error {
 	t := f.retry.delay(attempt)
 	select {
@@ -214,7 +225,9 @@ func (f *Fetcher) copyLayer(l v1.Layer, dst string) (int64, error) {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		if strings.Contains(err.Error(), "digest") && strings.Contains(err.Error(), "mismatch") {
+		// go-containerregistry's verifying reader (an internal type, so
+		// matched by its words): the registry sent other bytes.
+		if m := err.Error(); strings.Contains(m, "error verifying") && (strings.Contains(m, "checksum") || strings.Contains(m, "size")) {
 			return n, classErr(ErrHashMismatch, "layer %s: %v", filepath.Base(dst), err)
 		}
 		return n, ociErr(err)
@@ -394,8 +407,14 @@ func writeRooted(root *os.Root, p string, r io.Reader, mode int64) error {
 			return err
 		}
 	}
-	fh, err := root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(mode&0o755|0o600))
+	fh, err := root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
+		return err
+	}
+	// The header's mode exactly, whatever the umask: the zip of several
+	// files records it, so it is part of the hash.
+	if err := fh.Chmod(os.FileMode(mode&0o777 | 0o400)); err != nil {
+		fh.Close()
 		return err
 	}
 	if _, err := io.CopyBuffer(fh, r, make([]byte, 1<<20)); err != nil {
