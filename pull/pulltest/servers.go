@@ -94,9 +94,9 @@ func waitHTTP(t testing.TB, client *http.Client, url string, within time.Duratio
 
 // S3 is a running SeaweedFS server with its S3 gateway on loopback.
 type S3 struct {
-	Endpoint            string // http://127.0.0.1:<port>
+	Endpoint             string // http://127.0.0.1:<port>
 	AccessKey, SecretKey string
-	Bucket              string // created at start
+	Bucket               string // created at start
 }
 
 // StartS3 starts `weed server -s3` with one identity (AccessKey/SecretKey)
@@ -168,4 +168,3 @@ func (ca *CA) Transport() *http.Transport {
 	return &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool},
 		DialContext: (&net.Dialer{}).DialContext}
 }
-
