@@ -3,6 +3,8 @@ package pull
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"net"
 	"errors"
 	"fmt"
 	"io"
@@ -13,15 +15,17 @@ import (
 	"time"
 )
 
-// httpClient is the client every HTTP(S) request uses: connections through
-// cfg.Dial (the egress), TLS verified against cfg.RootCAs, no environment
-// proxies, redirects followed (each through the egress again) but never
-// from https to http.
-func (f *Fetcher) httpClient() *http.Client {
+func (f *Fetcher) httpClient() *http.Client { return NewHTTPClient(f.cfg.Dial, f.cfg.RootCAs) }
+
+// NewHTTPClient is the client every HTTP(S) request of pull mode uses (the
+// KBS client too): connections through dial (the egress), TLS verified
+// against roots (nil: the system's), no environment proxies, redirects
+// followed (each through the egress again) but never from https to http.
+func NewHTTPClient(dial func(ctx context.Context, network, addr string) (net.Conn, error), roots *x509.CertPool) *http.Client {
 	tr := &http.Transport{
-		DialContext:           f.cfg.Dial,
+		DialContext:           dial,
 		Proxy:                 nil,
-		TLSClientConfig:       &tls.Config{RootCAs: f.cfg.RootCAs, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:       &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:     true,
 		TLSHandshakeTimeout:   30 * time.Second,
 		ResponseHeaderTimeout: 60 * time.Second,

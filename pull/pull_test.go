@@ -29,31 +29,8 @@ import (
 // dialer that goes through it.
 func egressFor(t testing.TB, allow []string, grant []string) (*egress.Proxy, func(ctx context.Context, network, addr string) (net.Conn, error)) {
 	t.Helper()
-	a, err := egress.ParseAllowlist(allow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := egress.New(egress.Config{Allow: a})
-	if grant != nil {
-		g, err := egress.ParseGrant(grant)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.SetGrant("agent", g)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { p.Serve(ctx, ln, "agent"); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	d := &pull.EgressDialer{Edge: func(ctx context.Context) (net.Conn, error) {
-		var nd net.Dialer
-		return nd.DialContext(ctx, "tcp", ln.Addr().String())
-	}}
-	return p, d.DialContext
+	p, d := pulltest.Egress(t, allow, grant)
+	return p, (&pull.EgressDialer{Edge: d.Dial}).DialContext
 }
 
 type fixedKey []byte
@@ -307,5 +284,47 @@ func TestResumeAfterCrash(t *testing.T) {
 				t.Fatalf("resumed at %d (%s)", res.ResumedAt, res.Origin)
 			}
 		})
+	}
+}
+
+// TestSSRFGuardOnSources: a grant (what a manifest declares) never reaches
+// loopback; only the operator's allowlist can; a redirect to a host that is
+// neither granted nor allowed is refused.
+func TestSSRFGuardOnSources(t *testing.T) {
+	ca := pulltest.NewCA(t)
+	srv := pulltest.NewFileServer(t, ca)
+	other := pulltest.NewFileServer(t, ca)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "x.csv")
+	sum := writeRandom(t, src, 100)
+	srv.Add("/x.csv", src)
+	other.Add("/x.csv", src)
+	srv.Redirects["/moved.csv"] = other.URL("/x.csv")
+	srv.Redirects["/metadata"] = "http://169.254.169.254/latest/meta-data/"
+	fetch := func(dial func(ctx context.Context, network, addr string) (net.Conn, error), url string) error {
+		f, err := pull.New(pull.Config{Dir: filepath.Join(t.TempDir(), "s"), Dial: dial, RootCAs: ca.Pool, Retry: pull.Backoff{Attempts: 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.Fetch(context.Background(), pull.Resource{What: "dataset 0", Source: manifest.ResourceSource{URL: url}, Hash: sum})
+		return err
+	}
+	_, grantOnly := egressFor(t, nil, []string{srv.Addr})
+	if err := fetch(grantOnly, srv.URL("/x.csv")); !errors.Is(err, pull.ErrForbidden) || !strings.Contains(err.Error(), "is loopback") {
+		t.Fatalf("a granted loopback source: %v", err)
+	}
+	_, operator := egressFor(t, []string{srv.Addr}, nil)
+	if err := fetch(operator, srv.URL("/x.csv")); err != nil {
+		t.Fatalf("an operator-allowed source: %v", err)
+	}
+	if err := fetch(operator, srv.URL("/moved.csv")); !errors.Is(err, pull.ErrForbidden) || !strings.Contains(err.Error(), other.Addr) {
+		t.Fatalf("a redirect to another host: %v", err)
+	}
+	if err := fetch(operator, srv.URL("/metadata")); !errors.Is(err, pull.ErrForbidden) || !strings.Contains(err.Error(), "redirect from https to http") {
+		t.Fatalf("a redirect to the metadata service: %v", err)
+	}
+	_, both := egressFor(t, []string{srv.Addr, other.Addr}, nil)
+	if err := fetch(both, srv.URL("/moved.csv")); err != nil {
+		t.Fatalf("a redirect the operator allows: %v", err)
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/runner"
+	"github.com/cvmd/cvmd/pull"
 )
 
 // Config is what an Agent is built from.
@@ -54,6 +55,9 @@ type Config struct {
 	// SetComputationID, if set, is told the computation id whenever it
 	// changes (the child's log sink stamps it on records).
 	SetComputationID func(string)
+	// Pull configures fetching remote sources (Dir and MaxBytes are the
+	// agent's own); nil: manifests with remote sources are refused.
+	Pull *pull.Config
 	// Log; nil discards.
 	Log *slog.Logger
 }
@@ -67,8 +71,10 @@ type Agent struct {
 	events *eventQueue
 
 	uploads chan struct{} // a slot per upload being received (maxUploads)
+	fetcher *pull.Fetcher // nil: no pull mode
 
-	runs sync.WaitGroup
+	runs  sync.WaitGroup
+	pulls sync.WaitGroup
 
 	mu        sync.Mutex
 	rec       *record                 // guarded by mu
@@ -77,6 +83,8 @@ type Agent struct {
 	keys      *manifest.Keys          // guarded by mu
 	runCancel context.CancelFunc      // guarded by mu; non-nil while the current run goroutine lives
 	runID     uint64                  // guarded by mu; which run runCancel belongs to
+	names     []string                // guarded by mu; datasets' names in datasets/ ("" = matched by hash)
+	pullCancel context.CancelFunc     // guarded by mu; non-nil while a fetch goroutine lives
 	closed    bool                    // guarded by mu
 }
 
@@ -88,7 +96,7 @@ type limits struct {
 
 // dirs is the computation layout shared with the runner.
 type dirs struct {
-	state, comp, incoming, datasets, results string
+	state, comp, incoming, datasets, results, pull string
 	algo, requirements, resultsZip           string
 }
 
@@ -96,6 +104,7 @@ func newDirs(state, comp string) dirs {
 	return dirs{
 		state: state, comp: comp,
 		incoming:     filepath.Join(comp, ".incoming"),
+		pull:         filepath.Join(comp, ".pull"), // kept across restarts: downloads resume
 		datasets:     filepath.Join(comp, "datasets"),
 		results:      filepath.Join(comp, "results"),
 		algo:         filepath.Join(comp, "algo"),
@@ -152,6 +161,19 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.Mkdir(a.dirs.incoming, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	var err error
+	if cfg.Pull != nil {
+		pc := *cfg.Pull
+		pc.Dir = a.dirs.pull
+		pc.MaxBytes = max(a.lim.maxAlgorithm, a.lim.maxDataset)
+		pc.CheckSpace = func(need int64) error { return checkFree(a.dirs.pull, a.lim.minFree, max(need, 0)) }
+		if pc.Log == nil {
+			pc.Log = cfg.Log
+		}
+		if a.fetcher, err = pull.New(pc); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
 	rec, runReq, err := loadRecord(cfg.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -169,7 +191,12 @@ func New(cfg Config) (*Agent, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent: saved manifest: %w", err)
 		}
-		a.man, a.runReq, a.keys = man, runReq, keys
+		names, err := datasetNames(man)
+		if err != nil {
+			return nil, fmt.Errorf("agent: saved manifest: %w", err)
+		}
+		a.man, a.runReq, a.keys, a.names = man, runReq, keys, names
+		a.rec.fillReceivedIdx(names)
 		a.setComputationID(man.ID)
 		a.log.Info("resuming computation", "computation_id", man.ID, "state", rec.State)
 	}
@@ -185,6 +212,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.rec.State == Running {
 		a.startRunLocked(true)
 	}
+	a.startPullsLocked() // a fetch that was under way resumes
 	return a, nil
 }
 
@@ -199,6 +227,7 @@ func (a *Agent) Close(ctx context.Context) {
 	}
 	a.mu.Unlock()
 	a.runs.Wait()
+	a.stopPulls()
 	a.events.Close(ctx)
 }
 
@@ -237,8 +266,11 @@ func (a *Agent) transitionLocked(ev Event) error {
 	for _, e := range entryEvents(to) {
 		a.events.Publish(a.compIDLocked(), e[0], e[1])
 	}
-	if to == Running {
+	switch to {
+	case Running:
 		a.startRunLocked(false)
+	case ReceivingAlgorithm, ReceivingData:
+		a.startPullsLocked()
 	}
 	return nil
 }
@@ -251,14 +283,10 @@ func (a *Agent) Start(req *cvms.ComputationRunReq) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	if src := man.Algorithm.Source; src != nil && src.URL != "" {
-		return fmt.Errorf("%w: remote algorithm sources are not supported; upload the algorithm", ErrInvalidArgument)
+	if err := a.checkPull(man); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	for _, d := range man.Datasets {
-		if d.Source != nil && d.Source.URL != "" {
-			return fmt.Errorf("%w: remote dataset sources are not supported; upload dataset %q", ErrInvalidArgument, d.Filename)
-		}
-	}
+	names, _ := datasetNames(man) // checked by checkPull
 	keys, err := man.ParseKeys()
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidArgument, err)
@@ -287,10 +315,10 @@ func (a *Agent) Start(req *cvms.ComputationRunReq) error {
 		return err
 	}
 	a.rec.Manifest = b
-	a.man, a.runReq, a.keys = man, req, keys
+	a.man, a.runReq, a.keys, a.names = man, req, keys, names
 	a.setComputationID(man.ID)
 	if err := a.transitionLocked(EvManifestReceived); err != nil {
-		a.rec.Manifest, a.man, a.runReq, a.keys = nil, nil, nil, nil
+		a.rec.Manifest, a.man, a.runReq, a.keys, a.names = nil, nil, nil, nil, nil
 		return err
 	}
 	return nil
@@ -312,6 +340,7 @@ func (a *Agent) Stop(ctx context.Context, id string) error {
 	compID := a.man.ID
 	cancel := a.runCancel
 	a.mu.Unlock()
+	a.stopPulls()
 	a.events.Publish(compID, StatusStopped, StatusStopped)
 	if cancel != nil {
 		cancel()
@@ -337,7 +366,7 @@ func (a *Agent) Stop(ctx context.Context, id string) error {
 	os.RemoveAll(a.dirs.results)
 	os.Remove(a.dirs.resultsZip)
 	a.rec = &record{State: Idle}
-	a.man, a.runReq, a.keys = nil, nil, nil
+	a.man, a.runReq, a.keys, a.names = nil, nil, nil, nil
 	a.setComputationID("")
 	if err := a.rec.save(a.dirs.state); err != nil {
 		return err
@@ -351,6 +380,7 @@ func (a *Agent) removeInputs() {
 	os.Remove(a.dirs.algo)
 	os.Remove(a.dirs.requirements)
 	os.RemoveAll(a.dirs.datasets)
+	a.cleanupStaging()
 }
 
 // dropUnrecorded removes from the datasets dir what a killed agent installed

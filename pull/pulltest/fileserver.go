@@ -31,12 +31,13 @@ type FileServer struct {
 	Requests, Ranges atomic.Int64
 	// LastRange is the last Range header seen.
 	lastRange atomic.Value
-	Status    map[string]int // URL path → forced status (403, 404, ...); set before Start
+	Status    map[string]int    // URL path → forced status (403, 404, ...); set before use
+	Redirects map[string]string // URL path → where a 302 sends it; set before use
 }
 
 // NewFileServer starts a server on a free loopback port; ca nil means HTTP.
 func NewFileServer(t testing.TB, ca *CA) *FileServer {
-	fs := &FileServer{t: t, ca: ca, files: map[string]string{}, Status: map[string]int{}}
+	fs := &FileServer{t: t, ca: ca, files: map[string]string{}, Status: map[string]int{}, Redirects: map[string]string{}}
 	fs.Addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	fs.Start()
 	t.Cleanup(fs.Stop)
@@ -115,6 +116,10 @@ func (fs *FileServer) serve(w http.ResponseWriter, r *http.Request) {
 	if rg := r.Header.Get("Range"); rg != "" {
 		fs.Ranges.Add(1)
 		fs.lastRange.Store(rg)
+	}
+	if to := fs.Redirects[r.URL.Path]; to != "" {
+		http.Redirect(w, r, to, http.StatusFound)
+		return
 	}
 	if code := fs.Status[r.URL.Path]; code != 0 {
 		http.Error(w, http.StatusText(code), code)

@@ -11,8 +11,9 @@
 // 403), and supports ranged GETs and ETags, which resumption needs. MinIO's
 // server is AGPL and refused here; gofakes3 does not check signatures.
 //
-// It imports only the standard library and go-containerregistry (to push
-// images to the registry with the same client the agent pulls with).
+// It imports the egress child's proxy (Egress serves it over an ipc edge,
+// as the egress child does) and ipc; the layout test exempts it from the
+// rule that pull/ never imports children/.
 package pulltest
 
 import (
