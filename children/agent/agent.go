@@ -76,16 +76,16 @@ type Agent struct {
 	runs  sync.WaitGroup
 	pulls sync.WaitGroup
 
-	mu        sync.Mutex
-	rec       *record                 // guarded by mu
-	man       *manifest.Computation   // guarded by mu; nil before a manifest
-	runReq    *cvms.ComputationRunReq // guarded by mu
-	keys      *manifest.Keys          // guarded by mu
-	runCancel context.CancelFunc      // guarded by mu; non-nil while the current run goroutine lives
-	runID     uint64                  // guarded by mu; which run runCancel belongs to
-	names     []string                // guarded by mu; datasets' names in datasets/ ("" = matched by hash)
-	pullCancel context.CancelFunc     // guarded by mu; non-nil while a fetch goroutine lives
-	closed    bool                    // guarded by mu
+	mu         sync.Mutex
+	rec        *record                 // guarded by mu
+	man        *manifest.Computation   // guarded by mu; nil before a manifest
+	runReq     *cvms.ComputationRunReq // guarded by mu
+	keys       *manifest.Keys          // guarded by mu
+	runCancel  context.CancelFunc      // guarded by mu; non-nil while the current run goroutine lives
+	runID      uint64                  // guarded by mu; which run runCancel belongs to
+	names      []string                // guarded by mu; datasets' names in datasets/ ("" = matched by hash)
+	pullCancel context.CancelFunc      // guarded by mu; non-nil while a fetch goroutine lives
+	closed     bool                    // guarded by mu
 }
 
 type limits struct {
@@ -97,7 +97,7 @@ type limits struct {
 // dirs is the computation layout shared with the runner.
 type dirs struct {
 	state, comp, incoming, datasets, results, pull string
-	algo, requirements, resultsZip           string
+	algo, requirements, resultsZip                 string
 }
 
 func newDirs(state, comp string) dirs {

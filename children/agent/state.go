@@ -105,7 +105,7 @@ type record struct {
 	Requirements  bool     `json:"requirements,omitempty"`
 	Received      []string `json:"received,omitempty"`     // dataset names installed
 	ReceivedIdx   []int    `json:"received_idx,omitempty"` // manifest indexes of the datasets accepted
-	Entries       []string `json:"entries,omitempty"`  // top-level names they put in datasets/
+	Entries       []string `json:"entries,omitempty"`      // top-level names they put in datasets/
 	RunError      string   `json:"run_error,omitempty"`
 }
 
