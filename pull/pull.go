@@ -218,6 +218,9 @@ func (f *Fetcher) fetch(ctx context.Context, r Resource) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(f.cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("staging dir: %w", err)
+	}
 	var key []byte
 	if r.Source.Encrypted {
 		if loc.Kind == KindOCI {

@@ -246,8 +246,7 @@ func (a *Agent) failFetch(man *manifest.Computation, state State, r pull.Resourc
 
 // cleanupStaging removes every partial or staged download.
 func (a *Agent) cleanupStaging() {
-	os.RemoveAll(a.dirs.pull)
-	os.MkdirAll(a.dirs.pull, 0o700)
+	os.RemoveAll(a.dirs.pull) // the fetcher makes it again when it needs it
 }
 
 // uploadRefusedForPulled is the error for an upload of a pulled resource.

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -63,13 +64,19 @@ func objectStore(o *config.ObjectStoreSettings) pull.ObjectStore {
 // link uses), remembering what worked.
 func AttestationEvidence(att attestation.AttestationClient) kbs.EvidenceFunc {
 	names := map[int32]string{2: "SNP-vTPM", 1: "vTPM", 0: "SNP"}
+	var mu sync.Mutex
 	order := []int32{2, 1, 0}
 	return func(ctx context.Context, reportData, nonce []byte) ([]byte, string, error) {
+		mu.Lock()
+		try := order
+		mu.Unlock()
 		var errs []error
-		for _, p := range order {
+		for _, p := range try {
 			res, err := att.Evidence(ctx, &attestation.EvidenceRequest{ReportData: reportData, Nonce: nonce, PlatformType: p})
 			if err == nil {
+				mu.Lock()
 				order = []int32{p} // this VM's platform from now on
+				mu.Unlock()
 				return res.GetEatToken(), names[p], nil
 			}
 			if status.Code(err) != codes.Unimplemented {
