@@ -4,29 +4,31 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cvmd/cvmd/sandbox"
+	"github.com/cvmd/cvmd/supervisor/algosandbox"
 )
 
 func TestAlgoFlags(t *testing.T) {
 	tests := []struct {
 		name    string
 		args    []string
-		want    AlgoLimits
+		want    algosandbox.Limits
 		wantErr string
 	}{
-		{"defaults", nil, AlgoLimits{}, ""},
+		{"defaults", nil, algosandbox.Limits{}, ""},
 		{"all set", []string{"--algo-memory", "64MiB", "--algo-pids", "32", "--algo-cpu", "1.5", "--algo-timeout", "90s", "--algo-results-cap", "10M", "--algo-tmp", "4096"},
-			AlgoLimits{MemoryBytes: 64 << 20, Pids: 32, CPUMillis: 1500, WallClock: 90 * time.Second, ResultsBytes: 10e6, TmpBytes: 4096}, ""},
-		{"gibibytes", []string{"--algo-memory", "2GiB"}, AlgoLimits{MemoryBytes: 2 << 30}, ""},
-		{"bad size", []string{"--algo-memory", "lots"}, AlgoLimits{}, "algo-memory"},
-		{"negative size", []string{"--algo-results-cap", "-1"}, AlgoLimits{}, "algo-results-cap"},
-		{"bad cpu", []string{"--algo-cpu", "-2"}, AlgoLimits{}, "algo-cpu"},
-		{"negative pids", []string{"--algo-pids", "-1"}, AlgoLimits{}, "algo-pids"},
+			algosandbox.Limits{MemoryBytes: 64 << 20, Pids: 32, CPUMillis: 1500, WallClock: 90 * time.Second, ResultsBytes: 10e6, TmpBytes: 4096}, ""},
+		{"gibibytes", []string{"--algo-memory", "2GiB"}, algosandbox.Limits{MemoryBytes: 2 << 30}, ""},
+		{"bad size", []string{"--algo-memory", "lots"}, algosandbox.Limits{}, "algo-memory"},
+		{"negative size", []string{"--algo-results-cap", "-1"}, algosandbox.Limits{}, "algo-results-cap"},
+		{"bad cpu", []string{"--algo-cpu", "-2"}, algosandbox.Limits{}, "algo-cpu"},
+		{"negative pids", []string{"--algo-pids", "-1"}, algosandbox.Limits{}, "algo-pids"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -62,20 +64,19 @@ func TestAlgoFlagsInHelp(t *testing.T) {
 
 // The limits given to the supervisor are the algorithm sandboxes' maximums;
 // fields left zero keep the package defaults.
-func TestAlgoLimitsReachTheSandboxHandler(t *testing.T) {
+func TestAlgoLimitsReachTheSandboxes(t *testing.T) {
 	dir := t.TempDir()
-	s := &Supervisor{cfg: Config{State: dir, RunDir: dir, AlgoLimits: AlgoLimits{MemoryBytes: 64 << 20, WallClock: time.Minute}},
-		rt: &sandbox.Runtime{}, log: slog.New(slog.DiscardHandler)}
-	extensions.mu.Lock()
-	mk := extensions.sandbox
-	extensions.mu.Unlock()
-	a, ok := mk(s).(*AlgoSandboxes)
-	if !ok {
-		t.Fatal("no algorithm sandbox handler")
+	o, err := parseFlags([]string{"--dev", "--state", dir, "--algo-memory", "64MiB", "--algo-timeout", "1m"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := algosandbox.New(o.algoConfig(&sandbox.Runtime{}, nil, slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
 	}
 	defer a.Close()
-	if a.cfg.Max.MemoryBytes != 64<<20 || a.cfg.Max.WallClock != time.Minute || a.cfg.Max.Pids != 256 || a.cfg.Max.ResultsBytes != 512<<20 {
-		t.Fatalf("handler maximums %+v", a.cfg.Max)
+	if m := a.Max(); m.MemoryBytes != 64<<20 || m.WallClock != time.Minute || m.Pids != 256 || m.ResultsBytes != 512<<20 {
+		t.Fatalf("sandbox maximums %+v", m)
 	}
 }
 

@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,12 +9,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/cvmd/cvmd/sandbox"
+	"github.com/cvmd/cvmd/supervisor/algosandbox"
+	"github.com/cvmd/cvmd/supervisor/pid1"
+	"github.com/cvmd/cvmd/supervisor/table"
 )
 
 // options are the flags of `cvmd supervise`.
@@ -36,7 +36,7 @@ type options struct {
 	readyTimeout time.Duration
 	window       time.Duration
 	misbehave    string
-	algo         AlgoLimits
+	algo         algosandbox.Limits
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -123,14 +123,29 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
+// table is the child table as these flags make it: the one that is
+// printed, run and measured.
+func (o *options) table() *table.Table {
+	tab := table.Default()
+	if o.readyTimeout > 0 {
+		tab.ReadyTimeout = o.readyTimeout
+	}
+	if o.window > 0 {
+		tab.Policy.Window = o.window
+	}
+	return tab
+}
+
 // Main is `cvmd supervise` (and what PID 1 runs with no arguments).
 //
 // Three processes share the work so that PID 1 cannot die:
 //   - with --dev on an ordinary host, the command re-executes itself as
-//     PID 1 of new PID and mount namespaces and waits for it;
+//     PID 1 of new PID and mount namespaces and waits for it (pid1.RunDev);
 //   - PID 1 mounts, reaps orphans and handles shutdown signals; it runs
-//     the supervisor proper as its child and restarts it if it dies;
-//   - the supervisor proper (--proper) starts and supervises the children.
+//     the supervisor proper as its child and restarts it if it dies
+//     (pid1.Run);
+//   - the supervisor proper (--proper) starts and supervises the children
+//     (runProper).
 func Main(args []string) error {
 	o, err := parseFlags(args, os.Stderr)
 	if err != nil {
@@ -140,68 +155,29 @@ func Main(args []string) error {
 		return err
 	}
 	var lvl slog.Level
-	lvl.UnmarshalText([]byte(o.logLevel))
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return err // parseFlags checked it
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	switch {
 	case o.print:
 		// The table as it would be measured, flags applied.
-		tab := DefaultTable()
-		if o.readyTimeout > 0 {
-			tab.ReadyTimeout = o.readyTimeout
-		}
-		if o.window > 0 {
-			tab.Policy.Window = o.window
-		}
-		return tab.Print(os.Stdout)
+		return o.table().Print(os.Stdout)
 	case o.proper:
 		return runProper(o, log.With("proc", "supervisor"))
 	case os.Getpid() == 1:
-		return runPID1(o, args, log.With("proc", "pid1"))
+		return pid1.Run(pid1.Config{
+			Args: args, Dev: o.dev, Sealed: o.sealed, Rooted: o.rooted,
+			ProperGrace:   properGrace,
+			RemoveCgroups: func() error { return sandbox.RemoveCgroupTree(o.cgroupRoot) },
+			Log:           log.With("proc", "pid1"),
+		})
 	case o.dev:
-		return runDev(args, log.With("proc", "dev"))
+		return pid1.RunDev(args, log.With("proc", "dev"))
 	default:
 		return errors.New("supervise: not PID 1; use --dev --state DIR on a workstation")
 	}
 }
 
-func runProper(o *options, log *slog.Logger) error {
-	ctx, cancel := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
-	defer cancel()
-	if err := os.MkdirAll(o.runDir, 0o700); err != nil {
-		return fmt.Errorf("supervise: run dir: %w", err)
-	}
-	misbehave := map[string]string{}
-	for _, kv := range strings.Split(o.misbehave, ",") {
-		if name, mode, ok := strings.Cut(kv, "="); ok {
-			misbehave[name] = mode
-			log.Warn("TEST ONLY: child replaced by a misbehaving probe", "child", name, "mode", mode)
-		}
-	}
-	s, err := New(Config{
-		State:                o.state,
-		RunDir:               o.runDir,
-		CgroupRoot:           o.cgroupRoot,
-		Listen:               o.listen,
-		LogLevel:             o.logLevel,
-		Dev:                  o.dev,
-		EnvFile:              o.env,
-		SimulatedAttestation: o.attestation == "simulated",
-		Log:                  log,
-		PanicOnSIGUSR1:       o.testPanic,
-		ReadyTimeout:         o.readyTimeout,
-		RestartWindow:        o.window,
-		TestMisbehave:        misbehave,
-		AlgoLimits:           o.algo,
-	})
-	if err != nil {
-		return err
-	}
-	log.Info("supervisor started", "state", o.state, "listen", s.ListenAddr(), "table_hash", s.table.HashHex(), "dev", o.dev)
-	return s.Run(ctx)
-}
-
-func notifyUSR1() chan os.Signal {
-	ch := make(chan os.Signal, 1)
-	signal.Notify(ch, unix.SIGUSR1)
-	return ch
-}
+// properGrace is how long the supervisor proper has to stop its children.
+const properGrace = 4 * time.Second

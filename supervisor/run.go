@@ -1,365 +1,154 @@
 package supervisor
 
 import (
-	"bufio"
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/proto"
 
-	"github.com/cvmd/cvmd/ipc"
-	"github.com/cvmd/cvmd/proto/control"
+	attestpb "github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/sandbox"
+	"github.com/cvmd/cvmd/supervisor/algosandbox"
+	"github.com/cvmd/cvmd/supervisor/lifecycle"
+	"github.com/cvmd/cvmd/supervisor/manager"
+	"github.com/cvmd/cvmd/supervisor/measure"
+	"github.com/cvmd/cvmd/supervisor/table"
 )
 
-// incarnation is one run of a child: its sandbox, control channel and the
-// goroutines that follow them. The event loop owns it; its goroutines only
-// send events.
-type incarnation struct {
-	name    string
-	gen     uint32
-	sb      *sandbox.Sandbox
-	ctl     *ipc.Control
-	started time.Time
-	tail    *tail
-	cancel  context.CancelFunc // ends in-flight sandbox requests
+// runProper is the supervisor proper. It builds every part explicitly and
+// connects them: the sandbox runtime (which removes what a crashed
+// predecessor left), the algorithm sandboxes, the measurer, the child
+// lifecycle loop, and the manager link, which the loop runs for its whole
+// life. The parts that need the loop (the measurer's commands, the
+// algorithm proxy's listeners, the link) reach it through sup, set before
+// any of them runs.
+func runProper(o *options, log *slog.Logger) error {
+	ctx, cancel := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer cancel()
+	if err := os.MkdirAll(o.runDir, 0o700); err != nil {
+		return fmt.Errorf("supervise: run dir: %w", err)
+	}
+	tab := o.table()
+	misbehave := map[string]string{}
+	for _, kv := range strings.Split(o.misbehave, ",") {
+		if name, mode, ok := strings.Cut(kv, "="); ok {
+			misbehave[name] = mode
+			log.Warn("TEST ONLY: child replaced by a misbehaving probe", "child", name, "mode", mode)
+		}
+	}
+	rt, err := sandbox.NewRuntime(sandbox.RuntimeConfig{StateDir: filepath.Join(o.runDir, "sandbox"), CgroupRoot: o.cgroupRoot})
+	if err != nil {
+		return fmt.Errorf("supervisor: %w", err)
+	}
+	defer func() {
+		if err := rt.Close(); err != nil {
+			log.Warn("closing sandbox runtime", "err", err)
+		}
+	}()
+
+	var sup *lifecycle.Supervisor
+	proxy := tab.WithRole(table.RoleAlgorithmProxy)
+	algo, err := algosandbox.New(o.algoConfig(rt, func(edge string, ln *os.File) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		// The proxy listener goes to egress like any rewired fd.
+		return sup.Donate(ctx, proxy, edge, ln)
+	}, log.With("part", "algorithm-sandboxes")))
+	var sandboxes lifecycle.Sandboxes
+	if err != nil {
+		log.Error("algorithm sandboxes unavailable", "err", err)
+	} else {
+		sandboxes = algo
+	}
+	measurements := tab.WithRole(table.RoleMeasurements)
+	measurer := measure.New(func(ctx context.Context, body proto.Message) (proto.Message, error) {
+		return sup.Command(ctx, measurements, body)
+	}, log)
+	environment := manager.GuestEnvironment(o.env, o.dev)
+	comps := &computations{measurer: measurer, log: log}
+	sup, err = lifecycle.New(lifecycle.Config{
+		Table:     tab,
+		Runtime:   rt,
+		State:     o.state,
+		RunDir:    o.runDir,
+		Listen:    o.listen,
+		LogLevel:  o.logLevel,
+		Dev:       o.dev,
+		Settings:  table.SettingsInput{SimulatedAttestation: o.attestation == "simulated", Environment: environment},
+		Log:       log,
+		Sandboxes: sandboxes,
+		Measurer:  measurer,
+		Link: func(ctx context.Context) error {
+			return manager.RunGuest(ctx, manager.Guest{
+				Environment: environment,
+				Supervisor:  comps,
+				LogQueue:    sup.Dialer(tab.WithRole(table.RoleLogSink)),
+				Evidence:    evidence(sup, measurements),
+				Log:         log.With("part", "manager-link"),
+				Events:      sup.Events(),
+			})
+		},
+		TestMisbehave:  misbehave,
+		PanicOnSIGUSR1: o.testPanic,
+	})
+	if err != nil {
+		if sandboxes != nil {
+			sandboxes.Close()
+		}
+		return err
+	}
+	comps.sup = sup
+	defer comps.close()
+	log.Info("supervisor started", "state", o.state, "listen", sup.ListenAddr(), "table_hash", tab.HashHex(), "dev", o.dev)
+	return sup.Run(ctx)
 }
 
-// sortStrings sorts in place (kept here so wiring.go needs no sort import).
-func sortStrings(s []string) { sort.Strings(s) }
-
-// launch is one incarnation on its way: prepared on the loop, started
-// (possibly alongside others) off it, finished on the loop.
-type launch struct {
-	spec     *ChildSpec
-	gen      uint32
-	ctlMine  *os.File
-	ctlChild *os.File
-	named    map[string]*os.File // the child's fds (ours to close after start)
-	rewires  []rewire
-	extra    []*os.File
-	cfg      *control.ChildConfig
-	sbSpec   *sandbox.Spec
-	pr, pw   *os.File
-	exec     bool // run the program at once (its dependencies are READY); else only build the sandbox
-	sb       *sandbox.Sandbox
-	err      error
+// algoConfig is the algorithm sandboxes' configuration: the maximums of the
+// --algo-* flags, the state directories behind the logical sources, and
+// proxy, which hands each sandbox's proxy listener to egress.
+func (o *options) algoConfig(rt *sandbox.Runtime, proxy func(edge string, ln *os.File) error, log *slog.Logger) algosandbox.Config {
+	return algosandbox.Config{
+		Max:            o.algo,
+		Runtime:        rt,
+		ComputationDir: filepath.Join(o.state, "computation"),
+		WorkDir:        filepath.Join(o.state, "runner"),
+		RunDir:         filepath.Join(o.runDir, "algorithms"),
+		Proxy:          proxy,
+		Log:            log,
+	}
 }
 
-// prepare makes the control channel, the edge ends (parked or rewired, see
-// wiring), the extra fds and the config of one incarnation. Runs on the loop.
-func (s *Supervisor) prepare(spec *ChildSpec, gen uint32) (*launch, error) {
-	l := &launch{spec: spec, gen: gen}
-	var err error
-	l.ctlMine, l.ctlChild, err = ipc.Socketpair(unix.SOCK_SEQPACKET, spec.Name+":control")
-	if err != nil {
-		return nil, err
-	}
-	l.named, l.rewires, err = s.wiring.endsFor(spec.Name, gen, s.liveness)
-	if err != nil {
-		l.ctlMine.Close()
-		l.ctlChild.Close()
-		return nil, fmt.Errorf("wiring %s: %w", spec.Name, err)
-	}
-	for _, fd := range spec.Fds {
-		f, err := s.extraFD(spec.Name, fd)
+// evidence returns how the manager link gets evidence from the child
+// holding the TPM: as a control command, which that child answers with
+// EvidenceRequest. The report is bound to the client certificate, as
+// Cocos's guest binds it (manager.Guest).
+func evidence(sup *lifecycle.Supervisor, child string) func(context.Context, *attestpb.EvidenceRequest) (*attestpb.EvidenceResponse, error) {
+	return func(ctx context.Context, req *attestpb.EvidenceRequest) (*attestpb.EvidenceResponse, error) {
+		// The link may come up before the attestation child is ready:
+		// retry until the caller's deadline.
+		out, err := sup.Command(ctx, child, req)
+		for (errors.Is(err, lifecycle.ErrNotRunning) || errors.Is(err, lifecycle.ErrChildGone)) && ctx.Err() == nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+				out, err = sup.Command(ctx, child, req)
+			}
+		}
 		if err != nil {
-			l.abort()
 			return nil, err
 		}
-		l.named[fd] = f
-	}
-	var fds map[string]int32
-	l.extra, fds = extraFiles(l.ctlChild, l.named)
-	settings, err := anypb.New(s.settings(spec.Name))
-	if err != nil {
-		l.abort()
-		return nil, fmt.Errorf("encoding settings of %s: %w", spec.Name, err)
-	}
-	l.cfg = &control.ChildConfig{
-		Version:       1,
-		Name:          spec.Name,
-		ComputationId: s.compID,
-		LogLevel:      s.cfg.LogLevel,
-		StateDir:      stateDirOf(spec),
-		Fds:           fds,
-		Settings:      settings,
-		Generation:    gen,
-	}
-	if l.pr, l.pw, err = os.Pipe(); err != nil {
-		l.abort()
-		return nil, err
-	}
-	l.sbSpec = s.sandboxSpec(spec)
-	return l, nil
-}
-
-// abort releases everything of a launch that did not start.
-func (l *launch) abort() {
-	for _, f := range l.named {
-		f.Close()
-	}
-	for _, r := range l.rewires {
-		r.f.Close()
-	}
-	for _, f := range []*os.File{l.ctlMine, l.ctlChild, l.pr, l.pw} {
-		if f != nil {
-			f.Close()
+		r, ok := out.(*attestpb.EvidenceResponse)
+		if !ok {
+			return nil, fmt.Errorf("supervisor: %s answered %T, want EvidenceResponse", child, out)
 		}
+		return r, nil
 	}
-}
-
-// run builds the sandbox and, if l.exec, runs its program. It touches
-// nothing of the loop's, so several launches may run at once.
-func (l *launch) run(rt *sandbox.Runtime) {
-	start := rt.Create
-	if l.exec {
-		start = rt.Start
-	}
-	l.sb, l.err = start(l.sbSpec, sandbox.IO{Stdout: l.pw, Stderr: l.pw, ExtraFiles: l.extra})
-	// The child has its copies now (or never will): ours go (style 5).
-	l.pw.Close()
-	l.ctlChild.Close()
-	for _, f := range l.named {
-		f.Close()
-	}
-	l.pw, l.ctlChild, l.named = nil, nil, nil
-}
-
-// finish sends Hello and the peers' rewires and starts the goroutines that
-// report to the loop. Runs on the loop.
-func (s *Supervisor) finish(l *launch) (*incarnation, error) {
-	if l.err != nil {
-		l.abort()
-		return nil, l.err
-	}
-	spec, sb := l.spec, l.sb
-	ctx, cancel := context.WithCancel(context.Background())
-	inc := &incarnation{name: spec.Name, gen: l.gen, sb: sb, ctl: ipc.NewControl(l.ctlMine), started: time.Now(), tail: newTail(4096), cancel: cancel}
-	if err := inc.ctl.Send(&control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: l.cfg}}}, nil); err != nil {
-		s.log.Warn("sending hello", "child", spec.Name, "err", err)
-	}
-	s.sendRewires(l.rewires)
-	log := s.log.With("child", spec.Name)
-	pr := l.pr
-	outDone := make(chan struct{})
-	s.wg.Add(3)
-	go func() { defer s.wg.Done(); defer close(outDone); inc.readOutput(pr, log) }()
-	go func() { defer s.wg.Done(); s.readControl(ctx, inc, log) }()
-	go func() {
-		defer s.wg.Done()
-		st, err := sb.Wait()
-		oom := sb.OOMKilled()
-		// The pipe ends when the last process of the sandbox is gone; wait
-		// (briefly) so the crash text is complete.
-		select {
-		case <-outDone:
-		case <-time.After(500 * time.Millisecond):
-		}
-		s.post(evExit{name: inc.name, gen: inc.gen, state: st, err: err, oom: oom})
-	}()
-	return inc, nil
-}
-
-// sendRewires hands the peers their new ends and closes our copies.
-func (s *Supervisor) sendRewires(rs []rewire) {
-	for _, r := range rs {
-		if r.peer == SupervisorName {
-			s.replaceDialer(strings.TrimPrefix(r.name, "to:"), r.f)
-			continue
-		}
-		c := s.children[r.peer]
-		if c == nil || c.inc == nil {
-			r.f.Close()
-			continue
-		}
-		err := c.inc.ctl.Send(&control.Message{Body: &control.Message_Rewire{Rewire: &control.Rewire{Edge: r.name}}}, map[string]*os.File{r.name: r.f})
-		r.f.Close()
-		if err != nil {
-			s.log.Warn("rewiring", "child", r.peer, "edge", r.name, "err", err)
-		} else {
-			s.log.Debug("rewired", "child", r.peer, "edge", r.name)
-		}
-	}
-}
-
-// readControl follows the child's control channel until it closes.
-// Garbage is logged and makes the child count as failed (it is killed and
-// the restart policy applies); the supervisor itself never stops for it.
-func (s *Supervisor) readControl(ctx context.Context, inc *incarnation, log *slog.Logger) {
-	var reqs sync.WaitGroup
-	defer reqs.Wait()
-	defer inc.cancel()
-	for {
-		msg, files, err := inc.ctl.Recv()
-		if err != nil {
-			if _, bad := err.(*ipc.ProtocolError); bad {
-				s.post(evGarbage{name: inc.name, gen: inc.gen, err: err})
-				continue
-			}
-			return // EOF or closed: the waiter reports the exit
-		}
-		switch b := msg.GetBody().(type) {
-		case *control.Message_Ready:
-			closeFiles(files)
-			s.post(evReady{name: inc.name, gen: inc.gen})
-		case *control.Message_StartFailed:
-			closeFiles(files)
-			s.post(evStartFailed{name: inc.name, gen: inc.gen, text: b.StartFailed.GetError()})
-		case *control.Message_CommandReply:
-			closeFiles(files)
-			s.cmds.deliver(inc, b.CommandReply)
-		case *control.Message_SandboxRequest:
-			closeFiles(files)
-			h := s.cfg.Hooks.Sandbox
-			reqs.Add(1)
-			go func() {
-				defer reqs.Done()
-				s.serveSandboxRequest(ctx, inc, h, b.SandboxRequest, log)
-			}()
-		case *control.Message_SandboxKill:
-			closeFiles(files)
-			if h := s.cfg.Hooks.Sandbox; h != nil {
-				h.Kill(b.SandboxKill.GetId())
-			}
-		default:
-			closeFiles(files)
-			s.post(evGarbage{name: inc.name, gen: inc.gen, err: fmt.Errorf("unexpected control message %T", b)})
-		}
-	}
-}
-
-func (s *Supervisor) serveSandboxRequest(ctx context.Context, inc *incarnation, h SandboxHandler, req *control.SandboxRequest, log *slog.Logger) {
-	reply := &control.SandboxReply{Id: req.GetId()}
-	var files map[string]*os.File
-	if h == nil {
-		reply.Error = "supervisor: no algorithm sandbox handler"
-	} else {
-		var f map[string]*os.File
-		var err error
-		if n, ok := h.(SandboxNamer); ok {
-			f, reply.SandboxId, err = n.RequestNamed(ctx, req)
-		} else {
-			f, err = h.Request(ctx, req)
-		}
-		if err != nil {
-			reply.Error, reply.SandboxId = err.Error(), ""
-			log.Warn("sandbox request refused", "id", req.GetId(), "err", err)
-		} else {
-			files = f
-		}
-	}
-	err := inc.ctl.Send(&control.Message{Body: &control.Message_SandboxReply{SandboxReply: reply}}, files)
-	closeFiles(files)
-	if err != nil {
-		log.Warn("sending sandbox reply", "id", req.GetId(), "err", err)
-		if h != nil && reply.Error == "" {
-			h.Kill(req.GetId())
-		}
-	}
-}
-
-// readOutput logs what the child writes on stdout/stderr and keeps the tail
-// as its crash text.
-func (inc *incarnation) readOutput(r io.ReadCloser, log *slog.Logger) {
-	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 64<<10)
-	for sc.Scan() {
-		line := sc.Text()
-		inc.tail.add(line)
-		log.Info("child output", "line", line)
-	}
-}
-
-func closeFiles(files map[string]*os.File) {
-	for _, f := range files {
-		f.Close()
-	}
-}
-
-// stateDirOf is the child's own writable directory inside its view.
-func stateDirOf(spec *ChildSpec) string {
-	for _, d := range spec.StateDirs {
-		if d.Writable {
-			return filepath.Join(ViewState, d.Dir)
-		}
-	}
-	return ""
-}
-
-// sandboxSpec is the translation of a table entry into a sandbox.Spec.
-func (s *Supervisor) sandboxSpec(spec *ChildSpec) *sandbox.Spec {
-	ss := &sandbox.Spec{
-		ID:      spec.Name,
-		Args:    s.childArgs(spec.Name),
-		Env:     []string{"PATH=/usr/bin:/bin", "GOMAXPROCS=2"},
-		Caps:    spec.Caps,
-		Seccomp: spec.Seccomp,
-		Limits:  spec.Limits,
-		Mounts:  []sandbox.Mount{{Kind: sandbox.Tmpfs, Dest: "/tmp", SizeBytes: spec.TmpBytes}},
-	}
-	if spec.HostNet {
-		ss.Net = sandbox.NetHost
-	}
-	for _, d := range spec.StateDirs {
-		ss.Mounts = append(ss.Mounts, sandbox.Mount{Kind: sandbox.Bind, Source: filepath.Join(s.cfg.State, d.Dir), Dest: filepath.Join(ViewState, d.Dir), Writable: d.Writable})
-	}
-	for _, f := range spec.HostFiles {
-		if fi, err := os.Stat(f); err == nil && fi.Mode().IsRegular() {
-			ss.Mounts = append(ss.Mounts, sandbox.Mount{Kind: sandbox.Bind, Source: f, Dest: f})
-		}
-	}
-	for _, d := range spec.Devices {
-		if _, err := os.Stat(d); err == nil {
-			ss.Devices = append(ss.Devices, d)
-		}
-	}
-	return ss
-}
-
-// tail keeps the last n bytes of a child's output.
-type tail struct {
-	mu    sync.Mutex
-	n     int
-	lines []string // guarded by mu
-	size  int      // guarded by mu
-}
-
-func newTail(n int) *tail { return &tail{n: n} }
-
-func (t *tail) add(l string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.lines = append(t.lines, l)
-	t.size += len(l) + 1
-	for t.size > t.n && len(t.lines) > 1 {
-		t.size -= len(t.lines[0]) + 1
-		t.lines = t.lines[1:]
-	}
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.Join(t.lines, "\n")
-}
-
-// childArgs is argv of a child: cvmd's re-execution and the child's name, or
-// (tests only) the probe misbehaviour that stands in for it.
-func (s *Supervisor) childArgs(name string) []string {
-	args := append([]string(nil), s.cfg.Exe...)
-	if mode, ok := s.cfg.TestMisbehave[name]; ok {
-		return append(args, "probe", "child", mode)
-	}
-	return append(args, name)
 }

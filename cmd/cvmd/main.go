@@ -1,23 +1,20 @@
 // Command cvmd is the guest binary: the supervisor (PID 1) and every child,
-// chosen by the first argument. It is a dispatch table and an exit code.
+// chosen by the first argument. It is a dispatch table and an exit code:
+// the children's entries come from the child table (supervisor/table), so
+// adding a child changes nothing here.
 package main
 
 import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
-	"github.com/cvmd/cvmd/children/agent"
-	"github.com/cvmd/cvmd/children/attestation"
 	"github.com/cvmd/cvmd/children/child"
-	"github.com/cvmd/cvmd/children/egress"
-	"github.com/cvmd/cvmd/children/ingress"
-	"github.com/cvmd/cvmd/children/logfwd"
-	"github.com/cvmd/cvmd/children/runner"
-	"github.com/cvmd/cvmd/children/runner/wasmrun"
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor"
 	"github.com/cvmd/cvmd/supervisor/probe"
+	"github.com/cvmd/cvmd/supervisor/table"
 
 	// nsenter's cgo constructor runs before the Go runtime in every
 	// invocation; it acts only in libcontainer's `init` re-exec.
@@ -38,14 +35,31 @@ func init() {
 	}
 }
 
-// children are internal entries: only the supervisor starts them.
-var children = map[string]child.Main{
-	"agent":       agent.Main,
-	"runner":      runner.Main,
-	"attestation": attestation.Main,
-	"ingress":     ingress.Main,
-	"egress":      egress.Main,
-	"logfwd":      logfwd.Main,
+// command is one `cvmd <name>` entry: it gets the arguments after the name
+// and returns the exit status.
+type command func(args []string) int
+
+// commands is the dispatch table: the supervisor, and for each child of the
+// table its entry point (internal: only the supervisor starts them) and the
+// other commands its package provides. A name given twice panics.
+func commands() map[string]command {
+	m := map[string]command{}
+	add := func(name string, c command) {
+		if _, dup := m[name]; dup {
+			panic(fmt.Sprintf("cvmd: command %q defined twice", name))
+		}
+		m[name] = c
+	}
+	add("supervise", func(args []string) int { return exit(supervisor.Main(args)) })
+	// hidden, tests only: looks at a child's sandbox from inside
+	add("probe", func(args []string) int { return exit(probe.Main(args)) })
+	for _, c := range table.Default().Children {
+		add(c.Name, func([]string) int { return exit(child.Run(c.Name, c.Main)) })
+		for name, cmd := range c.Commands {
+			add(name, cmd)
+		}
+	}
+	return m
 }
 
 func main() {
@@ -69,18 +83,12 @@ func run(args []string) int {
 		return 2
 	}
 	switch name := args[1]; name {
-	case "supervise":
-		return exit(supervisor.Main(args[2:]))
-	case "probe": // hidden, tests only: looks at a child's sandbox from inside
-		return exit(probe.Main(args[2:]))
-	case "wasm-run": // inside an algorithm sandbox only: the runtime of wasm algorithms
-		return wasmrun.Command(args[2:])
 	case "help", "-h", "--help":
 		usage()
 		return 0
 	default:
-		if m, ok := children[name]; ok {
-			return exit(child.Run(name, m))
+		if c, ok := commands()[name]; ok {
+			return c(args[2:])
 		}
 		fmt.Fprintf(os.Stderr, "cvmd: unknown command %q\n", name)
 		usage()
@@ -97,11 +105,15 @@ func exit(err error) int {
 }
 
 func usage() {
-	fmt.Fprint(os.Stderr, `usage: cvmd supervise [flags]   run the supervisor (what PID 1 runs with no arguments)
+	var names []string
+	for _, c := range table.Default().Children {
+		names = append(names, c.Name)
+	}
+	fmt.Fprintf(os.Stderr, `usage: cvmd supervise [flags]   run the supervisor (what PID 1 runs with no arguments)
        cvmd supervise --help     the supervisor's flags
 
 Internal commands, started by the supervisor only:
-  agent, runner, attestation, ingress, egress, logfwd   the children
-  init                                                   libcontainer's re-exec
-`)
+  %s   the children
+  init   libcontainer's re-exec
+`, strings.Join(names, ", "))
 }

@@ -1,12 +1,7 @@
 package manager
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -59,48 +54,18 @@ const (
 	envClientKey  = "AGENT_CVM_GRPC_CLIENT_KEY"
 )
 
-// DefaultEnvFile is where Cocos's manager puts the guest's environment.
-const DefaultEnvFile = "/etc/cocos/environment"
-
-// LoadConfig reads Cocos's variables from envFile (KEY=VALUE lines, # comments,
-// optional quotes; a missing file is not an error) and then from the kernel
-// command line text cmdline, whose AGENT_* tokens win: the command line is
-// measured, the file is not. It returns ErrNoConfig when no URL is set.
+// LoadConfig reads Cocos's variables with ReadEnvironment (envFile, then
+// the kernel command line text cmdline, which wins) and makes the link's
+// Config. It returns ErrNoConfig when no URL is set.
 func LoadConfig(envFile, cmdline string) (Config, error) {
-	vars := map[string]string{}
-	if envFile != "" {
-		f, err := os.Open(envFile)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-		case err != nil:
-			return Config{}, fmt.Errorf("manager: reading %s: %w", envFile, err)
-		default:
-			defer f.Close()
-			sc := bufio.NewScanner(f)
-			n := 0
-			for sc.Scan() {
-				n++
-				line := strings.TrimSpace(sc.Text())
-				if line == "" || strings.HasPrefix(line, "#") {
-					continue
-				}
-				line = strings.TrimPrefix(line, "export ")
-				k, v, ok := strings.Cut(line, "=")
-				if !ok {
-					return Config{}, fmt.Errorf("manager: %s line %d: want KEY=VALUE, got %q", envFile, n, line)
-				}
-				vars[strings.TrimSpace(k)] = unquote(strings.TrimSpace(v))
-			}
-			if err := sc.Err(); err != nil {
-				return Config{}, fmt.Errorf("manager: reading %s: %w", envFile, err)
-			}
-		}
+	vars, err := ReadEnvironment(envFile, cmdline)
+	if err != nil {
+		return Config{}, err
 	}
-	for _, tok := range strings.Fields(cmdline) {
-		if k, v, ok := strings.Cut(tok, "="); ok && strings.HasPrefix(k, "AGENT_") {
-			vars[k] = unquote(v)
-		}
-	}
+	return configFrom(vars)
+}
+
+func configFrom(vars map[string]string) (Config, error) {
 	c := Config{
 		URL: vars[envURL], CVMID: vars[envID], ServerCAFile: vars[envServerCA],
 		ClientCertFile: vars[envClientCert], ClientKeyFile: vars[envClientKey],
@@ -112,14 +77,4 @@ func LoadConfig(envFile, cmdline string) (Config, error) {
 		return c, fmt.Errorf("manager: %s and %s must be set together", envClientCert, envClientKey)
 	}
 	return c, nil
-}
-
-func unquote(v string) string {
-	if len(v) >= 2 && (v[0] == '"' && v[len(v)-1] == '"' || v[0] == '\'' && v[len(v)-1] == '\'') {
-		if u, err := strconv.Unquote(`"` + v[1:len(v)-1] + `"`); err == nil {
-			return u
-		}
-		return v[1 : len(v)-1]
-	}
-	return v
 }

@@ -27,9 +27,15 @@
 //   - Events: where the link's own events go (originator "supervisor").
 //
 // Control-stream answers that could not be sent are kept in memory, in
-// order, and sent after reconnecting (also at-least-once). The package does
-// not start children or talk to the agent itself; only the supervisor
-// imports it.
+// order, and sent after reconnecting (also at-least-once).
+//
+// RunGuest (guest.go) is how the supervisor proper runs the link: it reads
+// Cocos's environment with ReadEnvironment (environment.go), the one parser
+// of the environment file, which the egress allowlist uses too.
+//
+// The package does not start children or talk to the agent itself (the
+// Supervisor it is given does). It imports ipc, internal/logsink and proto;
+// only the supervisor's composition (package supervisor) imports it.
 package manager
 
 import (

@@ -1,18 +1,31 @@
-// Package pid1 brings up the devices of the cvmd VM image before the
-// supervisor starts its children: it loads the kernel modules the image
-// ships (virtio, 9p, overlay, vsock, the ACPI power button, sev-guest), mounts
-// the manager's 9p shares (env_share → /etc/cocos, certs_share → /etc/certs),
-// configures eth0 for qemu's user network, and turns a press of the ACPI power
-// button (qemu's system_powerdown) into SIGPWR for the calling process.
+// Package pid1 is what cvmd does as PID 1, before and around the
+// supervisor proper.
 //
-// It is image glue, not policy: it does not mount /proc, /sys or /dev, does
-// not move the root, read the environment file, or start anything. The
-// supervisor (PID 1) does those and calls Prepare once, after /proc, /sys and
-// /dev are mounted and after the root has been moved to its final place, so
-// that the 9p mounts land in the root the children see. Only the
-// supervisor's PID 1 (supervisor/pid1.go) and images/ may import it. Every
-// step skips what is absent (no module list, no share, no eth0), but it
-// changes the machine's network and mounts: never call it on a workstation.
+// Run is PID 1 itself (init.go): in the VM it mounts the API file systems,
+// moves an initramfs root into a tmpfs (mounts.go), loads the image's
+// kernel modules, seals its binary against the children (CVE-2019-5736),
+// brings up the guest's devices, then starts the supervisor proper as its
+// only managed child, reaps every orphan, restarts the proper if it dies,
+// and turns SIGTERM/SIGINT/SIGPWR into one orderly shutdown and power-off.
+// RunDev is the dev launcher that makes a workstation process PID 1 of new
+// PID and mount namespaces.
+//
+// The device bring-up (LoadModules and Prepare) is image glue, not policy:
+// it loads the kernel modules the image ships (virtio, 9p, overlay, vsock,
+// the ACPI power button, sev-guest), mounts the manager's 9p shares
+// (env_share → /etc/cocos, certs_share → /etc/certs), configures eth0 for
+// qemu's user network, and turns a press of the ACPI power button (qemu's
+// system_powerdown) into SIGPWR for the calling process. PID 1 calls
+// Prepare once, after /proc, /sys and /dev are mounted and after the root
+// has been moved to its final place, so that the 9p mounts land in the
+// root the children see. Every step skips what is absent (no module list,
+// no share, no eth0), but it changes the machine's network and mounts:
+// never call it on a workstation.
+//
+// pid1 knows nothing of the children or the child table: the supervisor
+// (package supervisor) passes what it needs in Config. It imports
+// libcontainer's exeseal and x/sys only; the supervisor, images/ (the
+// boot probe) and tests/vm import it.
 package pid1
 
 import (

@@ -82,7 +82,7 @@ func TestRunnerChildProcess(t *testing.T) {
 			case *control.Message_SandboxRequest:
 				reqs.Go(func() {
 					reply := &control.SandboxReply{Id: b.SandboxRequest.GetId()}
-					files, err := w.algo.Request(context.Background(), b.SandboxRequest)
+					files, _, err := w.algo.Request(context.Background(), b.SandboxRequest)
 					if err != nil {
 						reply.Error = err.Error()
 					}

@@ -34,7 +34,7 @@ func runDirect(t *testing.T, w *world, args []string, mounts ...*control.Mount) 
 func runDirectErr(w *world, args []string, mounts ...*control.Mount) (string, *control.SandboxExit, error) {
 	req := &control.SandboxRequest{Id: 1<<40 + directSeq.Add(1), ComputationId: "direct", Args: args, Mounts: mounts,
 		Env: []string{"PATH=/usr/bin:/bin"}, Cwd: "/cocos"}
-	files, err := w.algo.Request(context.Background(), req)
+	files, _, err := w.algo.Request(context.Background(), req)
 	if err != nil {
 		return "", nil, fmt.Errorf("sandbox refused: %v", err)
 	}

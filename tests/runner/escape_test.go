@@ -12,7 +12,7 @@ import (
 
 	"github.com/cvmd/cvmd/proto/config"
 	pb "github.com/cvmd/cvmd/proto/runner"
-	"github.com/cvmd/cvmd/supervisor"
+	"github.com/cvmd/cvmd/supervisor/algosandbox"
 )
 
 // withPlatformSecrets makes /etc/cocos/environment exist for the test (as in
@@ -75,7 +75,7 @@ func TestEscapeAttempts(t *testing.T) {
 		}
 	}()
 	w := newWorld(t, worldOpts{
-		max:      supervisor.AlgoLimits{MemoryBytes: 64 << 20, Pids: 48, ResultsBytes: 4 << 20},
+		max:      algosandbox.Limits{MemoryBytes: 64 << 20, Pids: 48, ResultsBytes: 4 << 20},
 		settings: &config.RunnerSettings{},
 	})
 	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)

@@ -22,7 +22,7 @@ import (
 	"github.com/cvmd/cvmd/proto/control"
 	pb "github.com/cvmd/cvmd/proto/runner"
 	"github.com/cvmd/cvmd/sandbox"
-	"github.com/cvmd/cvmd/supervisor"
+	"github.com/cvmd/cvmd/supervisor/algosandbox"
 	"github.com/opencontainers/runc/libcontainer/exeseal"
 
 	// libcontainer's re-exec of this test binary as `init`.
@@ -172,7 +172,7 @@ func (r *records) has(stream, substr string) bool {
 // channel (SOCK_SEQPACKET, fds passed with SCM_RIGHTS), in this process.
 type world struct {
 	state, comp, work string
-	algo              *supervisor.AlgoSandboxes
+	algo              *algosandbox.Sandboxes
 	svc               *runner.Service
 	rec               *records
 	supLog            lockedBuffer // the handler's own log
@@ -197,7 +197,7 @@ func (l *lockedBuffer) String() string {
 }
 
 type worldOpts struct {
-	max      supervisor.AlgoLimits
+	max      algosandbox.Limits
 	settings *config.RunnerSettings
 	proxy    func(edge string, ln *os.File) error
 }
@@ -223,7 +223,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.algo, err = supervisor.NewAlgoSandboxes(supervisor.AlgoConfig{
+	w.algo, err = algosandbox.New(algosandbox.Config{
 		Runtime: rt, ComputationDir: w.comp, WorkDir: w.work, RunDir: filepath.Join(w.state, "run"),
 		Cvmd: cvmdForWasm(t), Max: o.max, Proxy: o.proxy, Log: slog.New(slog.NewTextHandler(&w.supLog, nil)),
 	})
@@ -256,7 +256,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 			}
 		}
 	})
-	wg.Go(func() { // the supervisor's routing of the runner's messages (as supervisor/run.go)
+	wg.Go(func() { // the supervisor's routing of the runner's messages (as supervisor/lifecycle/launch.go)
 		var reqs sync.WaitGroup
 		defer reqs.Wait()
 		for {
@@ -273,7 +273,7 @@ func newWorld(t testing.TB, o worldOpts) *world {
 			case *control.Message_SandboxRequest:
 				reqs.Go(func() {
 					reply := &control.SandboxReply{Id: b.SandboxRequest.GetId()}
-					files, err := w.algo.Request(context.Background(), b.SandboxRequest)
+					files, _, err := w.algo.Request(context.Background(), b.SandboxRequest)
 					if err != nil {
 						reply.Error = err.Error()
 					}

@@ -22,7 +22,7 @@ import (
 	"github.com/cvmd/cvmd/proto/cvms"
 )
 
-// children are the supervisor's children started at boot (supervisor.DefaultTable).
+// children are the supervisor's children started at boot (table.Default in supervisor/table).
 var children = []string{"logfwd", "attestation", "egress", "runner", "agent", "ingress"}
 
 // algoSource is the `bin` algorithm: a dynamically linked C program (so the

@@ -1,0 +1,226 @@
+package algosandbox
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Logical mount sources of a SandboxRequest. The runner never names a host
+// path: it names one of these, and the supervisor resolves it beneath the
+// matching host directory with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS),
+// then binds the opened object (through /proc/<pid>/fd/<n>), so no symlink
+// and no rename race can make a bind point elsewhere.
+const (
+	srcComputation = "computation" // <state>/computation, written by the agent
+	srcWork        = "work"        // <state>/runner, the runner's work dir
+	srcCvmd        = "cvmd"        // the cvmd binary (for `cvmd wasm-run`)
+)
+
+// logicalPath splits and checks a logical path "computation/<rel>" or
+// "work/<rel>" (or exactly "cvmd"). rel is clean, relative, without "..".
+func logicalPath(p string) (kind, rel string, err error) {
+	if p == srcCvmd {
+		return srcCvmd, "", nil
+	}
+	kind, rel, ok := strings.Cut(p, "/")
+	if !ok || (kind != srcComputation && kind != srcWork) {
+		return "", "", fmt.Errorf("path %q: want computation/<path>, work/<path> or cvmd", p)
+	}
+	if rel == "" || path.IsAbs(rel) || path.Clean(rel) != rel || rel == "." {
+		return "", "", fmt.Errorf("path %q: want a clean relative path after %s/", p, kind)
+	}
+	for _, c := range strings.Split(rel, "/") {
+		if c == ".." {
+			return "", "", fmt.Errorf("path %q: \"..\" not allowed", p)
+		}
+	}
+	return kind, rel, nil
+}
+
+// openBeneath opens rel beneath dir as an O_PATH fd, refusing symlinks on
+// the whole way and any escape from dir.
+func openBeneath(dir, rel string) (*os.File, error) {
+	dfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(dfd)
+	fd, err := unix.Openat2(dfd, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, &os.PathError{Op: "openat2", Path: filepath.Join(dir, rel), Err: err}
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(dir, rel)), nil
+}
+
+// procFDPath names f for a bind mount made by another process of ours.
+func procFDPath(f *os.File) string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd()) }
+
+// mountResults mounts a tmpfs capped at size bytes on dir, owned by uid:gid.
+// The cap is the kernel's: a write past it fails with ENOSPC inside the
+// sandbox, and nothing beyond the cap ever reaches the disk.
+func mountResults(dir string, size int64, uid, gid int) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	data := fmt.Sprintf("size=%d,mode=0700,uid=%d,gid=%d", size, uid, gid)
+	if err := unix.Mount("cvmd-results", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data); err != nil {
+		return fmt.Errorf("mounting results tmpfs on %s: %w", dir, err)
+	}
+	return nil
+}
+
+// resultsUsage reports the bytes used in the results tmpfs and whether it is full.
+func resultsUsage(dir string) (used uint64, full bool, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, false, err
+	}
+	bs := uint64(st.Bsize)
+	return (st.Blocks - st.Bfree) * bs, st.Bavail == 0, nil
+}
+
+// copyResults copies the regular files and directories under src into dst
+// (both through os.Root, so nothing the algorithm left, symlinks included,
+// can make the copy escape), giving them to the owner of dst. Symlinks and
+// special files are skipped and counted.
+func copyResults(src, dst string) (skipped int, err error) {
+	sr, err := os.OpenRoot(src)
+	if err != nil {
+		return 0, err
+	}
+	defer sr.Close()
+	dr, err := os.OpenRoot(dst)
+	if err != nil {
+		return 0, err
+	}
+	defer dr.Close()
+	st, err := dr.Stat(".")
+	if err != nil {
+		return 0, err
+	}
+	uid, gid := ownerOf(st)
+	err = fs.WalkDir(sr.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p == "." {
+			return nil
+		}
+		switch {
+		case d.IsDir():
+			if err := dr.Mkdir(p, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+				return err
+			}
+			return dr.Lchown(p, uid, gid)
+		case d.Type().IsRegular():
+			in, err := sr.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+			if err != nil {
+				return err
+			}
+			defer in.Close()
+			dr.Remove(p)
+			out, err := dr.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(out, in); err != nil {
+				out.Close()
+				return err
+			}
+			if err := out.Close(); err != nil {
+				return err
+			}
+			return dr.Lchown(p, uid, gid)
+		default:
+			skipped++
+			return nil
+		}
+	})
+	return skipped, err
+}
+
+// chownTree gives dir and everything under it (not following symlinks) to uid:gid.
+func chownTree(dir string, uid, gid int) error {
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fs.WalkDir(r.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return r.Lchown(p, uid, gid)
+	})
+}
+
+func ownerOf(fi fs.FileInfo) (uid, gid int) {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return int(st.Uid), int(st.Gid)
+	}
+	return 0, 0
+}
+
+// bindOpened bind-mounts src (a /proc/<pid>/fd/<n> of an O_PATH fd) onto a
+// fresh mount point dir/<i> (a file or a directory like src) and returns it.
+func bindOpened(dir string, i int, src string) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return "", err
+	}
+	target := filepath.Join(dir, fmt.Sprint(i))
+	if fi.IsDir() {
+		err = os.Mkdir(target, 0o700)
+	} else {
+		var f *os.File
+		if f, err = os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err == nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := unix.Mount(src, target, "", unix.MS_BIND, ""); err != nil {
+		return "", fmt.Errorf("binding %s: %w", src, err)
+	}
+	return target, nil
+}
+
+// cleanRunDir detaches every mount under dir (deepest first) and removes
+// what is left of it.
+func cleanRunDir(dir string) error {
+	b, err := os.ReadFile("/proc/thread-self/mountinfo")
+	if err != nil {
+		return err
+	}
+	var mounts []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			mounts = append(mounts, f[4])
+		}
+	}
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
+	for _, m := range mounts {
+		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("unmounting %s: %w", m, err)
+		}
+	}
+	return os.RemoveAll(dir)
+}
