@@ -5,9 +5,13 @@ import (
 	"net"
 	"net/url"
 	"path"
+	"sort"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/cvmd/cvmd/cocos/manifest"
+	"github.com/cvmd/cvmd/proto/config"
 )
 
 // Kind is a source type, with Cocos's names (Source.type).
@@ -219,4 +223,63 @@ func (o ObjectStore) endpoint(k Kind) string {
 		return "https://storage.googleapis.com"
 	}
 	return fmt.Sprintf("https://s3.%s.amazonaws.com", o.region(k))
+}
+
+// Grant returns the host:port entries a computation's pull mode must
+// reach: every pulled source's first host (Location.HostPort) and the KBS
+// of every encrypted one, sorted, without repeats. The supervisor grants
+// exactly these to the agent's client in the egress, for this computation.
+func Grant(c *manifest.Computation, ep Endpoints) ([]string, error) {
+	seen := map[string]bool{}
+	add := func(what string, src *manifest.ResourceSource, kbs *manifest.KBSConfig) error {
+		if !src.Pulled() && !(src != nil && src.Encrypted) {
+			return nil
+		}
+		if src.Pulled() {
+			loc, err := Parse(src.Type, src.URL)
+			if err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			hp, err := loc.HostPort(ep)
+			if err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			seen[hp] = true
+		}
+		if src.Encrypted && kbs != nil && kbs.Enabled && kbs.URL != "" {
+			u, err := url.Parse(kbs.URL)
+			if err != nil || u.Host == "" {
+				return fmt.Errorf("%s: KBS URL %q: %v", what, kbs.URL, err)
+			}
+			hp, err := hostPort(u)
+			if err != nil {
+				return fmt.Errorf("%s: KBS: %w", what, err)
+			}
+			seen[hp] = true
+		}
+		return nil
+	}
+	if err := add("algorithm", c.Algorithm.Source, c.Algorithm.KBS); err != nil {
+		return nil, err
+	}
+	for i, d := range c.Datasets {
+		if err := add("dataset "+d.Label(i), d.Source, d.KBS); err != nil {
+			return nil, err
+		}
+	}
+	out := make([]string, 0, len(seen))
+	for h := range seen {
+		out = append(out, h)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// EndpointsFrom converts the agent's pull settings.
+func EndpointsFrom(s *config.PullSettings) Endpoints {
+	conv := func(o *config.ObjectStoreSettings) ObjectStore {
+		return ObjectStore{Endpoint: o.GetEndpoint(), Region: o.GetRegion(), AccessKeyID: o.GetAccessKeyId(),
+			SecretAccessKey: o.GetSecretAccessKey(), SessionToken: o.GetSessionToken(), PathStyle: o.GetPathStyle()}
+	}
+	return Endpoints{S3: conv(s.GetS3()), GCS: conv(s.GetGcs())}
 }

@@ -75,5 +75,6 @@
 // running child's container, as `runc exec` would.
 //
 // Only cmd/cvmd imports this package. It imports the supervisor/* packages,
-// sandbox, ipc and proto; children never import it.
+// sandbox, ipc, proto, cocos/manifest and pull (for a computation's pull
+// grant); children never import it.
 package supervisor

@@ -70,7 +70,7 @@ var forbidden = []struct {
 // root composes the parts; the parts do not know each other, except that
 // the lifecycle loop runs the table.
 var supervisorImports = map[string][]string{
-	"supervisor": {"ipc", "proto/...", "sandbox", "supervisor/algosandbox", "supervisor/lifecycle",
+	"supervisor": {"cocos/manifest", "ipc", "proto/...", "pull", "sandbox", "supervisor/algosandbox", "supervisor/lifecycle",
 		"supervisor/manager", "supervisor/measure", "supervisor/pid1", "supervisor/table"},
 	"supervisor/table":       {"children/...", "proto/...", "sandbox"},
 	"supervisor/lifecycle":   {"internal/logsink", "ipc", "proto/...", "sandbox", "supervisor/table"},

@@ -38,10 +38,7 @@ func PullConfig(s *config.PullSettings, egress *ipc.Dialer, att attestation.Atte
 	cfg := &pull.Config{
 		Dial:    dial,
 		RootCAs: roots,
-		Endpoints: pull.Endpoints{
-			S3:  objectStore(s.GetS3()),
-			GCS: objectStore(s.GetGcs()),
-		},
+		Endpoints: pull.EndpointsFrom(s),
 		Retry: pull.Backoff{Attempts: int(s.GetAttempts()), Max: time.Duration(s.GetBackoffMaxMs()) * time.Millisecond},
 	}
 	if att != nil {
@@ -52,11 +49,6 @@ func PullConfig(s *config.PullSettings, egress *ipc.Dialer, att attestation.Atte
 		cfg.Keys = c
 	}
 	return cfg, nil
-}
-
-func objectStore(o *config.ObjectStoreSettings) pull.ObjectStore {
-	return pull.ObjectStore{Endpoint: o.GetEndpoint(), Region: o.GetRegion(), AccessKeyID: o.GetAccessKeyId(),
-		SecretAccessKey: o.GetSecretAccessKey(), SessionToken: o.GetSessionToken(), PathStyle: o.GetPathStyle()}
 }
 
 // AttestationEvidence asks the attestation child for evidence for a KBS:

@@ -52,6 +52,14 @@ func ConfigFromSettings(s *config.EgressSettings) (*Config, error) {
 		HeaderTimeout:  ms(s.GetHeaderTimeoutMs()),
 		MaxTunnels:     int(s.GetMaxTunnelsPerClient()),
 	}
+	cfg.Grants = map[string]Allowlist{}
+	for client, l := range s.GetGrants() {
+		g, err := ParseGrant(l.GetAllow())
+		if err != nil {
+			return nil, fmt.Errorf("egress: grant of %q: %w", client, err)
+		}
+		cfg.Grants[client] = g
+	}
 	for name, l := range s.GetClients() {
 		a, err := ParseAllowlist(l.GetAllow())
 		if err != nil {

@@ -38,6 +38,7 @@ const (
 type Config struct {
 	Allow       Allowlist            // for every client
 	Clients     map[string]Allowlist // extra entries per client
+	Grants      map[string]Allowlist // pull grants per client at start (SetGrant replaces them)
 	AllowPublic bool                 // development: allow unlisted hosts that pass the SSRF guard
 	Resolver    Resolver             // nil: net.DefaultResolver
 	// Dial connects to a checked address ("ip:port"); nil: a net.Dialer.
@@ -131,7 +132,13 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxTunnels <= 0 {
 		cfg.MaxTunnels = DefaultMaxTunnels
 	}
-	return &Proxy{cfg: cfg, computation: map[string]Allowlist{}, grants: map[string]Allowlist{}, inUse: map[string]int{}, denials: map[string]*logWindow{}}
+	grants := map[string]Allowlist{}
+	for c, g := range cfg.Grants {
+		if len(g) > 0 {
+			grants[c] = g
+		}
+	}
+	return &Proxy{cfg: cfg, computation: map[string]Allowlist{}, grants: grants, inUse: map[string]int{}, denials: map[string]*logWindow{}}
 }
 
 // ClientClass is the part of a client name before its first '-': the

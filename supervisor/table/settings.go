@@ -15,8 +15,10 @@ func runnerSettings(*SettingsInput) (proto.Message, error) { return &config.Runn
 
 // agentSettings: the agent's default computation dir (<state_dir>/computation)
 // is inside its own state dir, which the runner cannot see: use the shared one.
-func agentSettings(*SettingsInput) (proto.Message, error) {
-	return &config.AgentSettings{ComputationDir: ViewState + "/computation"}, nil
+// Pull mode's settings come from the environment, read each time the agent
+// starts.
+func agentSettings(in *SettingsInput) (proto.Message, error) {
+	return &config.AgentSettings{ComputationDir: ViewState + "/computation", Pull: PullSettings(in)}, nil
 }
 
 func attestationSettings(in *SettingsInput) (proto.Message, error) {
