@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 

@@ -36,10 +36,10 @@ func PullConfig(s *config.PullSettings, egress *ipc.Dialer, att attestation.Atte
 	}
 	dial := (&pull.EgressDialer{Edge: egress.Dial}).DialContext
 	cfg := &pull.Config{
-		Dial:    dial,
-		RootCAs: roots,
+		Dial:      dial,
+		RootCAs:   roots,
 		Endpoints: pull.EndpointsFrom(s),
-		Retry: pull.Backoff{Attempts: int(s.GetAttempts()), Max: time.Duration(s.GetBackoffMaxMs()) * time.Millisecond},
+		Retry:     pull.Backoff{Attempts: int(s.GetAttempts()), Max: time.Duration(s.GetBackoffMaxMs()) * time.Millisecond},
 	}
 	if att != nil {
 		c, err := kbs.New(kbs.Config{HTTP: pull.NewHTTPClient(dial, roots), Evidence: AttestationEvidence(att)})
