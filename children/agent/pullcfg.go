@@ -20,7 +20,7 @@ import (
 
 // PullConfig builds the fetcher's configuration from the settings: every
 // connection through egress (the agent's "to:egress" edge), TLS roots from
-// the settings (else the system pool), the object stores, and a KBS client
+// the system pool plus the settings' extra PEM, the object stores, and a KBS client
 // whose evidence comes from the attestation child (att, may be nil: then
 // encrypted resources fail with a KBS error).
 func PullConfig(s *config.PullSettings, egress *ipc.Dialer, att attestation.AttestationClient) (*pull.Config, error) {
@@ -28,11 +28,8 @@ func PullConfig(s *config.PullSettings, egress *ipc.Dialer, att attestation.Atte
 	if err != nil || roots == nil {
 		roots = x509.NewCertPool()
 	}
-	if pem := s.GetCaPem(); len(pem) > 0 {
-		roots = x509.NewCertPool()
-		if !roots.AppendCertsFromPEM(pem) {
-			return nil, errors.New("agent: pull.ca_pem has no certificate")
-		}
+	if pem := s.GetCaPem(); len(pem) > 0 && !roots.AppendCertsFromPEM(pem) {
+		return nil, errors.New("agent: pull.ca_pem has no certificate")
 	}
 	dial := (&pull.EgressDialer{Edge: egress.Dial}).DialContext
 	cfg := &pull.Config{

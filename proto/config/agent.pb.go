@@ -157,9 +157,9 @@ func (x *AgentSettings) GetPull() *PullSettings {
 // supervisor fills them from the environment file.
 type PullSettings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// PEM roots verifying HTTPS sources, registries, object stores and KBSes
-	// (the VM's bundle plus CVMD_PULL_CA_CERTS). Empty: the system pool the
-	// agent can read in its view.
+	// Extra PEM roots (CVMD_PULL_CA_CERTS) verifying HTTPS sources,
+	// registries, object stores and KBSes, beside the system pool the agent
+	// reads in its view (/etc/ssl/certs/ca-certificates.crt, bound read-only).
 	CaPem []byte               `protobuf:"bytes,1,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
 	S3    *ObjectStoreSettings `protobuf:"bytes,2,opt,name=s3,proto3" json:"s3,omitempty"`   // from AWS_* variables
 	Gcs   *ObjectStoreSettings `protobuf:"bytes,3,opt,name=gcs,proto3" json:"gcs,omitempty"` // from GCS_HMAC_* variables (Google's S3-compatible XML API)

@@ -83,6 +83,8 @@ func Default() *Table {
 				Settings:  agentSettings,
 				Role:      RoleComputations,
 				Deps:      []string{"logfwd", "attestation", "runner", "egress"},
+				// Pull mode verifies HTTPS sources against the VM's roots.
+				HostFiles: []string{SystemRoots},
 				StateDirs: []StateDir{{Dir: "agent", Writable: true}, {Dir: "computation", Writable: true}},
 				Caps:      noCaps,
 				Seccomp:   fdOnly,

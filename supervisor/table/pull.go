@@ -13,21 +13,19 @@ import (
 // Google's default credentials).
 const (
 	PullCACertsVar = "CVMD_PULL_CA_CERTS" // PEM file (or inline PEM) of extra roots
-	// The VM's roots, when the image has them.
-	systemRoots = "/etc/ssl/certs/ca-certificates.crt"
+	// SystemRoots is the VM's root bundle, bound read-only into the
+	// agent's view (it is too large for the agent's settings).
+	SystemRoots = "/etc/ssl/certs/ca-certificates.crt"
 )
 
-// PullSettings reads pull mode's settings from Cocos's environment: TLS
-// roots (the system bundle plus CVMD_PULL_CA_CERTS), S3 (AWS_ACCESS_KEY_ID,
+// PullSettings reads pull mode's settings from Cocos's environment: extra
+// TLS roots (CVMD_PULL_CA_CERTS; the agent adds the system bundle), S3 (AWS_ACCESS_KEY_ID,
 // AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION or
 // AWS_DEFAULT_REGION, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) and GCS's
 // S3-compatible XML API (GCS_HMAC_ACCESS_KEY_ID, GCS_HMAC_SECRET,
 // GCS_ENDPOINT_URL). An environment that cannot be read gives defaults.
 func PullSettings(in *SettingsInput) *config.PullSettings {
 	s := &config.PullSettings{}
-	if b, err := os.ReadFile(systemRoots); err == nil {
-		s.CaPem = b
-	}
 	if in.Environment == nil {
 		return s
 	}
@@ -43,7 +41,7 @@ func PullSettings(in *SettingsInput) *config.PullSettings {
 				in.log().Error("pull CA certificates not read", "var", PullCACertsVar, "err", err)
 			}
 		}
-		s.CaPem = append(append(s.CaPem, '\n'), pem...)
+		s.CaPem = pem
 	}
 	first := func(names ...string) string {
 		for _, n := range names {
