@@ -2,6 +2,7 @@ package pulltest
 
 import (
 	"context"
+	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -16,6 +17,16 @@ import (
 // otherwise), grant the computation's pull grant for client "agent" (nil:
 // none). It returns the proxy and the agent's end of the edge.
 func Egress(t testing.TB, allow, grant []string) (*egress.Proxy, *ipc.Dialer) {
+	t.Helper()
+	p, cli := EgressEdge(t, allow, grant)
+	d := ipc.NewDialer("egress", cli)
+	t.Cleanup(func() { d.Close() })
+	return p, d
+}
+
+// EgressEdge is Egress for an agent in another process: it returns the
+// agent's end of the edge as a file to pass as its "to:egress" fd.
+func EgressEdge(t testing.TB, allow, grant []string) (*egress.Proxy, *os.File) {
 	t.Helper()
 	a, err := egress.ParseAllowlist(allow)
 	if err != nil {
@@ -35,10 +46,9 @@ func Egress(t testing.TB, allow, grant []string) (*egress.Proxy, *ipc.Dialer) {
 	}
 	l := ipc.NewListener("egress")
 	l.Add(srv)
-	d := ipc.NewDialer("egress", cli)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { p.Serve(ctx, l, "agent"); close(done) }()
-	t.Cleanup(func() { cancel(); <-done; d.Close() })
-	return p, d
+	t.Cleanup(func() { cancel(); <-done })
+	return p, cli
 }
