@@ -9,11 +9,14 @@
 // declared consumers. Every transition is an event; the state and accepted
 // files live in the state dir, so a restarted agent resumes.
 //
-// It does not open sockets, run algorithms itself, fetch remote sources
-// (Cocos's KBS "pull mode"), or produce evidence (the attestation child
-// does). It imports children/child, logsink, proto and the shared helpers
-// (cocos/manifest, rolesig, zipdir, digest); never supervisor/, sandbox/ or
-// another child.
+// Remote sources (Cocos's "pull mode") are fetched through the egress
+// child with package pull, as the entry actions of ReceivingAlgorithm and
+// ReceivingData (pull.go).
+//
+// It does not open sockets, run algorithms itself, or produce evidence (the
+// attestation child does). It imports children/child, logsink, proto, pull
+// and the shared helpers (cocos/manifest, rolesig, zipdir, digest); never
+// supervisor/, sandbox/ or another child.
 package agent
 
 import (
