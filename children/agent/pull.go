@@ -74,14 +74,15 @@ func (a *Agent) checkPull(man *manifest.Computation) error {
 			return fmt.Errorf("algorithm source: %v", err)
 		}
 	}
+	any = any || encryptedUpload(man.Algorithm.Source, man.Algorithm.KBS)
 	for _, d := range man.Datasets {
-		any = any || d.Source.Pulled()
+		any = any || d.Source.Pulled() || encryptedUpload(d.Source, d.KBS)
 	}
 	if _, err := datasetNames(man); err != nil {
 		return err
 	}
 	if any && a.fetcher == nil {
-		return errors.New("the manifest has remote sources, but this agent has no way out (no egress edge): upload them instead")
+		return errors.New("the manifest has remote sources or encrypted uploads, but this agent has no way out (no egress edge)")
 	}
 	return nil
 }
@@ -252,4 +253,24 @@ func (a *Agent) cleanupStaging() {
 // uploadRefusedForPulled is the error for an upload of a pulled resource.
 func uploadRefusedForPulled(what, url string) error {
 	return fmt.Errorf("%w: %s is fetched from its source %s; it is not uploaded", ErrWrongState, what, url)
+}
+
+// encryptedUpload reports whether an uploaded entry is in Cocos's encrypted
+// format: its source is encrypted, has no URL (else it is pulled), and names
+// an enabled KBS. Cocos decrypts such uploads with the KBS's key.
+func encryptedUpload(src *manifest.ResourceSource, kbs *manifest.KBSConfig) bool {
+	return src != nil && src.Encrypted && !src.Pulled() && kbs != nil && kbs.Enabled
+}
+
+// decryptUpload decrypts a spooled upload and returns the plaintext's path
+// and SHA3-256.
+func (a *Agent) decryptUpload(ctx context.Context, r pull.Resource, path string) (string, [32]byte, error) {
+	if a.fetcher == nil {
+		return "", [32]byte{}, fmt.Errorf("%w: %s is encrypted, and this agent has no way to its KBS (no egress edge)", ErrUndecryptable, r.What)
+	}
+	plain, sum, _, err := a.fetcher.DecryptFile(ctx, r, path)
+	if err != nil {
+		return "", sum, fmt.Errorf("%w: %v", ErrUndecryptable, err)
+	}
+	return plain, sum, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	"github.com/cvmd/cvmd/cocos/zipdir"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
+	"github.com/cvmd/cvmd/pull"
 )
 
 // maxRequirements caps requirements.txt.
@@ -96,6 +97,14 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	if err != nil {
 		return err
 	}
+	algoPath := sp.path
+	if al := sn.man.Algorithm; encryptedUpload(al.Source, al.KBS) {
+		r := pull.Resource{What: "algorithm", Source: *al.Source, KBS: al.KBS, Hash: al.Hash}
+		if algoPath, sum, err = a.decryptUpload(stream.Context(), r, sp.path); err != nil {
+			return err
+		}
+		defer os.Remove(algoPath)
+	}
 	if sum != sn.man.Algorithm.Hash {
 		return ErrHashMismatch
 	}
@@ -112,10 +121,10 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	} else {
 		os.Remove(a.dirs.requirements)
 	}
-	if err := os.Chmod(sp.path, 0o755); err != nil {
+	if err := os.Chmod(algoPath, 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(sp.path, a.dirs.algo); err != nil {
+	if err := os.Rename(algoPath, a.dirs.algo); err != nil {
 		return fmt.Errorf("saving algorithm: %w", err)
 	}
 	// The manifest's declaration wins over the request's metadata.
@@ -195,6 +204,17 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if err != nil {
 		return err
 	}
+	dataPath := sp.path
+	if enc := slices.IndexFunc(candidates, func(i int) bool {
+		return encryptedUpload(sn.man.Datasets[i].Source, sn.man.Datasets[i].KBS)
+	}); enc >= 0 {
+		d := sn.man.Datasets[candidates[enc]]
+		r := pull.Resource{What: "dataset " + d.Label(candidates[enc]), Source: *d.Source, KBS: d.KBS, Hash: d.Hash}
+		if dataPath, sum, err = a.decryptUpload(stream.Context(), r, sp.path); err != nil {
+			return err
+		}
+		defer os.Remove(dataPath)
+	}
 	idx := slices.IndexFunc(candidates, func(i int) bool { return sn.man.Datasets[i].Hash == sum })
 	if idx < 0 {
 		if sn.names[candidates[0]] == name {
@@ -205,11 +225,15 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	}
 	idx = candidates[idx]
 	decompress := m.Decompress || sn.man.Datasets[idx].Decompress
-	staged := sp.path
+	staged := dataPath
 	if decompress {
+		st, err := os.Stat(dataPath)
+		if err != nil {
+			return err
+		}
 		// Extract outside the lock (it can take a while), into a private
 		// staging dir, then move the entries in under the lock.
-		if staged, err = a.extract(sp.path, sp.n); err != nil {
+		if staged, err = a.extract(dataPath, st.Size()); err != nil {
 			return err
 		}
 		defer os.RemoveAll(staged)

@@ -287,3 +287,35 @@ func TestDatasetsWithoutFilename(t *testing.T) {
 		}
 	}
 }
+
+// TestEncryptedUpload: as Cocos, an uploaded dataset whose manifest entry
+// is encrypted (no URL, an enabled KBS) is decrypted with the KBS's key and
+// its plaintext checked against the manifest; one sealed with another key
+// is refused and nothing is kept.
+func TestEncryptedUpload(t *testing.T) {
+	w := newPullWorld(t, algoScript)
+	key := make([]byte, 32)
+	rand.Read(key)
+	w.kbs.SetResource("default/key/b", key)
+	sealed := filepath.Join(w.dir, "enc", "b.csv")
+	os.MkdirAll(filepath.Dir(sealed), 0o755)
+	seal(t, w.dsB, sealed, key)
+	wrong := filepath.Join(w.dir, "wrong", "b.csv")
+	os.MkdirAll(filepath.Dir(wrong), 0o755)
+	seal(t, w.dsB, wrong, make([]byte, 32))
+	m := agenttest.NewManifest("enc-up", w.algoP, agenttest.HashFile(t, w.algo), "bin", []agenttest.DatasetSpec{
+		{Filename: "a.csv", Hash: agenttest.HashFile(t, w.dsA), Owner: w.dataA},
+		{Filename: "b.csv", Hash: agenttest.HashFile(t, w.dsB), Owner: w.dataB},
+	}, w.cons1)
+	m.Datasets[1].Source = &manifest.ResourceSource{Encrypted: true, KBSResourcePath: "default/key/b"}
+	m.Datasets[1].KBS = &manifest.KBSConfig{URL: w.kbs.URL, Enabled: true}
+	if res, err := w.control.Start(context.Background(), m.RunReq(nil)); err != nil || res.GetError() != "" {
+		t.Fatalf("start: %v %v", err, res)
+	}
+	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
+	w.mustCVM(t, false, "data", w.dsA, w.dataA.KeyFile)
+	w.wantCVMError(t, false, "decryption failed", "data", wrong, w.dataB.KeyFile)
+	w.incomingEmpty(t)
+	w.mustCVM(t, false, "data", sealed, w.dataB.KeyFile)
+	w.waitState(t, "ConsumingResults")
+}
