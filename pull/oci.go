@@ -30,24 +30,33 @@ import (
 // time (so a restart keeps the blobs already complete), then turns it into
 // what Cocos makes of an image: a docker algorithm's docker-archive
 // tarball, another algorithm's file, or a dataset's files.
-func (f *Fetcher) fetchOCI(ctx context.Context, r Resource, loc *Location) (*Result, error) {
+func (f *Fetcher) fetchOCI(ctx context.Context, r Resource, loc *Location) (_ *Result, err error) {
 	dir := f.staging(r) + ".oci"
 	img, origin, got, err := f.pullImage(ctx, loc, dir)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(f.staging(r) + ".out")
+		}
+	}()
 	out := f.staging(r) + ".out"
 	os.RemoveAll(out)
 	res := &Result{Downloaded: got, Attempts: 1, Origin: origin}
+	// The SHA3-256 is computed as the result is written, where it can be.
+	var sum [32]byte
+	var size int64
+	hashed := false
 	switch {
 	case r.Role == RoleAlgorithm && r.AlgoType == "docker":
-		if err := f.writeDockerArchive(img, loc, out); err != nil {
+		if sum, size, err = f.writeDockerArchive(img, loc, out); err != nil {
 			os.Remove(out)
 			return nil, err
 		}
-		res.Path, res.Name = out, "image.tar"
+		res.Path, res.Name, hashed = out, "image.tar", true
 	default:
-		files, err := f.extract(img, r, out)
+		files, sums, err := f.extract(img, r, out)
 		if err != nil {
 			os.RemoveAll(out)
 			return nil, err
@@ -56,10 +65,16 @@ func (f *Fetcher) fetchOCI(ctx context.Context, r Resource, loc *Location) (*Res
 			os.RemoveAll(out)
 			return nil, err
 		}
+		if rel, err := filepath.Rel(out, res.Path); err == nil {
+			if hs, ok := sums[filepath.ToSlash(rel)]; ok {
+				sum, size, hashed = hs.sum, hs.size, true
+			}
+		}
 	}
-	sum, size, err := digestFile(res.Path)
-	if err != nil {
-		return nil, err
+	if !hashed {
+		if sum, size, err = digestFile(res.Path); err != nil {
+			return nil, err
+		}
 	}
 	if sum != r.Hash {
 		os.RemoveAll(out)
@@ -261,20 +276,30 @@ func ociErr(err error) error {
 	return netErr(err)
 }
 
-func (f *Fetcher) writeDockerArchive(img v1.Image, loc *Location, out string) error {
+func (f *Fetcher) writeDockerArchive(img v1.Image, loc *Location, out string) ([32]byte, int64, error) {
+	var sum [32]byte
 	tag, ok := loc.Image.(name.Tag)
 	if !ok {
 		tag = loc.Image.Context().Tag("pulled")
 	}
 	fh, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
-		return err
+		return sum, 0, err
 	}
-	if err := tarball.Write(tag, img, fh); err != nil {
+	h := digest.New()
+	var n counter
+	if err := tarball.Write(tag, img, io.MultiWriter(fh, h, &n)); err != nil {
 		fh.Close()
-		return fmt.Errorf("writing the docker archive: %w", err)
+		return sum, 0, fmt.Errorf("writing the docker archive: %w", err)
 	}
-	return fh.Close()
+	copy(sum[:], h.Sum(nil))
+	return sum, int64(n), fh.Close()
+}
+
+// fileSum is an extracted file's SHA3-256, computed as it was written.
+type fileSum struct {
+	sum  [32]byte
+	size int64
 }
 
 // Cocos's rules for what an image holds (reference §1.4).
@@ -312,18 +337,19 @@ func algorithmFile(t, p string, mode int64) bool {
 // extract walks the layers from the top one down (an upper layer's file
 // hides a lower one's; whiteouts hide too) and writes the files the
 // resource wants under out, returning their relative paths in order found.
-func (f *Fetcher) extract(img v1.Image, r Resource, out string) ([]string, error) {
+func (f *Fetcher) extract(img v1.Image, r Resource, out string) ([]string, map[string]fileSum, error) {
 	layers, err := img.Layers()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := os.MkdirAll(out, 0o700); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	root, err := os.OpenRoot(out)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	sums := map[string]fileSum{}
 	defer root.Close()
 	seen := map[string]bool{}
 	hidden := map[string]bool{}
@@ -334,7 +360,7 @@ func (f *Fetcher) extract(img v1.Image, r Resource, out string) ([]string, error
 	for i := len(layers) - 1; i >= 0; i-- {
 		rc, err := layers[i].Uncompressed()
 		if err != nil {
-			return nil, ociErr(err)
+			return nil, nil, ociErr(err)
 		}
 		var whiteouts []string
 		tr := tar.NewReader(rc)
@@ -345,7 +371,7 @@ func (f *Fetcher) extract(img v1.Image, r Resource, out string) ([]string, error
 			}
 			if err != nil {
 				rc.Close()
-				return nil, fmt.Errorf("reading layer %d: %w", i, err)
+				return nil, nil, fmt.Errorf("reading layer %d: %w", i, err)
 			}
 			p := path.Clean(strings.TrimPrefix(h.Name, "./"))
 			if p == "." || strings.HasPrefix(p, "../") || p == ".." || path.IsAbs(p) {
@@ -374,22 +400,24 @@ func (f *Fetcher) extract(img v1.Image, r Resource, out string) ([]string, error
 			total += h.Size
 			if f.cfg.MaxBytes > 0 && total > f.cfg.MaxBytes {
 				rc.Close()
-				return nil, classErr(ErrTooLarge, "the image's files exceed %d bytes", f.cfg.MaxBytes)
+				return nil, nil, classErr(ErrTooLarge, "the image's files exceed %d bytes", f.cfg.MaxBytes)
 			}
-			if err := writeRooted(root, p, tr, h.Mode); err != nil {
+			fs, err := writeRooted(root, p, tr, h.Mode)
+			if err != nil {
 				rc.Close()
-				return nil, fmt.Errorf("extracting %s: %w", p, err)
+				return nil, nil, fmt.Errorf("extracting %s: %w", p, err)
 			}
+			sums[p] = fs
 			files = append(files, p)
 		}
 		if err := rc.Close(); err != nil {
-			return nil, ociErr(err)
+			return nil, nil, ociErr(err)
 		}
 		for _, w := range whiteouts {
 			hidden[w] = true
 		}
 	}
-	return files, nil
+	return files, sums, nil
 }
 
 func isHidden(hidden map[string]bool, p string) bool {
@@ -401,27 +429,32 @@ func isHidden(hidden map[string]bool, p string) bool {
 	return false
 }
 
-func writeRooted(root *os.Root, p string, r io.Reader, mode int64) error {
+func writeRooted(root *os.Root, p string, r io.Reader, mode int64) (fileSum, error) {
+	var fs fileSum
 	if d := path.Dir(p); d != "." {
 		if err := root.MkdirAll(d, 0o700); err != nil {
-			return err
+			return fs, err
 		}
 	}
 	fh, err := root.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return err
+		return fs, err
 	}
 	// The header's mode exactly, whatever the umask: the zip of several
 	// files records it, so it is part of the hash.
 	if err := fh.Chmod(os.FileMode(mode&0o777 | 0o400)); err != nil {
 		fh.Close()
-		return err
+		return fs, err
 	}
-	if _, err := io.CopyBuffer(fh, r, make([]byte, 1<<20)); err != nil {
+	h := digest.New()
+	n, err := io.CopyBuffer(io.MultiWriter(fh, h), r, make([]byte, 1<<20))
+	if err != nil {
 		fh.Close()
-		return err
+		return fs, err
 	}
-	return fh.Close()
+	copy(fs.sum[:], h.Sum(nil))
+	fs.size = n
+	return fs, fh.Close()
 }
 
 // pickOCIResult decides what of the extracted files is the resource: the

@@ -463,9 +463,11 @@ func writeMeta(p string, m stagingMeta) error {
 	return os.Rename(tmp, p)
 }
 
-// processor hashes (and decrypts) the raw bytes in order.
+// processor hashes (and decrypts) the raw bytes in order. The hash runs in
+// its own goroutine (hw), overlapping decryption and the file writes.
 type processor struct {
 	h     hash.Hash
+	hw    *asyncWriter
 	dec   *cipherfile.Decrypter
 	plain *os.File
 	n     int64 // raw bytes consumed
@@ -476,14 +478,16 @@ type processor struct {
 // disk (a resumed download).
 func (f *Fetcher) newProcessor(key []byte, plainPath string, part *os.File, have int64) (*processor, error) {
 	p := &processor{h: digest.New()}
+	p.hw = newAsyncWriter(p.h)
 	if key != nil {
 		pf, err := os.OpenFile(plainPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 		if err != nil {
+			p.hw.Close()
 			return nil, err
 		}
 		p.plain = pf
-		if p.dec, err = cipherfile.NewDecrypter(key, io.MultiWriter(pf, p.h, (*counter)(&p.size))); err != nil {
-			pf.Close()
+		if p.dec, err = cipherfile.NewDecrypter(key, io.MultiWriter(pf, p.hw, (*counter)(&p.size))); err != nil {
+			p.close()
 			return nil, err
 		}
 	}
@@ -506,27 +510,39 @@ func (p *processor) Write(b []byte) (int, error) {
 		return p.dec.Write(b)
 	}
 	p.size += int64(len(b))
-	return p.h.Write(b)
+	return p.hw.Write(b)
 }
 
 // finish checks the tag (encrypted) and returns the plaintext's SHA3-256.
 func (p *processor) finish() ([32]byte, int64, error) {
 	var sum [32]byte
 	if p.dec != nil {
-		err := p.dec.Close()
+		err := p.dec.Close() // writes nothing more; the tag check
+		if herr := p.hw.Close(); err == nil && herr != nil {
+			err = herr
+		}
 		if cerr := p.plain.Close(); err == nil && cerr != nil {
 			return sum, 0, cerr
 		}
 		p.plain = nil
 		if err != nil {
-			return sum, 0, classed{ErrDecrypt, err}
+			if errors.Is(err, cipherfile.ErrAuth) || errors.Is(err, cipherfile.ErrShort) {
+				return sum, 0, classed{ErrDecrypt, err}
+			}
+			return sum, 0, err
 		}
+		copy(sum[:], p.h.Sum(nil))
+		return sum, p.size, nil
+	}
+	if err := p.hw.Close(); err != nil {
+		return sum, 0, err
 	}
 	copy(sum[:], p.h.Sum(nil))
 	return sum, p.size, nil
 }
 
 func (p *processor) close() {
+	p.hw.Close()
 	if p.plain != nil {
 		p.plain.Close()
 	}
