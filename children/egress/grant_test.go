@@ -62,3 +62,20 @@ func TestParseGrantRefuses(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseGrant(f *testing.F) {
+	for _, s := range []string{"host.example:443", "127.0.0.1:80", "[::1]:443", "*.x.com:443", "a:1-2", "10.0.0.0/8:1", "h:*", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, e string) {
+		g, err := ParseGrant([]string{e})
+		if err != nil {
+			return
+		}
+		for _, r := range g {
+			if r.Wildcard || r.PortLo == 0 || r.PortLo != r.PortHi || (r.Prefix.IsValid() && !r.Prefix.IsSingleIP()) {
+				t.Fatalf("grant %q accepted as %+v", e, r)
+			}
+		}
+	})
+}
