@@ -5,7 +5,7 @@
 // The standard library's AEAD needs the whole ciphertext in memory; this
 // package does not. It composes GCM from the standard library's AES block
 // cipher and CTR mode (the keystream, with GCM's counter layout) and its own
-// GHASH (ghash.go), which is tested against NIST's GCM vectors and
+// GHASH (ghash.go, Shoup's 8-bit tables), which is tested against NIST's GCM vectors and
 // cross-checked against crypto/cipher's GCM on random inputs. Plaintext is
 // written out before the tag has been checked: the caller writes it to a
 // staging file and uses nothing until Close returns nil.

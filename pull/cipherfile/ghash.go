@@ -25,41 +25,43 @@ func mulX(e element) element {
 	return e
 }
 
-// reduce4[n] is what the four low bits n of lo, shifted past x^127 by a
-// multiplication by x^4, reduce to: bit i of n is the coefficient of
-// x^(127-i), which becomes x^(3-i)·x^128 = x^(3-i)·(1 + x + x^2 + x^7).
-var reduce4 = func() (t [16]uint64) {
+// reduce8[n] is what the eight low bits n of lo, shifted past x^127 by a
+// multiplication by x^8, reduce to: bit i of n is the coefficient of
+// x^(127-i), which becomes x^(7-i)·x^128 = x^(7-i)·(1 + x + x^2 + x^7)
+// (degree at most 14: no further reduction).
+var reduce8 = func() (t [256]uint64) {
 	for n := range t {
-		for i := 0; i < 4; i++ {
+		for i := 0; i < 8; i++ {
 			if n>>i&1 != 0 {
-				t[n] ^= r >> (3 - i)
+				t[n] ^= r >> (7 - i)
 			}
 		}
 	}
 	return t
 }()
 
-// ghash is GCM's universal hash with Shoup's 4-bit tables: table[n] is
-// P(n)·H, where P(n) has the nibble's bits, most significant first, as the
-// coefficients of x^0..x^3. Lookups depend on secret data (as in the
-// standard library's generic code); the agent also checks the plaintext's
+// ghash is GCM's universal hash with Shoup's 8-bit tables: table[b] is
+// P(b)·H, where P(b) has the byte's bits, most significant first, as the
+// coefficients of x^0..x^7. Lookups depend on secret data (as in table
+// implementations generally); the agent also checks the plaintext's
 // SHA3-256 against the manifest, so GCM's tag is not the only guard.
 type ghash struct {
-	table    [16]element
+	table    [256]element
 	y        element
 	pending  [16]byte
 	nPending int
 }
 
 func (g *ghash) init(h [16]byte) {
-	e := load(h[:])
-	g.table[8] = e
-	g.table[4] = mulX(g.table[8])
-	g.table[2] = mulX(g.table[4])
-	g.table[1] = mulX(g.table[2])
-	for n := 2; n < 16; n++ {
+	// Powers of two first: table[0x80] = H, table[0x40] = H·x, …,
+	// table[0x01] = H·x^7; every other entry is the sum of its bits'.
+	g.table[0x80] = load(h[:])
+	for b := 0x40; b > 0; b >>= 1 {
+		g.table[b] = mulX(g.table[b<<1])
+	}
+	for n := 2; n < 256; n++ {
 		if n&(n-1) == 0 {
-			continue // a power of two, done above
+			continue
 		}
 		hb := 1 << (bitLen(n) - 1)
 		g.table[n] = element{g.table[hb].hi ^ g.table[n^hb].hi, g.table[hb].lo ^ g.table[n^hb].lo}
@@ -76,17 +78,17 @@ func bitLen(n int) int {
 	return l
 }
 
-// mulH sets y = y·H, Horner's rule over the 32 nibbles from the last
-// (coefficients x^124..x^127) to the first: z = z·x^4 + P(nibble)·H.
+// mulH sets y = y·H, Horner's rule over the 16 bytes from the last
+// (coefficients x^120..x^127) to the first: z = z·x^8 + P(byte)·H.
 func (g *ghash) mulH() {
 	var z element
 	for _, word := range [2]uint64{g.y.lo, g.y.hi} {
-		for j := 0; j < 16; j++ {
-			rem := z.lo & 0xf
-			z.lo = z.hi<<60 | z.lo>>4
-			z.hi = z.hi>>4 ^ reduce4[rem]
-			t := &g.table[word&0xf]
-			word >>= 4
+		for j := 0; j < 8; j++ {
+			rem := z.lo & 0xff
+			z.lo = z.hi<<56 | z.lo>>8
+			z.hi = z.hi>>8 ^ reduce8[rem]
+			t := &g.table[word&0xff]
+			word >>= 8
 			z.hi ^= t.hi
 			z.lo ^= t.lo
 		}

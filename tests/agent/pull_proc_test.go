@@ -250,11 +250,16 @@ func TestBenchPull(t *testing.T) {
 	}
 	for i, r := range runs {
 		ref := sha3Rate() // one core's SHA3-256, from its thread's CPU time
+		cpu0 := procCPU(t, pp.p.cmd.Process.Pid)
 		d := pp.pull(t, fmt.Sprintf("bench-%d", i), r.src, r.kbs, sum)
+		cpu := procCPU(t, pp.p.cmd.Process.Pid) - cpu0
 		rate := float64(mib) / d.Seconds()
 		fmt.Printf("BENCH %s %.1f MiB/s\n", r.name, rate)
 		fmt.Printf("BENCH %s_sha3_ref %.1f MiB/s\n", r.name, ref)
 		fmt.Printf("BENCH %s_of_sha3_pct %.0f %%\n", r.name, 100*rate/ref)
+		// The agent's own CPU per GiB hardly depends on what else runs.
+		fmt.Printf("BENCH %s_agent_cpu_s_per_gib %.2f s\n", strings.TrimSuffix(r.name, "_mib_s"), cpu.Seconds()*1024/float64(mib))
+		fmt.Printf("BENCH %s_sha3_ref_cpu_s_per_gib %.2f s\n", strings.TrimSuffix(r.name, "_mib_s"), 1024/ref)
 	}
 	fmt.Printf("BENCH agent_peak_rss_mib_pull %.1f MiB\n", pp.p.peakRSSMiB(t))
 
@@ -276,6 +281,19 @@ func TestBenchPull(t *testing.T) {
 	sort.Float64s(ms)
 	fmt.Printf("BENCH kbs_key_release_ms %.1f ms\n", ms[len(ms)/2])
 	fmt.Printf("BENCH kbs_key_release_p90_ms %.1f ms\n", ms[len(ms)*9/10])
+}
+
+// procCPU is the process's user+system CPU time so far.
+func procCPU(t *testing.T, pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces) end with ')'.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
 }
 
 // tarOne writes a tar stream holding the file src as name, streaming.
