@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -40,8 +41,18 @@ func findBinary(t testing.TB, envVar, name string) string {
 // process runs a server until the test ends; its output goes to a log
 // file shown when the test fails.
 type process struct {
-	cmd *exec.Cmd
-	log string
+	cmd    *exec.Cmd
+	log    string
+	exited chan struct{} // closed when the process has ended
+	once   sync.Once
+}
+
+// stop kills the server's process group and waits for it.
+func (p *process) stop() {
+	p.once.Do(func() {
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.exited
+	})
 }
 
 func startProcess(t testing.TB, dir, name string, args ...string) *process {
@@ -59,11 +70,11 @@ func startProcess(t testing.TB, dir, name string, args ...string) *process {
 		t.Fatalf("pulltest: starting %s: %v", name, err)
 	}
 	lf.Close()
-	p := &process{cmd: cmd, log: logPath}
+	p := &process{cmd: cmd, log: logPath, exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		// Its own process group: the server and nothing else.
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
+		p.stop()
 		if t.Failed() {
 			b, _ := os.ReadFile(logPath)
 			if len(b) > 4000 {
@@ -73,6 +84,28 @@ func startProcess(t testing.TB, dir, name string, args ...string) *process {
 		}
 	})
 	return p
+}
+
+// waitUp polls url until it answers (any status), the process exits or
+// the deadline passes.
+func waitUp(client *http.Client, url string, within time.Duration, exited <-chan struct{}) error {
+	deadline := time.Now().Add(within)
+	for {
+		res, err := client.Get(url)
+		if err == nil {
+			res.Body.Close()
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("the server exited: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer within %v: %v", url, within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // waitHTTP polls url until it answers (any status) or the deadline passes.
@@ -111,14 +144,25 @@ func StartS3(t testing.TB) *S3 {
 		t.Fatal(err)
 	}
 	os.Mkdir(filepath.Join(dir, "data"), 0o700)
-	port := func() string { return fmt.Sprint(FreePort(t)) }
-	s3port := port()
-	startProcess(t, dir, bin, "server", "-dir=data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-		"-master.port="+port(), "-master.port.grpc="+port(), "-volume.port="+port(), "-volume.port.grpc="+port(),
-		"-filer.port="+port(), "-filer.port.grpc="+port(), "-s3", "-s3.port="+s3port, "-s3.port.grpc="+port(),
-		"-s3.config=s3.json", "-master.volumeSizeLimitMB=1024", "-volume.max=16", "-master.telemetry=false")
-	s.Endpoint = "http://127.0.0.1:" + s3port
-	waitHTTP(t, http.DefaultClient, s.Endpoint+"/", 60*time.Second)
+	// A port taken between FreePort and the server's bind makes weed exit:
+	// start again with new ports (at most three times).
+	for attempt := 1; ; attempt++ {
+		port := func() string { return fmt.Sprint(FreePort(t)) }
+		s3port := port()
+		p := startProcess(t, dir, bin, "server", "-dir=data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+			"-master.port="+port(), "-master.port.grpc="+port(), "-volume.port="+port(), "-volume.port.grpc="+port(),
+			"-filer.port="+port(), "-filer.port.grpc="+port(), "-s3", "-s3.port="+s3port, "-s3.port.grpc="+port(),
+			"-s3.config=s3.json", "-master.volumeSizeLimitMB=1024", "-volume.max=16", "-master.telemetry=false")
+		s.Endpoint = "http://127.0.0.1:" + s3port
+		if err := waitUp(http.DefaultClient, s.Endpoint+"/", 2*time.Minute, p.exited); err == nil {
+			break
+		} else if attempt == 3 {
+			t.Fatalf("pulltest: SeaweedFS did not come up: %v", err)
+		} else {
+			t.Logf("pulltest: SeaweedFS attempt %d: %v; again with other ports", attempt, err)
+			p.stop()
+		}
+	}
 	return s
 }
 
