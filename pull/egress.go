@@ -39,13 +39,17 @@ func (d *EgressDialer) DialContext(ctx context.Context, network, addr string) (n
 	if network != "tcp" && network != "tcp4" && network != "tcp6" {
 		return nil, fmt.Errorf("pull: egress carries tcp, not %s", network)
 	}
-	c, err := d.Edge(ctx)
-	if err != nil {
-		return nil, transient{fmt.Errorf("connecting to the egress: %w", err)}
-	}
 	timeout := d.Timeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
+	}
+	// An edge whose egress is gone waits for the supervisor's rewiring: not
+	// forever.
+	ectx, cancel := context.WithTimeout(ctx, timeout)
+	c, err := d.Edge(ectx)
+	cancel()
+	if err != nil {
+		return nil, transient{fmt.Errorf("connecting to the egress: %w", err)}
 	}
 	deadline := time.Now().Add(timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {

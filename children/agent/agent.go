@@ -173,6 +173,11 @@ func New(cfg Config) (*Agent, error) {
 		if pc.Log == nil {
 			pc.Log = cfg.Log
 		}
+		if pc.Progress == nil {
+			pc.Progress = func(p pull.Progress) {
+				cfg.Log.Info("fetch progress", "resource", p.What, "source", p.Source, "bytes", p.Bytes, "total", p.Total)
+			}
+		}
 		if a.fetcher, err = pull.New(pc); err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}

@@ -239,7 +239,10 @@ func (c *Client) Key(ctx context.Context, kbsURL, resourcePath string) ([]byte, 
 			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
 			}
 		}
-		key, err := c.session(ctx, base.String(), resourcePath)
+		// Each exchange is bounded: a KBS that stops answering is retried.
+		sctx, cancel := context.WithTimeout(ctx, sessionTimeout)
+		key, err := c.session(sctx, base.String(), resourcePath)
+		cancel()
 		if err == nil || errors.Is(err, ErrRefused) || ctx.Err() != nil {
 			return key, err
 		}
@@ -307,6 +310,9 @@ func (c *Client) session(ctx context.Context, base, resourcePath string) ([]byte
 	}
 	return key, nil
 }
+
+// sessionTimeout bounds one auth → attest → resource exchange.
+const sessionTimeout = 2 * time.Minute
 
 // maxAnswer bounds what the KBS may send.
 const maxAnswer = 1 << 20
