@@ -36,13 +36,23 @@ type Attester struct {
 	TPM *TPM
 	// SNP produces SEV-SNP reports; nil means none.
 	SNP sevclient.QuoteProvider
+	// TDX produces TDX quotes: a go-tdx-guest client.QuoteProvider or
+	// client.Device; nil means none.
+	TDX any
+	// Azure, with TPM, makes this an Azure confidential VM (platform Azure);
+	// nil = not Azure.
+	Azure *AzureVM
+	// TDXCollateral, on a simulated TDX only, is the simulated platform's
+	// intelpcs collateral bundle, carried in tokens (x-cvmd-tdx-collateral).
+	TDXCollateral func() []byte
 	// Simulated marks every token as coming from a simulated platform.
 	Simulated bool
 	// Issuer is claim 1 and the COSE kid; "" = DefaultIssuer.
 	Issuer string
 	// SWVersion is claim 271 (the cvmd version); "" = omitted.
 	SWVersion string
-	// Log returns the current measurement log; nil = no log in tokens.
+	// Log returns the current measurement log; nil = no log in tokens. Its
+	// last boot event names the boot in every token (x-cvmd-boot-id).
 	Log func() EventLog
 	// MeasureLock, if set, is read-locked from the quote to the Log call, so
 	// the log in a token is exactly the one its quote covers: whoever
@@ -51,10 +61,14 @@ type Attester struct {
 	// Now is the clock; nil = time.Now.
 	Now func() time.Time
 
-	keyMu     sync.Mutex
-	key       *ecdsa.PrivateKey // guarded by keyMu; SNP-only signing key
-	keySPKI   []byte            // guarded by keyMu
-	keyReport []byte            // guarded by keyMu
+	keyMu sync.Mutex
+	key   *teeKey // guarded by keyMu; the token key of a TEE without TPM
+}
+
+// teeKey is an ephemeral token-signing key and the TEE report binding it.
+type teeKey struct {
+	key     *ecdsa.PrivateKey
+	signing *eat.Signing
 }
 
 // Has reports whether the attester can produce evidence for p.
@@ -66,6 +80,10 @@ func (a *Attester) Has(p Platform) bool {
 		return a.TPM != nil
 	case SNPvTPM:
 		return a.SNP != nil && a.TPM != nil
+	case TDX:
+		return a.TDX != nil
+	case Azure:
+		return a.TPM != nil && a.Azure != nil
 	}
 	return false
 }
@@ -81,9 +99,7 @@ func (a *Attester) Describe(p Platform) string {
 // Attest produces a signed EAT token for req.
 func (a *Attester) Attest(req Request) ([]byte, error) {
 	switch req.Platform {
-	case SNP, VTPM, SNPvTPM:
-	case Azure, TDX:
-		return nil, fmt.Errorf("%w: %s", ErrUnimplemented, req.Platform)
+	case SNP, VTPM, SNPvTPM, TDX, Azure:
 	default:
 		return nil, fmt.Errorf("%w: attestation type %d (want 0–4)", ErrBadRequest, int32(req.Platform))
 	}
@@ -118,20 +134,34 @@ func (a *Attester) Attest(req Request) ([]byte, error) {
 			return nil, err
 		}
 		SNPClaims(c, att.GetReport())
-		signing, signer, err := a.snpSigner()
+		if c.Signer, sign, err = a.teeSigner(eat.SignerSNPKeyReport, a.snpKeyReport); err != nil {
+			return nil, err
+		}
+	case TDX:
+		raw, q, err := TDXQuote(a.TDX, tee)
 		if err != nil {
 			return nil, err
 		}
-		c.Signer, sign = signing, signer
-	case VTPM, SNPvTPM:
+		c.RawReport = raw
+		TDXClaims(c, q)
+		if c.Signer, sign, err = a.teeSigner(eat.SignerTDXKeyQuote, a.tdxKeyQuote); err != nil {
+			return nil, err
+		}
+		if a.Simulated && a.TDXCollateral != nil {
+			c.TDXCollateral = a.TDXCollateral()
+		}
+	case VTPM, SNPvTPM, Azure:
 		if a.MeasureLock != nil {
 			a.MeasureLock.RLock()
 			defer a.MeasureLock.RUnlock()
 		}
 		var att *attestpb.Attestation
-		if req.Platform == VTPM {
+		switch req.Platform {
+		case VTPM:
 			att, err = a.TPM.Attest(nonce[:], nil, nil)
-		} else {
+		case Azure:
+			att, err = a.azureEvidence(c, tee, nonce)
+		default:
 			rd := SNPvTPMReportData(tee, a.TPM.AKPub())
 			c.ReportData = tee[:]
 			att, err = a.TPM.Attest(nonce[:], &client.SevSnpQuoteProvider{QuoteProvider: a.SNP}, rd[:])
@@ -142,7 +172,7 @@ func (a *Attester) Attest(req Request) ([]byte, error) {
 		if c.RawReport, err = proto.Marshal(att); err != nil {
 			return nil, err
 		}
-		if r := att.GetSevSnpAttestation().GetReport(); r != nil {
+		if r := att.GetSevSnpAttestation().GetReport(); r != nil && req.Platform == SNPvTPM {
 			SNPClaims(c, r)
 		}
 		VTPMClaims(c, SHA256Quote(att), att.GetAkPub())
@@ -153,10 +183,15 @@ func (a *Attester) Attest(req Request) ([]byte, error) {
 		c.Signer = &eat.Signing{Kind: eat.SignerTPMAK, Key: spki}
 		sign = a.TPM.Sign
 		if a.Log != nil {
-			if c.EventLog, err = MarshalLog(a.Log()); err != nil {
+			log := a.Log()
+			if c.EventLog, err = MarshalLog(log); err != nil {
 				return nil, err
 			}
+			c.BootID = log.BootID()
 		}
+	}
+	if c.BootID == "" && a.Log != nil && c.EventLog == nil {
+		c.BootID = a.Log().BootID() // no quote to cover the log: the boot id alone, signed
 	}
 	if a.Simulated {
 		c.SWName = "cvmd (simulated platform: not for production)"
@@ -182,12 +217,13 @@ func SHA256Quote(att *attestpb.Attestation) *tpm.Quote {
 	return nil
 }
 
-// snpSigner returns the SNP-only signing key, creating it and the SNP report
-// that binds it on first use.
-func (a *Attester) snpSigner() (*eat.Signing, eat.Signer, error) {
+// teeSigner returns the token-signing key of a TEE without TPM, creating it
+// and the TEE report that binds it (REPORT_DATA = KeyReportData(SPKI)) on
+// first use.
+func (a *Attester) teeSigner(kind string, report func(rd [64]byte) ([]byte, error)) (*eat.Signing, eat.Signer, error) {
 	a.keyMu.Lock()
 	defer a.keyMu.Unlock()
-	if a.key == nil {
+	if a.key == nil || a.key.signing.Kind != kind {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return nil, nil, err
@@ -196,18 +232,27 @@ func (a *Attester) snpSigner() (*eat.Signing, eat.Signer, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		att, err := sevclient.GetQuoteProto(a.SNP, KeyReportData(spki))
+		rep, err := report(KeyReportData(spki))
 		if err != nil {
-			return nil, nil, fmt.Errorf("attest: SEV-SNP report binding the token key: %w", err)
+			return nil, nil, fmt.Errorf("attest: TEE report binding the token key: %w", err)
 		}
-		report, err := proto.Marshal(att)
-		if err != nil {
-			return nil, nil, err
+		if len(rep) == 0 {
+			return nil, nil, errors.New("attest: empty TEE report binding the token key")
 		}
-		a.key, a.keySPKI, a.keyReport = key, spki, report
+		a.key = &teeKey{key: key, signing: &eat.Signing{Kind: kind, Key: spki, KeyReport: rep}}
 	}
-	if a.keyReport == nil {
-		return nil, nil, errors.New("attest: no SNP key report")
+	return a.key.signing, eat.KeySigner(a.key.key), nil
+}
+
+func (a *Attester) snpKeyReport(rd [64]byte) ([]byte, error) {
+	att, err := sevclient.GetQuoteProto(a.SNP, rd)
+	if err != nil {
+		return nil, err
 	}
-	return &eat.Signing{Kind: eat.SignerSNPKeyReport, Key: a.keySPKI, KeyReport: a.keyReport}, eat.KeySigner(a.key), nil
+	return proto.Marshal(att)
+}
+
+func (a *Attester) tdxKeyQuote(rd [64]byte) ([]byte, error) {
+	raw, _, err := TDXQuote(a.TDX, rd)
+	return raw, err
 }

@@ -5,10 +5,11 @@ import (
 	"crypto/sha3"
 	"crypto/sha512"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/cvmd/cvmd/attest/strictcbor"
 )
 
 // PCRs cvmd extends.
@@ -34,6 +35,7 @@ const (
 	EventChildTable = "child-table" // the supervisor's child table hash, at boot
 	EventChildStart = "child-start" // a child (re)started with this sandbox spec
 	EventManifest   = "manifest"    // PCR 16: a computation manifest
+	EventBoot       = "boot"        // the supervisor's boot id, before its child table
 )
 
 // MaxEventData bounds Event.Data for PCR 15 events (TPM2_PCR_Event takes at
@@ -79,7 +81,7 @@ func (e *Event) Digest() ([]byte, error) {
 // Validate checks an event before it is extended.
 func (e *Event) Validate() error {
 	switch {
-	case e.PCR == MeasurePCR && (e.Type == EventPlatform || e.Type == EventChildTable || e.Type == EventChildStart):
+	case e.PCR == MeasurePCR && (e.Type == EventPlatform || e.Type == EventChildTable || e.Type == EventChildStart || e.Type == EventBoot):
 		if len(e.Data) > MaxEventData {
 			return fmt.Errorf("attest: %s event data is %d bytes, at most %d", e.Type, len(e.Data), MaxEventData)
 		}
@@ -103,9 +105,31 @@ func ManifestEvent(manifestJSON []byte) Event {
 
 // PlatformInfo is the data of the platform event.
 type PlatformInfo struct {
-	TPM       string `json:"tpm"`           // "simulator" or the device path
-	SNP       string `json:"snp,omitempty"` // "", "simulated", "hardware"
+	TPM       string `json:"tpm"`             // "simulator" or the device path
+	SNP       string `json:"snp,omitempty"`   // "", "simulated", "hardware"
+	TDX       string `json:"tdx,omitempty"`   // "", "simulated", "hardware"
+	Azure     string `json:"azure,omitempty"` // "", "simulated", "hardware": an HCL report in the vTPM
 	Simulated bool   `json:"simulated"`
+}
+
+// Boot is the data of a boot event: the supervisor's random id for this boot.
+type Boot struct {
+	BootID string `json:"boot_id"`
+}
+
+// BootID returns the boot id of the log's last boot event, or "".
+func (l EventLog) BootID() string {
+	id := ""
+	for _, e := range l {
+		if e.PCR != MeasurePCR || e.Type != EventBoot {
+			continue
+		}
+		var b Boot
+		if json.Unmarshal(e.Data, &b) == nil {
+			id = b.BootID
+		}
+	}
+	return id
 }
 
 // ChildTable is the data of a child-table event.
@@ -181,21 +205,6 @@ func (l EventLog) ReplaySHA384(pcr uint32) ([]byte, error) {
 	return v, nil
 }
 
-var logDec cbor.DecMode
-
-func init() {
-	var err error
-	logDec, err = cbor.DecOptions{
-		MaxArrayElements: MaxEvents,
-		MaxNestedLevels:  4,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-	}.DecMode()
-	if err != nil {
-		panic(err)
-	}
-}
-
 // MarshalLog encodes the log as a CBOR array.
 func MarshalLog(l EventLog) ([]byte, error) {
 	if l == nil {
@@ -208,12 +217,11 @@ func MarshalLog(l EventLog) ([]byte, error) {
 // events that are not cvmd events.
 func ParseLog(b []byte) (EventLog, error) {
 	var l EventLog
-	rest, err := logDec.UnmarshalFirst(b, &l)
-	if err != nil {
+	if err := strictcbor.Unmarshal(b, &l); err != nil {
 		return nil, fmt.Errorf("attest: decoding event log: %w", err)
 	}
-	if len(rest) != 0 {
-		return nil, errors.New("attest: trailing bytes after event log")
+	if len(l) > MaxEvents {
+		return nil, fmt.Errorf("attest: event log has %d events, at most %d", len(l), MaxEvents)
 	}
 	for i := range l {
 		if err := l[i].Validate(); err != nil {

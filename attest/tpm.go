@@ -194,3 +194,36 @@ func (t *TPM) Sign(tbs []byte) ([]byte, error) {
 	}
 	return eat.RawSignature(sig.ECC.R, sig.ECC.S), nil
 }
+
+// ReadNV reads a whole NV index with its own (empty) authorization, or the
+// owner's (empty) if the index does not allow that: Azure's HCL report index
+// is readable either way, depending on the paravisor's version.
+func (t *TPM) ReadNV(index uint32) ([]byte, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b, err := tpm2.NVReadEx(t.rw, tpmutil.Handle(index), tpmutil.Handle(index), "", 0)
+	if err != nil {
+		var err2 error
+		if b, err2 = tpm2.NVReadEx(t.rw, tpmutil.Handle(index), tpm2.HandleOwner, "", 0); err2 != nil {
+			return nil, fmt.Errorf("attest: reading NV index %#x: %w", index, err)
+		}
+	}
+	return b, nil
+}
+
+// CertifyAK has the key at signer (a persistent handle, e.g. Azure's AK)
+// certify this TPM's attestation key: a TPMS_ATTEST naming the AK, over
+// qualifyingData, and the signer's signature (TPMT_SIGNATURE). It proves
+// the AK lives in the TPM the signer key belongs to.
+func (t *TPM) CertifyAK(signer uint32, qualifyingData []byte) (attestation, signature []byte, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ak == nil {
+		return nil, nil, errors.New("attest: TPM closed")
+	}
+	a, sig, err := tpm2.Certify(t.rw, "", "", t.ak.Handle(), tpmutil.Handle(signer), qualifyingData)
+	if err != nil {
+		return nil, nil, fmt.Errorf("attest: certifying the AK with key %#x: %w", signer, err)
+	}
+	return a, sig, nil
+}

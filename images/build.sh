@@ -188,6 +188,7 @@ printf 'hosts: files dns\n' > "$root/etc/nsswitch.conf"
 printf 'nameserver 10.0.2.3\n' > "$root/etc/resolv.conf"
 printf 'cvmd\n' > "$root/etc/hostname"
 printf 'ID=cvmd\nNAME="cvmd VM image"\nVERSION_ID=%s\n' "$IMAGE_VERSION" > "$root/etc/os-release"
+install -D -m 0644 "$repo/images/ima-policy" "$root/etc/ima/ima-policy"   # PID 1 loads it (IMA, PCR 10)
 if [ -n "${EXTRA:-}" ]; then cp -a "$EXTRA/." "$root/"; fi
 
 # --- archive ---------------------------------------------------------------------------

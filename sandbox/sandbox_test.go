@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -61,6 +62,8 @@ func probe(args []string) int {
 		err = os.WriteFile("/etc/cvmd-probe", []byte("x"), 0o600)
 		try("write-root", err)
 		try("write-tmp", os.WriteFile("/tmp/x", []byte("x"), 0o600))
+	case "families":
+		probeFamilies()
 	case "hog":
 		var keep [][]byte
 		for i := 0; i < 1024; i++ {
@@ -243,7 +246,7 @@ func TestRuntimeCleansStale(t *testing.T) {
 func TestCreateThenExec(t *testing.T) {
 	requireRoot(t)
 	rt := newRuntime(t)
-	out := &syncBuffer{}
+	out := &testutil.Buffer{}
 	sb, err := rt.Create(testSpec("created", "probe", "status"), IO{Stdout: out, Stderr: out})
 	if err != nil {
 		t.Fatal(err)
@@ -276,21 +279,4 @@ func TestCreateThenExec(t *testing.T) {
 	if err := idle.Destroy(); err != nil {
 		t.Error(err)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

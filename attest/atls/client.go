@@ -26,7 +26,7 @@ type Expected struct {
 
 // EvidenceVerifier checks evidence (an EAT token) against a policy and
 // against want: signatures up to a trusted root, report data and nonce equal
-// to want's, measurements. attest/verify provides one.
+// to want's, measurements. attest/atlsverify provides one.
 type EvidenceVerifier func(ctx context.Context, evidence []byte, want Expected) error
 
 // ClientConfig configures the client side.

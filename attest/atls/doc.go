@@ -12,12 +12,13 @@
 // structure, context, signature scheme, CertificateVerify signature, Finished
 // MAC, that the authenticator's leaf is the TLS server certificate, the
 // binder, that the EAT's nonce is the one derived from the binding, and the
-// evidence against a policy through the EvidenceVerifier it is given (the
-// verifier of attest/verify). Every refusal is a *CheckError naming the check.
+// evidence against a policy through the EvidenceVerifier it is given
+// (attest/atlsverify's, over attest/verify). Every refusal is a *CheckError
+// naming the check.
 //
 // atls does not obtain evidence (the server is handed an Evidence function),
 // does not log, and runs one exchange per connection (no renegotiation).
 // Anyone may import it: the ingress child (server side) and the cvm CLI
 // (client side, with gRPC transport credentials). Of cvmd it imports only
-// attest/verify, for PolicyVerifier.
+// attest/strictcbor (to read the token's nonce).
 package atls

@@ -10,6 +10,8 @@ import (
 	"math/big"
 
 	"github.com/fxamacker/cbor/v2"
+
+	"github.com/cvmd/cvmd/attest/strictcbor"
 )
 
 // COSE constants (RFC 9052, RFC 9053).
@@ -52,9 +54,14 @@ func RawSignature(r, s *big.Int) []byte {
 type Sign1 struct {
 	Protected []byte // serialized protected header map
 	Alg       int64  // from the protected header
-	Kid       []byte // unprotected header 4, if present
-	Payload   []byte
-	Signature []byte
+	// Kid is protected header 4 (the issuer), covered by the signature.
+	Kid []byte
+	// UnprotectedKid is unprotected header 4, which anyone can change without
+	// breaking the signature (Cocos puts its kid there): a verifier refuses
+	// a token that has one.
+	UnprotectedKid []byte
+	Payload        []byte
+	Signature      []byte
 }
 
 type sign1Wire struct {
@@ -65,37 +72,32 @@ type sign1Wire struct {
 	Signature   []byte
 }
 
-var (
-	encMode cbor.EncMode
-	decMode cbor.DecMode
-)
+// encMode is core deterministic encoding: a verifier can re-encode and get
+// the same bytes. Its options are constants, so an error is a programming
+// error that the first Encode reports.
+var encMode, encModeErr = cbor.CoreDetEncOptions().EncMode()
 
-func init() {
-	var err error
-	// Core deterministic encoding: a verifier can re-encode and get the same bytes.
-	if encMode, err = cbor.CoreDetEncOptions().EncMode(); err != nil {
-		panic(err)
+// marshal encodes v with encMode.
+func marshal(v any) ([]byte, error) {
+	if encModeErr != nil {
+		return nil, fmt.Errorf("eat: CBOR encoder: %w", encModeErr)
 	}
-	// Limits bound what a hostile token can make the decoder allocate.
-	if decMode, err = (cbor.DecOptions{
-		MaxNestedLevels:  16,
-		MaxArrayElements: 1 << 16,
-		MaxMapPairs:      1 << 12,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-	}).DecMode(); err != nil {
-		panic(err)
-	}
+	return encMode.Marshal(v)
 }
 
 // toBeSigned builds Sig_structure = ["Signature1", protected, h”, payload].
 func toBeSigned(protected, payload []byte) ([]byte, error) {
-	return encMode.Marshal([]any{"Signature1", protected, []byte{}, payload})
+	return marshal([]any{"Signature1", protected, []byte{}, payload})
 }
 
 // SignSign1 wraps payload in a tagged COSE_Sign1 signed by sign with ES256.
+// kid, if any, goes into the protected header, so it is signed too.
 func SignSign1(payload, kid []byte, sign Signer) ([]byte, error) {
-	protected, err := encMode.Marshal(map[int64]int64{headerAlg: algES256})
+	ph := map[int64]any{headerAlg: algES256}
+	if len(kid) > 0 {
+		ph[headerKid] = kid
+	}
+	protected, err := marshal(ph)
 	if err != nil {
 		return nil, err
 	}
@@ -110,12 +112,8 @@ func SignSign1(payload, kid []byte, sign Signer) ([]byte, error) {
 	if len(sig) != es256SigBytes {
 		return nil, fmt.Errorf("eat: signer returned %d bytes, want %d", len(sig), es256SigBytes)
 	}
-	unprot := map[int64]any{}
-	if len(kid) > 0 {
-		unprot[headerKid] = kid
-	}
-	return encMode.Marshal(cbor.Tag{Number: coseSign1Tag, Content: sign1Wire{
-		Protected: protected, Unprotected: unprot, Payload: payload, Signature: sig,
+	return marshal(cbor.Tag{Number: coseSign1Tag, Content: sign1Wire{
+		Protected: protected, Unprotected: map[int64]any{}, Payload: payload, Signature: sig,
 	}})
 }
 
@@ -123,19 +121,19 @@ func SignSign1(payload, kid []byte, sign Signer) ([]byte, error) {
 func ParseSign1(b []byte) (*Sign1, error) {
 	var raw cbor.RawTag
 	body := b
-	if err := decMode.Unmarshal(b, &raw); err == nil {
+	if err := strictcbor.Unmarshal(b, &raw); err == nil {
 		if raw.Number != coseSign1Tag {
 			return nil, fmt.Errorf("eat: CBOR tag %d, want %d (COSE_Sign1)", raw.Number, coseSign1Tag)
 		}
 		body = raw.Content
 	}
 	var w sign1Wire
-	if err := decMode.Unmarshal(body, &w); err != nil {
+	if err := strictcbor.Unmarshal(body, &w); err != nil {
 		return nil, fmt.Errorf("eat: decoding COSE_Sign1: %w", err)
 	}
 	var ph map[int64]any
 	if len(w.Protected) > 0 {
-		if err := decMode.Unmarshal(w.Protected, &ph); err != nil {
+		if err := strictcbor.Unmarshal(w.Protected, &ph); err != nil {
 			return nil, fmt.Errorf("eat: decoding protected header: %w", err)
 		}
 	}
@@ -149,8 +147,16 @@ func ParseSign1(b []byte) (*Sign1, error) {
 		return nil, errors.New("eat: protected header has no integer alg")
 	}
 	m := &Sign1{Protected: w.Protected, Alg: alg, Payload: w.Payload, Signature: w.Signature}
-	if kid, ok := w.Unprotected[headerKid].([]byte); ok {
+	if v, ok := ph[headerKid]; ok {
+		kid, ok := v.([]byte)
+		if !ok {
+			return nil, errors.New("eat: protected kid is not a byte string")
+		}
 		m.Kid = kid
+	}
+	if v, ok := w.Unprotected[headerKid]; ok {
+		kid, _ := v.([]byte)
+		m.UnprotectedKid = append([]byte{}, kid...)
 	}
 	if w.Payload == nil {
 		return nil, errors.New("eat: COSE_Sign1 has a detached or nil payload")

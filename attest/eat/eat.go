@@ -12,6 +12,8 @@ package eat
 import (
 	"fmt"
 	"time"
+
+	"github.com/cvmd/cvmd/attest/strictcbor"
 )
 
 // MinNonceLen is the shortest eat_nonce accepted (RFC 9711 and Cocos).
@@ -54,6 +56,7 @@ type Claims struct {
 	PlatformType string `cbor:"platform_type"`
 	SNP          *SNP   `cbor:"x-cocos-sevsnp,omitempty"`
 	VTPM         *VTPM  `cbor:"x-cocos-vtpm,omitempty"`
+	TDX          *TDX   `cbor:"x-cocos-tdx,omitempty"`
 	RawReport    []byte `cbor:"raw_report,omitempty"`
 	Simulated    bool   `cbor:"x-cvmd-simulated,omitempty"`
 	// ReportData is the (padded) teeNonce of an SNP-vTPM token, so a verifier
@@ -63,6 +66,43 @@ type Claims struct {
 	// EventLog is cvmd's measurement log (attest.EventLog, CBOR), replayable
 	// against PCR 15 and PCR 16 of the quote in RawReport.
 	EventLog []byte `cbor:"x-cvmd-eventlog,omitempty"`
+	// BootID names the VM boot the token comes from (the supervisor's boot
+	// event in PCR 15's log): a verifier that knows the boot refuses a token
+	// of an earlier one.
+	BootID string `cbor:"x-cvmd-boot-id,omitempty"`
+	// TDXCollateral is, on a simulated TDX only, the intelpcs bundle of the
+	// simulated platform (a verifier allowing simulated evidence may use it
+	// when given none; real collateral always comes from the verifier).
+	TDXCollateral []byte `cbor:"x-cvmd-tdx-collateral,omitempty"`
+	// HCLReport is, on Azure, the paravisor's report read from the vTPM
+	// (attest/hcl): the hardware report and the runtime claims naming the
+	// Azure AK.
+	HCLReport []byte `cbor:"x-cvmd-hcl-report,omitempty"`
+	// AKCertify is, on Azure, the Azure AK's certification of the AK that
+	// quotes and signs this token.
+	AKCertify *Certify `cbor:"x-cvmd-ak-certify,omitempty"`
+}
+
+// Certify is a TPM2_Certify result: a TPMS_ATTEST and its TPMT_SIGNATURE.
+type Certify struct {
+	Attest    []byte `cbor:"attest"`
+	Signature []byte `cbor:"signature"`
+}
+
+// TDX mirrors Cocos's x-cocos-tdx claims, read from the TD quote body.
+type TDX struct {
+	MRTD          []byte `cbor:"tdx_mrtd"`
+	RTMR0         []byte `cbor:"tdx_rtmr0"`
+	RTMR1         []byte `cbor:"tdx_rtmr1"`
+	RTMR2         []byte `cbor:"tdx_rtmr2"`
+	RTMR3         []byte `cbor:"tdx_rtmr3"`
+	XFAM          uint64 `cbor:"tdx_xfam"`          // little-endian in the quote
+	TDAttributes  uint64 `cbor:"tdx_td_attributes"` // little-endian in the quote
+	MRConfigID    []byte `cbor:"tdx_mrconfigid"`
+	MROwner       []byte `cbor:"tdx_mrowner"`
+	MROwnerConfig []byte `cbor:"tdx_mrownerconfig"`
+	MRSEAM        []byte `cbor:"tdx_mrseam"`
+	Signature     []byte `cbor:"tdx_signature,omitempty"`
 }
 
 // SNP mirrors Cocos's x-cocos-sevsnp claims, read from the SNP report.
@@ -94,12 +134,13 @@ type VTPM struct {
 // Signing says which key signed the token and how a verifier can trust it.
 type Signing struct {
 	// Kind is SignerTPMAK (the TPM attestation key in RawReport signed the
-	// token) or SignerSNPKeyReport (an ephemeral P-256 key whose SHA-512
-	// binding is the REPORT_DATA of KeyReport).
+	// token), SignerSNPKeyReport or SignerTDXKeyQuote (an ephemeral P-256 key
+	// whose SHA-512 binding is the REPORT_DATA of KeyReport).
 	Kind string `cbor:"kind"`
 	// Key is the PKIX DER of the signing public key.
 	Key []byte `cbor:"key"`
-	// KeyReport is a marshalled sevsnp.Attestation (SignerSNPKeyReport only).
+	// KeyReport is a marshalled sevsnp.Attestation (SignerSNPKeyReport) or
+	// a raw TDX quote (SignerTDXKeyQuote).
 	KeyReport []byte `cbor:"key_report,omitempty"`
 }
 
@@ -107,10 +148,14 @@ type Signing struct {
 const (
 	SignerTPMAK        = "tpm-ak"
 	SignerSNPKeyReport = "snp-key-report"
+	SignerTDXKeyQuote  = "tdx-key-quote"
 )
 
 // Token validity, as Cocos: iat + 5 minutes.
 const Validity = 5 * time.Minute
+
+// MaxValidity is the longest exp − iat a verifier accepts.
+const MaxValidity = time.Hour
 
 // Encode sets iss/iat/exp, marshals claims deterministically and signs them.
 func Encode(c *Claims, issuer string, now time.Time, sign Signer) ([]byte, error) {
@@ -120,7 +165,7 @@ func Encode(c *Claims, issuer string, now time.Time, sign Signer) ([]byte, error
 	c.Issuer = issuer
 	c.IssuedAt = now.Unix()
 	c.ExpiresAt = now.Add(Validity).Unix()
-	payload, err := encMode.Marshal(c)
+	payload, err := marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("eat: encoding claims: %w", err)
 	}
@@ -135,7 +180,7 @@ func Decode(token []byte) (*Sign1, *Claims, error) {
 		return nil, nil, err
 	}
 	var c Claims
-	if err := decMode.Unmarshal(m.Payload, &c); err != nil {
+	if err := strictcbor.Unmarshal(m.Payload, &c); err != nil {
 		return nil, nil, fmt.Errorf("eat: decoding claims: %w", err)
 	}
 	return m, &c, nil

@@ -50,9 +50,15 @@ var DefaultTCB = kds.TCBParts{BlSpl: 3, TeeSpl: 0, SnpSpl: 8, UcodeSpl: 115}
 // debug, ABI 0.0 (0x30000, the policy Cocos's examples use).
 const DefaultPolicy = 0x30000
 
+// DefaultMeasurement is the launch MEASUREMENT of the simulated VM unless
+// SNPOptions says otherwise.
+func DefaultMeasurement() [48]byte {
+	return sha512.Sum384([]byte("cvmd simulated launch measurement"))
+}
+
 // SNPOptions shape the simulated chip and VM. Zero values take the defaults.
 type SNPOptions struct {
-	Measurement [48]byte           // zero: SHA-384("cvmd simulated launch measurement")
+	Measurement [48]byte           // zero: DefaultMeasurement()
 	Policy      uint64             // 0: DefaultPolicy
 	TCB         *kds.TCBParts      // nil: DefaultTCB
 	GuestSVN    uint32             //
@@ -88,7 +94,7 @@ func NewSNP(o SNPOptions) (*SNP, error) {
 		return nil, fmt.Errorf("sim: TCB: %w", err)
 	}
 	if o.Measurement == ([48]byte{}) {
-		o.Measurement = sha512.Sum384([]byte("cvmd simulated launch measurement"))
+		o.Measurement = DefaultMeasurement()
 	}
 	if o.Policy == 0 {
 		o.Policy = DefaultPolicy

@@ -49,6 +49,38 @@ type cocosClaims struct {
 	SNP          *cocosSNP      `json:"x-cocos-sevsnp,omitempty"`
 	VTPM         *cocosVTPM     `json:"x-cocos-vtpm,omitempty"`
 	RawReport    []byte         `json:"raw_report,omitempty"`
+	TDX          *cocosTDX      `json:"x-cocos-tdx,omitempty"`
+}
+
+type cocosTDX struct {
+	MRTD         []byte `json:"tdx_mrtd"`
+	RTMR0        []byte `json:"tdx_rtmr0"`
+	XFAM         uint64 `json:"tdx_xfam"`
+	TDAttributes uint64 `json:"tdx_td_attributes"`
+	MRSEAM       []byte `json:"tdx_mrseam"`
+}
+
+// TestCocosDecodesOurTDXToken: Cocos's claims struct reads our TDX token's
+// x-cocos-tdx, measurements and raw quote.
+func TestCocosDecodesOurTDXToken(t *testing.T) {
+	_, a := simTDX(t, sim.TDXOptions{XFAM: 0xe7})
+	tok, err := a.Attest(attest.Request{ReportData: random(t, 64), Platform: attest.TDX})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msg cose.Sign1Message
+	if err := msg.UnmarshalCBOR(tok); err != nil {
+		t.Fatal(err)
+	}
+	var c cocosClaims
+	if err := cbor.Unmarshal(msg.Payload, &c); err != nil {
+		t.Fatal(err)
+	}
+	m := sim.DefaultMRTD()
+	if c.PlatformType != "TDX" || c.TDX == nil || !bytes.Equal(c.TDX.MRTD, m[:]) || c.TDX.XFAM != 0xe7 || len(c.TDX.RTMR0) != 48 ||
+		!bytes.Equal(c.Measurements, m[:]) || c.OEMID != 343 || string(c.HWModel) != "Intel-TDX" || len(c.RawReport) < 0x3fc {
+		t.Fatalf("claims %+v", c)
+	}
 }
 
 func TestCocosDecodesOurToken(t *testing.T) {

@@ -17,6 +17,12 @@ func FuzzToken(f *testing.F) {
 		}
 		f.Add(tok)
 	}
+	_, ta := simTDX(f, sim.TDXOptions{})
+	tok, err := ta.Attest(attest.Request{ReportData: []byte("tee"), Nonce: []byte("nonce"), Platform: attest.TDX})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(tok)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := verify.Token(b, verify.Options{AllowSimulated: true})
 		if err == nil && r == nil {

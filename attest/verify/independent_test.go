@@ -132,10 +132,14 @@ func independentDecode(t *testing.T, tok []byte) map[any]any {
 	protected, payload, sig := arr[0].([]byte), arr[2].([]byte), arr[3].([]byte)
 	ph, _, err := cborItem(protected)
 	if err != nil || ph.(map[any]any)[int64(1)] != int64(-7) {
-		t.Fatalf("protected header %v: want {1: -7} (ES256)", ph)
+		t.Fatalf("protected header %v: want {1: -7, 4: kid} (ES256)", ph)
 	}
-	if kid, _ := arr[1].(map[any]any)[int64(4)].([]byte); string(kid) != attest.DefaultIssuer {
-		t.Fatalf("kid %q, want the issuer", kid)
+	// The kid is protected (signed), the unprotected header empty.
+	if kid, _ := ph.(map[any]any)[int64(4)].([]byte); string(kid) != attest.DefaultIssuer {
+		t.Fatalf("protected kid %q, want the issuer", kid)
+	}
+	if u := arr[1].(map[any]any); len(u) != 0 {
+		t.Fatalf("unprotected header %v, want empty", u)
 	}
 	cv, _, err := cborItem(payload)
 	if err != nil {

@@ -2,27 +2,38 @@ package verify
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 
 	"github.com/google/go-sev-guest/proto/check"
+	tdxcheck "github.com/google/go-tdx-guest/proto/checkconfig"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/cvmd/cvmd/attest/corim"
 )
 
 // Policy is what a verifier requires of the evidence. Its JSON form is
 // Cocos's historic attestation_policy.json (§5.5): "policy" is go-sev-guest's
 // check.Policy in protojson, "rootOfTrust" its check.RootOfTrust (only
-// cabundlePaths/cabundles and productLine are used: no network), "pcr_values"
+// cabundlePaths/cabundles and productLine are used: no network), "tdx" is
+// go-tdx-guest's checkconfig.Policy in protojson, "pcr_values"
 // maps bank → PCR index → hex; "cvmd" holds cvmd's own requirements.
 type Policy struct {
-	SNP         *check.Policy
+	SNP *check.Policy
+	// TDX is go-tdx-guest's checkconfig.Policy ("tdx" in the JSON file).
+	TDX         *tdxcheck.Policy
 	RootOfTrust *check.RootOfTrust
 	// PCRs maps a bank ("sha1", "sha256", "sha384") to PCR index to value.
 	PCRs map[string]map[uint32][]byte
 	CVMD CVMDPolicy
+	// CoRIM holds reference values (a Cocos or cvmd CoRIM file) checked
+	// after the evidence itself verified; nil = none.
+	CoRIM *corim.CoRIM
 }
 
 // CVMDPolicy are cvmd's requirements beyond Cocos's policy file.
@@ -40,6 +51,7 @@ type CVMDPolicy struct {
 
 type policyJSON struct {
 	Policy      json.RawMessage              `json:"policy,omitempty"`
+	TDX         json.RawMessage              `json:"tdx,omitempty"`
 	RootOfTrust json.RawMessage              `json:"rootOfTrust,omitempty"`
 	PCRValues   map[string]map[string]string `json:"pcr_values,omitempty"`
 	CVMD        *CVMDPolicy                  `json:"cvmd,omitempty"`
@@ -49,6 +61,35 @@ type policyJSON struct {
 // file sets none: SMT allowed, bit 17 (reserved, must be 1), nothing else —
 // in particular not DEBUG.
 const DefaultSNPGuestPolicy = 0x30000
+
+// PolicyOptions say which CoRIM policy files to trust.
+type PolicyOptions struct {
+	// CoRIMKeys are the keys a signed CoRIM must be signed by.
+	CoRIMKeys []crypto.PublicKey
+	// AllowUnsignedCoRIM accepts a CoRIM that is not signed (or whose
+	// signature cannot be checked because CoRIMKeys is empty).
+	AllowUnsignedCoRIM bool
+}
+
+// LoadPolicy reads a policy file in either format: a JSON policy (ParsePolicy)
+// or a CoRIM (CBOR, signed or not, as Cocos's CLI writes it). A CoRIM is
+// refused unless it is signed by one of o.CoRIMKeys or o.AllowUnsignedCoRIM
+// is set, and when it holds no reference measurement. Refusals of a CoRIM
+// are *CheckError named corim.*.
+func LoadPolicy(b []byte, o PolicyOptions) (*Policy, error) {
+	if t := bytes.TrimLeft(b, " \t\r\n"); len(t) > 0 && t[0] == '{' {
+		return ParsePolicy(b)
+	}
+	c, err := corim.Load(b, corim.LoadOptions{TrustedKeys: o.CoRIMKeys, AllowUnsigned: o.AllowUnsignedCoRIM})
+	if err != nil {
+		var ce *corim.Error
+		if errors.As(err, &ce) {
+			return nil, &CheckError{Check: ce.Check, Err: ce.Err}
+		}
+		return nil, fail("corim.decode", err)
+	}
+	return &Policy{CoRIM: c}, nil
+}
 
 // ParsePolicy decodes a policy file strictly (unknown fields are refused).
 func ParsePolicy(b []byte) (*Policy, error) {
@@ -66,6 +107,12 @@ func ParsePolicy(b []byte) (*Policy, error) {
 		p.SNP = &check.Policy{}
 		if err := protojson.Unmarshal(pj.Policy, p.SNP); err != nil {
 			return nil, fmt.Errorf("verify: policy: \"policy\": %w", err)
+		}
+	}
+	if len(pj.TDX) > 0 && string(pj.TDX) != "null" {
+		p.TDX = &tdxcheck.Policy{}
+		if err := protojson.Unmarshal(pj.TDX, p.TDX); err != nil {
+			return nil, fmt.Errorf("verify: policy: \"tdx\": %w", err)
 		}
 	}
 	if len(pj.RootOfTrust) > 0 && string(pj.RootOfTrust) != "null" {

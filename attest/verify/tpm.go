@@ -37,8 +37,13 @@ func verifyVTPM(r *Result, att *attestpb.Attestation, c *eat.Claims, rs *roots, 
 		return nil, fail("vtpm.ak", fmt.Errorf("AK is %T, want ECDSA P-256", k))
 	}
 
-	// Trust in the AK: an SNP report binding it, or a pin in the policy.
-	if r.Platform == attest.SNPvTPM {
+	// Trust in the AK: an SNP report binding it, Azure's HCL report naming
+	// the key that certified it, or a pin in the policy.
+	if r.Platform == attest.Azure {
+		if err := verifyAzure(r, att, c, rs, o); err != nil {
+			return nil, err
+		}
+	} else if r.Platform == attest.SNPvTPM {
 		snp := att.GetSevSnpAttestation()
 		if snp == nil {
 			return nil, fail("snp.decode", errors.New("SNP-vTPM evidence without an SNP report"))
@@ -58,12 +63,16 @@ func verifyVTPM(r *Result, att *attestpb.Attestation, c *eat.Claims, rs *roots, 
 		r.pass("vtpm.ak (bound by SNP REPORT_DATA)")
 	} else {
 		got := sha256Hex(att.GetAkPub())
+		pins := o.Policy.CVMD.TrustedAKSHA256
+		if o.Policy.CoRIM != nil {
+			pins = append(append([]string{}, pins...), corimAKs(o.Policy.CoRIM)...)
+		}
 		trusted := false
-		for _, h := range o.Policy.CVMD.TrustedAKSHA256 {
+		for _, h := range pins {
 			trusted = trusted || h == got
 		}
 		if !trusted {
-			return nil, mismatch("vtpm.ak", "AK sha256 "+got, fmt.Sprintf("one of policy cvmd.trusted_ak_sha256 %v", o.Policy.CVMD.TrustedAKSHA256))
+			return nil, mismatch("vtpm.ak", "AK sha256 "+got, fmt.Sprintf("one of the policy's trusted AKs (cvmd.trusted_ak_sha256 or CoRIM attest keys) %v", pins))
 		}
 		r.pass("vtpm.ak (pinned)")
 	}
@@ -107,6 +116,12 @@ func verifyVTPM(r *Result, att *attestpb.Attestation, c *eat.Claims, rs *roots, 
 		r.pass("vtpm.nonce")
 	}
 	r.PCRs = q256.GetPcrs().GetPcrs()
+	if q := quotes["sha384"]; q != nil {
+		r.PCRs384 = q.GetPcrs().GetPcrs()
+	}
+	if q := quotes["sha1"]; q != nil {
+		r.PCRsSHA1 = q.GetPcrs().GetPcrs()
+	}
 
 	// PCR values required by the policy.
 	banks := make([]string, 0, len(o.Policy.PCRs))
@@ -190,6 +205,7 @@ func checkEventLog(r *Result, c *eat.Claims, o Options) error {
 			manifest = hexs(e.Data[:32])
 		}
 	}
+	r.childTables, r.manifest = tables, manifest
 	if want := o.Policy.CVMD.ChildTableSHA256; want != "" {
 		if len(tables) == 0 {
 			return mismatch("cvmd.child_table", "no child-table event", want)

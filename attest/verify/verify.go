@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/google/go-sev-guest/proto/sevsnp"
+	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 	attestpb "github.com/google/go-tpm-tools/proto/attest"
 	"google.golang.org/protobuf/proto"
 
@@ -45,13 +46,32 @@ type Options struct {
 	// AMDBundle is PEM: the ASK and ARK (any order), optionally a VCEK. nil =
 	// go-sev-guest's embedded AMD roots, plus rootOfTrust bundles of the policy.
 	AMDBundle []byte
+	// IntelRoots is PEM: the roots a TDX PCK chain must lead to. nil =
+	// Intel's SGX Root CA (embedded).
+	IntelRoots []byte
+	// TDXCollateral is an intelpcs bundle (Intel PCS responses recorded
+	// offline) for the TDX platforms expected: TCB info, QE identity, CRLs.
+	// TDX evidence is refused without it.
+	TDXCollateral []byte
 	// AllowSimulated accepts evidence from simulated platforms (the result is
 	// still marked Simulated). With no AMDBundle it also trusts the test-only
 	// chain carried in the evidence itself.
 	AllowSimulated bool
-	// Now is the time certificates are checked at; zero = time.Now().
+	// Now is the time certificates and the token's iat/exp are checked at;
+	// zero = time.Now().
 	Now time.Time
+	// ClockSkew is how far the token's clock may be from Now: iat may be up
+	// to ClockSkew in the future, exp up to ClockSkew in the past. Zero =
+	// DefaultClockSkew.
+	ClockSkew time.Duration
+	// BootID, if set, is the boot the token must come from (x-cvmd-boot-id,
+	// as a previous Result.BootID showed it): a token from an earlier boot
+	// of the VM is refused.
+	BootID string
 }
+
+// DefaultClockSkew is the clock difference tolerated between the VM and the verifier.
+const DefaultClockSkew = time.Minute
 
 // Result describes evidence that passed.
 type Result struct {
@@ -61,9 +81,18 @@ type Result struct {
 	SNP       *sevsnp.Report        // nil without SNP
 	TPM       *attestpb.Attestation // nil without vTPM
 	PCRs      map[uint32][]byte     // SHA-256 bank, from the verified quote
+	PCRs384   map[uint32][]byte     // SHA-384 bank, if quoted
+	PCRsSHA1  map[uint32][]byte     // SHA-1 bank, if quoted (IMA's PCR 10 list is SHA-1)
+	TDX       *TDXRegisters         // nil without TDX
+	TDXQuote  *tdxpb.QuoteV4        // the verified quote, nil without TDX
 	Events    attest.EventLog       // replayed and matching PCRs 15 and 16
 	Checks    []string              // the checks that ran and passed, in order
 	Restarts  map[string]uint32     // child → highest generation seen in the log
+	BootID    string                // the boot the token comes from ("" if it names none)
+	IssuedAt  time.Time
+
+	childTables []string // hex, every child-table event of the log
+	manifest    string   // hex SHA3-256 of the last manifest event
 }
 
 func (r *Result) pass(check string) { r.Checks = append(r.Checks, check) }
@@ -80,11 +109,19 @@ func Token(token []byte, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fail("eat.decode", err)
 	}
-	r := &Result{Claims: c}
+	r := &Result{Claims: c, BootID: c.BootID, IssuedAt: time.Unix(c.IssuedAt, 0)}
 	r.pass("eat.decode")
+	if err := checkHeader(msg, c); err != nil {
+		return nil, err
+	}
+	r.pass("eat.kid")
+	if err := checkTime(c, o); err != nil {
+		return nil, err
+	}
+	r.pass("eat.time")
 	p, err := attest.ParsePlatform(c.PlatformType)
-	if err != nil || (p != attest.SNP && p != attest.VTPM && p != attest.SNPvTPM) {
-		return nil, mismatch("eat.platform_type", fmt.Sprintf("%q", c.PlatformType), `"SNP", "vTPM" or "SNP-vTPM"`)
+	if err != nil || p == attest.NoCC {
+		return nil, mismatch("eat.platform_type", fmt.Sprintf("%q", c.PlatformType), `"SNP", "vTPM", "SNP-vTPM", "TDX" or "Azure"`)
 	}
 	r.Platform = p
 	if c.Simulated {
@@ -115,17 +152,27 @@ func Token(token []byte, o Options) (*Result, error) {
 		if signKey, err = verifyKeyReport(r, c, &att, roots, o); err != nil {
 			return nil, err
 		}
-		// What the policy asks of the vTPM cannot be shown without one.
-		pc := o.Policy.CVMD
-		switch {
-		case len(o.Policy.PCRs) > 0:
-			return nil, mismatch("vtpm.pcrs", "SNP evidence without a vTPM quote", "the policy's pcr_values")
-		case pc.ChildTableSHA256 != "":
-			return nil, mismatch("cvmd.child_table", "SNP evidence without a measurement log", pc.ChildTableSHA256)
-		case pc.ManifestSHA3256 != "":
-			return nil, mismatch("cvmd.manifest", "SNP evidence without a measurement log", pc.ManifestSHA3256)
+		if err := noVTPMRequirements(p, o.Policy); err != nil {
+			return nil, err
 		}
-	case attest.VTPM, attest.SNPvTPM:
+	case attest.TDX:
+		if o.Policy.SNP != nil {
+			return nil, mismatch("snp.policy", "TDX evidence without an SNP report", "an SNP report checked against the policy's \"policy\"")
+		}
+		q, t, err := verifyTDX(r, c.RawReport, c, o, expectedSNPReportData(o.ReportData))
+		if err != nil {
+			return nil, err
+		}
+		if signKey, err = verifyTDXKeyQuote(r, c, q, t, o); err != nil {
+			return nil, err
+		}
+		if err := noVTPMRequirements(p, o.Policy); err != nil {
+			return nil, err
+		}
+	case attest.VTPM, attest.SNPvTPM, attest.Azure:
+		if o.Policy.TDX != nil && p != attest.Azure {
+			return nil, mismatch("tdx.policy", p.String()+" evidence without a TDX quote", "a TDX quote checked against the policy's \"tdx\"")
+		}
 		if p == attest.VTPM && o.Policy.SNP != nil {
 			return nil, mismatch("snp.policy", "vTPM evidence without an SNP report", "an SNP report checked against the policy's \"policy\"")
 		}
@@ -151,14 +198,86 @@ func Token(token []byte, o Options) (*Result, error) {
 		return nil, fail("eat.signature", err)
 	}
 	r.pass("eat.signature")
+	if err := checkBootID(r, c, o); err != nil {
+		return nil, err
+	}
 	if err := checkClaims(r, c); err != nil {
 		return nil, err
 	}
 	r.pass("eat.claims")
+	if o.Policy.CoRIM != nil {
+		if err := checkCoRIM(r, o); err != nil {
+			return nil, err
+		}
+	}
 	if r.Simulated && !o.AllowSimulated {
 		return nil, fail("simulated", ErrSimulated)
 	}
 	return r, nil
+}
+
+// checkHeader refuses a kid the signature does not cover and a protected
+// kid that is not the issuer.
+func checkHeader(msg *eat.Sign1, c *eat.Claims) error {
+	if msg.UnprotectedKid != nil {
+		return mismatch("eat.kid", fmt.Sprintf("unprotected kid %q (not covered by the signature)", msg.UnprotectedKid), "no unprotected kid")
+	}
+	if msg.Kid != nil && string(msg.Kid) != c.Issuer {
+		return mismatch("eat.kid", fmt.Sprintf("%q", msg.Kid), fmt.Sprintf("the issuer %q", c.Issuer))
+	}
+	return nil
+}
+
+// checkTime checks iat and exp against o.Now, within o.ClockSkew.
+func checkTime(c *eat.Claims, o Options) error {
+	skew := o.ClockSkew
+	if skew == 0 {
+		skew = DefaultClockSkew
+	}
+	iat, exp := time.Unix(c.IssuedAt, 0), time.Unix(c.ExpiresAt, 0)
+	switch {
+	case c.IssuedAt == 0 || c.ExpiresAt == 0:
+		return mismatch("eat.time", fmt.Sprintf("iat %d, exp %d", c.IssuedAt, c.ExpiresAt), "both set")
+	case !exp.After(iat) || exp.Sub(iat) > eat.MaxValidity:
+		return mismatch("eat.time", fmt.Sprintf("valid %v from iat", exp.Sub(iat)), fmt.Sprintf("more than 0 and at most %v", eat.MaxValidity))
+	case iat.After(o.Now.Add(skew)):
+		return mismatch("eat.iat", "issued at "+iat.UTC().Format(time.RFC3339), fmt.Sprintf("not after %s (now + %v skew)", o.Now.Add(skew).UTC().Format(time.RFC3339), skew))
+	case exp.Before(o.Now.Add(-skew)):
+		return mismatch("eat.exp", "expired at "+exp.UTC().Format(time.RFC3339), fmt.Sprintf("not before %s (now − %v skew)", o.Now.Add(-skew).UTC().Format(time.RFC3339), skew))
+	}
+	return nil
+}
+
+// checkBootID requires the boot id claim to be the one of the quoted
+// measurement log (when there is one) and the one the caller expects.
+func checkBootID(r *Result, c *eat.Claims, o Options) error {
+	if r.Events != nil {
+		if logged := r.Events.BootID(); logged != c.BootID {
+			return mismatch("eat.boot_id", fmt.Sprintf("claim %q", c.BootID), fmt.Sprintf("%q, the quoted log's boot event", logged))
+		}
+	}
+	if o.BootID != "" {
+		if c.BootID != o.BootID {
+			return mismatch("eat.boot_id", fmt.Sprintf("%q (a token from another boot of the VM)", c.BootID), fmt.Sprintf("%q", o.BootID))
+		}
+		r.pass("eat.boot_id")
+	}
+	return nil
+}
+
+// noVTPMRequirements refuses a policy asking what only a vTPM quote and
+// its measurement log can show, for evidence without them.
+func noVTPMRequirements(p attest.Platform, pol *Policy) error {
+	pc := pol.CVMD
+	switch {
+	case len(pol.PCRs) > 0:
+		return mismatch("vtpm.pcrs", p.String()+" evidence without a vTPM quote", "the policy's pcr_values")
+	case pc.ChildTableSHA256 != "":
+		return mismatch("cvmd.child_table", p.String()+" evidence without a measurement log", pc.ChildTableSHA256)
+	case pc.ManifestSHA3256 != "":
+		return mismatch("cvmd.manifest", p.String()+" evidence without a measurement log", pc.ManifestSHA3256)
+	}
+	return nil
 }
 
 func kindOf(s *eat.Signing) string {
@@ -223,6 +342,11 @@ func checkClaims(r *Result, c *eat.Claims) error {
 		}
 		if c.SNP.Policy != r.SNP.GetPolicy() || c.SNP.ReportedTCB != r.SNP.GetReportedTcb() || !bytes.Equal(c.SNP.ChipID, r.SNP.GetChipId()) {
 			return mismatch("eat.claims x-cocos-sevsnp", "policy/TCB/chip id differing from the report", "the report's values")
+		}
+	}
+	if r.TDX != nil {
+		if err := checkTDXClaims(r, c); err != nil {
+			return err
 		}
 	}
 	if r.PCRs != nil {

@@ -36,6 +36,9 @@ type fixture struct {
 	table string
 }
 
+// fixtureBoot is the boot id of the fixture's measurement log.
+const fixtureBoot = "0123456789abcdef"
+
 // newFixture opens the TPM simulator (process-global: tests using it are not parallel).
 func newFixture(t testing.TB, withTPM bool, snpOpts *sim.SNPOptions) *fixture {
 	t.Helper()
@@ -62,6 +65,7 @@ func newFixture(t testing.TB, withTPM bool, snpOpts *sim.SNPOptions) *fixture {
 		f.tpm, f.a.TPM = tp, tp
 		t.Cleanup(func() { tp.Close(); rw.Close() })
 		f.extend(t, attest.EventPlatform, attest.PlatformInfo{TPM: "simulator", SNP: "simulated", Simulated: true})
+		f.extend(t, attest.EventBoot, attest.Boot{BootID: fixtureBoot})
 		h := sha256.Sum256([]byte("child table"))
 		f.table = hex.EncodeToString(h[:])
 		f.extend(t, attest.EventChildTable, attest.ChildTable{SHA256: f.table})
@@ -115,7 +119,12 @@ func wantCheck(t *testing.T, err error, check string) {
 // attacker in control of the attestation child could.
 func (f *fixture) resign(t *testing.T, c *eat.Claims) []byte {
 	t.Helper()
-	tok, err := eat.Encode(c, attest.DefaultIssuer, time.Now(), f.tpm.Sign)
+	return resignWith(t, f.tpm, c)
+}
+
+func resignWith(t *testing.T, tp *attest.TPM, c *eat.Claims) []byte {
+	t.Helper()
+	tok, err := eat.Encode(c, attest.DefaultIssuer, time.Now(), tp.Sign)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,8 +430,8 @@ func TestUnavailablePlatforms(t *testing.T) {
 	}{
 		{attest.SNP, attest.ErrUnsupportedPlatform},
 		{attest.VTPM, attest.ErrUnsupportedPlatform},
-		{attest.Azure, attest.ErrUnimplemented},
-		{attest.TDX, attest.ErrUnimplemented},
+		{attest.Azure, attest.ErrUnsupportedPlatform},
+		{attest.TDX, attest.ErrUnsupportedPlatform},
 		{attest.NoCC, attest.ErrBadRequest},
 	} {
 		if _, err := a.Attest(attest.Request{Platform: tc.p, Nonce: []byte("12345678")}); !errors.Is(err, tc.want) {

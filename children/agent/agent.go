@@ -1,5 +1,7 @@
 // Package agent is the agent child (`cvmd agent`): the computation's state
-// machine and the CLI-facing agent.AgentService, wire-compatible with Cocos.
+// machine and the CLI-facing agent.AgentService, wire-compatible with Cocos,
+// plus cvmd's opt-in role challenges (cvmd.rolechallenge.v1.RoleChallenge,
+// challenge.go), which bind a role signature to one request.
 //
 // It receives a manifest from the supervisor (agentctl.Control, served only
 // on the supervisor's own edge), then the algorithm and datasets from the
@@ -73,8 +75,9 @@ type Agent struct {
 	dirs   dirs
 	events *eventQueue
 
-	uploads chan struct{} // a slot per upload being received (maxUploads)
-	fetcher *pull.Fetcher // nil: no pull mode
+	uploads    chan struct{}  // a slot per upload being received (maxUploads)
+	challenges *challenges    // role-signature nonces offered
+	fetcher    *pull.Fetcher  // nil: no pull mode
 
 	runs  sync.WaitGroup
 	pulls sync.WaitGroup
@@ -95,6 +98,7 @@ type limits struct {
 	maxAlgorithm, maxDataset, minFree, maxUnzipped int64
 	maxZipEntries                                  int
 	imaPath, pcr10Path                             string
+	requireChallenge                               bool
 }
 
 // dirs is the computation layout shared with the runner.
@@ -141,7 +145,7 @@ func New(cfg Config) (*Agent, error) {
 	if s == nil {
 		s = &config.AgentSettings{}
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, uploads: make(chan struct{}, maxUploads)}
+	a := &Agent{cfg: cfg, log: cfg.Log, uploads: make(chan struct{}, maxUploads), challenges: newChallenges()}
 	a.lim = limits{
 		maxAlgorithm:  int64(orDefault(s.GetMaxAlgorithmBytes(), 4<<30)),
 		maxDataset:    int64(orDefault(s.GetMaxDatasetBytes(), 64<<30)),
@@ -149,6 +153,8 @@ func New(cfg Config) (*Agent, error) {
 		maxZipEntries: int(orDefault(s.GetMaxZipEntries(), 10000)),
 		imaPath:       orDefault(s.GetImaMeasurementsPath(), "/sys/kernel/security/integrity/ima/ascii_runtime_measurements"),
 		pcr10Path:     orDefault(s.GetPcr10Path(), "/sys/class/tpm/tpm0/pcr-sha1/10"),
+
+		requireChallenge: s.GetRequireRoleChallenge(),
 	}
 	a.lim.maxUnzipped = int64(orDefault(s.GetMaxUnzippedBytes(), uint64(a.lim.maxDataset)))
 	a.dirs = newDirs(cfg.StateDir, orDefault(s.GetComputationDir(), filepath.Join(cfg.StateDir, "computation")))
@@ -169,7 +175,18 @@ func New(cfg Config) (*Agent, error) {
 		pc := *cfg.Pull
 		pc.Dir = a.dirs.pull
 		pc.MaxBytes = max(a.lim.maxAlgorithm, a.lim.maxDataset)
-		pc.CheckSpace = func(need int64) error { return checkFree(a.dirs.pull, a.lim.minFree, max(need, 0)) }
+		pc.CheckSpace = func(need int64) error {
+			// The download must leave min_free_bytes free, as an upload must.
+			os.MkdirAll(a.dirs.pull, 0o700)
+			r, err := room(a.dirs.pull, a.lim.minFree)
+			if err != nil {
+				return err
+			}
+			if r < max(need, 0) {
+				return fmt.Errorf("%w: fetching would leave less than min_free_bytes %d free (%d bytes of room, %d still to come)", ErrNoSpace, a.lim.minFree, max(r, 0), need)
+			}
+			return nil
+		}
 		if pc.Log == nil {
 			pc.Log = cfg.Log
 		}

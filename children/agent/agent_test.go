@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -68,7 +70,13 @@ var metaTests = []struct {
 	{"two signatures", metadata.Pairs("signature", sigB64, "signature", sigB64), requestMeta{}, ErrUnauthenticated},
 	{"signature not base64", metadata.Pairs("signature", "%%%"), requestMeta{}, ErrUnauthenticated},
 	{"unknown algo_type", metadata.Pairs("signature", sigB64, "algo_type", "cobol"), requestMeta{}, ErrInvalidArgument},
+	{"a role challenge", metadata.Pairs("signature", sigB64, "cvmd-role-challenge", nonceB64),
+		requestMeta{AlgoType: "bin", PythonRuntime: "python3", Signature: []byte("sig"), Challenge: bytes.Repeat([]byte{9}, 32)}, nil},
+	{"a short challenge", metadata.Pairs("signature", sigB64, "cvmd-role-challenge", sigB64), requestMeta{}, ErrUnauthenticated},
+	{"two challenges", metadata.Pairs("signature", sigB64, "cvmd-role-challenge", nonceB64, "cvmd-role-challenge", nonceB64), requestMeta{}, ErrUnauthenticated},
 }
+
+var nonceB64 = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
 
 func TestParseMeta(t *testing.T) {
 	for _, tc := range metaTests {
@@ -92,11 +100,11 @@ func TestParseMeta(t *testing.T) {
 
 func FuzzParseMeta(f *testing.F) {
 	for _, tc := range metaTests {
-		f.Add(strings.Join(tc.md.Get("signature"), ","), strings.Join(tc.md.Get("algo_type"), ","), strings.Join(tc.md.Get("algo_args"), ","), strings.Join(tc.md.Get("decompress"), ","))
+		f.Add(strings.Join(tc.md.Get("signature"), ","), strings.Join(tc.md.Get("algo_type"), ","), strings.Join(tc.md.Get("algo_args"), ","), strings.Join(tc.md.Get("decompress"), ","), strings.Join(tc.md.Get("cvmd-role-challenge"), ","))
 	}
-	f.Fuzz(func(t *testing.T, sig, algoType, args, decompress string) {
+	f.Fuzz(func(t *testing.T, sig, algoType, args, decompress, challenge string) {
 		md := metadata.MD{}
-		for k, v := range map[string]string{"signature": sig, "algo_type": algoType, "algo_args": args, "decompress": decompress} {
+		for k, v := range map[string]string{"signature": sig, "algo_type": algoType, "algo_args": args, "decompress": decompress, "cvmd-role-challenge": challenge} {
 			if v != "" {
 				md[k] = strings.Split(v, ",")
 			}
@@ -115,6 +123,9 @@ func FuzzParseMeta(f *testing.F) {
 		}
 		if len(m.Signature) == 0 {
 			t.Fatal("accepted an empty signature")
+		}
+		if m.Challenge != nil && len(m.Challenge) != 32 {
+			t.Fatalf("accepted a %d-byte challenge", len(m.Challenge))
 		}
 	})
 }
@@ -161,20 +172,45 @@ func (r *refusing) Event(eventType, status string, _ ...any) bool {
 	return true
 }
 
+// TestEventQueueNeverDrops: refused events are retried with back-off (10,
+// 20, 40 ms: fake time in the bubble) and delivered in order.
 func TestEventQueueNeverDrops(t *testing.T) {
-	p := &refusing{n: 3}
-	q := newEventQueue(p)
-	var want []string
-	for i := 0; i < 50; i++ {
-		q.Publish("c", fmt.Sprint("e", i), StatusInProgress)
-		want = append(want, fmt.Sprint("e", i)+"/"+StatusInProgress)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	q.Close(ctx)
-	if strings.Join(p.got, ",") != strings.Join(want, ",") {
-		t.Fatalf("delivered %v", p.got)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		p := &refusing{n: 3}
+		q := newEventQueue(p)
+		var want []string
+		for i := 0; i < 50; i++ {
+			q.Publish("c", fmt.Sprint("e", i), StatusInProgress)
+			want = append(want, fmt.Sprint("e", i)+"/"+StatusInProgress)
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		q.Close(ctx)
+		if strings.Join(p.got, ",") != strings.Join(want, ",") {
+			t.Fatalf("delivered %v", p.got)
+		}
+		if el := time.Since(start); el != 70*time.Millisecond {
+			t.Errorf("delivered after %s of back-off, want 10+20+40 ms", el)
+		}
+	})
+}
+
+// TestEventQueueCloseGivesUpAtItsDeadline: with a publisher that never
+// takes events, Close returns when its context ends, not later.
+func TestEventQueueCloseGivesUpAtItsDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := newEventQueue(&refusing{n: 1 << 30})
+		q.Publish("c", "Running", StatusInProgress)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		q.Close(ctx)
+		// The loop notices the abandon after its current back-off (≤ 1 s).
+		if el := time.Since(start); el < 5*time.Second || el > 6*time.Second {
+			t.Errorf("Close returned after %s, want 5 s (its deadline) plus at most one back-off", el)
+		}
+	})
 }
 
 // putter stands for *logsink.Sink's Put: it keeps whole records.

@@ -62,7 +62,7 @@ func pad(b []byte, n int) []byte {
 const maxIMA = 512 << 20
 
 // imaMeasurements streams the kernel's IMA list and, where the TPM exposes
-// it, PCR10 in the first message.
+// it, PCR10 with every message.
 func (a *Agent) imaMeasurements(stream agentpb.AgentService_IMAMeasurementsServer) error {
 	src, err := os.Open(a.lim.imaPath)
 	if err != nil {
@@ -91,13 +91,10 @@ func (a *Agent) imaMeasurements(stream agentpb.AgentService_IMAMeasurementsServe
 		return err
 	}
 	pcr10 := a.readPCR10()
-	first := true
+	// PCR10 in every message: Cocos's CLI copies pcr10[:20] from each one
+	// and panics on an empty one (a list over one 1 MiB message).
 	err = sendFile(stream, tmp, n, func(b []byte) any {
-		m := &agentpb.IMAMeasurementsResponse{File: b}
-		if first {
-			m.Pcr10, first = pcr10, false
-		}
-		return m
+		return &agentpb.IMAMeasurementsResponse{File: b, Pcr10: pcr10}
 	})
 	if err == nil && n == 0 && pcr10 != nil {
 		err = stream.Send(&agentpb.IMAMeasurementsResponse{Pcr10: pcr10})

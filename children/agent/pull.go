@@ -204,14 +204,14 @@ func (a *Agent) installFetched(man *manifest.Computation, state State, r pull.Re
 	}
 	staged := res.Path
 	if man.Datasets[i].Decompress {
-		dir, err := a.extract(res.Path, res.Size)
+		dir, err := a.extract(res.Path, res.Size, name)
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(dir)
 		staged = dir
 	}
-	entries, err := a.install(staged, name, man.Datasets[i].Decompress)
+	entries, err := a.install(staged, name, man.Datasets[i].Decompress, man)
 	if err != nil {
 		return err
 	}

@@ -60,7 +60,11 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	if sn.keys.Algorithm == nil {
 		return ErrAlgorithmNotDeclared
 	}
-	if !rolesig.Verify(sn.keys.Algorithm, rolesig.AlgorithmProvider, m.Signature) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !verify(sn.keys.Algorithm, rolesig.AlgorithmProvider) {
 		return fmt.Errorf("%w: the signature is not the algorithm provider's", ErrUnauthenticated)
 	}
 	if sn.state != ReceivingAlgorithm {
@@ -157,7 +161,11 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if sn.man == nil {
 		return ErrWrongState
 	}
-	if !slices.ContainsFunc(sn.keys.Datasets, func(k crypto.PublicKey) bool { return rolesig.Verify(k, rolesig.DataProvider, m.Signature) }) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(sn.keys.Datasets, func(k crypto.PublicKey) bool { return verify(k, rolesig.DataProvider) }) {
 		return fmt.Errorf("%w: the signature is no data provider's", ErrUnauthenticated)
 	}
 	if sn.state != ReceivingData {
@@ -174,7 +182,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if err := manifest.ValidFilename(name); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadFilename, err)
 	}
-	candidates, err := a.uploadCandidates(sn, name, m.Signature)
+	candidates, err := a.uploadCandidates(sn, name, verify)
 	if err != nil {
 		return err
 	}
@@ -233,7 +241,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 		}
 		// Extract outside the lock (it can take a while), into a private
 		// staging dir, then move the entries in under the lock.
-		if staged, err = a.extract(dataPath, st.Size()); err != nil {
+		if staged, err = a.extract(dataPath, st.Size(), name); err != nil {
 			return err
 		}
 		defer os.RemoveAll(staged)
@@ -246,7 +254,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if slices.Contains(a.rec.ReceivedIdx, idx) {
 		return fmt.Errorf("%w: dataset %s was already received", ErrAllReceived, sn.man.Datasets[idx].Label(idx))
 	}
-	entries, err := a.install(staged, name, decompress)
+	entries, err := a.install(staged, name, decompress, sn.man)
 	if err != nil {
 		return err
 	}
@@ -277,7 +285,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 // that is still expected and whose provider signed the request (the hash,
 // known once received, picks among them). Pulled datasets are never
 // uploaded.
-func (a *Agent) uploadCandidates(sn snapshot, name string, sig []byte) ([]int, error) {
+func (a *Agent) uploadCandidates(sn snapshot, name string, verify func(crypto.PublicKey, string) bool) ([]int, error) {
 	received := func(i int) bool { return slices.Contains(sn.rec.ReceivedIdx, i) }
 	if i := slices.Index(sn.names, name); i >= 0 {
 		d := sn.man.Datasets[i]
@@ -286,7 +294,7 @@ func (a *Agent) uploadCandidates(sn snapshot, name string, sig []byte) ([]int, e
 			return nil, uploadRefusedForPulled(fmt.Sprintf("dataset %q", name), d.Source.URL)
 		case received(i):
 			return nil, fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
-		case !rolesig.Verify(sn.keys.Datasets[i], rolesig.DataProvider, sig):
+		case !verify(sn.keys.Datasets[i], rolesig.DataProvider):
 			return nil, fmt.Errorf("%w: dataset %q belongs to another data provider", ErrPermissionDenied, name)
 		}
 		return []int{i}, nil
@@ -298,7 +306,7 @@ func (a *Agent) uploadCandidates(sn snapshot, name string, sig []byte) ([]int, e
 			continue
 		}
 		unnamed++
-		if rolesig.Verify(sn.keys.Datasets[i], rolesig.DataProvider, sig) {
+		if verify(sn.keys.Datasets[i], rolesig.DataProvider) {
 			out = append(out, i)
 		}
 	}
@@ -311,8 +319,11 @@ func (a *Agent) uploadCandidates(sn snapshot, name string, sig []byte) ([]int, e
 	return nil, fmt.Errorf("%w: %q", ErrDatasetNotDeclared, name)
 }
 
-// extract unpacks the zip at p into a new staging dir and returns it.
-func (a *Agent) extract(p string, size int64) (string, error) {
+// extract unpacks the zip at p into a new staging dir and returns it. It is
+// bounded by max_zip_entries, max_unzipped_bytes and the free-space floor
+// (min_free_bytes), checked as it writes; on any refusal nothing of it is
+// left and the error names the dataset and the limit.
+func (a *Agent) extract(p string, size int64, dataset string) (string, error) {
 	dir, err := os.MkdirTemp(a.dirs.incoming, "unzip-*")
 	if err != nil {
 		return "", err
@@ -323,18 +334,28 @@ func (a *Agent) extract(p string, size int64) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	if err := zipdir.Extract(f, size, dir, zipdir.Limits{MaxEntries: a.lim.maxZipEntries, MaxBytes: a.lim.maxUnzipped}); err != nil {
+	lim := zipdir.Limits{MaxEntries: a.lim.maxZipEntries, MaxBytes: a.lim.maxUnzipped,
+		Room: func() (int64, error) { return room(dir, a.lim.minFree) }}
+	if err := zipdir.Extract(f, size, dir, lim); err != nil {
 		os.RemoveAll(dir)
-		return "", err
+		switch {
+		case errors.Is(err, zipdir.ErrTooLarge):
+			return "", fmt.Errorf("dataset %q: %w (max_zip_entries %d, max_unzipped_bytes %d): %v", dataset, ErrTooLarge, a.lim.maxZipEntries, a.lim.maxUnzipped, err)
+		case errors.Is(err, zipdir.ErrNoRoom), isDiskFull(err):
+			return "", fmt.Errorf("dataset %q: %w: extracting it would leave less than min_free_bytes %d free: %v", dataset, ErrNoSpace, a.lim.minFree, err)
+		}
+		return "", fmt.Errorf("dataset %q: %w", dataset, err)
 	}
 	return dir, nil
 }
 
 // install moves a received dataset into the datasets dir: the file itself,
 // or the top-level entries of an extracted zip, refusing to replace
-// anything. It returns the top-level names it created. Preconditions: a.mu
-// held.
-func (a *Agent) install(staged, name string, decompressed bool) ([]string, error) {
+// anything and refusing an archive entry named like another declared
+// dataset (which would take that dataset's place before its provider could
+// upload it). It returns the top-level names it created. Preconditions:
+// a.mu held.
+func (a *Agent) install(staged, name string, decompressed bool, man *manifest.Computation) ([]string, error) {
 	if err := os.MkdirAll(a.dirs.datasets, 0o755); err != nil {
 		return nil, err
 	}
@@ -354,8 +375,11 @@ func (a *Agent) install(staged, name string, decompressed bool) ([]string, error
 	}
 	var names []string
 	for _, e := range ents {
+		if other := declaredAs(man, e.Name()); other != "" && other != name {
+			return nil, fmt.Errorf("%w: dataset %q: archive entry %q has the name of declared dataset %q; nothing was installed", ErrInvalidArgument, name, e.Name(), other)
+		}
 		if _, err := os.Lstat(filepath.Join(a.dirs.datasets, e.Name())); err == nil {
-			return nil, fmt.Errorf("%w: dataset %q: %q already exists in the datasets", ErrInvalidArgument, name, e.Name())
+			return nil, fmt.Errorf("%w: dataset %q: archive entry %q already exists in the datasets (from another upload); nothing was installed", ErrInvalidArgument, name, e.Name())
 		}
 		names = append(names, e.Name())
 	}
@@ -368,6 +392,16 @@ func (a *Agent) install(staged, name string, decompressed bool) ([]string, error
 		}
 	}
 	return names, nil
+}
+
+// declaredAs returns the declared dataset filename equal to entry, or "".
+func declaredAs(man *manifest.Computation, entry string) string {
+	for _, d := range man.Datasets {
+		if d.Filename == entry {
+			return d.Filename
+		}
+	}
+	return ""
 }
 
 // renameNew renames src to dst unless dst exists.
@@ -391,7 +425,11 @@ func (a *Agent) result(stream agentpb.AgentService_ResultServer) error {
 	if sn.man == nil {
 		return ErrResultsNotReady
 	}
-	if !slices.ContainsFunc(sn.keys.Consumers, func(k crypto.PublicKey) bool { return rolesig.Verify(k, rolesig.Consumer, m.Signature) }) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(sn.keys.Consumers, func(k crypto.PublicKey) bool { return verify(k, rolesig.Consumer) }) {
 		return ErrUndeclaredConsumer
 	}
 	switch sn.state {

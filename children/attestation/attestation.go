@@ -9,10 +9,11 @@
 // key (which stays in the TPM) and, on SNP without a TPM, one ephemeral
 // token-signing key bound by an SNP report. It does not verify anything.
 //
-// Platforms (config.AttestationSettings.mode): AUTO and HARDWARE use
-// /dev/tpmrm0 and configfs-tsm or /dev/sev-guest; SIMULATED uses the
-// go-tpm-tools simulator and, with simulate_snp, a simulated SEV-SNP signed
-// by go-sev-guest's test-only chain. Simulated tokens say so (attest/sim).
+// Platforms (config.AttestationSettings.mode, chosen in platform.go): AUTO
+// and HARDWARE use /dev/tpmrm0, configfs-tsm or /dev/sev-guest, configfs-tsm
+// or /dev/tdx_guest; SIMULATED uses the go-tpm-tools simulator and, with
+// simulate_snp or simulate_tdx, a simulated SEV-SNP or TDX signed by
+// test-only chains. Simulated tokens say so (attest/sim).
 package attestation
 
 import (
@@ -106,37 +107,8 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 			s.Close()
 		}
 	}()
-	switch st.GetMode() {
-	case config.AttestationSettings_SIMULATED:
-		if err := s.openSimulated(st); err != nil {
-			return nil, err
-		}
-		s.simulated = true
-	case config.AttestationSettings_AUTO, config.AttestationSettings_HARDWARE:
-		if st.GetSimulateSnp() {
-			return nil, errors.New("simulate_snp needs mode SIMULATED")
-		}
-		path := st.GetTpmPath()
-		if path == "" {
-			path = DefaultTPMPath
-		}
-		if rw, err := openTPM(path); err == nil {
-			s.closers = append(s.closers, rw)
-			if s.tpm, err = attest.NewTPM(rw); err != nil {
-				return nil, fmt.Errorf("TPM %s: %w", path, err)
-			}
-			s.tpm.EventLogPath = firmwareLogPath
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("opening TPM: %w", err)
-		}
-		if qp, err := attest.SNPQuoteProviderAt(st.GetVmpl()); err == nil {
-			s.att.SNP = qp
-		}
-		if s.tpm == nil && s.att.SNP == nil {
-			return nil, fmt.Errorf("%w: no TPM at %s and no SEV-SNP report interface (use mode SIMULATED for development)", attest.ErrUnsupportedPlatform, path)
-		}
-	default:
-		return nil, fmt.Errorf("unknown mode %v", st.GetMode())
+	if err := s.openPlatform(st); err != nil {
+		return nil, err
 	}
 	s.att.Simulated = s.simulated
 	s.att.TPM = s.tpm
@@ -155,18 +127,7 @@ func New(st *config.AttestationSettings, stateDir string) (_ *Service, err error
 		if len(s.store.snapshot()) == 0 {
 			// First start of this boot: the platform label is the first event,
 			// so simulated evidence is marked inside the quoted PCR itself.
-			info := attest.PlatformInfo{TPM: "simulator", Simulated: s.simulated}
-			if !s.simulated {
-				info.TPM = DefaultTPMPath
-			}
-			switch {
-			case s.att.SNP == nil:
-			case s.simulated:
-				info.SNP = "simulated"
-			default:
-				info.SNP = "hardware"
-			}
-			e, err := attest.JSONEvent(attest.EventPlatform, info)
+			e, err := attest.JSONEvent(attest.EventPlatform, s.platformInfo())
 			if err != nil {
 				return nil, err
 			}
@@ -256,8 +217,12 @@ func (s *Service) ExtendManifest(ctx context.Context, req *pb.ExtendManifestRequ
 }
 
 // Measure applies a supervisor MeasureRequest exactly once per (boot_id, seq).
+//
+// Without a TPM only the supervisor's boot event is kept (in the log file,
+// not extended anywhere), so tokens still name their boot; other events
+// have no PCR to go to and are refused.
 func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
-	if s.tpm == nil {
+	if s.tpm == nil && req.GetType() != attest.EventBoot {
 		return nil, errors.New("attestation: no TPM: measurement not recorded")
 	}
 	if req.GetSeq() == 0 || req.GetBootId() == "" {
@@ -282,6 +247,14 @@ func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
 	if req.GetBootId() == s.lastBoot && req.GetSeq() <= s.lastSeq {
 		s.logger().Debug("measurement already applied", "boot_id", e.BootID, "seq", e.Seq)
 		return s.reply(attest.MeasurePCR) // already applied: a resend after a restart
+	}
+	if s.tpm == nil {
+		if err := s.store.append(e); err != nil {
+			return nil, err
+		}
+		s.logger().Info("boot recorded (no TPM to measure it into)", "data", string(e.Data))
+		s.lastBoot, s.lastSeq = e.BootID, e.Seq
+		return &pb.MeasureReply{Pcr: attest.MeasurePCR, Events: uint64(len(s.store.snapshot()))}, nil
 	}
 	if err := s.apply(e); err != nil {
 		s.logger().Error("measurement failed", "type", e.Type, "seq", e.Seq, "err", err)

@@ -3,6 +3,9 @@
 package attestation
 
 import (
+	"errors"
+	"fmt"
+	"io"
 	"time"
 
 	sevclient "github.com/google/go-sev-guest/client"
@@ -12,7 +15,7 @@ import (
 	"github.com/cvmd/cvmd/proto/config"
 )
 
-// openSimulated opens the TPM simulator and, if asked, the simulated SNP.
+// openSimulated opens the TPM simulator and, if asked, the simulated SNP or TDX.
 // Build with -tags nosim to leave both (cgo simulator, test-only AMD chain)
 // out of a production binary.
 func (s *Service) openSimulated(st *config.AttestationSettings) error {
@@ -21,6 +24,18 @@ func (s *Service) openSimulated(st *config.AttestationSettings) error {
 		return err
 	}
 	s.closers = append(s.closers, rw)
+	switch st.GetSimulateAzure() {
+	case "":
+	case "snp", "tdx":
+		if st.GetSimulateSnp() || st.GetSimulateTdx() {
+			return errors.New("simulate_azure brings its own SEV-SNP or TDX: drop simulate_snp and simulate_tdx")
+		}
+		if err := s.provisionAzure(rw, st.GetSimulateAzure()); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("simulate_azure %q: want \"snp\" or \"tdx\"", st.GetSimulateAzure())
+	}
 	if s.tpm, err = attest.NewTPM(rw); err != nil {
 		return err
 	}
@@ -41,7 +56,35 @@ func (s *Service) openSimulated(st *config.AttestationSettings) error {
 			}
 		})
 	}
+	if st.GetSimulateTdx() {
+		// P-256 only: cheap enough to build now.
+		tdx, err := sim.NewTDX(sim.TDXOptions{})
+		if err != nil {
+			return err
+		}
+		s.att.TDX, s.att.TDXCollateral = tdx, tdx.Collateral
+	}
 	return nil
+}
+
+// provisionAzure makes the simulator an Azure CVM's vTPM with an HCL report
+// of a simulated SEV-SNP or TDX.
+func (s *Service) provisionAzure(rw io.ReadWriter, tee string) error {
+	s.att.Azure = &attest.AzureVM{}
+	if tee == "snp" {
+		snp, err := sim.NewSNP(sim.SNPOptions{})
+		if err != nil {
+			return err
+		}
+		s.att.Azure.SNPCerts = snp.SNPCertChain
+		return sim.ProvisionAzureSNP(rw, snp)
+	}
+	tdx, err := sim.NewTDX(sim.TDXOptions{})
+	if err != nil {
+		return err
+	}
+	s.att.Azure.TDXQuote, s.att.TDXCollateral = tdx.QuoteTDReport, tdx.Collateral
+	return sim.ProvisionAzureTDX(rw, tdx)
 }
 
 // snpWarmDelay is how long after start the simulated SNP is built unasked.

@@ -13,6 +13,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/strictcbor"
 )
 
 // LogFile is the measurement log's name in the state dir.
@@ -53,7 +54,7 @@ func openStore(dir string) (*store, error) {
 			break
 		}
 		var e attest.Event
-		if err := cbor.Unmarshal(rest[4:4+n], &e); err != nil || e.Validate() != nil {
+		if err := strictcbor.Unmarshal(rest[4:4+n], &e); err != nil || e.Validate() != nil {
 			break
 		}
 		s.log = append(s.log, e)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,14 +13,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/config"
 )
 
@@ -112,14 +113,42 @@ func (d *dialRecorder) count() int {
 
 // logBuffer collects the proxy's log lines.
 type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	written chan struct{} // guarded by mu; closed and replaced at each write
 }
 
 func (l *logBuffer) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.written != nil {
+		close(l.written)
+		l.written = nil
+	}
 	return l.buf.Write(b)
+}
+
+// waitLines waits until cond holds for the lines logged so far, checking
+// after each write, for at most 10 s.
+func (l *logBuffer) waitLines(t *testing.T, what string, cond func([]map[string]any) bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		l.mu.Lock()
+		if l.written == nil {
+			l.written = make(chan struct{})
+		}
+		next := l.written
+		l.mu.Unlock()
+		if cond(l.lines()) {
+			return
+		}
+		select {
+		case <-next:
+		case <-timeout:
+			t.Fatalf("waiting for %s; logged: %v", what, l.lines())
+		}
+	}
 }
 
 func (l *logBuffer) lines() []map[string]any {
@@ -203,7 +232,7 @@ func origin(t testing.TB) (*httptest.Server, string) {
 }
 
 func TestConnectAndForward(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	_, port := origin(t)
 	h := startProxy(t, []string{"127.0.0.1:" + port, "origin.test:" + port}, map[string][]netip.Addr{"origin.test": {netip.MustParseAddr("127.0.0.1")}}, func(c *Config) {
 		// origin.test resolves to loopback: allowed only because 127.0.0.1:port is listed by IP.
@@ -240,28 +269,21 @@ func TestConnectAndForward(t *testing.T) {
 		}
 	})
 	// Every decision is logged with the client, and allowed ones with bytes and duration.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var allowed int
-		for _, l := range h.logs.lines() {
+	h.logs.waitLines(t, "3 allowed decisions with bytes and duration", func(lines []map[string]any) bool {
+		allowed := 0
+		for _, l := range lines {
 			if l["decision"] == "allowed" && l["client"] == "algo" && l["bytes_up"] != nil && l["duration_ms"] != nil {
 				allowed++
 			}
 		}
-		if allowed >= 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d allowed decisions logged: %v", allowed, h.logs.lines())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return allowed >= 3
+	})
 }
 
 // TestSSRFGuard: an allowlisted name resolving to each forbidden class is
 // refused before any dial.
 func TestSSRFGuard(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	cases := map[string]string{
 		"loopback": "127.0.0.1", "loopback6": "::1", "private": "10.1.2.3", "private172": "172.20.0.1", "private192": "192.168.0.10",
 		"ula": "fd00::5", "metadata": "169.254.169.254", "linklocal6": "fe80::1", "cgnat": "100.64.1.1",
@@ -307,7 +329,7 @@ func TestSSRFGuard(t *testing.T) {
 }
 
 func TestDenied(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	_, port := origin(t)
 	h := startProxy(t, []string{"allowed.test:443"}, map[string][]netip.Addr{"other.test": {netip.MustParseAddr("127.0.0.1")}}, nil)
 	tests := []struct{ name, req, why string }{
@@ -331,7 +353,7 @@ func TestDenied(t *testing.T) {
 }
 
 func TestMalformedRequests(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	h := startProxy(t, []string{"a.test"}, nil, nil)
 	for _, req := range []string{
 		"GET /relative HTTP/1.1\r\nHost: a.test\r\n\r\n",
@@ -354,7 +376,7 @@ func TestMalformedRequests(t *testing.T) {
 }
 
 func TestTunnelCap(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	_, port := origin(t)
 	h := startProxy(t, []string{"127.0.0.1:" + port}, nil, func(c *Config) { c.MaxTunnels = 2 })
 	for range 2 {
@@ -447,59 +469,90 @@ func FuzzParseAllowlist(f *testing.F) {
 	})
 }
 
-// checkLeaks fails the test if goroutines or fds it started outlive it
-// (style 24). Register it first: cleanups run last-in first-out.
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	g0, f0 := runtime.NumGoroutine(), countFDs()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			g, f := runtime.NumGoroutine(), countFDs()
-			if g <= g0 && f <= f0 {
-				return
+// TestDenialLogsRateLimited runs in a synctest bubble: the second that
+// closes a window passes on the bubble's clock, not the machine's.
+func TestDenialLogsRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		logs := &logBuffer{}
+		p := New(Config{Log: slog.New(slog.NewJSONHandler(logs, nil))})
+		for range 120 {
+			p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
+		}
+		p.logDenial("agent", "client", "agent", "decision", "denied", "reason", "test")
+		count := func(client string) int {
+			n := 0
+			for _, l := range logs.lines() {
+				if l["client"] == client {
+					n++
+				}
 			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, f, f0, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
+			return n
+		}
+		if got := count("algo"); got != maxDenialLogs {
+			t.Fatalf("%d lines for 120 denials, want %d", got, maxDenialLogs)
+		}
+		if count("agent") != 1 {
+			t.Fatal("another client's denial was suppressed")
+		}
+		time.Sleep(time.Second)
+		p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
+		last := logs.lines()
+		if r, _ := last[len(last)-2]["reason"].(string); !strings.Contains(r, "70 more denials") {
+			t.Fatalf("no summary of the suppressed denials: %v", last[len(last)-2])
 		}
 	})
 }
 
-func countFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
-}
-
-func TestDenialLogsRateLimited(t *testing.T) {
+// TestDenialWindowsBounded: a client's denial window goes when its listener
+// closes, and however many clients are denied, at most maxDenialClients
+// windows are kept; suppressed counts are logged as windows go.
+func TestDenialWindowsBounded(t *testing.T) {
+	testutil.CheckLeaks(t)
 	logs := &logBuffer{}
 	p := New(Config{Log: slog.New(slog.NewJSONHandler(logs, nil))})
-	for range 120 {
-		p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
-	}
-	p.logDenial("agent", "client", "agent", "decision", "denied", "reason", "test")
-	count := func(client string) int {
-		n := 0
-		for _, l := range logs.lines() {
-			if l["client"] == client {
-				n++
-			}
+	for i := range 10 * maxDenialClients {
+		c := fmt.Sprintf("algo-1-%d", i)
+		for range maxDenialLogs + 1 {
+			p.logDenial(c, "client", c, "decision", "denied", "reason", "test")
 		}
-		return n
 	}
-	if got := count("algo"); got != maxDenialLogs {
-		t.Fatalf("%d lines for 120 denials, want %d", got, maxDenialLogs)
+	p.mu.Lock()
+	n := len(p.denials)
+	p.mu.Unlock()
+	if n > maxDenialClients {
+		t.Fatalf("%d denial windows kept for %d clients, want at most %d", n, 10*maxDenialClients, maxDenialClients)
 	}
-	if count("agent") != 1 {
-		t.Fatal("another client's denial was suppressed")
+	summaries := 0
+	for _, l := range logs.lines() {
+		if r, _ := l["reason"].(string); strings.Contains(r, "1 more denials") {
+			summaries++
+		}
 	}
-	time.Sleep(1100 * time.Millisecond)
-	p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
-	last := logs.lines()
-	if r, _ := last[len(last)-2]["reason"].(string); !strings.Contains(r, "70 more denials") {
-		t.Fatalf("no summary of the suppressed denials: %v", last[len(last)-2])
+	if summaries < 9*maxDenialClients {
+		t.Errorf("%d summaries of suppressed denials for %d dropped windows", summaries, 10*maxDenialClients-n)
+	}
+
+	// A sandbox's listener closes: its window and in-use count go with it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(context.Background(), ln, "algo-9-9") }()
+	resp, c, _ := rawRequest(t, ln.Addr().String(), "CONNECT unlisted.example:443 HTTP/1.1\r\nHost: unlisted.example:443\r\n\r\n")
+	c.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("status %d, want 403", resp.StatusCode)
+	}
+	ln.Close()
+	if err := <-done; err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	_, window := p.denials["algo-9-9"]
+	_, inUse := p.inUse["algo-9-9"]
+	p.mu.Unlock()
+	if window || inUse {
+		t.Errorf("after its listener closed the proxy still keeps algo-9-9: window %v, in use %v", window, inUse)
 	}
 }

@@ -8,16 +8,42 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 
 	"google.golang.org/grpc"
 
 	"github.com/cvmd/cvmd/attest/atls"
+	"github.com/cvmd/cvmd/attest/atlsverify"
 	"github.com/cvmd/cvmd/attest/verify"
 )
 
 // allowSimulatedEnv, set to true, lets aTLS accept evidence from simulated
 // platforms (development VMs, `make run`); the default refuses it.
 const allowSimulatedEnv = "CVM_ATTESTATION_ALLOW_SIMULATED"
+
+// corimKeyEnv names PEM files (':'-separated) of keys a signed CoRIM policy
+// must be signed by; allowUnsignedCoRIMEnv=true accepts an unsigned one
+// (Cocos's CLI writes unsigned CoRIMs unless given --signing-key).
+const (
+	corimKeyEnv           = "CVM_CORIM_KEY"
+	allowUnsignedCoRIMEnv = "CVM_ATTESTATION_ALLOW_UNSIGNED_CORIM"
+	// tdxCollateralEnv and intelRootsEnv name the files TDX evidence is
+	// verified with (as verify's --tdx-collateral and --intel-roots).
+	tdxCollateralEnv = "CVM_TDX_COLLATERAL"
+	intelRootsEnv    = "CVM_INTEL_ROOTS"
+)
+
+func boolEnv(getenv func(string) string, name string) (bool, error) {
+	v := getenv(name)
+	if v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, &UsageError{fmt.Errorf("%s=%q: want true or false", name, v)}
+	}
+	return b, nil
+}
 
 // atlsDialOptions is THE hook where the attested-TLS client (attest/atls)
 // plugs in: it returns the dial options (transport credentials and/or a
@@ -37,19 +63,24 @@ func atlsDialOptions(ctx context.Context, cfg *AgentConfig) ([]grpc.DialOption, 
 	if cfg.AttestationPolicy == "" {
 		return nil, &UsageError{fmt.Errorf("attested TLS needs an attestation policy file (AGENT_GRPC_ATTESTATION_POLICY, --attestation-policy)")}
 	}
-	b, err := os.ReadFile(cfg.AttestationPolicy)
+	allowUnsigned, err := boolEnv(getenv, allowUnsignedCoRIMEnv)
 	if err != nil {
-		return nil, fmt.Errorf("reading attestation policy: %w", err)
+		return nil, err
 	}
-	policy, err := verify.ParsePolicy(b)
+	var keys []string
+	if k := getenv(corimKeyEnv); k != "" {
+		keys = strings.Split(k, ":")
+	}
+	policy, err := loadPolicyFile(cfg.AttestationPolicy, keys, allowUnsigned)
 	if err != nil {
 		return nil, err
 	}
 	opts := verify.Options{Policy: policy}
-	if v := getenv(allowSimulatedEnv); v != "" {
-		if opts.AllowSimulated, err = strconv.ParseBool(v); err != nil {
-			return nil, &UsageError{fmt.Errorf("%s=%q: want true or false", allowSimulatedEnv, v)}
-		}
+	if opts.TDXCollateral, opts.IntelRoots, err = readTDXTrust(getenv(tdxCollateralEnv), getenv(intelRootsEnv)); err != nil {
+		return nil, err
+	}
+	if opts.AllowSimulated, err = boolEnv(getenv, allowSimulatedEnv); err != nil {
+		return nil, err
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS13}
 	if cfg.ServerCAs != "" {
@@ -69,7 +100,7 @@ func atlsDialOptions(ctx context.Context, cfg *AgentConfig) ([]grpc.DialOption, 
 		}
 		tc.Certificates = []tls.Certificate{c}
 	}
-	ac := &atls.ClientConfig{TLS: tc, VerifyEvidence: atls.PolicyVerifier(opts)}
+	ac := &atls.ClientConfig{TLS: tc, VerifyEvidence: atlsverify.Policy(opts)}
 	if cfg.RequestContext != "" {
 		if ac.Context, err = hex.DecodeString(cfg.RequestContext); err != nil || len(ac.Context) == 0 || len(ac.Context) > 255 {
 			return nil, &UsageError{fmt.Errorf("attestation request context %q: want 1 to 255 bytes in hex", cfg.RequestContext)}

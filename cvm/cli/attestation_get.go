@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -13,24 +14,27 @@ import (
 func init() { Register("attestation", newAttestationGetCmd) }
 
 // platformTypes maps the CLI's names to the agent wire numbering.
-var platformTypes = map[string]int32{"snp": 0, "vtpm": 1, "snp-vtpm": 2, "azure-token": 3, "tdx": 4}
+var platformTypes = map[string]int32{"snp": 0, "vtpm": 1, "snp-vtpm": 2, "azure": 3, "azure-token": 3, "tdx": 4}
 
 func newAttestationGetCmd() *cobra.Command {
 	var tee, vtpm, token, out string
 	c := &cobra.Command{
-		Use:   "get <snp|vtpm|snp-vtpm|tdx|azure-token>",
+		Use:   "get <snp|vtpm|snp-vtpm|tdx|azure|azure-token>",
 		Short: "Download attestation evidence (an EAT token) from the agent",
 		Long: `get asks the agent for evidence of the given platform type, bound to the
 nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
---vtpm (up to 32 bytes; vtpm and snp-vtpm need it). The token is written to
---output (default attestation.bin). azure-token asks for an Azure MAA token
-(--token, up to 32 bytes), which cvmd agents do not provide.`,
+--vtpm (up to 32 bytes; vtpm, snp-vtpm and azure need it). Unlike Cocos's CLI,
+the --tee nonce is sent for tdx too, so a TDX quote is bound to it. azure is
+the evidence of an Azure confidential VM (the paravisor's SEV-SNP or TDX
+report in the vTPM, and a vTPM quote). The token is written to --output
+(default attestation.bin). azure-token asks for an Azure MAA token (--token,
+up to 32 bytes), which cvmd agents do not provide yet.`,
 		Example: `  cvm attestation get snp-vtpm --tee $(openssl rand -hex 64) --vtpm $(openssl rand -hex 32)`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			typ, ok := platformTypes[a[0]]
 			if !ok {
-				return &UsageError{fmt.Errorf("attestation type %q: want snp, vtpm, snp-vtpm, tdx or azure-token", a[0])}
+				return &UsageError{fmt.Errorf("attestation type %q: want snp, vtpm, snp-vtpm, tdx, azure or azure-token", a[0])}
 			}
 			teeB, err := hexArg("tee", tee, 64)
 			if err != nil {
@@ -44,7 +48,7 @@ nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
 			if err != nil {
 				return err
 			}
-			needTee, needVTPM := typ == 0 || typ == 2 || typ == 4, typ == 1 || typ == 2
+			needTee, needVTPM := typ == 0 || typ == 2 || typ == 4, typ == 1 || typ == 2 || a[0] == "azure"
 			if needTee && teeB == nil {
 				return &UsageError{fmt.Errorf("%s evidence needs --tee", a[0])}
 			}
@@ -57,7 +61,7 @@ nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
 			}
 			defer ag.Close()
 			o := IOOf(cmd)
-			if typ == 3 {
+			if a[0] == "azure-token" {
 				res, err := ag.AzureAttestationToken(cmd.Context(), &agentpb.AttestationTokenRequest{TokenNonce: tokB, Type: typ})
 				if err != nil {
 					return fmt.Errorf("getting Azure token: %s", statusText(err))
@@ -73,24 +77,17 @@ nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
 			if out == "" {
 				out = "attestation.bin"
 			}
-			stream, err := ag.Attestation(cmd.Context(), &agentpb.AttestationRequest{TeeNonce: teeB, VtpmNonce: vtpmB, Type: typ})
-			if err != nil {
-				return fmt.Errorf("getting attestation: %s", statusText(err))
-			}
 			f, err := os.Create(out)
 			if err != nil {
 				return err
 			}
-			n, err := recvFile(stream, f, o, "attestation", func() ([]byte, error) {
-				m, err := stream.Recv()
-				return m.GetFile(), err
-			})
+			n, err := fetchEvidence(cmd, ag, &agentpb.AttestationRequest{TeeNonce: teeB, VtpmNonce: vtpmB, Type: typ}, f)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
 				os.Remove(out)
-				return fmt.Errorf("getting attestation: %s", statusText(err))
+				return err
 			}
 			return o.Print(fmt.Sprintf("attestation saved to %s (%d bytes)", out, n), map[string]any{"file": out, "bytes": n})
 		},
@@ -100,6 +97,22 @@ nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
 	c.Flags().StringVar(&token, "token", "", "Azure token nonce, hex, up to 32 bytes")
 	c.Flags().StringVarP(&out, "output", "o", "", "output file (default attestation.bin)")
 	return c
+}
+
+// fetchEvidence streams the agent's answer to req (an EAT token) into w.
+func fetchEvidence(cmd *cobra.Command, ag *Agent, req *agentpb.AttestationRequest, w io.Writer) (int64, error) {
+	stream, err := ag.Attestation(cmd.Context(), req)
+	if err != nil {
+		return 0, fmt.Errorf("getting attestation: %s", statusText(err))
+	}
+	n, err := recvFile(stream, w, IOOf(cmd), "attestation", func() ([]byte, error) {
+		m, err := stream.Recv()
+		return m.GetFile(), err
+	})
+	if err != nil {
+		return n, fmt.Errorf("getting attestation: %s", statusText(err))
+	}
+	return n, nil
 }
 
 func hexArg(name, v string, max int) ([]byte, error) {

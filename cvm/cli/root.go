@@ -109,10 +109,12 @@ func Run(ctx context.Context, args []string, o Options) int {
 	return 1
 }
 
-// isCobraUsage reports whether err is one of cobra's own argument/flag errors.
+// isCobraUsage reports whether err is one of cobra's own argument/flag
+// errors. Cobra's bad flag value reads `invalid argument "v" for "--f"`; the
+// agent's refusals read "invalid argument: …" and are not usage errors.
 func isCobraUsage(err error) bool {
 	s := err.Error()
-	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires at least", "requires exactly", "invalid argument", "flag needs an argument", "required flag"} {
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires at least", "requires exactly", `invalid argument "`, "flag needs an argument", "required flag"} {
 		if strings.Contains(s, p) {
 			return true
 		}
@@ -144,8 +146,13 @@ Cocos's CLI, each overridden by the matching flag:
   AGENT_GRPC_CLIENT_KEY       --client-key     client private key file (mTLS)
   AGENT_GRPC_SERVER_CA_CERTS  --server-ca      CA certificates that sign the agent's certificate (TLS)
   AGENT_GRPC_ATTESTED_TLS     --attested-tls   use attested TLS (true/false)
-  AGENT_GRPC_ATTESTATION_POLICY --attestation-policy  attestation policy file for aTLS
-No CA and no aTLS means plaintext gRPC.`,
+  AGENT_GRPC_ATTESTATION_POLICY --attestation-policy  attestation policy file for aTLS: a CoRIM
+                              (Cocos's or "cvm policy create-corim"'s) or a JSON policy
+No CA and no aTLS means plaintext gRPC. aTLS also reads CVM_CORIM_KEY (':'-separated PEM
+files of keys a signed CoRIM must be signed by), CVM_ATTESTATION_ALLOW_UNSIGNED_CORIM=true
+(accept an unsigned CoRIM, as Cocos's CLI writes by default), CVM_TDX_COLLATERAL and
+CVM_INTEL_ROOTS (TDX collateral bundle and roots, as verify --tdx-collateral/--intel-roots)
+and CVM_ATTESTATION_ALLOW_SIMULATED=true (development VMs).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

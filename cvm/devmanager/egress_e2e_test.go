@@ -28,6 +28,7 @@ func (g *guest) startCvmdEnv(extra string) {
 	if err := sup.Start(); err != nil {
 		t.Fatal(err)
 	}
+	g.cvmdPid = sup.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- sup.Wait() }()
 	t.Cleanup(func() {

@@ -31,7 +31,7 @@ const (
 type AttestationClient interface {
 	// Evidence returns an EAT token (COSE_Sign1/CBOR) for the requested platform.
 	// Errors: InvalidArgument (nonce too long, unknown platform_type),
-	// Unimplemented (Azure, TDX, or a platform this VM does not have), Internal.
+	// Unimplemented (a platform this VM does not have), Internal.
 	Evidence(ctx context.Context, in *EvidenceRequest, opts ...grpc.CallOption) (*EvidenceResponse, error)
 	// ExtendManifest extends PCR16 with the computation manifest as Cocos does
 	// (SHA3-256 into the SHA-256 bank, SHA3-384 into the SHA-384 bank) and logs it.
@@ -72,7 +72,7 @@ func (c *attestationClient) ExtendManifest(ctx context.Context, in *ExtendManife
 type AttestationServer interface {
 	// Evidence returns an EAT token (COSE_Sign1/CBOR) for the requested platform.
 	// Errors: InvalidArgument (nonce too long, unknown platform_type),
-	// Unimplemented (Azure, TDX, or a platform this VM does not have), Internal.
+	// Unimplemented (a platform this VM does not have), Internal.
 	Evidence(context.Context, *EvidenceRequest) (*EvidenceResponse, error)
 	// ExtendManifest extends PCR16 with the computation manifest as Cocos does
 	// (SHA3-256 into the SHA-256 bank, SHA3-384 into the SHA-384 bank) and logs it.

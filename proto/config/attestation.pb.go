@@ -24,14 +24,15 @@ const (
 )
 
 // Which evidence providers to use. Zero value (AUTO) picks by what the VM
-// has: /dev/tpmrm0 (or /dev/tpm0) for the vTPM and configfs-tsm or
-// /dev/sev-guest for SNP; with neither, the child refuses to start unless
-// SIMULATED is chosen explicitly.
+// has: /dev/tpmrm0 (or /dev/tpm0) for the vTPM (an Azure CVM when its HCL
+// report NV index exists), configfs-tsm or /dev/sev-guest for SNP,
+// configfs-tsm or /dev/tdx_guest for TDX; with none, the child refuses to
+// start unless SIMULATED is chosen explicitly.
 type AttestationSettings_Mode int32
 
 const (
 	AttestationSettings_AUTO      AttestationSettings_Mode = 0
-	AttestationSettings_HARDWARE  AttestationSettings_Mode = 1 // vTPM and/or SNP devices; fail if neither is present
+	AttestationSettings_HARDWARE  AttestationSettings_Mode = 1 // vTPM, SNP and/or TDX devices; fail if none is present
 	AttestationSettings_SIMULATED AttestationSettings_Mode = 2 // go-tpm-tools TPM simulator (+ simulated SNP if simulate_snp)
 )
 
@@ -87,7 +88,14 @@ type AttestationSettings struct {
 	// VMPL to request SNP reports at; 0 = let the kernel choose.
 	Vmpl uint32 `protobuf:"varint,4,opt,name=vmpl,proto3" json:"vmpl,omitempty"`
 	// EAT issuer (claim 1 and COSE kid); "" = "cvmd-attestation".
-	Issuer        string `protobuf:"bytes,5,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Issuer string `protobuf:"bytes,5,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// Only with SIMULATED: a simulated Intel TDX (quotes signed through a
+	// test-only Intel PCK chain, with its collateral) instead of SNP.
+	SimulateTdx bool `protobuf:"varint,6,opt,name=simulate_tdx,json=simulateTdx,proto3" json:"simulate_tdx,omitempty"`
+	// Only with SIMULATED: an Azure confidential VM whose paravisor report
+	// (HCL report) of a simulated "snp" or "tdx" is in the simulated TPM's NV
+	// index, as Azure provides it; "" = not Azure.
+	SimulateAzure string `protobuf:"bytes,7,opt,name=simulate_azure,json=simulateAzure,proto3" json:"simulate_azure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,17 +165,33 @@ func (x *AttestationSettings) GetIssuer() string {
 	return ""
 }
 
+func (x *AttestationSettings) GetSimulateTdx() bool {
+	if x != nil {
+		return x.SimulateTdx
+	}
+	return false
+}
+
+func (x *AttestationSettings) GetSimulateAzure() string {
+	if x != nil {
+		return x.SimulateAzure
+	}
+	return ""
+}
+
 var File_proto_config_attestation_proto protoreflect.FileDescriptor
 
 const file_proto_config_attestation_proto_rawDesc = "" +
 	"\n" +
-	"\x1eproto/config/attestation.proto\x12\vcvmd.config\"\xe9\x01\n" +
+	"\x1eproto/config/attestation.proto\x12\vcvmd.config\"\xb3\x02\n" +
 	"\x13AttestationSettings\x129\n" +
 	"\x04mode\x18\x01 \x01(\x0e2%.cvmd.config.AttestationSettings.ModeR\x04mode\x12!\n" +
 	"\fsimulate_snp\x18\x02 \x01(\bR\vsimulateSnp\x12\x19\n" +
 	"\btpm_path\x18\x03 \x01(\tR\atpmPath\x12\x12\n" +
 	"\x04vmpl\x18\x04 \x01(\rR\x04vmpl\x12\x16\n" +
-	"\x06issuer\x18\x05 \x01(\tR\x06issuer\"-\n" +
+	"\x06issuer\x18\x05 \x01(\tR\x06issuer\x12!\n" +
+	"\fsimulate_tdx\x18\x06 \x01(\bR\vsimulateTdx\x12%\n" +
+	"\x0esimulate_azure\x18\a \x01(\tR\rsimulateAzure\"-\n" +
 	"\x04Mode\x12\b\n" +
 	"\x04AUTO\x10\x00\x12\f\n" +
 	"\bHARDWARE\x10\x01\x12\r\n" +

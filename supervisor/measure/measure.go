@@ -1,6 +1,6 @@
 // Package measure records what the supervisor does in the vTPM, through
-// the attestation child, which alone holds the TPM: the child table's hash
-// at boot and every child restart (PCR 15, see attest.MeasurePCR, as
+// the attestation child, which alone holds the TPM: the boot id and the
+// child table's hash at boot and every child restart (PCR 15, see attest.MeasurePCR, as
 // attest.EventChildTable and attest.EventChildStart events), and each
 // computation's manifest (PCR 16, as Cocos does).
 //
@@ -67,6 +67,9 @@ func New(send SendFunc, log *slog.Logger) *Measurer {
 // with ctx: the supervisor passes Run's context, and measures the table
 // before anything else.
 func (m *Measurer) Table(ctx context.Context, canonical []byte) {
+	// The boot id first: tokens name the boot of their log (x-cvmd-boot-id).
+	boot, err := attest.JSONEvent(attest.EventBoot, attest.Boot{BootID: m.bootID})
+	m.queue(ctx, "boot", boot, err)
 	sum := sha256.Sum256(canonical)
 	ev, err := attest.JSONEvent(attest.EventChildTable, attest.ChildTable{SHA256: hex.EncodeToString(sum[:])})
 	m.queue(ctx, "table", ev, err)

@@ -69,8 +69,9 @@ func TestMeasurerDeliversInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Events) != 4 || r.Restarts["agent"] != 3 {
-		t.Fatalf("events %+v restarts %v", r.Events, r.Restarts)
+	// platform, boot, child-table, two child-starts; the token names the boot.
+	if len(r.Events) != 5 || r.Restarts["agent"] != 3 || r.BootID == "" || r.BootID != r.Events.BootID() {
+		t.Fatalf("events %+v restarts %v boot %q", r.Events, r.Restarts, r.BootID)
 	}
 }
 

@@ -74,8 +74,9 @@ func LoadModules(log *slog.Logger) error {
 	return err
 }
 
-// Prepare mounts the 9p shares that are present, configures the network and
-// starts watching the power button (the modules are LoadModules' part). Every
+// Prepare mounts securityfs and loads the image's IMA policy (ima.go), mounts
+// the 9p shares that are present, configures the network and starts
+// watching the power button (the modules are LoadModules' part). Every
 // step is attempted even when an earlier one failed; the error joins what
 // went wrong, each part naming its object. The caller logs it and carries
 // on: a VM whose share failed may still be configured from the kernel
@@ -90,6 +91,9 @@ func Prepare(log *slog.Logger) error {
 	start := time.Now()
 	cmd := readCmdline("/proc/cmdline")
 	var errs []error
+	if err := setupIMA(log); err != nil {
+		errs = append(errs, err)
+	}
 	if err := mountShares(log, Shares); err != nil {
 		errs = append(errs, err)
 	}

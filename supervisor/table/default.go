@@ -42,7 +42,8 @@ func Default() *Table {
 				Role:      RoleMeasurements,
 				Deps:      []string{"logfwd"},
 				StateDirs: []StateDir{{Dir: "attestation", Writable: true}},
-				Devices:   []string{"/dev/tpmrm0", "/dev/sev-guest"},
+				Devices:   []string{"/dev/tpmrm0", "/dev/sev-guest", "/dev/tdx_guest"},
+				HostDirs:  []string{"/sys/kernel/security"},
 				Caps:      noCaps,
 				Seccomp:   fdOnly,
 				Limits:    sandbox.Limits{MemoryBytes: 128 << 20, Pids: 64, CPUMillis: 2000},
@@ -86,6 +87,7 @@ func Default() *Table {
 				// Pull mode verifies HTTPS sources against the VM's roots.
 				HostFiles: []string{SystemRoots},
 				StateDirs: []StateDir{{Dir: "agent", Writable: true}, {Dir: "computation", Writable: true}},
+				HostDirs:  []string{"/sys/kernel/security"},
 				Caps:      noCaps,
 				Seccomp:   fdOnly,
 				Limits:    sandbox.Limits{MemoryBytes: 256 << 20, Pids: 64, CPUMillis: 2000},

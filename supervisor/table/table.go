@@ -108,6 +108,10 @@ type ChildSpec struct {
 	// HostFiles are host files bound read-only at the same path when they
 	// exist (egress: /etc/resolv.conf and /etc/hosts, to resolve names).
 	HostFiles []string `json:"host_files,omitempty"`
+	// HostDirs are host directories bound read-only (recursively) at the
+	// same path when they exist (agent and attestation: securityfs, for the
+	// IMA measurement list and the TPM event log).
+	HostDirs []string `json:"host_dirs,omitempty"`
 	// Role is what the supervisor uses the child for; "" for none.
 	Role Role `json:"role,omitempty"`
 

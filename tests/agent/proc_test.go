@@ -21,6 +21,7 @@ import (
 	agentchild "github.com/cvmd/cvmd/children/agent"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/config"
@@ -31,14 +32,7 @@ import (
 // TestMain turns the test binary into `cvmd agent` when asked, so tests can
 // run the real child (its Main and the child runtime) as its own process.
 func TestMain(m *testing.M) {
-	if os.Getenv("CVMD_TEST_AGENT_CHILD") == "1" {
-		if err := child.Run("agent", agentchild.Main); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
+	testutil.Main(m, testutil.Helpers{"agent": func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) }})
 }
 
 // proc is the agent child running as a separate process, wired as the
@@ -49,6 +43,7 @@ type proc struct {
 	ctl     *ipc.Control
 	Dial    func(ctx context.Context) (net.Conn, error)
 	Control agentctl.ControlClient
+	Runner  *agenttest.Runner // the runner stand-in, in the test process
 	closers []func()
 }
 
@@ -70,9 +65,9 @@ func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 	comp := filepath.Join(stateDir, "computation")
 	// The runner stand-in lives in the test process.
 	rl, rd := agenttest.Edge(t, "runner")
-	_ = rd
 	rs := grpc.NewServer()
-	runner.RegisterRunnerServer(rs, &agenttest.Runner{Dir: comp})
+	rn := &agenttest.Runner{Dir: comp}
+	runner.RegisterRunnerServer(rs, rn)
 	go rs.Serve(rl)
 
 	ctlParent, ctlChild, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "control")
@@ -92,9 +87,7 @@ func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 	runCli, runSrv := pair("to:runner")
 	rl.Add(runSrv)
 
-	exe, _ := os.Executable()
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), "CVMD_TEST_AGENT_CHILD=1")
+	cmd := testutil.HelperCommand("agent")
 	cmd.ExtraFiles = []*os.File{ctlChild, supSrv, ingSrv, runCli} // fds 3, 4, 5, 6
 	fds := map[string]int32{"from:supervisor": 4, "from:ingress": 5, "to:runner": 6}
 	for name, f := range o.Extra {
@@ -109,7 +102,7 @@ func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 	for _, f := range cmd.ExtraFiles {
 		f.Close()
 	}
-	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent)}
+	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent), Runner: rn}
 	cfg := &control.ChildConfig{Version: 1, Name: "agent", StateDir: stateDir, LogLevel: "warn", Fds: fds}
 	if o.Settings != nil {
 		a, err := anypb.New(o.Settings)
@@ -193,8 +186,8 @@ func TestAgentProcessKilledAndResumed(t *testing.T) {
 		t.Fatalf("resumed in %s", s)
 	}
 	w.mustCVM(t, false, "data", w.dsB, w.dataB.KeyFile)
-	time.Sleep(200 * time.Millisecond)
 	// kill -9 while the algorithm runs.
+	testutil.WaitUntil(t, 20*time.Second, "the algorithm running", func() bool { return p.Runner.Running() > 0 })
 	p.kill()
 	p = startProc(t, state)
 	w.dial, w.control = p.Dial, p.Control

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/corim"
+	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/cvm/cli"
@@ -81,6 +83,18 @@ func TestCLIThroughIngress(t *testing.T) {
 	badCert, badKey := strangers.issue(t, dir, "mallory", true)
 	policy := filepath.Join(dir, "policy.json")
 	os.WriteFile(policy, []byte(`{}`), 0o600)
+	// A CoRIM (unsigned, as Cocos's CLI writes by default) pinning the simulated measurement.
+	meas := sim.DefaultMeasurement()
+	snpRef, err := corim.SNPTriple(corim.SNPValues{Measurements: [][]byte{meas[:]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	corimBytes, err := corim.Marshal(corim.New("snp", []corim.RefTriple{snpRef}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	corimPolicy := filepath.Join(dir, "policy.corim")
+	os.WriteFile(corimPolicy, corimBytes, 0o600)
 	a := simAttester(t)
 	ev := func(_ context.Context, rd [64]byte, n [32]byte) ([]byte, error) {
 		return a.Attest(attest.Request{ReportData: rd[:], Nonce: n[:], Platform: attest.SNPvTPM})
@@ -101,6 +115,10 @@ func TestCLIThroughIngress(t *testing.T) {
 		{"aTLS", &config.IngressSettings{AttestedTls: true},
 			map[string]string{"AGENT_GRPC_ATTESTED_TLS": "true", "AGENT_GRPC_ATTESTATION_POLICY": policy, "CVM_ATTESTATION_ALLOW_SIMULATED": "true"},
 			map[string]string{"CVM_ATTESTATION_ALLOW_SIMULATED": "false"}},
+		{"aTLS CoRIM", &config.IngressSettings{AttestedTls: true},
+			map[string]string{"AGENT_GRPC_ATTESTED_TLS": "true", "AGENT_GRPC_ATTESTATION_POLICY": corimPolicy, "CVM_ATTESTATION_ALLOW_SIMULATED": "true",
+				"CVM_ATTESTATION_ALLOW_UNSIGNED_CORIM": "true"},
+			map[string]string{"CVM_ATTESTATION_ALLOW_UNSIGNED_CORIM": "false"}},
 		{"maTLS", &config.IngressSettings{AttestedTls: true, CertFile: srvCert, KeyFile: srvKey, ClientCaFile: users.file},
 			map[string]string{"AGENT_GRPC_ATTESTED_TLS": "true", "AGENT_GRPC_ATTESTATION_POLICY": policy, "CVM_ATTESTATION_ALLOW_SIMULATED": "true",
 				"AGENT_GRPC_SERVER_CA_CERTS": ca.file, "AGENT_GRPC_CLIENT_CERT": cliCert, "AGENT_GRPC_CLIENT_KEY": cliKey},

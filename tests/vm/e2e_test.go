@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -208,6 +209,31 @@ func (e *e2e) attest(step string) verified {
 	return v
 }
 
+// checkIMA downloads the guest's IMA list with `cvm ima-measurements
+// --quote`: cvm replays it against PCR 10 of a verified vTPM quote over a
+// fresh nonce. The algorithm that ran must be in it, by its SHA-256.
+func (e *e2e) checkIMA(step string) {
+	e.t.Helper()
+	file := filepath.Join(e.dir, "ima.txt")
+	out := e.mustCVM(step+": download", 2*time.Minute, "ima-measurements", file, "--quote", "--ak", e.akHash)
+	if !strings.Contains(out, "verified vTPM quote") {
+		e.g.fatalf(step+": download", "cvm ima-measurements printed %q", out)
+	}
+	list, err := os.ReadFile(file)
+	if err != nil {
+		e.g.fatalf(step+": read", "%v", err)
+	}
+	algo, err := os.ReadFile(e.algo)
+	if err != nil {
+		e.g.fatalf(step+": read", "%v", err)
+	}
+	sum := sha256.Sum256(algo)
+	if !strings.Contains(string(list), "ima-ng sha256:"+hex.EncodeToString(sum[:])+" ") {
+		e.g.fatalf(step+": algorithm measured", "the IMA list (%d lines) has no ima-ng entry with the algorithm's sha256 %x", strings.Count(string(list), "\n"), sum)
+	}
+	e.t.Logf("%s: %d measurements, the algorithm's among them", step, strings.Count(string(list), "\n"))
+}
+
 // runComputation uploads the algorithm and the datasets, downloads the
 // result and checks it.
 func (e *e2e) runComputation(id, want string) {
@@ -370,6 +396,7 @@ func runE2E(t *testing.T) time.Duration {
 	e.attest("attestation at boot")
 	e.runComputation("1", "sum 108\n")
 	t.Logf("computation 1 done at %v", time.Since(start).Round(time.Second))
+	e.checkIMA("IMA after computation 1")
 
 	// A crash inside the guest: the supervisor restarts the child, rewires
 	// it, and tells the manager.

@@ -19,6 +19,8 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 
+	"github.com/cvmd/cvmd/attest/strictcbor"
+
 	"github.com/cvmd/cvmd/attest/atls"
 )
 
@@ -64,7 +66,7 @@ func (s *Signer) Evidence(_ context.Context, _ [64]byte, nonce [32]byte) ([]byte
 func (s *Signer) Verifier() atls.EvidenceVerifier {
 	return func(_ context.Context, ev []byte, want atls.Expected) error {
 		var tag cbor.Tag
-		if err := cbor.Unmarshal(ev, &tag); err != nil {
+		if err := strictcbor.Unmarshal(ev, &tag); err != nil {
 			return err
 		}
 		arr, ok := tag.Content.([]any)

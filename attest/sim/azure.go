@@ -1,0 +1,124 @@
+package sim
+
+import (
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/proto/sevsnp"
+	"github.com/google/go-tpm-tools/client"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"github.com/google/go-tpm/tpmutil"
+
+	"github.com/cvmd/cvmd/attest/hcl"
+)
+
+// A simulated Azure confidential VM: the TPM simulator provisioned as
+// Azure's paravisor provisions a CVM's vTPM — an RSA attestation key at
+// hcl.AKHandle and, in hcl.ReportNVIndex, an HCL report whose hardware
+// report (from the simulated SEV-SNP or TDX, test-only signers) carries
+// SHA-256 of runtime claims naming that key.
+
+// ProvisionAzureSNP provisions rw with an HCL report of s.
+func ProvisionAzureSNP(rw io.ReadWriter, s *SNP) error {
+	return provisionAzure(rw, hcl.TypeSNP, func(rd [64]byte) ([]byte, error) {
+		raw, err := s.GetRawQuote(rd)
+		if err != nil {
+			return nil, err
+		}
+		return raw[:abi.ReportSize], nil
+	})
+}
+
+// ProvisionAzureTDX provisions rw with an HCL report holding a TDREPORT of t.
+func ProvisionAzureTDX(rw io.ReadWriter, t *TDX) error {
+	return provisionAzure(rw, hcl.TypeTDX, func(rd [64]byte) ([]byte, error) { return t.TDReport(rd), nil })
+}
+
+// SNPCertChain returns the simulated chip's VCEK chain, as Azure's host
+// serves it (THIM).
+func (s *SNP) SNPCertChain() *sevsnp.CertificateChain {
+	return &sevsnp.CertificateChain{VcekCert: s.chain.vcek.Raw, AskCert: s.chain.ask.Raw, ArkCert: s.chain.ark.Raw}
+}
+
+func provisionAzure(rw io.ReadWriter, typ uint32, hardware func([64]byte) ([]byte, error)) error {
+	ak, err := client.NewCachedKey(rw, tpm2.HandleEndorsement, client.AKTemplateRSA(), hcl.AKHandle)
+	if err != nil {
+		return fmt.Errorf("sim: Azure AK at %#x: %w", hcl.AKHandle, err)
+	}
+	pub, ok := ak.PublicKey().(*rsa.PublicKey)
+	ak.Close()
+	if !ok {
+		return fmt.Errorf("sim: Azure AK is %T, want RSA", ak.PublicKey())
+	}
+	jwk := hcl.RSAJWK("HCLAkPub", pub)
+	jwk.KeyOps = nil
+	claims, err := json.Marshal(map[string]any{
+		"keys":             []hcl.JWK{jwk},
+		"vm-configuration": map[string]any{"console-enabled": false, "secure-boot": true, "tpm-enabled": true, "vmUniqueId": "cvmd-simulated-azure-vm"},
+		"user-data":        hex.EncodeToString(make([]byte, 64)),
+	})
+	if err != nil {
+		return err
+	}
+	var rd [64]byte
+	h := sha256.Sum256(claims)
+	copy(rd[:], h[:])
+	hw, err := hardware(rd)
+	if err != nil {
+		return err
+	}
+	report, err := hcl.Build(typ, hw, claims)
+	if err != nil {
+		return err
+	}
+	idx := tpmutil.Handle(hcl.ReportNVIndex)
+	attrs := tpm2.AttrOwnerWrite | tpm2.AttrOwnerRead | tpm2.AttrAuthRead | tpm2.AttrNoDA
+	if err := tpm2.NVDefineSpace(rw, tpm2.HandleOwner, idx, "", "", nil, attrs, uint16(len(report))); err != nil {
+		return fmt.Errorf("sim: defining the HCL report NV index (%d bytes): %w", len(report), err)
+	}
+	for off := 0; off < len(report); off += 1024 {
+		end := min(off+1024, len(report))
+		if err := tpm2.NVWrite(rw, tpm2.HandleOwner, idx, "", report[off:end], uint16(off)); err != nil {
+			return fmt.Errorf("sim: writing the HCL report: %w", err)
+		}
+	}
+	return nil
+}
+
+// TDReport returns a TDREPORT (0x400 bytes) over reportData: REPORTMACSTRUCT
+// with REPORTDATA at 0x80, TDINFO at 0x200 with the TD's registers. Its MAC
+// is not computed: only the TDX module could check it, and the verifier
+// checks the quote made from it.
+func (t *TDX) TDReport(reportData [64]byte) []byte {
+	r := make([]byte, hcl.TDReportSize)
+	r[0] = 0x81 // report type: TDX
+	copy(r[0x80:], reportData[:])
+	b := t.body
+	info := r[0x200:]
+	copy(info[0x00:], b.GetTdAttributes())
+	copy(info[0x08:], b.GetXfam())
+	copy(info[0x10:], b.GetMrTd())
+	copy(info[0x40:], b.GetMrConfigId())
+	copy(info[0x70:], b.GetMrOwner())
+	copy(info[0xA0:], b.GetMrOwnerConfig())
+	for i, m := range b.GetRtmrs() {
+		copy(info[0xD0+48*i:], m)
+	}
+	return r
+}
+
+// QuoteTDReport is the simulated host quoting service (Azure's IMDS
+// /acc/tdquote): a quote of the TD whose TDREPORT this is.
+func (t *TDX) QuoteTDReport(tdreport []byte) ([]byte, error) {
+	if len(tdreport) != hcl.TDReportSize {
+		return nil, fmt.Errorf("sim: TDREPORT of %d bytes, want %d", len(tdreport), hcl.TDReportSize)
+	}
+	var rd [64]byte
+	copy(rd[:], tdreport[0x80:0xC0])
+	return t.GetRawQuote(rd)
+}
