@@ -75,9 +75,9 @@ type Agent struct {
 	dirs   dirs
 	events *eventQueue
 
-	uploads    chan struct{}  // a slot per upload being received (maxUploads)
-	challenges *challenges    // role-signature nonces offered
-	fetcher    *pull.Fetcher  // nil: no pull mode
+	uploads    chan struct{} // a slot per upload being received (maxUploads)
+	challenges *challenges   // role-signature nonces offered
+	fetcher    *pull.Fetcher // nil: no pull mode
 
 	runs  sync.WaitGroup
 	pulls sync.WaitGroup

@@ -78,7 +78,6 @@ func seal(t *testing.T, in, out string, key []byte) {
 	}
 }
 
-
 // TestE2EPullMode is Cocos's pull mode end to end against a real `cvmd
 // supervise --dev`: the manager sends a computation whose algorithm is
 // encrypted on an HTTPS server (its key released by the test KBS after it
