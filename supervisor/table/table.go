@@ -143,6 +143,10 @@ type SettingsInput struct {
 	// the agent's free-space floor by the state directory's storage
 	// (pid1.BudgetFor); 0 leaves the children's defaults.
 	LogQueueBytes, AgentMinFreeBytes int64
+	// PullGrant returns the active computation's pull grant (client →
+	// host:port entries) as the supervisor last set it, so that a restarted
+	// egress keeps it; nil means none.
+	PullGrant func() map[string][]string
 	// Log receives what the settings functions have to say (a refused
 	// allowlist, ...); nil discards it.
 	Log *slog.Logger
