@@ -11,8 +11,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/cocos/digest"
 )
 
 // ramDir returns a temp dir on /dev/shm (tmpfs) when there is one, removed
@@ -52,4 +57,21 @@ func tlsIdentity(t *testing.T, dir string) (caFile, certPEM, keyPEM string) {
 		t.Fatal(err)
 	}
 	return caFile, certPEM, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
+}
+
+// sha3Rate hashes 256 MiB on one locked OS thread and returns MiB per
+// second of that thread's CPU time (the pull benchmarks' reference).
+func sha3Rate() float64 {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	buf := make([]byte, 1<<20)
+	h := digest.New()
+	var r0, r1 unix.Rusage
+	unix.Getrusage(unix.RUSAGE_THREAD, &r0)
+	for i := 0; i < 256; i++ {
+		h.Write(buf)
+	}
+	unix.Getrusage(unix.RUSAGE_THREAD, &r1)
+	cpu := time.Duration(r1.Utime.Nano() + r1.Stime.Nano() - r0.Utime.Nano() - r0.Stime.Nano())
+	return 256 / cpu.Seconds()
 }
