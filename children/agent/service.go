@@ -157,7 +157,7 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	}
 	a.rec.PythonRuntime = m.PythonRuntime
 	a.rec.Requirements = reqs.Len() > 0
-	a.log.Info("algorithm received", "bytes", sp.n, "algo_type", a.rec.AlgoType)
+	a.log.Info("algorithm received", append(sp.logAttrs(), "algo_type", a.rec.AlgoType)...)
 	if err := a.transitionLocked(EvAlgorithmReceived); err != nil {
 		return err
 	}
@@ -296,7 +296,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 		}
 		return err
 	}
-	a.log.Info("dataset received", "filename", name, "bytes", sp.n, "decompressed", decompress)
+	a.log.Info("dataset received", append(sp.logAttrs(), "filename", name, "decompressed", decompress)...)
 	return stream.SendAndClose(&agentpb.DataResponse{})
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/mem"
@@ -40,6 +41,9 @@ type spool struct {
 	wg        sync.WaitGroup
 	mu        sync.Mutex
 	werr      error // guarded by mu: the writer's first error
+
+	start    time.Time
+	hashWait time.Duration // the hash stage's time without a chunk to hash; read after stop
 }
 
 // spoolDepth bounds the chunks in flight per stage (≈ MiB of memory each).
@@ -72,17 +76,20 @@ func (a *Agent) newSpool(ctx context.Context, what string, max int64) (*spool, e
 		<-a.uploads
 		return nil, fmt.Errorf("creating upload file: %w", err)
 	}
-	s := &spool{slot: a.uploads, path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
+	s := &spool{start: time.Now(), slot: a.uploads, path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
 		nextCheck: min(r, diskCheckEvery), hashCh: make(chan mem.BufferSlice, spoolDepth), writeCh: make(chan mem.BufferSlice, spoolDepth)}
 	hashCh, writeCh := s.hashCh, s.writeCh // stop nils the fields
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
+		ready := time.Now()
 		for bs := range hashCh {
+			s.hashWait += time.Since(ready)
 			for _, b := range bs {
 				s.h.Write(b.ReadOnlyData())
 			}
 			bs.Free()
+			ready = time.Now()
 		}
 	}()
 	go func() {
@@ -166,6 +173,14 @@ func (s *spool) finish() ([digest.Size]byte, error) {
 	}
 	copy(sum[:], s.h.Sum(nil))
 	return sum, nil
+}
+
+// logAttrs describe a finished upload for the agent's log: its duration
+// and the share of it the hash stage (the bound on the rate) waited for
+// data, which says whether receiving kept up.
+func (s *spool) logAttrs() []any {
+	el := time.Since(s.start)
+	return []any{"bytes", s.n, "ms", el.Milliseconds(), "hash_waited_pct", int(100 * s.hashWait.Seconds() / max(el.Seconds(), 1e-9))}
 }
 
 // abort stops the stages and removes the file. Safe after finish.

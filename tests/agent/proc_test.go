@@ -33,10 +33,15 @@ import (
 // TestMain turns the test binary into `cvmd agent` when asked, so tests can
 // run the real child (its Main and the child runtime) as its own process.
 func TestMain(m *testing.M) {
-	testutil.Main(m, testutil.Helpers{
-		"agent":   func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) },
-		"ingress": func() int { return testutil.ExitCode(child.Run("ingress", ingress.Main)) },
-	})
+	helpers := testutil.Helpers{
+		"agent":    withPprof("agent", func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) }),
+		"ingress":  withPprof("ingress", func() int { return testutil.ExitCode(child.Run("ingress", ingress.Main)) }),
+		"sha3file": sha3FileHelper,
+	}
+	for name, h := range refHelpers {
+		helpers[name] = h
+	}
+	testutil.Main(m, helpers)
 }
 
 // proc is the agent child running as a separate process, wired as the
@@ -110,7 +115,7 @@ func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 		f.Close()
 	}
 	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent), Runner: rn}
-	cfg := &control.ChildConfig{Version: 1, Name: "agent", StateDir: stateDir, LogLevel: "warn", Fds: fds}
+	cfg := &control.ChildConfig{Version: 1, Name: "agent", StateDir: stateDir, LogLevel: agentLogLevel(), Fds: fds}
 	if o.Settings != nil {
 		a, err := anypb.New(o.Settings)
 		if err != nil {
@@ -221,4 +226,13 @@ func (p *proc) cpuSeconds(t *testing.T) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // USER_HZ
+}
+
+// agentLogLevel is the agent child's log level: warn, or
+// CVMD_TEST_AGENT_LOG (info shows each upload's timing).
+func agentLogLevel() string {
+	if l := os.Getenv("CVMD_TEST_AGENT_LOG"); l != "" {
+		return l
+	}
+	return "warn"
 }
