@@ -227,15 +227,15 @@ func (r *refProc) stop(t *testing.T) {
 	}
 }
 
-// window runs the reference alone for d and returns the bytes it did and
-// the time it ran.
-func (r *refProc) window(t *testing.T, d time.Duration) (int64, time.Duration) {
-	n0 := r.done()
+// window runs the reference alone for d and returns the bytes it did, the
+// time it ran and the CPU seconds it used.
+func (r *refProc) window(t *testing.T, d time.Duration) (int64, time.Duration, float64) {
+	n0, c0 := r.done(), cpuOf(t, r.pid)
 	start := time.Now()
 	syscall.Kill(r.pid, syscall.SIGCONT)
 	time.Sleep(d)
 	r.stop(t)
-	return r.done() - n0, time.Since(start)
+	return r.done() - n0, time.Since(start), cpuOf(t, r.pid) - c0
 }
 
 // refHelpers are the reference processes' bodies: args are the counter
@@ -313,6 +313,7 @@ type interleaved struct {
 	running  time.Duration // the transfer's wall-clock time, pauses excluded
 	refBytes int64
 	refTime  time.Duration
+	refCPU   float64 // the reference's CPU seconds
 	cpu      float64 // the cvm process's CPU seconds
 }
 
@@ -320,6 +321,10 @@ func (m interleaved) rate(bytes int64) float64 {
 	return float64(bytes) / (1 << 20) / m.running.Seconds()
 }
 func (m interleaved) refRate() float64 { return float64(m.refBytes) / (1 << 20) / m.refTime.Seconds() }
+
+// refCPUPerGiB is the reference's CPU seconds per GiB: what one GiB of
+// SHA3 (or of reading) costs, however loaded the machine.
+func (m interleaved) refCPUPerGiB() float64 { return m.refCPU / (float64(m.refBytes) / (1 << 30)) }
 
 // runInterleaved runs bin/cvm with env and args; others are the pids of
 // the other processes the transfer crosses (ingress, agent), paused with
@@ -355,11 +360,12 @@ wait:
 		case <-slice.C:
 			p0 := time.Now()
 			signal(syscall.SIGSTOP)
-			n, d := ref.window(t, refWindow)
+			n, d, c := ref.window(t, refWindow)
 			signal(syscall.SIGCONT)
 			paused += time.Since(p0)
 			m.refBytes += n
 			m.refTime += d
+			m.refCPU += c
 			slice.Reset(sliceEvery)
 		}
 	}
@@ -368,9 +374,10 @@ wait:
 		t.Fatalf("cvm %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
 	}
 	for m.refTime < 4*refWindow { // too quick to be sliced much: windows after it
-		n, d := ref.window(t, refWindow)
+		n, d, c := ref.window(t, refWindow)
 		m.refBytes += n
 		m.refTime += d
+		m.refCPU += c
 	}
 	m.cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 	return m
@@ -499,7 +506,10 @@ func TestBenchTransfer(t *testing.T) {
 
 	gib := float64(size) / (1 << 30)
 	sha3Ref := startRef(t, "sha3loop", src)
-	// run measures one transfer and logs its CPU per GiB in each process.
+	// run measures one transfer and logs its CPU per GiB in each process;
+	// cpuOfRef collects, per transfer kind, its CPU per GiB in all
+	// processes ÷ its reference's.
+	cpuOfRef := map[string][]float64{}
 	run := func(what string, ing *ingressProc, ref *refProc, args ...string) interleaved {
 		a0, i0 := p.cpuSeconds(t), cpuOf(t, ing.cmd.Process.Pid)
 		stopPerf := perfRecord(t, what, p.cmd.Process.Pid, ing.cmd.Process.Pid)
@@ -510,11 +520,14 @@ func TestBenchTransfer(t *testing.T) {
 		a1, i1 := p.cpuSeconds(t), cpuOf(t, ing.cmd.Process.Pid)
 		cpu := fmt.Sprintf("cvm %.2f, ingress %.2f, agent %.2f", m.cpu/gib, (i1-i0)/gib, (a1-a0)/gib)
 		t.Logf("%s: %.1f MiB/s, reference %.1f MiB/s (%.0f %%); CPU s/GiB: %s", what, m.rate(size), m.refRate(), 100*m.rate(size)/m.refRate(), cpu)
-		testutil.Bench(what+"_cpu_s_per_gib", (m.cpu+i1-i0+a1-a0)/gib, "s", cpu)
+		total := (m.cpu + i1 - i0 + a1 - a0) / gib
+		testutil.Bench(what+"_cpu_s_per_gib", total, "s", cpu)
+		kind := what[:strings.LastIndexByte(what, '_')]
+		cpuOfRef[kind] = append(cpuOfRef[kind], total/m.refCPUPerGiB())
 		return m
 	}
 
-	var refs []float64
+	var refs, sha3CPU []float64
 	rates, ratios := map[string][]float64{}, map[string][]float64{}
 	clearPeakRSS(t, p.cmd.Process.Pid)
 	for r := range rounds {
@@ -523,6 +536,7 @@ func TestBenchTransfer(t *testing.T) {
 			m := run(fmt.Sprintf("upload_%s_%d", mode, r), ingresses[mode], sha3Ref, "data", filepath.Join(in, name), owner.KeyFile)
 			os.Remove(filepath.Join(state, "computation", "datasets", name)) // keep tmpfs small
 			refs = append(refs, m.refRate())
+			sha3CPU = append(sha3CPU, m.refCPUPerGiB())
 			rates[mode] = append(rates[mode], m.rate(size))
 			ratios[mode] = append(ratios[mode], 100*m.rate(size)/m.refRate())
 		}
@@ -532,6 +546,11 @@ func TestBenchTransfer(t *testing.T) {
 	for _, mode := range modes {
 		testutil.Bench(fmt.Sprintf("upload_%s_mib_s", mode), median(rates[mode]), "MiB/s", fmt.Sprintf("median of %d", len(rates[mode])))
 		testutil.Bench(fmt.Sprintf("%s_upload_of_sha3_pct", mode), median(ratios[mode]), "pct", "each upload ÷ its interleaved SHA3 rate, median; target ≥ 80")
+	}
+	testutil.Bench("sha3_ref_cpu_s_per_gib", median(sha3CPU), "s", "the SHA3 reference's own CPU per GiB")
+	for _, mode := range modes {
+		testutil.Bench(fmt.Sprintf("%s_upload_cpu_of_sha3", mode), median(cpuOfRef["upload_"+mode]), "ratio",
+			"CPU per GiB of cvm, ingress and agent together ÷ the SHA3 reference's; at ≤ 2 the two cores of an idle machine could keep the hash busy")
 	}
 	testutil.Bench("agent_peak_rss_mib", rss, "MiB", "VmHWM over the uploads; target ≤ 64")
 	if os.Getenv("CVMD_BENCH_UPLOADS_ONLY") == "1" { // when iterating on uploads
@@ -568,6 +587,7 @@ func TestBenchTransfer(t *testing.T) {
 	testutil.Bench("disk_read_ref_mib_s", median(diskRefs), "MiB/s", fmt.Sprintf("a copy of results.zip read cold from the disk in 1 MiB reads, interleaved with each download (median of %d)", len(diskRefs)))
 	testutil.Bench("result_download_mib_s", median(dl), "MiB/s", "cvm result through the aTLS ingress, results.zip read cold from the disk, written to tmpfs")
 	testutil.Bench("result_of_disk_pct", median(dlRatios), "pct", "each download ÷ its interleaved read rate, median; target ≥ 80")
+	testutil.Bench("result_cpu_of_disk_read", median(cpuOfRef["result_atls"]), "ratio", "CPU per GiB of cvm, ingress and agent together ÷ the disk read reference's")
 	testutil.Bench("agent_peak_rss_download_mib", p.peakRSSMiB(t), "MiB", "VmHWM over the downloads")
 }
 
