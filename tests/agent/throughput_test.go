@@ -251,18 +251,25 @@ var refHelpers = map[string]func() int{
 		}, true)
 	},
 	// The file read sequentially in 1 MiB reads (what the agent's download
-	// does), from its start again at its end; each MiB read is evicted
-	// from the page cache behind it, so every read comes from the disk
-	// (the kernel's read-ahead still works ahead of it, as for the agent).
+	// does), from its start again at its end; what was read is evicted
+	// from the page cache 16 MiB behind the reading, so every read comes
+	// from the disk (the kernel's read-ahead still works ahead of it, as
+	// for the agent). Behind, not at once: the page cache holds a file in
+	// folios of up to several MiB, and a range evicts only the folios it
+	// covers whole.
 	"readloop": func() int {
-		var off int64
+		var off, evicted int64
 		return refLoop(1<<20, func(f *os.File, buf []byte) {
 			n, err := io.ReadFull(f, buf)
-			unix.Fadvise(int(f.Fd()), off, int64(n), unix.FADV_DONTNEED)
 			off += int64(n)
+			if off-evicted >= 64<<20 {
+				evicted = off - 16<<20
+				unix.Fadvise(int(f.Fd()), 0, evicted, unix.FADV_DONTNEED)
+			}
 			if err != nil {
+				unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 				f.Seek(0, io.SeekStart)
-				off = 0
+				off, evicted = 0, 0
 			}
 		}, false)
 	},
