@@ -556,8 +556,14 @@ func TestBenchTransfer(t *testing.T) {
 	}
 	testutil.Bench("sha3_ref_cpu_s_per_gib", median(sha3CPU), "s", "the SHA3 reference's own CPU per GiB")
 	for _, mode := range modes {
-		testutil.Bench(fmt.Sprintf("%s_upload_cpu_of_sha3", mode), median(cpuOfRef["upload_"+mode]), "ratio",
+		r := median(cpuOfRef["upload_"+mode])
+		testutil.Bench(fmt.Sprintf("%s_upload_cpu_of_sha3", mode), r, "ratio",
 			"CPU per GiB of cvm, ingress and agent together ÷ the SHA3 reference's; at ≤ 2 the two cores of an idle machine could keep the hash busy")
+		// Not a measurement: what that CPU allows on the two cores of this
+		// machine with nothing else running (the hash thread then waits
+		// for no one only if everything fits on two cores).
+		testutil.Bench(fmt.Sprintf("%s_upload_idle_bound_pct", mode), 100*min(1, float64(runtime.NumCPU())/r), "pct",
+			fmt.Sprintf("100 × min(1, %d cores ÷ %s_upload_cpu_of_sha3): the upload's ceiling on this machine idle", runtime.NumCPU(), mode))
 	}
 	testutil.Bench("agent_peak_rss_mib", rss, "MiB", "VmHWM over the uploads; target ≤ 64")
 	if os.Getenv("CVMD_BENCH_UPLOADS_ONLY") == "1" { // when iterating on uploads
