@@ -45,8 +45,8 @@ func benchBytes() int64 {
 	return 1 << 30
 }
 
-// benchRounds is how many times each transfer is measured, each between two
-// measurements of its reference (CVMD_BENCH_ROUNDS, default 2).
+// benchRounds is how many times each transfer is measured, each interleaved
+// with its reference (CVMD_BENCH_ROUNDS, default 2).
 func benchRounds() int {
 	var n int
 	if _, err := fmt.Sscan(os.Getenv("CVMD_BENCH_ROUNDS"), &n); err == nil && n > 0 {
@@ -309,7 +309,10 @@ func refLoop(size int, step func(f *os.File, buf []byte), preload bool) int {
 // stopped (SIGSTOP), its reference process runs alone for refWindow, and
 // it is stopped and they are continued. Reference and transfer so
 // alternate five times a second, both long-running processes stopped and
-// continued the same way, and see the same load however it changes.
+// continued the same way, and see the same load however it changes (how
+// an overloaded machine's scheduler shares it between one thread that
+// never sleeps and the transfer's waking threads still differs: see
+// docs/benchmarks.md).
 const (
 	sliceEvery = 100 * time.Millisecond
 	refWindow  = 100 * time.Millisecond
