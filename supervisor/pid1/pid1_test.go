@@ -237,6 +237,8 @@ var debugTests = []struct {
 }{
 	{"ping", DebugCommand{Verb: "ping"}, false},
 	{"ps", DebugCommand{Verb: "ps"}, false},
+	{"stacks", DebugCommand{Verb: "stacks"}, false},
+	{"goroutines", DebugCommand{Verb: "goroutines"}, false},
 	{"kill agent", DebugCommand{Verb: "kill", Arg: "agent"}, false},
 	{"  kill   logfwd \r", DebugCommand{Verb: "kill", Arg: "logfwd"}, false},
 	{"kill", DebugCommand{}, true},

@@ -1,0 +1,157 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvmd/cvmd/cvm/devmanager"
+	"github.com/cvmd/cvmd/images/qemu"
+)
+
+// soakConfig is what make soak-vm asks for: CVMD_SOAK_VM boots (the
+// target's N, default 50), each given CVMD_SOAK_BOUND (default 2m) from
+// qemu's start to every child READY and the manager link up.
+func soakConfig(t *testing.T) (boots int, bound time.Duration) {
+	v := os.Getenv("CVMD_SOAK_VM")
+	if v == "" {
+		t.Skip("the boot soak runs with make soak-vm (CVMD_SOAK_VM=N)")
+	}
+	boots, err := strconv.Atoi(v)
+	if err != nil || boots < 1 {
+		t.Fatalf("CVMD_SOAK_VM=%q: want a number of boots ≥ 1", v)
+	}
+	bound = 2 * time.Minute
+	if b := os.Getenv("CVMD_SOAK_BOUND"); b != "" {
+		if bound, err = time.ParseDuration(b); err != nil || bound <= 0 {
+			t.Fatalf("CVMD_SOAK_BOUND=%q: want a positive duration such as 2m", b)
+		}
+	}
+	return boots, bound
+}
+
+// TestSoakBoots boots the test image (cvmd as PID 1, a vTPM, the debug
+// port, a manager with no computation) again and again, and reports every
+// boot whose children were not all READY, or whose manager link was not
+// up, within the bound: with its serial log, the guest's processes, their
+// kernel stacks and the supervisor proper's goroutines, kept in
+// images/out/logs/soak-<n>.txt. Not part of make test (make soak-vm).
+func TestSoakBoots(t *testing.T) {
+	boots, bound := soakConfig(t)
+	requireQEMU(t)
+	dir := t.TempDir()
+	extra := filepath.Join(dir, "extra")
+	os.MkdirAll(filepath.Join(extra, "etc/cvmd"), 0o755)
+	os.WriteFile(filepath.Join(extra, "etc/cvmd/debug-port"), nil, 0o644)
+	img := buildImage(t, "vmsoak", cvmdBinary(t), extra)
+
+	mgr := devmanager.New(devmanager.Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { devmanager.Serve(ctx, ln, mgr, nil); close(served) }()
+	t.Cleanup(func() { cancel(); <-served })
+	envDir := filepath.Join(dir, "env")
+	os.MkdirAll(envDir, 0o755)
+	os.WriteFile(filepath.Join(envDir, "environment"), []byte(
+		"AGENT_LOG_LEVEL=info\nAGENT_CVM_ID=soak\nAGENT_CVM_GRPC_URL="+qemu.GuestManagerAddr+"\n"), 0o644)
+
+	logs := filepath.Join(repoRoot(t), "images/out/logs")
+	os.MkdirAll(logs, 0o755)
+	var ready []float64
+	var failed []string
+	for n := 1; n <= boots; n++ {
+		took, dump := soakBoot(t, img, envDir, ln.Addr().String(), bound)
+		if dump == "" {
+			ready = append(ready, took.Seconds())
+			t.Logf("boot %d/%d: every child ready and the manager link up %.1f s after qemu started", n, boots, took.Seconds())
+			continue
+		}
+		file := filepath.Join(logs, fmt.Sprintf("soak-%d.txt", n))
+		os.WriteFile(file, []byte(dump), 0o644)
+		failed = append(failed, fmt.Sprintf("boot %d (%s)", n, file))
+		t.Errorf("boot %d/%d: not ready within %v; dump in %s:\n%s", n, boots, bound, file, lastLines(dump, 80))
+	}
+	if len(ready) > 0 {
+		slices.Sort(ready)
+		fmt.Printf("SOAK boots %d ready %d failed %d bound %v ready_s p50 %.1f max %.1f\n",
+			boots, len(ready), len(failed), bound, ready[len(ready)/2], ready[len(ready)-1])
+	}
+	if len(failed) > 0 {
+		fmt.Printf("SOAK failed: %s\n", strings.Join(failed, ", "))
+	}
+}
+
+// soakBoot boots once and returns how long the guest took to be ready, or
+// the dump that explains why it was not within bound.
+func soakBoot(t *testing.T, img image, envDir, manager string, bound time.Duration) (time.Duration, string) {
+	vmDir := t.TempDir()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	vm, err := qemu.Start(ctx, qemu.Config{
+		Kernel: img.Kernel, Initrd: img.Initrd, TPM: true, EnvDir: envDir, Dir: vmDir,
+		ManagerAddr: manager, PipeCommand: []string{self, "pipe"}, DebugPort: true, MemoryMiB: 2048,
+	})
+	cancel()
+	if err != nil {
+		t.Fatalf("starting qemu: %v", err)
+	}
+	defer func() {
+		vm.Kill()
+		os.RemoveAll(vmDir)
+	}()
+	g := &guest{t: t, vm: vm, debug: true}
+	deadline := vm.Started().Add(bound)
+	var last time.Duration
+	for _, re := range append(readyLines(children), `msg="manager link up"`) {
+		wctx, cancel := context.WithDeadline(context.Background(), deadline)
+		_, l, err := vm.WaitLine(wctx, 0, regexp.MustCompile(re))
+		cancel()
+		if err != nil {
+			return 0, fmt.Sprintf("waiting for %s: %v\n\n== processes ==%s\n\n== goroutines of the supervisor proper ==\n%s\n\n== serial log ==\n%s",
+				re, err, g.processes(), g.goroutines(), serialText(vm.Lines()))
+		}
+		last = max(last, l.At)
+	}
+	return last, ""
+}
+
+// readyLines are the serial lines that say each child is READY (any
+// generation).
+func readyLines(names []string) []string {
+	var out []string
+	for _, n := range names {
+		out = append(out, fmt.Sprintf(`msg="child ready" .*child=%s generation=\d+\b`, n))
+	}
+	return out
+}
+
+func serialText(ls []qemu.Line) string {
+	var b strings.Builder
+	for _, l := range ls {
+		fmt.Fprintf(&b, "[%8.3f] %s\n", l.At.Seconds(), l.Text)
+	}
+	return b.String()
+}
+
+func lastLines(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
