@@ -26,11 +26,11 @@ type Algorithm struct {
 	Rootfs   string
 	BaseDirs []string
 	// Hide are host directories under BaseDirs (e.g. /etc/cocos) covered
-	// inside the sandbox by the empty read-only directory EmptyDir. Each must
-	// exist (the caller drops missing ones: the read-only view cannot grow a
-	// mount point).
-	Hide     []string
-	EmptyDir string
+	// inside the sandbox by an empty read-only tmpfs (not a bind of an empty
+	// host dir, whose host path the sandbox's mountinfo would show). Each
+	// must exist (the caller drops missing ones: the read-only view cannot
+	// grow a mount point).
+	Hide []string
 	// Mounts are the request's binds, sources already resolved on the host.
 	Mounts []AlgorithmMount
 	// Results is the host directory (a size-capped tmpfs the caller made)
@@ -114,11 +114,10 @@ func AlgorithmSpec(a *Algorithm) (*Spec, error) {
 			if !underAny(h, a.BaseDirs) {
 				return nil, fmt.Errorf("sandbox: algorithm %s: hidden path %q: not under a base dir", a.ID, h)
 			}
-			src := a.EmptyDir
-			if strings.HasSuffix(h, "/") || src == "" {
-				return nil, fmt.Errorf("sandbox: algorithm %s: hidden path %q: want a clean path and an empty dir", a.ID, h)
+			if strings.HasSuffix(h, "/") {
+				return nil, fmt.Errorf("sandbox: algorithm %s: hidden path %q: want a clean path", a.ID, h)
 			}
-			s.Mounts = append(s.Mounts, Mount{Kind: Bind, Source: src, Dest: h})
+			s.Mounts = append(s.Mounts, Mount{Kind: Tmpfs, Dest: h, ReadOnly: true, SizeBytes: 4096})
 		}
 	}
 	tmp := a.TmpBytes

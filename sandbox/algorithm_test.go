@@ -13,7 +13,7 @@ func canonicalAlgorithm() *Algorithm {
 	return &Algorithm{
 		ID: "algo-1-1", Args: []string{"/cocos/algo", "--a", "1"}, Env: []string{"PATH=/usr/bin:/bin", "HTTP_PROXY=http://127.0.0.1:3128"},
 		Cwd: "/cocos", UID: 65532, GID: 65532,
-		BaseDirs: []string{"/usr", "/bin", "/lib", "/etc"}, Hide: []string{"/etc/cocos"}, EmptyDir: "/run/cvmd/algorithms/algo-1-1/empty",
+		BaseDirs: []string{"/usr", "/bin", "/lib", "/etc"}, Hide: []string{"/etc/cocos"},
 		Mounts: []AlgorithmMount{
 			{Source: "/run/cvmd/algorithms/algo-1-1/mnt/0", Dest: "/cocos/datasets", Exec: true},
 			{Source: "/run/cvmd/algorithms/algo-1-1/mnt/1", Dest: "/cocos/algo", Exec: true},

@@ -77,10 +77,29 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 		return nil, fmt.Errorf("sandbox: making state dir: %w", err)
 	}
 	r.skeleton = filepath.Join(cfg.StateDir, "skeleton")
-	if err := os.MkdirAll(r.skeleton, 0o755); err != nil {
-		return nil, fmt.Errorf("sandbox: making skeleton rootfs: %w", err)
+	if err := mountSkeleton(r.skeleton); err != nil {
+		return nil, err
 	}
 	return r, nil
+}
+
+// mountSkeleton makes dir the empty rootfs of sandboxes without their own:
+// a small tmpfs of its own, so that a sandbox's /proc/self/mountinfo shows
+// its root as "/" of "cvmd-skeleton", not as the host path of the state
+// dir. A skeleton a crashed predecessor left mounted is replaced. Where
+// mounting is not permitted (an unprivileged caller, which cannot start
+// sandboxes anyway) it stays a plain directory.
+func mountSkeleton(dir string) error {
+	unix.Unmount(dir, unix.MNT_DETACH) // a predecessor's; EINVAL when none
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("sandbox: making skeleton rootfs: %w", err)
+	}
+	// Only the mount points libcontainer makes live in it: directories.
+	err := unix.Mount("cvmd-skeleton", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=1m,nr_inodes=4096,mode=0755")
+	if err != nil && !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("sandbox: mounting the skeleton rootfs on %s: %w", dir, err)
+	}
+	return nil
 }
 
 // forkers is how many starts may run at once (each on its own thread).
@@ -299,7 +318,10 @@ func (r *Runtime) Close() error {
 	if err := removeCgroupTree(r.cfg.CgroupRoot); err != nil {
 		errs = append(errs, err)
 	}
-	r.quitOnce.Do(func() { close(r.quit) })
+	r.quitOnce.Do(func() {
+		close(r.quit)
+		unix.Unmount(r.skeleton, unix.MNT_DETACH)
+	})
 	<-r.forkDone
 	return errors.Join(errs...)
 }

@@ -61,6 +61,8 @@ func probe(args []string) int {
 		err = os.WriteFile("/etc/cvmd-probe", []byte("x"), 0o600)
 		try("write-root", err)
 		try("write-tmp", os.WriteFile("/tmp/x", []byte("x"), 0o600))
+	case "families":
+		probeFamilies()
 	case "hog":
 		var keep [][]byte
 		for i := 0; i < 1024; i++ {

@@ -80,9 +80,12 @@ type Mount struct {
 	Source string `json:"source,omitempty"`
 	// Dest is the absolute path inside the sandbox.
 	Dest string `json:"dest"`
-	// Writable makes a bind read-write (binds are read-only by default;
-	// a tmpfs is always writable).
+	// Writable makes a bind read-write (binds are read-only by default; a
+	// tmpfs is writable unless ReadOnly).
 	Writable bool `json:"writable,omitempty"`
+	// ReadOnly makes a tmpfs read-only and empty: a cover over a path the
+	// sandbox must not see.
+	ReadOnly bool `json:"read_only,omitempty"`
 	// SizeBytes caps a tmpfs; 0 means 16 MiB.
 	SizeBytes int64 `json:"size_bytes,omitempty"`
 	// Exec allows executing files from this mount (noexec otherwise).
@@ -159,6 +162,11 @@ func (s *Spec) Validate() error {
 	if s.Rootfs != "" && (!filepath.IsAbs(s.Rootfs) || filepath.Clean(s.Rootfs) == "/") {
 		// Binding the host's / would carry every submount, writable, into the view.
 		return fmt.Errorf("sandbox: spec %s: rootfs %q: want an absolute directory other than /", s.ID, s.Rootfs)
+	}
+	if s.Seccomp != nil {
+		if err := s.Seccomp.Validate(); err != nil {
+			return fmt.Errorf("sandbox: spec %s: %w", s.ID, err)
+		}
 	}
 	if s.Net != "" && s.Net != NetHost && !filepath.IsAbs(s.Net) {
 		return fmt.Errorf("sandbox: spec %s: net %q: want \"\", %q or an absolute nsfs path", s.ID, s.Net, NetHost)
@@ -242,8 +250,13 @@ func (s *Spec) Config(o ConfigOptions) (*configs.Config, error) {
 			if !m.Exec {
 				flags |= unix.MS_NOEXEC
 			}
+			mode := "1777"
+			if m.ReadOnly {
+				flags |= unix.MS_RDONLY
+				mode = "0555"
+			}
 			mounts = append(mounts, &configs.Mount{Source: "tmpfs", Destination: m.Dest, Device: "tmpfs", Flags: flags,
-				Data: fmt.Sprintf("mode=1777,size=%d", size)})
+				Data: fmt.Sprintf("mode=%s,size=%d", mode, size)})
 		}
 	}
 	mem := s.Limits.MemoryBytes

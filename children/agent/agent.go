@@ -1,5 +1,7 @@
 // Package agent is the agent child (`cvmd agent`): the computation's state
-// machine and the CLI-facing agent.AgentService, wire-compatible with Cocos.
+// machine and the CLI-facing agent.AgentService, wire-compatible with Cocos,
+// plus cvmd's opt-in role challenges (cvmd.rolechallenge.v1.RoleChallenge,
+// challenge.go), which bind a role signature to one request.
 //
 // It receives a manifest from the supervisor (agentctl.Control, served only
 // on the supervisor's own edge), then the algorithm and datasets from the
@@ -66,7 +68,8 @@ type Agent struct {
 	dirs   dirs
 	events *eventQueue
 
-	uploads chan struct{} // a slot per upload being received (maxUploads)
+	uploads    chan struct{} // a slot per upload being received (maxUploads)
+	challenges *challenges   // role-signature nonces offered
 
 	runs sync.WaitGroup
 
@@ -84,6 +87,7 @@ type limits struct {
 	maxAlgorithm, maxDataset, minFree, maxUnzipped int64
 	maxZipEntries                                  int
 	imaPath, pcr10Path                             string
+	requireChallenge                               bool
 }
 
 // dirs is the computation layout shared with the runner.
@@ -129,7 +133,7 @@ func New(cfg Config) (*Agent, error) {
 	if s == nil {
 		s = &config.AgentSettings{}
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, uploads: make(chan struct{}, maxUploads)}
+	a := &Agent{cfg: cfg, log: cfg.Log, uploads: make(chan struct{}, maxUploads), challenges: newChallenges()}
 	a.lim = limits{
 		maxAlgorithm:  int64(orDefault(s.GetMaxAlgorithmBytes(), 4<<30)),
 		maxDataset:    int64(orDefault(s.GetMaxDatasetBytes(), 64<<30)),
@@ -137,6 +141,8 @@ func New(cfg Config) (*Agent, error) {
 		maxZipEntries: int(orDefault(s.GetMaxZipEntries(), 10000)),
 		imaPath:       orDefault(s.GetImaMeasurementsPath(), "/sys/kernel/security/integrity/ima/ascii_runtime_measurements"),
 		pcr10Path:     orDefault(s.GetPcr10Path(), "/sys/class/tpm/tpm0/pcr-sha1/10"),
+
+		requireChallenge: s.GetRequireRoleChallenge(),
 	}
 	a.lim.maxUnzipped = int64(orDefault(s.GetMaxUnzippedBytes(), uint64(a.lim.maxDataset)))
 	a.dirs = newDirs(cfg.StateDir, orDefault(s.GetComputationDir(), filepath.Join(cfg.StateDir, "computation")))

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -68,7 +69,13 @@ var metaTests = []struct {
 	{"two signatures", metadata.Pairs("signature", sigB64, "signature", sigB64), requestMeta{}, ErrUnauthenticated},
 	{"signature not base64", metadata.Pairs("signature", "%%%"), requestMeta{}, ErrUnauthenticated},
 	{"unknown algo_type", metadata.Pairs("signature", sigB64, "algo_type", "cobol"), requestMeta{}, ErrInvalidArgument},
+	{"a role challenge", metadata.Pairs("signature", sigB64, "cvmd-role-challenge", nonceB64),
+		requestMeta{AlgoType: "bin", PythonRuntime: "python3", Signature: []byte("sig"), Challenge: bytes.Repeat([]byte{9}, 32)}, nil},
+	{"a short challenge", metadata.Pairs("signature", sigB64, "cvmd-role-challenge", sigB64), requestMeta{}, ErrUnauthenticated},
+	{"two challenges", metadata.Pairs("signature", sigB64, "cvmd-role-challenge", nonceB64, "cvmd-role-challenge", nonceB64), requestMeta{}, ErrUnauthenticated},
 }
+
+var nonceB64 = base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
 
 func TestParseMeta(t *testing.T) {
 	for _, tc := range metaTests {
@@ -92,11 +99,11 @@ func TestParseMeta(t *testing.T) {
 
 func FuzzParseMeta(f *testing.F) {
 	for _, tc := range metaTests {
-		f.Add(strings.Join(tc.md.Get("signature"), ","), strings.Join(tc.md.Get("algo_type"), ","), strings.Join(tc.md.Get("algo_args"), ","), strings.Join(tc.md.Get("decompress"), ","))
+		f.Add(strings.Join(tc.md.Get("signature"), ","), strings.Join(tc.md.Get("algo_type"), ","), strings.Join(tc.md.Get("algo_args"), ","), strings.Join(tc.md.Get("decompress"), ","), strings.Join(tc.md.Get("cvmd-role-challenge"), ","))
 	}
-	f.Fuzz(func(t *testing.T, sig, algoType, args, decompress string) {
+	f.Fuzz(func(t *testing.T, sig, algoType, args, decompress, challenge string) {
 		md := metadata.MD{}
-		for k, v := range map[string]string{"signature": sig, "algo_type": algoType, "algo_args": args, "decompress": decompress} {
+		for k, v := range map[string]string{"signature": sig, "algo_type": algoType, "algo_args": args, "decompress": decompress, "cvmd-role-challenge": challenge} {
 			if v != "" {
 				md[k] = strings.Split(v, ",")
 			}
@@ -115,6 +122,9 @@ func FuzzParseMeta(f *testing.F) {
 		}
 		if len(m.Signature) == 0 {
 			t.Fatal("accepted an empty signature")
+		}
+		if m.Challenge != nil && len(m.Challenge) != 32 {
+			t.Fatalf("accepted a %d-byte challenge", len(m.Challenge))
 		}
 	})
 }

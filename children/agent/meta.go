@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/metadata"
+
+	"github.com/cvmd/cvmd/cocos/rolesig"
 )
 
 // Request metadata keys, exactly as Cocos's CLI sends them.
@@ -17,6 +19,9 @@ const (
 	mdPythonRuntime = "python_runtime"
 	mdDecompress    = "decompress"
 	mdFileSize      = "file-size" // response header of downloads
+	// mdChallenge (cvmd, not Cocos) is the base64 nonce a challenge-mode
+	// signature covers (see challenge.go).
+	mdChallenge = "cvmd-role-challenge"
 )
 
 // requestMeta is the parsed metadata of an Algo, Data or Result call.
@@ -27,6 +32,9 @@ type requestMeta struct {
 	AlgoArgs      []string
 	PythonRuntime string // "python3" when absent
 	Decompress    bool   // only "true" means true, as in Cocos
+	// Challenge is the nonce a challenge-mode signature covers; nil for a
+	// Cocos role signature.
+	Challenge []byte
 }
 
 // parseMeta reads Cocos's request metadata. A missing algo_type is "bin"
@@ -60,6 +68,13 @@ func parseMeta(md metadata.MD) (requestMeta, error) {
 	}
 	if v := md.Get(mdDecompress); len(v) > 0 {
 		m.Decompress = v[0] == "true"
+	}
+	if v := md.Get(mdChallenge); len(v) > 0 {
+		n, err := base64.StdEncoding.DecodeString(strings.TrimSpace(v[0]))
+		if err != nil || len(v) != 1 || len(n) != rolesig.ChallengeNonceSize {
+			return m, fmt.Errorf("%w: want one %s metadata value of %d base64 bytes", ErrUnauthenticated, mdChallenge, rolesig.ChallengeNonceSize)
+		}
+		m.Challenge = n
 	}
 	return m, nil
 }

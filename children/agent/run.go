@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"google.golang.org/grpc"
 	"os"
+	"strings"
+
+	"google.golang.org/grpc"
 
 	"github.com/cvmd/cvmd/cocos/zipdir"
 	"github.com/cvmd/cvmd/proto/runner"
@@ -82,13 +84,38 @@ func (a *Agent) run(ctx context.Context, req *runner.RunRequest, resumed bool) e
 	}
 	tmp := a.dirs.resultsZip + ".tmp"
 	os.Remove(tmp)
-	if err := zipdir.WriteDirFile(tmp, a.dirs.results); err != nil {
+	renamed, err := zipdir.WriteResultsFile(tmp, a.dirs.results)
+	if err != nil {
 		return fmt.Errorf("zipping results: %w", err)
 	}
 	if err := os.Rename(tmp, a.dirs.resultsZip); err != nil {
 		return fmt.Errorf("zipping results: %w", err)
 	}
+	a.reportRenamed(req.ComputationId, renamed)
 	return nil
+}
+
+// maxRenamesReported bounds the renames listed in the event and the log
+// line (an algorithm can write many files).
+const maxRenamesReported = 50
+
+// reportRenamed says which result files had names that were not clean
+// relative paths and what they are called in results.zip: one Warning
+// event (type ResultsRenamed) for the manager and one log line.
+func (a *Agent) reportRenamed(compID string, renamed []zipdir.Renamed) {
+	if len(renamed) == 0 {
+		return
+	}
+	pairs := make([]string, 0, min(len(renamed), maxRenamesReported))
+	for _, r := range renamed[:min(len(renamed), maxRenamesReported)] {
+		pairs = append(pairs, fmt.Sprintf("%q to %q", r.From, r.To))
+	}
+	list := strings.Join(pairs, ", ")
+	if len(renamed) > maxRenamesReported {
+		list += fmt.Sprintf(", and %d more", len(renamed)-maxRenamesReported)
+	}
+	a.log.Warn("results: names that are not clean relative paths were rewritten in results.zip", "computation_id", compID, "renamed", len(renamed), "names", list)
+	a.events.Publish(compID, EventResultsRenamed, StatusWarning, "renamed", fmt.Sprint(len(renamed)), "names", list)
 }
 
 // finishRun records the outcome of compID's run, publishes it and moves

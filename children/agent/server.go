@@ -16,6 +16,7 @@ import (
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/cvms"
+	rcpb "github.com/cvmd/cvmd/proto/rolechallenge"
 )
 
 // ServerOptions are the gRPC server settings the agent wants: messages up to
@@ -32,15 +33,24 @@ func ServerOptions() []grpc.ServerOption {
 	}
 }
 
-// RegisterPublic registers agent.AgentService and grpc.health.v1 (service
-// "agent" SERVING, which Cocos's CLI checks) on s.
+// RegisterPublic registers agent.AgentService, cvmd.rolechallenge.v1 and
+// grpc.health.v1 (service "agent" SERVING, which Cocos's CLI checks) on s,
+// which must have been made with PublicServerOptions (role challenges are
+// bound to connections through its stats handler).
 // It returns the health server, which Run turns NOT_SERVING when stopping.
 func (a *Agent) RegisterPublic(s *grpc.Server) *health.Server {
 	agentpb.RegisterAgentServiceServer(s, &publicService{a: a})
+	rcpb.RegisterRoleChallengeServer(s, &challengeService{a: a})
 	h := health.NewServer()
 	h.SetServingStatus("agent", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, h)
 	return h
+}
+
+// PublicServerOptions are ServerOptions plus the stats handler that tells
+// the public server's connections apart (role challenges).
+func (a *Agent) PublicServerOptions() []grpc.ServerOption {
+	return append(ServerOptions(), grpc.StatsHandler(&connTagger{ch: a.challenges}))
 }
 
 // RegisterControl registers agentctl.Control on s. Only the supervisor may
@@ -54,7 +64,7 @@ func (a *Agent) RegisterControl(s *grpc.Server) {
 // for none) until ctx ends; then it stops the servers (gracefully, for at
 // most 2 s) and returns nil.
 func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
-	pub := grpc.NewServer(ServerOptions()...)
+	pub := grpc.NewServer(a.PublicServerOptions()...)
 	h := a.RegisterPublic(pub)
 	servers := []*grpc.Server{pub}
 	lns := []net.Listener{public}

@@ -57,7 +57,11 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	if sn.keys.Algorithm == nil {
 		return ErrAlgorithmNotDeclared
 	}
-	if !rolesig.Verify(sn.keys.Algorithm, rolesig.AlgorithmProvider, m.Signature) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !verify(sn.keys.Algorithm, rolesig.AlgorithmProvider) {
 		return fmt.Errorf("%w: the signature is not the algorithm provider's", ErrUnauthenticated)
 	}
 	if sn.state != ReceivingAlgorithm {
@@ -143,7 +147,11 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if sn.man == nil {
 		return ErrWrongState
 	}
-	if !slices.ContainsFunc(sn.keys.Datasets, func(k crypto.PublicKey) bool { return rolesig.Verify(k, rolesig.DataProvider, m.Signature) }) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(sn.keys.Datasets, func(k crypto.PublicKey) bool { return verify(k, rolesig.DataProvider) }) {
 		return fmt.Errorf("%w: the signature is no data provider's", ErrUnauthenticated)
 	}
 	if sn.state != ReceivingData {
@@ -167,7 +175,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if slices.Contains(sn.rec.Received, name) {
 		return fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
 	}
-	if !rolesig.Verify(sn.keys.Datasets[idx], rolesig.DataProvider, m.Signature) {
+	if !verify(sn.keys.Datasets[idx], rolesig.DataProvider) {
 		return fmt.Errorf("%w: dataset %q belongs to another data provider", ErrPermissionDenied, name)
 	}
 	sp, err := a.newSpool(stream.Context(), "dataset "+name, a.lim.maxDataset)
@@ -204,7 +212,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if decompress {
 		// Extract outside the lock (it can take a while), into a private
 		// staging dir, then move the entries in under the lock.
-		if staged, err = a.extract(sp.path, sp.n); err != nil {
+		if staged, err = a.extract(sp.path, sp.n, name); err != nil {
 			return err
 		}
 		defer os.RemoveAll(staged)
@@ -217,7 +225,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if slices.Contains(a.rec.Received, name) {
 		return fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
 	}
-	entries, err := a.install(staged, name, decompress)
+	entries, err := a.install(staged, name, decompress, sn.man)
 	if err != nil {
 		return err
 	}
@@ -241,8 +249,11 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	return stream.SendAndClose(&agentpb.DataResponse{})
 }
 
-// extract unpacks the zip at p into a new staging dir and returns it.
-func (a *Agent) extract(p string, size int64) (string, error) {
+// extract unpacks the zip at p into a new staging dir and returns it. It is
+// bounded by max_zip_entries, max_unzipped_bytes and the free-space floor
+// (min_free_bytes), checked as it writes; on any refusal nothing of it is
+// left and the error names the dataset and the limit.
+func (a *Agent) extract(p string, size int64, dataset string) (string, error) {
 	dir, err := os.MkdirTemp(a.dirs.incoming, "unzip-*")
 	if err != nil {
 		return "", err
@@ -253,18 +264,28 @@ func (a *Agent) extract(p string, size int64) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	if err := zipdir.Extract(f, size, dir, zipdir.Limits{MaxEntries: a.lim.maxZipEntries, MaxBytes: a.lim.maxUnzipped}); err != nil {
+	lim := zipdir.Limits{MaxEntries: a.lim.maxZipEntries, MaxBytes: a.lim.maxUnzipped,
+		Room: func() (int64, error) { return room(dir, a.lim.minFree) }}
+	if err := zipdir.Extract(f, size, dir, lim); err != nil {
 		os.RemoveAll(dir)
-		return "", err
+		switch {
+		case errors.Is(err, zipdir.ErrTooLarge):
+			return "", fmt.Errorf("dataset %q: %w (max_zip_entries %d, max_unzipped_bytes %d): %v", dataset, ErrTooLarge, a.lim.maxZipEntries, a.lim.maxUnzipped, err)
+		case errors.Is(err, zipdir.ErrNoRoom), isDiskFull(err):
+			return "", fmt.Errorf("dataset %q: %w: extracting it would leave less than min_free_bytes %d free: %v", dataset, ErrNoSpace, a.lim.minFree, err)
+		}
+		return "", fmt.Errorf("dataset %q: %w", dataset, err)
 	}
 	return dir, nil
 }
 
 // install moves a received dataset into the datasets dir: the file itself,
 // or the top-level entries of an extracted zip, refusing to replace
-// anything. It returns the top-level names it created. Preconditions: a.mu
-// held.
-func (a *Agent) install(staged, name string, decompressed bool) ([]string, error) {
+// anything and refusing an archive entry named like another declared
+// dataset (which would take that dataset's place before its provider could
+// upload it). It returns the top-level names it created. Preconditions:
+// a.mu held.
+func (a *Agent) install(staged, name string, decompressed bool, man *manifest.Computation) ([]string, error) {
 	if err := os.MkdirAll(a.dirs.datasets, 0o755); err != nil {
 		return nil, err
 	}
@@ -284,8 +305,11 @@ func (a *Agent) install(staged, name string, decompressed bool) ([]string, error
 	}
 	var names []string
 	for _, e := range ents {
+		if other := declaredAs(man, e.Name()); other != "" && other != name {
+			return nil, fmt.Errorf("%w: dataset %q: archive entry %q has the name of declared dataset %q; nothing was installed", ErrInvalidArgument, name, e.Name(), other)
+		}
 		if _, err := os.Lstat(filepath.Join(a.dirs.datasets, e.Name())); err == nil {
-			return nil, fmt.Errorf("%w: dataset %q: %q already exists in the datasets", ErrInvalidArgument, name, e.Name())
+			return nil, fmt.Errorf("%w: dataset %q: archive entry %q already exists in the datasets (from another upload); nothing was installed", ErrInvalidArgument, name, e.Name())
 		}
 		names = append(names, e.Name())
 	}
@@ -298,6 +322,16 @@ func (a *Agent) install(staged, name string, decompressed bool) ([]string, error
 		}
 	}
 	return names, nil
+}
+
+// declaredAs returns the declared dataset filename equal to entry, or "".
+func declaredAs(man *manifest.Computation, entry string) string {
+	for _, d := range man.Datasets {
+		if d.Filename == entry {
+			return d.Filename
+		}
+	}
+	return ""
 }
 
 // renameNew renames src to dst unless dst exists.
@@ -321,7 +355,11 @@ func (a *Agent) result(stream agentpb.AgentService_ResultServer) error {
 	if sn.man == nil {
 		return ErrResultsNotReady
 	}
-	if !slices.ContainsFunc(sn.keys.Consumers, func(k crypto.PublicKey) bool { return rolesig.Verify(k, rolesig.Consumer, m.Signature) }) {
+	verify, err := a.signatureCheck(stream.Context(), m, sn)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(sn.keys.Consumers, func(k crypto.PublicKey) bool { return verify(k, rolesig.Consumer) }) {
 		return ErrUndeclaredConsumer
 	}
 	switch sn.state {

@@ -49,7 +49,14 @@ const (
 	StatusStarting   = "Starting"
 	StatusFailed     = "Failed"
 	StatusStopped    = "Stopped"
+	// StatusWarning marks an event about something the agent changed or
+	// refused without failing the computation.
+	StatusWarning = "Warning"
 )
+
+// EventResultsRenamed is the event type (not a state) of a Warning saying
+// which result files were renamed in results.zip, and to what.
+const EventResultsRenamed = "ResultsRenamed"
 
 // next returns where ev leads from s, and whether that transition exists.
 // hasData tells the two AlgorithmReceived edges apart.

@@ -55,7 +55,11 @@ func (a *Agent) newSpool(ctx context.Context, what string, max int64) (*spool, e
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for an upload slot: %w", ctx.Err())
 	}
-	if err := checkFree(a.dirs.incoming, a.lim.minFree, 0); err != nil {
+	r, err := room(a.dirs.incoming, a.lim.minFree)
+	if err == nil && r < 0 {
+		err = fmt.Errorf("%w: %d bytes free, the agent keeps min_free_bytes %d", ErrNoSpace, r+a.lim.minFree, a.lim.minFree)
+	}
+	if err != nil {
 		<-a.uploads
 		return nil, err
 	}
@@ -65,7 +69,7 @@ func (a *Agent) newSpool(ctx context.Context, what string, max int64) (*spool, e
 		return nil, fmt.Errorf("creating upload file: %w", err)
 	}
 	s := &spool{slot: a.uploads, path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
-		nextCheck: diskCheckEvery, hashCh: make(chan []byte, spoolDepth), writeCh: make(chan []byte, spoolDepth)}
+		nextCheck: min(r, diskCheckEvery), hashCh: make(chan []byte, spoolDepth), writeCh: make(chan []byte, spoolDepth)}
 	hashCh, writeCh := s.hashCh, s.writeCh // stop nils the fields
 	s.wg.Add(2)
 	go func() {
@@ -83,7 +87,7 @@ func (a *Agent) newSpool(ctx context.Context, what string, max int64) (*spool, e
 			}
 			if _, err := s.f.Write(b); err != nil {
 				s.mu.Lock()
-				s.werr = fmt.Errorf("writing %s: %w", s.what, err)
+				s.werr = writeErr(s.what, err)
 				s.mu.Unlock()
 				failed = true
 			}
@@ -108,10 +112,16 @@ func (s *spool) Write(b []byte) error {
 		return fmt.Errorf("%w: %s is larger than %d bytes", ErrTooLarge, s.what, s.max)
 	}
 	if s.n >= s.nextCheck {
-		s.nextCheck += diskCheckEvery
-		if err := checkFree(filepath.Dir(s.path), s.minFree, 0); err != nil {
+		// Check again before the room above the floor can be used up, and
+		// at least every diskCheckEvery bytes.
+		r, err := room(filepath.Dir(s.path), s.minFree)
+		if err != nil {
 			return err
 		}
+		if r < int64(len(b)) {
+			return fmt.Errorf("%w: receiving %s would leave less than min_free_bytes %d free (%d bytes of room left)", ErrNoSpace, s.what, s.minFree, max(r, 0))
+		}
+		s.nextCheck = s.n + min(r, diskCheckEvery)
 	}
 	s.hashCh <- b
 	s.writeCh <- b
@@ -123,7 +133,7 @@ func (s *spool) finish() ([digest.Size]byte, error) {
 	var sum [digest.Size]byte
 	s.stop()
 	if err := s.f.Close(); err != nil && s.werr == nil {
-		s.werr = fmt.Errorf("writing %s: %w", s.what, err)
+		s.werr = writeErr(s.what, err)
 	}
 	if s.werr != nil {
 		os.Remove(s.path)
@@ -150,18 +160,29 @@ func (s *spool) stop() {
 	}
 }
 
-// checkFree refuses when the filesystem of dir has less than minFree+need
-// bytes available.
-func checkFree(dir string, minFree, need int64) error {
+// room returns how many bytes may still be written on the filesystem of
+// dir without going below minFree available (negative: already below).
+func room(dir string, minFree int64) (int64, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
-		return fmt.Errorf("checking free disk space: %w", err)
+		return 0, fmt.Errorf("checking free disk space: %w", err)
 	}
-	free := int64(st.Bavail) * int64(st.Bsize)
-	if free-need < minFree {
-		return fmt.Errorf("%w: %d bytes free, the agent keeps %d", ErrNoSpace, free, minFree)
+	return int64(st.Bavail)*int64(st.Bsize) - minFree, nil
+}
+
+// isDiskFull reports whether err is the file system saying it is full.
+func isDiskFull(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
+}
+
+// writeErr is the error of a failed write of what: a full disk is
+// ErrNoSpace (the uploader's ResourceExhausted), anything else stays as it
+// is (an internal error).
+func writeErr(what string, err error) error {
+	if isDiskFull(err) {
+		return fmt.Errorf("%w: writing %s: %v", ErrNoSpace, what, err)
 	}
-	return nil
+	return fmt.Errorf("writing %s: %w", what, err)
 }
 
 // smallFile collects a small upload (requirements.txt) with a cap.

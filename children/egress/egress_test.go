@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/cvmd/cvmd/proto/config"
@@ -112,14 +114,42 @@ func (d *dialRecorder) count() int {
 
 // logBuffer collects the proxy's log lines.
 type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	written chan struct{} // guarded by mu; closed and replaced at each write
 }
 
 func (l *logBuffer) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.written != nil {
+		close(l.written)
+		l.written = nil
+	}
 	return l.buf.Write(b)
+}
+
+// waitLines waits until cond holds for the lines logged so far, checking
+// after each write, for at most 10 s.
+func (l *logBuffer) waitLines(t *testing.T, what string, cond func([]map[string]any) bool) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		l.mu.Lock()
+		if l.written == nil {
+			l.written = make(chan struct{})
+		}
+		next := l.written
+		l.mu.Unlock()
+		if cond(l.lines()) {
+			return
+		}
+		select {
+		case <-next:
+		case <-timeout:
+			t.Fatalf("waiting for %s; logged: %v", what, l.lines())
+		}
+	}
 }
 
 func (l *logBuffer) lines() []map[string]any {
@@ -240,22 +270,15 @@ func TestConnectAndForward(t *testing.T) {
 		}
 	})
 	// Every decision is logged with the client, and allowed ones with bytes and duration.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var allowed int
-		for _, l := range h.logs.lines() {
+	h.logs.waitLines(t, "3 allowed decisions with bytes and duration", func(lines []map[string]any) bool {
+		allowed := 0
+		for _, l := range lines {
 			if l["decision"] == "allowed" && l["client"] == "algo" && l["bytes_up"] != nil && l["duration_ms"] != nil {
 				allowed++
 			}
 		}
-		if allowed >= 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d allowed decisions logged: %v", allowed, h.logs.lines())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return allowed >= 3
+	})
 }
 
 // TestSSRFGuard: an allowlisted name resolving to each forbidden class is
@@ -474,32 +497,90 @@ func countFDs() int {
 	return len(ents)
 }
 
+// TestDenialLogsRateLimited runs in a synctest bubble: the second that
+// closes a window passes on the bubble's clock, not the machine's.
 func TestDenialLogsRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		logs := &logBuffer{}
+		p := New(Config{Log: slog.New(slog.NewJSONHandler(logs, nil))})
+		for range 120 {
+			p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
+		}
+		p.logDenial("agent", "client", "agent", "decision", "denied", "reason", "test")
+		count := func(client string) int {
+			n := 0
+			for _, l := range logs.lines() {
+				if l["client"] == client {
+					n++
+				}
+			}
+			return n
+		}
+		if got := count("algo"); got != maxDenialLogs {
+			t.Fatalf("%d lines for 120 denials, want %d", got, maxDenialLogs)
+		}
+		if count("agent") != 1 {
+			t.Fatal("another client's denial was suppressed")
+		}
+		time.Sleep(time.Second)
+		p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
+		last := logs.lines()
+		if r, _ := last[len(last)-2]["reason"].(string); !strings.Contains(r, "70 more denials") {
+			t.Fatalf("no summary of the suppressed denials: %v", last[len(last)-2])
+		}
+	})
+}
+
+// TestDenialWindowsBounded: a client's denial window goes when its listener
+// closes, and however many clients are denied, at most maxDenialClients
+// windows are kept; suppressed counts are logged as windows go.
+func TestDenialWindowsBounded(t *testing.T) {
+	checkLeaks(t)
 	logs := &logBuffer{}
 	p := New(Config{Log: slog.New(slog.NewJSONHandler(logs, nil))})
-	for range 120 {
-		p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
-	}
-	p.logDenial("agent", "client", "agent", "decision", "denied", "reason", "test")
-	count := func(client string) int {
-		n := 0
-		for _, l := range logs.lines() {
-			if l["client"] == client {
-				n++
-			}
+	for i := range 10 * maxDenialClients {
+		c := fmt.Sprintf("algo-1-%d", i)
+		for range maxDenialLogs + 1 {
+			p.logDenial(c, "client", c, "decision", "denied", "reason", "test")
 		}
-		return n
 	}
-	if got := count("algo"); got != maxDenialLogs {
-		t.Fatalf("%d lines for 120 denials, want %d", got, maxDenialLogs)
+	p.mu.Lock()
+	n := len(p.denials)
+	p.mu.Unlock()
+	if n > maxDenialClients {
+		t.Fatalf("%d denial windows kept for %d clients, want at most %d", n, 10*maxDenialClients, maxDenialClients)
 	}
-	if count("agent") != 1 {
-		t.Fatal("another client's denial was suppressed")
+	summaries := 0
+	for _, l := range logs.lines() {
+		if r, _ := l["reason"].(string); strings.Contains(r, "1 more denials") {
+			summaries++
+		}
 	}
-	time.Sleep(1100 * time.Millisecond)
-	p.logDenial("algo", "client", "algo", "decision", "denied", "reason", "test")
-	last := logs.lines()
-	if r, _ := last[len(last)-2]["reason"].(string); !strings.Contains(r, "70 more denials") {
-		t.Fatalf("no summary of the suppressed denials: %v", last[len(last)-2])
+	if summaries < 9*maxDenialClients {
+		t.Errorf("%d summaries of suppressed denials for %d dropped windows", summaries, 10*maxDenialClients-n)
+	}
+
+	// A sandbox's listener closes: its window and in-use count go with it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(context.Background(), ln, "algo-9-9") }()
+	resp, c, _ := rawRequest(t, ln.Addr().String(), "CONNECT unlisted.example:443 HTTP/1.1\r\nHost: unlisted.example:443\r\n\r\n")
+	c.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("status %d, want 403", resp.StatusCode)
+	}
+	ln.Close()
+	if err := <-done; err != nil && !errors.Is(err, net.ErrClosed) {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	_, window := p.denials["algo-9-9"]
+	_, inUse := p.inUse["algo-9-9"]
+	p.mu.Unlock()
+	if window || inUse {
+		t.Errorf("after its listener closed the proxy still keeps algo-9-9: window %v, in use %v", window, inUse)
 	}
 }

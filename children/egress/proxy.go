@@ -65,20 +65,36 @@ type Proxy struct {
 // denial after that second. A looping algorithm must not be able to flood the log forwarder.
 const maxDenialLogs = 50
 
+// maxDenialClients bounds the per-client denial windows kept at once. A
+// client's window goes when its listener closes (each algorithm sandbox is a
+// client of its own, so without that the map would grow by one per run);
+// past the bound, windows older than a second are dropped first, then the
+// oldest. A dropped window's uncounted denials are logged as it goes.
+const maxDenialClients = 256
+
 type logWindow struct {
 	start      time.Time
 	n, skipped int
 }
 
+// skippedLine logs the summary of a window's suppressed denials.
+func (p *Proxy) skippedLine(client string, skipped int) {
+	if skipped > 0 {
+		p.cfg.Log.Info("egress", "client", client, "decision", "denied", "reason", fmt.Sprintf("%d more denials in the previous second, not logged one by one", skipped))
+	}
+}
+
 // logDenial logs a refusal, subject to the per-client rate.
 func (p *Proxy) logDenial(client string, attrs ...any) {
+	now := time.Now()
 	p.mu.Lock()
 	w := p.denials[client]
+	var evicted map[string]int
 	if w == nil {
+		evicted = p.makeRoomLocked(now)
 		w = &logWindow{}
 		p.denials[client] = w
 	}
-	now := time.Now()
 	skipped := 0
 	if now.Sub(w.start) >= time.Second {
 		skipped = w.skipped
@@ -90,12 +106,57 @@ func (p *Proxy) logDenial(client string, attrs ...any) {
 		w.skipped++
 	}
 	p.mu.Unlock()
-	if skipped > 0 {
-		p.cfg.Log.Info("egress", "client", client, "decision", "denied", "reason", fmt.Sprintf("%d more denials in the previous second, not logged one by one", skipped))
+	for c, n := range evicted {
+		p.skippedLine(c, n)
 	}
+	p.skippedLine(client, skipped)
 	if !over {
 		p.cfg.Log.Info("egress", attrs...)
 	}
+}
+
+// makeRoomLocked drops windows until a new one fits under maxDenialClients
+// and returns the suppressed counts of those it dropped. Preconditions: p.mu
+// held.
+func (p *Proxy) makeRoomLocked(now time.Time) map[string]int {
+	if len(p.denials) < maxDenialClients {
+		return nil
+	}
+	dropped := map[string]int{}
+	for c, w := range p.denials {
+		if now.Sub(w.start) >= time.Second {
+			dropped[c] = w.skipped
+			delete(p.denials, c)
+		}
+	}
+	for len(p.denials) >= maxDenialClients {
+		oldest := ""
+		for c, w := range p.denials {
+			if oldest == "" || w.start.Before(p.denials[oldest].start) {
+				oldest = c
+			}
+		}
+		dropped[oldest] = p.denials[oldest].skipped
+		delete(p.denials, oldest)
+	}
+	return dropped
+}
+
+// forget drops what the proxy keeps about client once its listener is
+// closed: its denial window (logging what it had suppressed) and its
+// in-use count if nothing of it is in flight.
+func (p *Proxy) forget(client string) {
+	p.mu.Lock()
+	skipped := 0
+	if w := p.denials[client]; w != nil {
+		skipped = w.skipped
+		delete(p.denials, client)
+	}
+	if p.inUse[client] == 0 {
+		delete(p.inUse, client)
+	}
+	p.mu.Unlock()
+	p.skippedLine(client, skipped)
 }
 
 // listenerState is what one Serve call shares with its requests.
@@ -279,6 +340,7 @@ func (p *Proxy) Serve(ctx context.Context, ln net.Listener, client string) error
 		c.Close()
 	}
 	ls.mu.Unlock()
+	p.forget(client)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -336,6 +398,9 @@ func (p *Proxy) release(client string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.inUse[client]--
+	if p.inUse[client] <= 0 {
+		delete(p.inUse, client)
+	}
 }
 
 // ParseTarget returns the host and port a proxy request is for: CONNECT

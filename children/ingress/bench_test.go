@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -66,9 +67,16 @@ func TestBenchIngressRelay(t *testing.T) {
 			}
 			c = tc
 		}
-		buf := make([]byte, 1<<20)
+		// Real HTTP/2 traffic: a stream opened first (a connection without
+		// one is closed at the first-request timeout), then DATA frames of
+		// 16 KiB (SETTINGS_MAX_FRAME_SIZE's default, what gRPC sends).
+		var buf []byte
+		for len(buf) < 1<<20 {
+			buf = append(buf, frameBytes(frameData, 0, 1, make([]byte, 16<<10-frameHeaderLen))...)
+		}
 		start := time.Now()
-		io.WriteString(c, h2Preface)
+		opening := frameBytes(frameHeaders, 0x4, 1, make([]byte, 16))
+		c.Write(append([]byte(h2Preface), opening...))
 		for range total / len(buf) {
 			if _, err := c.Write(buf); err != nil {
 				t.Fatal(err)
@@ -80,9 +88,47 @@ func TestBenchIngressRelay(t *testing.T) {
 		n := <-got
 		el := time.Since(start)
 		c.Close()
-		if n != total+int64(len(h2Preface)) {
+		if n != total+int64(len(h2Preface)+len(opening)) {
 			t.Fatalf("%s: relayed %d bytes", mode.name, n)
 		}
 		fmt.Printf("BENCH %s %.1f MiB/s (client, ingress and sink in one process on this machine)\n", mode.name, float64(total)/(1<<20)/el.Seconds())
 	}
+}
+
+// TestBenchIngressFlood measures a legitimate client's health check (a
+// fresh connection from 127.0.0.1 each time: TCP, HTTP/2, one unary call)
+// while a flood from 127.0.0.2 holds floodSize connections that sent only
+// the preface and renews them as fast as it can, against the same check
+// with no flood, interleaved round by round.
+func TestBenchIngressFlood(t *testing.T) {
+	if os.Getenv("CVMD_BENCH") != "1" {
+		t.Skip("set CVMD_BENCH=1 to run benchmarks")
+	}
+	addr := startIngress(t, Config{Backend: startBackend(t)})
+	n := floodSize(t)
+	var ref, flooded []time.Duration
+	check := func(into *[]time.Duration) {
+		for range 10 {
+			d, err := healthFrom(t, "127.0.0.1", addr, floodBound)
+			if err != nil {
+				t.Fatalf("health check: %v", err)
+			}
+			*into = append(*into, d)
+		}
+	}
+	for range 5 {
+		check(&ref)
+		f := startFlood(t, "127.0.0.2", addr, n)
+		check(&flooded)
+		f.stop()
+	}
+	p50 := func(d []time.Duration) float64 {
+		slices.Sort(d)
+		return float64(d[len(d)/2].Microseconds()) / 1000
+	}
+	r, fl := p50(ref), p50(flooded)
+	fmt.Printf("BENCH ingress_flood_health_ref_ms %.2f ms (p50 of 50, no flood)\n", r)
+	fmt.Printf("BENCH ingress_flood_health_ms %.2f ms (p50 of 50, during a flood of %d idle connections from one source; max %.2f ms)\n",
+		fl, n, float64(flooded[len(flooded)-1].Microseconds())/1000)
+	fmt.Printf("BENCH ingress_flood_health_ratio %.2f x (flood / no flood)\n", fl/r)
 }

@@ -38,6 +38,10 @@ type sink struct {
 }
 
 func (sink) Data(st grpc.ClientStreamingServer[agent.DataRequest, agent.DataResponse]) error {
+	// Headers at once: a client can tell its stream reached the agent.
+	if err := st.SendHeader(metadata.Pairs("started", "1")); err != nil {
+		return err
+	}
 	h := sha3.New256()
 	for {
 		req, err := st.Recv()

@@ -6,7 +6,9 @@
 // speaks HTTP/2 cleartext gRPC. Evidence for aTLS comes from the attestation
 // child (edge "to:attestation").
 //
-// The ingress does not parse HTTP/2 past the connection preface and does not
+// The ingress reads HTTP/2 frame headers only, to know which connections
+// carry streams (admission, eviction and the idle timeouts favour those
+// doing work); it does not parse, check or change frames, and does not
 // authenticate requests: frame, header and message limits and the users'
 // role signatures are the agent's. It has no network of its own and opens no
 // socket. It is started per computation and stopped at its end; nothing
@@ -96,12 +98,17 @@ func AttestationEvidence(c attpb.AttestationClient, platformType int32) atls.Evi
 // ConfigFromSettings validates s and builds the Server config (without
 // Backend and Log). evidence is required when s asks for aTLS.
 func ConfigFromSettings(s *config.IngressSettings, evidence atls.EvidenceFunc) (*Config, error) {
+	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
 	cfg := &Config{
-		HandshakeTimeout: time.Duration(s.GetHandshakeTimeoutMs()) * time.Millisecond,
-		IdleTimeout:      time.Duration(s.GetIdleTimeoutMs()) * time.Millisecond,
-		MaxConns:         int(s.GetMaxConnections()),
-		MaxHandshakes:    int(s.GetMaxHandshakes()),
-		ShutdownGrace:    time.Duration(s.GetShutdownGraceMs()) * time.Millisecond,
+		HandshakeTimeout:       ms(s.GetHandshakeTimeoutMs()),
+		FirstRequestTimeout:    ms(s.GetFirstRequestTimeoutMs()),
+		StreamlessTimeout:      ms(s.GetStreamlessTimeoutMs()),
+		IdleTimeout:            ms(s.GetIdleTimeoutMs()),
+		MaxConns:               int(s.GetMaxConnections()),
+		MaxConnsPerSource:      int(s.GetMaxConnectionsPerSource()),
+		MaxHandshakes:          int(s.GetMaxHandshakes()),
+		MaxHandshakesPerSource: int(s.GetMaxHandshakesPerSource()),
+		ShutdownGrace:          ms(s.GetShutdownGraceMs()),
 	}
 	if (s.GetCertFile() == "") != (s.GetKeyFile() == "") {
 		return nil, fmt.Errorf("ingress: cert_file and key_file must be given together")

@@ -320,44 +320,6 @@ func TestConfigFromSettings(t *testing.T) {
 	}
 }
 
-// TestLimits: a new connection evicts the oldest one still in its
-// handshake; beyond max_connections established ones are refused.
-func TestLimits(t *testing.T) {
-	checkLeaks(t)
-	backend := startBackend(t)
-	addr := startIngress(t, Config{Backend: backend, MaxHandshakes: 2, MaxConns: 1})
-	closed := func(c net.Conn) bool {
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		_, err := c.Read(make([]byte, 1))
-		var ne net.Error
-		return !errors.As(err, &ne) || !ne.Timeout()
-	}
-	dial := func() net.Conn {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	oldest := dial()
-	time.Sleep(50 * time.Millisecond) // accepted in this order
-	dial()
-	time.Sleep(50 * time.Millisecond)
-	dial()
-	if !closed(oldest) {
-		t.Fatal("the oldest connection in its handshake was not evicted")
-	}
-	first := dial()
-	io.WriteString(first, h2Preface)
-	time.Sleep(100 * time.Millisecond) // established
-	second := dial()
-	io.WriteString(second, h2Preface)
-	if !closed(second) {
-		t.Fatal("a connection beyond max_connections was not refused")
-	}
-}
-
 // flakyListener fails its first Accepts with EMFILE, as a listener does when
 // the process is out of fds.
 type flakyListener struct {

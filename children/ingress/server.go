@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -26,12 +27,20 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // Defaults for Config's zero values.
 const (
-	DefaultHandshakeTimeout = 10 * time.Second
-	DefaultIdleTimeout      = 10 * time.Minute
-	DefaultMaxConns         = 256
-	DefaultMaxHandshakes    = 128
-	DefaultShutdownGrace    = 5 * time.Second
+	DefaultHandshakeTimeout       = 10 * time.Second
+	DefaultFirstRequestTimeout    = 10 * time.Second
+	DefaultStreamlessTimeout      = time.Minute
+	DefaultIdleTimeout            = 10 * time.Minute
+	DefaultMaxConns               = 256
+	DefaultMaxConnsPerSource      = 32
+	DefaultMaxHandshakes          = 128
+	DefaultMaxHandshakesPerSource = 32
+	DefaultShutdownGrace          = 5 * time.Second
 )
+
+// busyWindow: a connection whose open streams carried HEADERS or DATA
+// within it is doing work, and no new connection may evict it.
+const busyWindow = 10 * time.Second
 
 // Config is what a Server needs. Zero limits take the defaults above.
 type Config struct {
@@ -44,11 +53,32 @@ type Config struct {
 	Backend func(ctx context.Context) (net.Conn, error)
 	Log     *slog.Logger
 
+	// HandshakeTimeout bounds accept → TLS/aTLS done and the HTTP/2
+	// preface read.
 	HandshakeTimeout time.Duration
-	IdleTimeout      time.Duration
-	MaxConns         int
-	MaxHandshakes    int
-	ShutdownGrace    time.Duration
+	// FirstRequestTimeout bounds the handshake's end → the client's first
+	// stream (HEADERS frame).
+	FirstRequestTimeout time.Duration
+	// StreamlessTimeout closes a connection that has had no open stream for
+	// that long (gRPC clients reconnect when they need to).
+	StreamlessTimeout time.Duration
+	// IdleTimeout closes a connection on which no byte moved for that long,
+	// streams or not.
+	IdleTimeout time.Duration
+	// MaxConns and MaxConnsPerSource cap established connections, in all
+	// and per source address (IPv6 per /64). At a cap, a new connection
+	// evicts the connection doing least work (no stream, longest first;
+	// then streams that carried nothing for busyWindow) of that source, or
+	// of the source holding most; it is refused only when every candidate
+	// is busy.
+	MaxConns          int
+	MaxConnsPerSource int
+	// MaxHandshakes and MaxHandshakesPerSource cap connections still in
+	// their handshake; a new one evicts the oldest of its own source at the
+	// per-source cap, else the oldest of all.
+	MaxHandshakes          int
+	MaxHandshakesPerSource int
+	ShutdownGrace          time.Duration
 }
 
 // Mode names the security mode, in Cocos's words.
@@ -73,35 +103,58 @@ type Server struct {
 	cfg  Config
 	drop *rateLimited
 
-	mu      sync.Mutex
-	pending *list.List                 // guarded by mu; *pendingConn, oldest first
-	active  map[net.Conn]*atomic.Int64 // guarded by mu; raw conns being proxied → last activity (unix ns)
-	closing bool                       // guarded by mu
+	mu              sync.Mutex
+	pending         *list.List               // guarded by mu; *pendingConn, oldest first
+	pendingBySource map[string]int           // guarded by mu
+	active          map[net.Conn]*activeConn // guarded by mu; by raw conn
+	activeBySource  map[string]int           // guarded by mu
+	closing         bool                     // guarded by mu
 }
 
-type pendingConn struct{ raw net.Conn }
+// pendingConn is a connection in its handshake; raw is nil once it was
+// evicted or promoted (its handler then leaves).
+type pendingConn struct {
+	raw    net.Conn
+	source string
+}
+
+// activeConn is an established connection being relayed.
+type activeConn struct {
+	raw    net.Conn
+	source string
+	last   *atomic.Int64 // latest byte either way (unix ns)
+	track  *connTracker
+	// ended says why the ingress closed it (eviction, streamless timeout);
+	// nil when the client or the agent ended it.
+	ended atomic.Pointer[string]
+}
 
 // New returns a Server for cfg.
 func New(cfg Config) *Server {
-	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	orDefault := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
 	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
+	orDefault(&cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	orDefault(&cfg.FirstRequestTimeout, DefaultFirstRequestTimeout)
+	orDefault(&cfg.StreamlessTimeout, DefaultStreamlessTimeout)
+	orDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
+	orDefault(&cfg.ShutdownGrace, DefaultShutdownGrace)
+	orDefaultN := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
 	}
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = DefaultMaxConns
-	}
-	if cfg.MaxHandshakes <= 0 {
-		cfg.MaxHandshakes = DefaultMaxHandshakes
-	}
-	if cfg.ShutdownGrace <= 0 {
-		cfg.ShutdownGrace = DefaultShutdownGrace
-	}
+	orDefaultN(&cfg.MaxConns, DefaultMaxConns)
+	orDefaultN(&cfg.MaxConnsPerSource, DefaultMaxConnsPerSource)
+	orDefaultN(&cfg.MaxHandshakes, DefaultMaxHandshakes)
+	orDefaultN(&cfg.MaxHandshakesPerSource, DefaultMaxHandshakesPerSource)
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, drop: newRateLimited(cfg.Log, 10), pending: list.New(), active: map[net.Conn]*atomic.Int64{}}
+	return &Server{cfg: cfg, drop: newRateLimited(cfg.Log, 10), pending: list.New(), pendingBySource: map[string]int{},
+		active: map[net.Conn]*activeConn{}, activeBySource: map[string]int{}}
 }
 
 // Run serves ln until ctx ends, then closes ln, drops connections still in
@@ -166,39 +219,122 @@ func transientAccept(err error) bool {
 	return false
 }
 
-// admit registers raw as in its handshake, dropping the oldest such
-// connection when MaxHandshakes are already there: a flood of idle
-// connections then pushes out its own oldest members, not the newest client.
+// admit registers raw as in its handshake. At MaxHandshakesPerSource it
+// drops the oldest connection of the same source still in its handshake,
+// else at MaxHandshakes the oldest of all: a flood of silent connections
+// pushes out its own oldest members, not the newest client, and a flood from
+// one source never pushes out another source's handshakes.
 func (s *Server) admit(raw net.Conn) (*list.Element, bool) {
+	src := sourceOf(raw.RemoteAddr())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return nil, false
 	}
-	if s.pending.Len() >= s.cfg.MaxHandshakes {
-		old := s.pending.Remove(s.pending.Front()).(*pendingConn)
-		raw := old.raw
-		old.raw = nil // marks it evicted for its handler
-		raw.Close()   // its handler sees the error and leaves
-		s.drop.note("dropped the oldest connection still in its handshake", "remote", raw.RemoteAddr().String(), "max_handshakes", s.cfg.MaxHandshakes)
+	var victim *list.Element
+	if s.pendingBySource[src] >= s.cfg.MaxHandshakesPerSource {
+		for el := s.pending.Front(); el != nil; el = el.Next() {
+			if el.Value.(*pendingConn).source == src {
+				victim = el
+				break
+			}
+		}
+	} else if s.pending.Len() >= s.cfg.MaxHandshakes {
+		victim = s.pending.Front()
 	}
-	return s.pending.PushBack(&pendingConn{raw: raw}), true
+	if victim != nil {
+		old := victim.Value.(*pendingConn).raw
+		s.removePending(victim)
+		old.Close() // its handler sees the error and leaves
+		s.drop.note("dropped the oldest connection still in its handshake", "remote", old.RemoteAddr().String(),
+			"max_handshakes", s.cfg.MaxHandshakes, "max_handshakes_per_source", s.cfg.MaxHandshakesPerSource)
+	}
+	s.pendingBySource[src]++
+	return s.pending.PushBack(&pendingConn{raw: raw, source: src}), true
 }
 
-// promote moves a connection from pending to active; false when it was
-// evicted meanwhile or MaxConns is reached.
-func (s *Server) promote(raw net.Conn, el *list.Element, last *atomic.Int64) (ok bool, full bool) {
+// promote moves a connection from pending to active, making room at a cap
+// by evicting the connection doing least work. It returns "" when ac is
+// active, else why not ("" with ok false: evicted or closing meanwhile).
+func (s *Server) promote(ac *activeConn, el *list.Element) (ok bool, refused string) {
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if el.Value.(*pendingConn).raw == nil || s.closing {
-		return false, false
+		return false, ""
 	}
 	s.removePending(el)
-	if len(s.active) >= s.cfg.MaxConns {
-		return false, true
+	if s.activeBySource[ac.source] >= s.cfg.MaxConnsPerSource {
+		v := s.victimLocked(ac.source, now)
+		if v == nil {
+			return false, fmt.Sprintf("%d connections from %s, all busy (max_connections_per_source)", s.activeBySource[ac.source], ac.source)
+		}
+		s.evictLocked(v, "evicted for a new connection from the same source")
 	}
-	s.active[raw] = last
-	return true, false
+	if len(s.active) >= s.cfg.MaxConns {
+		v := s.victimLocked("", now)
+		if v == nil {
+			return false, fmt.Sprintf("%d connections, all busy (max_connections)", len(s.active))
+		}
+		s.evictLocked(v, "evicted for a new connection")
+	}
+	s.active[ac.raw] = ac
+	s.activeBySource[ac.source]++
+	return true, ""
+}
+
+// victimLocked returns the established connection (of source, or of any
+// source when it is "") that a new one may replace: first one with no open
+// stream (the longest without), then one whose streams carried nothing
+// for busyWindow (the longest quiet); among sources, the one holding most
+// connections goes first. nil when every candidate is busy. Preconditions:
+// s.mu held.
+func (s *Server) victimLocked(source string, now time.Time) *activeConn {
+	var best *activeConn
+	var bestClass, bestShare int
+	var bestAge time.Duration
+	for _, ac := range s.active {
+		if source != "" && ac.source != source {
+			continue
+		}
+		sn := ac.track.snapshot()
+		class, age := 0, now.Sub(sn.since)
+		if sn.open > 0 {
+			class, age = 1, now.Sub(sn.lastWork)
+			if age < busyWindow {
+				continue // doing work: never evicted
+			}
+		}
+		share := s.activeBySource[ac.source]
+		better := best == nil || class < bestClass ||
+			class == bestClass && (share > bestShare || share == bestShare && age > bestAge)
+		if better {
+			best, bestClass, bestShare, bestAge = ac, class, share, age
+		}
+	}
+	return best
+}
+
+// evictLocked closes ac to make room and forgets it. Preconditions: s.mu
+// held.
+func (s *Server) evictLocked(ac *activeConn, why string) {
+	s.removeActiveLocked(ac)
+	ac.ended.Store(&why)
+	ac.raw.Close() // its relay ends, its handler logs and leaves
+	s.drop.note("closed a connection to make room", "remote", ac.raw.RemoteAddr().String(), "reason", why,
+		"max_connections", s.cfg.MaxConns, "max_connections_per_source", s.cfg.MaxConnsPerSource)
+}
+
+// removeActiveLocked forgets ac if it is still listed. Preconditions: s.mu
+// held.
+func (s *Server) removeActiveLocked(ac *activeConn) {
+	if s.active[ac.raw] != ac {
+		return
+	}
+	delete(s.active, ac.raw)
+	if s.activeBySource[ac.source]--; s.activeBySource[ac.source] <= 0 {
+		delete(s.activeBySource, ac.source)
+	}
 }
 
 // removePending forgets el if it is still listed. Preconditions: s.mu held.
@@ -207,7 +343,29 @@ func (s *Server) removePending(el *list.Element) {
 	if pc.raw != nil {
 		s.pending.Remove(el)
 		pc.raw = nil
+		if s.pendingBySource[pc.source]--; s.pendingBySource[pc.source] <= 0 {
+			delete(s.pendingBySource, pc.source)
+		}
 	}
+}
+
+// sourceOf is the source a connection counts against: its IP address, or
+// for IPv6 its /64 (one host can have a whole /64 to itself).
+func sourceOf(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return a.String()
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
 }
 
 // quietFor is how long an established connection must have moved no byte
@@ -226,8 +384,8 @@ func (s *Server) shutdown() {
 	for {
 		now := time.Now()
 		s.mu.Lock()
-		for c, last := range s.active {
-			if now.After(deadline) || now.Sub(time.Unix(0, last.Load())) >= quietFor {
+		for c, ac := range s.active {
+			if now.After(deadline) || now.Sub(time.Unix(0, ac.last.Load())) >= quietFor {
 				c.Close()
 			}
 		}
@@ -241,7 +399,8 @@ func (s *Server) shutdown() {
 }
 
 // handle runs one client connection: handshake phase under a deadline, then
-// one new agent connection and a byte copy both ways.
+// one new agent connection and a byte copy both ways, its HTTP/2 frames
+// followed by a connTracker.
 func (s *Server) handle(ctx context.Context, raw net.Conn, el *list.Element) {
 	defer raw.Close()
 	remote := raw.RemoteAddr().String()
@@ -258,18 +417,23 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, el *list.Element) {
 		}
 		return
 	}
-	last := new(atomic.Int64)
-	last.Store(time.Now().UnixNano())
-	ok, full := s.promote(raw, el, last)
+	ac := &activeConn{raw: raw, source: sourceOf(raw.RemoteAddr()), last: new(atomic.Int64)}
+	ac.last.Store(time.Now().UnixNano())
+	ac.track = newConnTracker(time.Now(), s.cfg.FirstRequestTimeout, s.cfg.StreamlessTimeout, func(reason string) {
+		ac.ended.Store(&reason)
+		raw.Close()
+	})
+	defer ac.track.stop()
+	ok, refused := s.promote(ac, el)
 	if !ok {
-		if full {
-			s.drop.note("refused connection: too many established", "remote", remote, "max_connections", s.cfg.MaxConns)
+		if refused != "" {
+			s.drop.note("refused connection", "remote", remote, "reason", refused)
 		}
 		return
 	}
 	defer func() {
 		s.mu.Lock()
-		delete(s.active, raw)
+		s.removeActiveLocked(ac)
 		s.mu.Unlock()
 	}()
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
@@ -284,10 +448,20 @@ func (s *Server) handle(ctx context.Context, raw net.Conn, el *list.Element) {
 		s.cfg.Log.Warn("dropped connection: writing to agent", "remote", remote, "err", err.Error())
 		return
 	}
-	r := ipc.RelayConns(conn, backend, s.cfg.IdleTimeout, last)
-	s.cfg.Log.Info("connection closed", "remote", remote, "mode", s.cfg.Mode(), "client_cert", peer,
+	r := ipc.RelayConns(newTrackedConn(conn, ac.track), backend, s.cfg.IdleTimeout, ac.last)
+	end := why(r)
+	if e := ac.ended.Load(); e != nil {
+		end = *e
+	}
+	attrs := []any{"remote", remote, "mode", s.cfg.Mode(), "client_cert", peer,
 		"handshake_ms", handshake.Milliseconds(), "bytes_in", r.Up, "bytes_out", r.Down,
-		"duration_ms", time.Since(start).Milliseconds(), "end", why(r))
+		"duration_ms", time.Since(start).Milliseconds(), "end", end}
+	if ac.track.opened() {
+		s.cfg.Log.Info("connection closed", attrs...)
+	} else {
+		// A connection that never opened a stream may be one of a flood.
+		s.drop.note("connection closed without a request", attrs...)
+	}
 }
 
 // handshake does TLS, aTLS and reads the HTTP/2 preface before the deadline.

@@ -9,7 +9,7 @@ import (
 // FromRunReq converts the CVMS wire manifest and validates it. Hashes must
 // be 32 bytes.
 func FromRunReq(r *cvms.ComputationRunReq) (*Computation, *AgentConfig, error) {
-	c := &Computation{ID: r.GetId(), Name: r.GetName(), Description: r.GetDescription()}
+	c := &Computation{ID: r.GetId(), Name: r.GetName(), Description: r.GetDescription(), RequireRoleChallenge: r.GetCvmdRequireRoleChallenge()}
 	a := r.GetAlgorithm()
 	if a == nil {
 		return nil, nil, fmt.Errorf("%w: no algorithm", ErrInvalid)
@@ -45,7 +45,7 @@ func FromRunReq(r *cvms.ComputationRunReq) (*Computation, *AgentConfig, error) {
 // RunReq converts the manifest (and agent settings, which may be nil) to the
 // CVMS wire message.
 func (c *Computation) RunReq(ac *AgentConfig) *cvms.ComputationRunReq {
-	r := &cvms.ComputationRunReq{Id: c.ID, Name: c.Name, Description: c.Description}
+	r := &cvms.ComputationRunReq{Id: c.ID, Name: c.Name, Description: c.Description, CvmdRequireRoleChallenge: c.RequireRoleChallenge}
 	a := c.Algorithm
 	r.Algorithm = &cvms.Algorithm{Hash: append([]byte(nil), a.Hash[:]...), UserKey: a.UserKey, Source: sourceTo(a.Source), AlgoType: a.AlgoType, AlgoArgs: a.AlgoArgs, Kbs: kbsTo(a.KBS)}
 	for _, d := range c.Datasets {

@@ -34,6 +34,12 @@ type Computation struct {
 	Datasets        []Dataset        `json:"datasets,omitempty"`
 	Algorithm       Algorithm        `json:"algorithm,omitempty"`
 	ResultConsumers []ResultConsumer `json:"result_consumers,omitempty"`
+	// RequireRoleChallenge is a cvmd extension (Cocos has no such field, so
+	// its checksum of a manifest that sets it differs from ours): every
+	// party must sign a challenge bound to the computation and the
+	// connection, never the bare role (rolesig.ChallengeMessage). Omitted
+	// when false, so Cocos manifests hash as before.
+	RequireRoleChallenge bool `json:"require_role_challenge,omitempty"`
 }
 
 // Dataset is one declared dataset.

@@ -4,9 +4,15 @@
 // SHA-256(role) with PKCS#1 v1.5, ECDSA keys sign SHA-256(role) as ASN.1 DER,
 // Ed25519 keys sign the raw role bytes. Public keys travel as PKIX DER.
 //
+// Such a signature is a bearer credential: seen once, it works for every
+// computation that declares the key, forever. Beyond Cocos, the package also
+// signs and verifies challenge messages (ChallengeMessage: a fixed label, the
+// role, the computation id and a nonce the agent offered), which bind a
+// signature to one request of one computation; the agent decides when they
+// are required (docs/agent.md, "Role signatures").
+//
 // It also reads and writes key files in the PEM formats Cocos's CLI uses.
-// It does not add a nonce or channel binding (Cocos's protocol has none), and
-// it does not decide which key may do what: the agent does.
+// It does not decide which key may do what: the agent does.
 //
 // Imported by the agent, the CLI and the development manager; it imports
 // only the standard library.
@@ -22,6 +28,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -35,16 +42,20 @@ const (
 )
 
 // Sign signs role with key and returns the signature.
-func Sign(key crypto.Signer, role string) ([]byte, error) {
+func Sign(key crypto.Signer, role string) ([]byte, error) { return signMessage(key, []byte(role)) }
+
+// signMessage signs msg the way Cocos signs a role: RSA PKCS#1 v1.5 and
+// ECDSA ASN.1 over SHA-256(msg), Ed25519 over msg itself.
+func signMessage(key crypto.Signer, msg []byte) ([]byte, error) {
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
-		d := sha256.Sum256([]byte(role))
+		d := sha256.Sum256(msg)
 		return rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, d[:])
 	case *ecdsa.PrivateKey:
-		d := sha256.Sum256([]byte(role))
+		d := sha256.Sum256(msg)
 		return ecdsa.SignASN1(rand.Reader, k, d[:])
 	case ed25519.PrivateKey:
-		return ed25519.Sign(k, []byte(role)), nil
+		return ed25519.Sign(k, msg), nil
 	default:
 		return nil, fmt.Errorf("rolesig: unsupported key type %T", key)
 	}
@@ -62,18 +73,56 @@ func SignBase64(key crypto.Signer, role string) (string, error) {
 
 // Verify reports whether sig is pub's signature of role.
 func Verify(pub crypto.PublicKey, role string, sig []byte) bool {
+	return verifyMessage(pub, []byte(role), sig)
+}
+
+func verifyMessage(pub crypto.PublicKey, msg, sig []byte) bool {
 	switch k := pub.(type) {
 	case *rsa.PublicKey:
-		d := sha256.Sum256([]byte(role))
+		d := sha256.Sum256(msg)
 		return rsa.VerifyPKCS1v15(k, crypto.SHA256, d[:], sig) == nil
 	case *ecdsa.PublicKey:
-		d := sha256.Sum256([]byte(role))
+		d := sha256.Sum256(msg)
 		return ecdsa.VerifyASN1(k, d[:], sig)
 	case ed25519.PublicKey:
-		return len(k) == ed25519.PublicKeySize && ed25519.Verify(k, []byte(role), sig)
+		return len(k) == ed25519.PublicKeySize && ed25519.Verify(k, msg, sig)
 	default:
 		return false
 	}
+}
+
+// ChallengeNonceSize is the size of an agent's challenge nonce.
+const ChallengeNonceSize = 32
+
+// challengeLabel starts every challenge message, so that it can never be
+// taken for a Cocos role signature (whose message is the bare role) or for
+// anything else the key signs.
+const challengeLabel = "cvmd role challenge v1"
+
+// ChallengeMessage returns the bytes a challenge-mode signature covers: the
+// label, then the role, the computation id and the nonce, each preceded by
+// its length (uint32, big-endian), so no two different triples give the
+// same bytes.
+func ChallengeMessage(role, computationID string, nonce []byte) []byte {
+	b := make([]byte, 0, len(challengeLabel)+12+len(role)+len(computationID)+len(nonce))
+	b = append(b, challengeLabel...)
+	for _, f := range [][]byte{[]byte(role), []byte(computationID), nonce} {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(f)))
+		b = append(b, f...)
+	}
+	return b
+}
+
+// SignChallenge signs the challenge message of role, computationID and
+// nonce with key.
+func SignChallenge(key crypto.Signer, role, computationID string, nonce []byte) ([]byte, error) {
+	return signMessage(key, ChallengeMessage(role, computationID, nonce))
+}
+
+// VerifyChallenge reports whether sig is pub's signature of the challenge
+// message of role, computationID and nonce.
+func VerifyChallenge(pub crypto.PublicKey, role, computationID string, nonce, sig []byte) bool {
+	return verifyMessage(pub, ChallengeMessage(role, computationID, nonce), sig)
 }
 
 // ParsePublicKey parses a PKIX DER public key of a supported type.

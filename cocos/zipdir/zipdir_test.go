@@ -4,8 +4,12 @@ import (
 	"archive/zip"
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
 	"os"
+	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -86,6 +90,21 @@ func hdr(name string, mode os.FileMode) zip.FileHeader {
 	return h
 }
 
+var errNoFloor = errors.New("below the floor")
+
+// shrinkingRoom answers first, then every later call with then: another
+// writer filling the disk during the extraction.
+func shrinkingRoom(first, then int64) func() (int64, error) {
+	calls := 0
+	return func() (int64, error) {
+		calls++
+		if calls == 1 {
+			return first, nil
+		}
+		return then, nil
+	}
+}
+
 func TestExtract(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -104,6 +123,14 @@ func TestExtract(t *testing.T) {
 		{"too many entries", []zip.FileHeader{hdr("a", 0o644), hdr("b", 0o644), hdr("c", 0o644)}, "x", Limits{MaxEntries: 2}, ErrTooLarge, nil},
 		{"bomb", []zip.FileHeader{hdr("a", 0o644)}, strings.Repeat("0", 1<<20), Limits{MaxBytes: 1000}, ErrTooLarge, nil},
 		{"duplicate entry", []zip.FileHeader{hdr("a", 0o644), hdr("a", 0o644)}, "x", Limits{}, os.ErrExist, nil},
+		{"declared size over the room", []zip.FileHeader{hdr("a", 0o644), hdr("b", 0o644)}, strings.Repeat("0", 1<<20),
+			Limits{Room: func() (int64, error) { return 1 << 20, nil }}, ErrNoRoom, nil},
+		{"room gone while extracting", []zip.FileHeader{hdr("a", 0o644)}, strings.Repeat("0", 20<<20),
+			Limits{Room: shrinkingRoom(32<<20, 0)}, ErrNoRoom, nil},
+		{"room answered with an error", []zip.FileHeader{hdr("a", 0o644)}, "x",
+			Limits{Room: func() (int64, error) { return 0, errNoFloor }}, errNoFloor, nil},
+		{"enough room", []zip.FileHeader{hdr("a", 0o644)}, strings.Repeat("0", 20<<20),
+			Limits{Room: shrinkingRoom(32<<20, 32<<20)}, nil, []string{"a"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -118,6 +145,20 @@ func TestExtract(t *testing.T) {
 				}
 				if _, err := os.Stat(filepath.Join(parent, "evil")); err == nil {
 					t.Fatal("file written outside the target")
+				}
+				if errors.Is(err, ErrNoRoom) {
+					// Stopped before writing past the room: what was written
+					// is at most the first answer.
+					var n int64
+					filepath.WalkDir(dest, func(_ string, d os.DirEntry, _ error) error {
+						if info, err := d.Info(); err == nil && d.Type().IsRegular() {
+							n += info.Size()
+						}
+						return nil
+					})
+					if n > 16<<20 {
+						t.Fatalf("%d bytes written past the room", n)
+					}
 				}
 				return
 			}
@@ -144,11 +185,223 @@ func FuzzExtract(f *testing.F) {
 		parent := t.TempDir()
 		dest := filepath.Join(parent, "out")
 		os.Mkdir(dest, 0o755)
-		Extract(bytes.NewReader(z), int64(len(z)), dest, Limits{MaxEntries: 50, MaxBytes: 1 << 20})
+		Extract(bytes.NewReader(z), int64(len(z)), dest, Limits{MaxEntries: 50, MaxBytes: 1 << 20,
+			Room: func() (int64, error) { return 512 << 10, nil }})
 		// Whatever happened, nothing may exist next to the target.
 		ents, _ := os.ReadDir(parent)
 		if len(ents) != 1 {
 			t.Fatalf("extraction escaped: %v", ents)
 		}
 	})
+}
+
+// nameCases drive TestCleanPath and seed the name fuzz targets: an
+// algorithm's file names that a consumer's unzip, shell or Windows tool
+// would misread.
+var nameCases = []struct {
+	name  string
+	clean bool
+}{
+	{"result.txt", true},
+	{"models/v1/model.bin", true},
+	{"50%.csv", true},
+	{"with space.txt", true},
+	{"ünïcödé/日本.txt", true},
+	{"a-b", true},
+	{"file~1", true},
+	{`..\..\..\evil.txt`, false},
+	{`dir\file`, false},
+	{"C:evil", false},
+	{"stream.txt:hidden", false},
+	{"line\nbreak.txt", false},
+	{"carriage\rreturn", false},
+	{"tab\there", false},
+	{"esc\x1b[31m.txt", false},
+	{"del\x7f", false},
+	{"c1\u0085next", false},
+	{"-rf", false},
+	{"dir/-n", false},
+	{"--help", false},
+	{"\u202egnp.exe", false},
+	{"zero\u200bwidth", false},
+	{"bad\xffutf8", false},
+	{"", false},
+	{"a//b", false},
+	{"./a", false},
+	{"a/../b", false},
+	{"/abs", false},
+}
+
+func TestCleanPath(t *testing.T) {
+	for _, tc := range nameCases {
+		t.Run(fmt.Sprintf("%q", tc.name), func(t *testing.T) {
+			err := CleanPath(tc.name)
+			if (err == nil) != tc.clean {
+				t.Fatalf("CleanPath: %v, want clean %v", err, tc.clean)
+			}
+			safe := SafePath(tc.name)
+			if err := CleanPath(safe); err != nil {
+				t.Fatalf("SafePath gave %q: %v", safe, err)
+			}
+			if (safe == tc.name) != tc.clean {
+				t.Fatalf("SafePath(%q) = %q", tc.name, safe)
+			}
+		})
+	}
+}
+
+// TestWriteResultsFile: hostile names written by an algorithm come out of
+// the results zip as clean relative paths, distinct from every other name
+// (a clean file already named like a rewrite keeps its name), with the
+// content they had, and each rename is reported.
+func TestWriteResultsFile(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		`..\..\..\evil.txt`: "slip", "line\nbreak": "nl", "-rf": "dash", "%2Drf": "literal",
+		"\u202etxt.exe": "bidi", "ok/fine.txt": "fine", "-d/inner": "in", "%2Dd": "file named like the dir's rewrite",
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dst := filepath.Join(t.TempDir(), "results.zip")
+	renamed, err := WriteResultsFile(dst, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := zip.OpenReader(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zr.Close()
+	got := map[string]string{}
+	var order []string
+	for _, f := range zr.File {
+		if err := CleanPath(f.Name); err != nil {
+			t.Errorf("unclean name in the zip: %v", err)
+		}
+		rc, _ := f.Open()
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		got[f.Name] = string(b)
+		order = append(order, f.Name)
+	}
+	if !sort.StringsAreSorted(order) {
+		t.Errorf("entries not sorted: %q", order)
+	}
+	to := map[string]string{}
+	for _, r := range renamed {
+		to[r.From] = r.To
+	}
+	for name, body := range files {
+		want := name
+		if CleanPath(name) != nil {
+			want = to[name]
+			if want == "" {
+				t.Errorf("%q not reported as renamed", name)
+				continue
+			}
+		}
+		if got[want] != body {
+			t.Errorf("%q stored as %q holds %q, want %q", name, want, got[want], body)
+		}
+	}
+	if len(got) != len(files) || len(renamed) != 5 {
+		t.Errorf("%d entries (want %d), %d renames (want 5): %v", len(got), len(files), len(renamed), renamed)
+	}
+	if to["-d/inner"] != "%2Dd~1/inner" || to["-rf"] != "%2Drf~1" {
+		t.Errorf("collisions resolved as %v", renamed)
+	}
+	// A tree of clean names zips exactly as WriteDirFile does.
+	clean := tree(t, map[string]string{"a.txt": "A", "b/c": "C"})
+	one, two := filepath.Join(t.TempDir(), "1.zip"), filepath.Join(t.TempDir(), "2.zip")
+	if r, err := WriteResultsFile(one, clean); err != nil || len(r) != 0 {
+		t.Fatal(r, err)
+	}
+	if err := WriteDirFile(two, clean); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(one)
+	b, _ := os.ReadFile(two)
+	if !bytes.Equal(a, b) {
+		t.Error("clean results do not zip as WriteDirFile")
+	}
+}
+
+// FuzzSafePath: whatever the name, its safe form is clean, and a name is
+// left alone exactly when it is clean.
+func FuzzSafePath(f *testing.F) {
+	for _, tc := range nameCases {
+		f.Add(tc.name)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		safe := SafePath(name)
+		if err := CleanPath(safe); err != nil && len(safe) <= 4096 {
+			t.Fatalf("SafePath(%q) = %q: %v", name, safe, err)
+		}
+		if (safe == name) != (CleanPath(name) == nil) {
+			t.Fatalf("SafePath(%q) = %q, clean %v", name, safe, CleanPath(name) == nil)
+		}
+	})
+}
+
+// FuzzResultNames: for any set of file paths a directory can hold
+// (NUL-separated), the names in the results zip are clean, distinct, and
+// no name is another's directory.
+func FuzzResultNames(f *testing.F) {
+	var all []string
+	for _, tc := range nameCases {
+		all = append(all, tc.name)
+	}
+	f.Add(strings.Join(all, "\x00"))
+	f.Add("-a\x00%2Da\x00-a~1/x\x00b\\c\x00b%5Cc")
+	f.Fuzz(func(t *testing.T, list string) {
+		rels := fsPaths(strings.Split(list, "\x00"))
+		if rels == nil {
+			return
+		}
+		names := resultNames(rels)
+		set := newNameSet()
+		for i, n := range names {
+			if err := CleanPath(n); err != nil {
+				t.Fatalf("%q named %q: %v", rels[i], n, err)
+			}
+			if set.conflicts(n) {
+				t.Fatalf("%q named %q, which conflicts with another name in %q", rels[i], n, names)
+			}
+			set.add(n)
+		}
+	})
+}
+
+// fsPaths returns rels sorted if a directory could hold regular files at
+// exactly those paths (no empty, "." or ".." component, no absolute path,
+// no file that is also another's directory, no duplicates), else nil.
+func fsPaths(rels []string) []string {
+	files, dirs := map[string]bool{}, map[string]bool{}
+	for _, r := range rels {
+		if r == "" || strings.HasPrefix(r, "/") || len(r) > 4096 || files[r] {
+			return nil
+		}
+		for _, c := range strings.Split(r, "/") {
+			if c == "" || c == "." || c == ".." || len(c) > 255 {
+				return nil
+			}
+		}
+		files[r] = true
+		for d := path.Dir(r); d != "."; d = path.Dir(d) {
+			dirs[d] = true
+		}
+	}
+	for r := range files {
+		if dirs[r] {
+			return nil
+		}
+	}
+	out := append([]string(nil), rels...)
+	sort.Strings(out)
+	return out
 }

@@ -41,7 +41,12 @@ checks the file's SHA3-256 against the manifest.`,
 					return fmt.Errorf("reading requirements: %w", err)
 				}
 			}
-			ctx, err := signedContext(cmd.Context(), a[1], rolesig.AlgorithmProvider)
+			ag, err := DialAgent(cmd)
+			if err != nil {
+				return err
+			}
+			defer ag.Close()
+			ctx, err := signedContext(cmd.Context(), ag, a[1], rolesig.AlgorithmProvider)
 			if err != nil {
 				return err
 			}
@@ -49,11 +54,6 @@ checks the file's SHA3-256 against the manifest.`,
 			for _, x := range args {
 				ctx = metadata.AppendToOutgoingContext(ctx, "algo_args", x)
 			}
-			ag, err := DialAgent(cmd)
-			if err != nil {
-				return err
-			}
-			defer ag.Close()
 			stream, err := ag.Algo(ctx)
 			if err != nil {
 				return fmt.Errorf("uploading algorithm: %s", statusText(err))

@@ -57,16 +57,16 @@ its datasets directory.`,
 			if st, err = f.Stat(); err != nil {
 				return err
 			}
-			ctx, err := signedContext(cmd.Context(), a[1], rolesig.DataProvider)
-			if err != nil {
-				return err
-			}
-			ctx = metadata.AppendToOutgoingContext(ctx, "decompress", strconv.FormatBool(decompress))
 			ag, err := DialAgent(cmd)
 			if err != nil {
 				return err
 			}
 			defer ag.Close()
+			ctx, err := signedContext(cmd.Context(), ag, a[1], rolesig.DataProvider)
+			if err != nil {
+				return err
+			}
+			ctx = metadata.AppendToOutgoingContext(ctx, "decompress", strconv.FormatBool(decompress))
 			stream, err := ag.Data(ctx)
 			if err != nil {
 				return fmt.Errorf("uploading dataset: %s", statusText(err))

@@ -25,15 +25,15 @@ so an interrupted download leaves no partial results file.`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			o := IOOf(cmd)
-			ctx, err := signedContext(cmd.Context(), a[0], rolesig.Consumer)
-			if err != nil {
-				return err
-			}
 			ag, err := DialAgent(cmd)
 			if err != nil {
 				return err
 			}
 			defer ag.Close()
+			ctx, err := signedContext(cmd.Context(), ag, a[0], rolesig.Consumer)
+			if err != nil {
+				return err
+			}
 			stream, err := ag.Result(ctx, &agentpb.ResultRequest{})
 			if err != nil {
 				return fmt.Errorf("downloading results: %s", statusText(err))

@@ -109,10 +109,12 @@ func Run(ctx context.Context, args []string, o Options) int {
 	return 1
 }
 
-// isCobraUsage reports whether err is one of cobra's own argument/flag errors.
+// isCobraUsage reports whether err is one of cobra's own argument/flag
+// errors. Cobra's bad flag value reads `invalid argument "v" for "--f"`; the
+// agent's refusals read "invalid argument: …" and are not usage errors.
 func isCobraUsage(err error) bool {
 	s := err.Error()
-	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires at least", "requires exactly", "invalid argument", "flag needs an argument", "required flag"} {
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires at least", "requires exactly", `invalid argument "`, "flag needs an argument", "required flag"} {
 		if strings.Contains(s, p) {
 			return true
 		}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -11,17 +12,25 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/cvmd/cvmd/cocos/rolesig"
+	"github.com/cvmd/cvmd/proto/rolechallenge"
 )
 
 // chunkSize is the upload chunk, as Cocos's CLI (1 MiB).
 const chunkSize = 1 << 20
 
-// signedContext adds Cocos's auth metadata for role, signed with the
-// private key in keyFile.
-func signedContext(ctx context.Context, keyFile, role string) (context.Context, error) {
+// signedContext adds the auth metadata for role, signed with the private
+// key in keyFile, for one call to ag. When ag offers a role challenge (a cvmd
+// agent: cvmd.rolechallenge.v1.RoleChallenge), the signature covers the
+// role, the computation id and the agent's fresh nonce, and cannot be
+// replayed; an agent without the service (Cocos's) gets Cocos's signature
+// of the bare role. Make the call right after: the nonce is good for one
+// call on this connection, for a minute.
+func signedContext(ctx context.Context, ag *Agent, keyFile, role string) (context.Context, error) {
 	pemBytes, err := os.ReadFile(keyFile)
 	if err != nil {
 		return nil, fmt.Errorf("reading private key: %w", err)
@@ -30,11 +39,26 @@ func signedContext(ctx context.Context, keyFile, role string) (context.Context, 
 	if err != nil {
 		return nil, fmt.Errorf("private key %s: %v", keyFile, err)
 	}
-	sig, err := rolesig.SignBase64(key, role)
+	cctx, cancel := context.WithTimeout(ctx, ag.Config.Timeout)
+	offer, err := rolechallenge.NewRoleChallengeClient(ag.Conn).Offer(cctx, &rolechallenge.OfferRequest{}, grpc.WaitForReady(true))
+	cancel()
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		sig, err := rolesig.SignBase64(key, role)
+		if err != nil {
+			return nil, fmt.Errorf("signing as %s: %v", role, err)
+		}
+		return metadata.AppendToOutgoingContext(ctx, "user-id", role, "signature", sig), nil
+	case err != nil:
+		return nil, fmt.Errorf("asking the agent for a role challenge: %s", statusText(err))
+	}
+	sig, err := rolesig.SignChallenge(key, role, offer.GetComputationId(), offer.GetNonce())
 	if err != nil {
 		return nil, fmt.Errorf("signing as %s: %v", role, err)
 	}
-	return metadata.AppendToOutgoingContext(ctx, "user-id", role, "signature", sig), nil
+	return metadata.AppendToOutgoingContext(ctx, "user-id", role,
+		"signature", base64.StdEncoding.EncodeToString(sig),
+		"cvmd-role-challenge", base64.StdEncoding.EncodeToString(offer.GetNonce())), nil
 }
 
 // progress is a byte counter shown as a bar on a terminal only.

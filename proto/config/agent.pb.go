@@ -34,7 +34,8 @@ type AgentSettings struct {
 	// Largest single dataset upload accepted, bytes. 0 = 64 GiB.
 	MaxDatasetBytes uint64 `protobuf:"varint,3,opt,name=max_dataset_bytes,json=maxDatasetBytes,proto3" json:"max_dataset_bytes,omitempty"`
 	// Free space the agent keeps on the computation dir's filesystem: an upload
-	// that would go below it is refused. 0 = 64 MiB.
+	// or a zip extraction is stopped before it would go below it, and what it
+	// wrote is removed. 0 = 64 MiB.
 	MinFreeBytes uint64 `protobuf:"varint,4,opt,name=min_free_bytes,json=minFreeBytes,proto3" json:"min_free_bytes,omitempty"`
 	// Caps on `decompress` extraction: entries (0 = 10000) and total
 	// uncompressed bytes (0 = max_dataset_bytes).
@@ -47,8 +48,12 @@ type AgentSettings struct {
 	// Soft limit of the agent's Go heap (runtime/debug.SetMemoryLimit), so that
 	// garbage from streamed chunks is collected before RSS grows. 0 = 32 MiB.
 	MemoryLimitBytes uint64 `protobuf:"varint,9,opt,name=memory_limit_bytes,json=memoryLimitBytes,proto3" json:"memory_limit_bytes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Refuse role-only (Cocos) signatures: every Algo, Data and Result call
+	// must sign a nonce offered by cvmd.rolechallenge.v1.RoleChallenge/Offer
+	// (docs/agent.md, "Role signatures"). A manifest can also require it.
+	RequireRoleChallenge bool `protobuf:"varint,10,opt,name=require_role_challenge,json=requireRoleChallenge,proto3" json:"require_role_challenge,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *AgentSettings) Reset() {
@@ -144,11 +149,18 @@ func (x *AgentSettings) GetMemoryLimitBytes() uint64 {
 	return 0
 }
 
+func (x *AgentSettings) GetRequireRoleChallenge() bool {
+	if x != nil {
+		return x.RequireRoleChallenge
+	}
+	return false
+}
+
 var File_proto_config_agent_proto protoreflect.FileDescriptor
 
 const file_proto_config_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18proto/config/agent.proto\x12\vcvmd.config\"\x91\x03\n" +
+	"\x18proto/config/agent.proto\x12\vcvmd.config\"\xc7\x03\n" +
 	"\rAgentSettings\x12'\n" +
 	"\x0fcomputation_dir\x18\x01 \x01(\tR\x0ecomputationDir\x12.\n" +
 	"\x13max_algorithm_bytes\x18\x02 \x01(\x04R\x11maxAlgorithmBytes\x12*\n" +
@@ -159,7 +171,9 @@ const file_proto_config_agent_proto_rawDesc = "" +
 	"\x15ima_measurements_path\x18\a \x01(\tR\x13imaMeasurementsPath\x12\x1d\n" +
 	"\n" +
 	"pcr10_path\x18\b \x01(\tR\tpcr10Path\x12,\n" +
-	"\x12memory_limit_bytes\x18\t \x01(\x04R\x10memoryLimitBytesB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x12memory_limit_bytes\x18\t \x01(\x04R\x10memoryLimitBytes\x124\n" +
+	"\x16require_role_challenge\x18\n" +
+	" \x01(\bR\x14requireRoleChallengeB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_agent_proto_rawDescOnce sync.Once

@@ -38,13 +38,17 @@ type IngressSettings struct {
 	// asked of the attestation child for aTLS evidence.
 	PlatformType int32 `protobuf:"varint,6,opt,name=platform_type,json=platformType,proto3" json:"platform_type,omitempty"`
 	// Limits; 0 means the default given.
-	HandshakeTimeoutMs uint32 `protobuf:"varint,7,opt,name=handshake_timeout_ms,json=handshakeTimeoutMs,proto3" json:"handshake_timeout_ms,omitempty"` // accept → TLS/aTLS done and HTTP/2 preface read; default 10000
-	IdleTimeoutMs      uint32 `protobuf:"varint,8,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`                // no byte either way; default 600000
-	MaxConnections     uint32 `protobuf:"varint,9,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`               // established (proxied) connections; default 256
-	MaxHandshakes      uint32 `protobuf:"varint,10,opt,name=max_handshakes,json=maxHandshakes,proto3" json:"max_handshakes,omitempty"`                 // connections still in the handshake; the oldest is dropped for a new one; default 128
-	ShutdownGraceMs    uint32 `protobuf:"varint,11,opt,name=shutdown_grace_ms,json=shutdownGraceMs,proto3" json:"shutdown_grace_ms,omitempty"`         // on stop, how long established connections may finish; default 5000
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	HandshakeTimeoutMs      uint32 `protobuf:"varint,7,opt,name=handshake_timeout_ms,json=handshakeTimeoutMs,proto3" json:"handshake_timeout_ms,omitempty"`                   // accept → TLS/aTLS done and HTTP/2 preface read; default 10000
+	IdleTimeoutMs           uint32 `protobuf:"varint,8,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`                                  // no byte either way; default 600000
+	MaxConnections          uint32 `protobuf:"varint,9,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`                                 // established (proxied) connections; default 256
+	MaxHandshakes           uint32 `protobuf:"varint,10,opt,name=max_handshakes,json=maxHandshakes,proto3" json:"max_handshakes,omitempty"`                                   // connections still in the handshake; the oldest is dropped for a new one; default 128
+	ShutdownGraceMs         uint32 `protobuf:"varint,11,opt,name=shutdown_grace_ms,json=shutdownGraceMs,proto3" json:"shutdown_grace_ms,omitempty"`                           // on stop, how long established connections may finish; default 5000
+	FirstRequestTimeoutMs   uint32 `protobuf:"varint,12,opt,name=first_request_timeout_ms,json=firstRequestTimeoutMs,proto3" json:"first_request_timeout_ms,omitempty"`       // handshake done → the client's first HTTP/2 stream; default 10000
+	StreamlessTimeoutMs     uint32 `protobuf:"varint,13,opt,name=streamless_timeout_ms,json=streamlessTimeoutMs,proto3" json:"streamless_timeout_ms,omitempty"`               // a connection with no open stream is closed after this; default 60000
+	MaxConnectionsPerSource uint32 `protobuf:"varint,14,opt,name=max_connections_per_source,json=maxConnectionsPerSource,proto3" json:"max_connections_per_source,omitempty"` // established connections per source address (IPv6: per /64); default 32
+	MaxHandshakesPerSource  uint32 `protobuf:"varint,15,opt,name=max_handshakes_per_source,json=maxHandshakesPerSource,proto3" json:"max_handshakes_per_source,omitempty"`    // connections in their handshake per source; its own oldest is dropped for a new one; default 32
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *IngressSettings) Reset() {
@@ -154,11 +158,39 @@ func (x *IngressSettings) GetShutdownGraceMs() uint32 {
 	return 0
 }
 
+func (x *IngressSettings) GetFirstRequestTimeoutMs() uint32 {
+	if x != nil {
+		return x.FirstRequestTimeoutMs
+	}
+	return 0
+}
+
+func (x *IngressSettings) GetStreamlessTimeoutMs() uint32 {
+	if x != nil {
+		return x.StreamlessTimeoutMs
+	}
+	return 0
+}
+
+func (x *IngressSettings) GetMaxConnectionsPerSource() uint32 {
+	if x != nil {
+		return x.MaxConnectionsPerSource
+	}
+	return 0
+}
+
+func (x *IngressSettings) GetMaxHandshakesPerSource() uint32 {
+	if x != nil {
+		return x.MaxHandshakesPerSource
+	}
+	return 0
+}
+
 var File_proto_config_ingress_proto protoreflect.FileDescriptor
 
 const file_proto_config_ingress_proto_rawDesc = "" +
 	"\n" +
-	"\x1aproto/config/ingress.proto\x12\vcvmd.config\"\xb3\x03\n" +
+	"\x1aproto/config/ingress.proto\x12\vcvmd.config\"\x98\x05\n" +
 	"\x0fIngressSettings\x12\x1b\n" +
 	"\tcert_file\x18\x01 \x01(\tR\bcertFile\x12\x19\n" +
 	"\bkey_file\x18\x02 \x01(\tR\akeyFile\x12$\n" +
@@ -171,7 +203,11 @@ const file_proto_config_ingress_proto_rawDesc = "" +
 	"\x0fmax_connections\x18\t \x01(\rR\x0emaxConnections\x12%\n" +
 	"\x0emax_handshakes\x18\n" +
 	" \x01(\rR\rmaxHandshakes\x12*\n" +
-	"\x11shutdown_grace_ms\x18\v \x01(\rR\x0fshutdownGraceMsB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x11shutdown_grace_ms\x18\v \x01(\rR\x0fshutdownGraceMs\x127\n" +
+	"\x18first_request_timeout_ms\x18\f \x01(\rR\x15firstRequestTimeoutMs\x122\n" +
+	"\x15streamless_timeout_ms\x18\r \x01(\rR\x13streamlessTimeoutMs\x12;\n" +
+	"\x1amax_connections_per_source\x18\x0e \x01(\rR\x17maxConnectionsPerSource\x129\n" +
+	"\x19max_handshakes_per_source\x18\x0f \x01(\rR\x16maxHandshakesPerSourceB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_ingress_proto_rawDescOnce sync.Once

@@ -534,8 +534,12 @@ type ComputationRunReq struct {
 	Algorithm       *Algorithm             `protobuf:"bytes,5,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
 	ResultConsumers []*ResultConsumer      `protobuf:"bytes,6,rep,name=result_consumers,json=resultConsumers,proto3" json:"result_consumers,omitempty"`
 	AgentConfig     *AgentConfig           `protobuf:"bytes,7,opt,name=agent_config,json=agentConfig,proto3" json:"agent_config,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// cvmd extension, not in Cocos (a Cocos manager never sets it; a Cocos
+	// agent ignores it): the manifest's require_role_challenge. The number is
+	// far from Cocos's so that its future fields cannot collide.
+	CvmdRequireRoleChallenge bool `protobuf:"varint,1000,opt,name=cvmd_require_role_challenge,json=cvmdRequireRoleChallenge,proto3" json:"cvmd_require_role_challenge,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *ComputationRunReq) Reset() {
@@ -615,6 +619,13 @@ func (x *ComputationRunReq) GetAgentConfig() *AgentConfig {
 		return x.AgentConfig
 	}
 	return nil
+}
+
+func (x *ComputationRunReq) GetCvmdRequireRoleChallenge() bool {
+	if x != nil {
+		return x.CvmdRequireRoleChallenge
+	}
+	return false
 }
 
 type ResultConsumer struct {
@@ -1476,7 +1487,7 @@ const file_proto_cvms_cvms_proto_rawDesc = "" +
 	"\fRunReqChunks\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
-	"\ais_last\x18\x03 \x01(\bR\x06isLast\"\xaa\x02\n" +
+	"\ais_last\x18\x03 \x01(\bR\x06isLast\"\xea\x02\n" +
 	"\x11ComputationRunReq\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -1484,7 +1495,8 @@ const file_proto_cvms_cvms_proto_rawDesc = "" +
 	"\bdatasets\x18\x04 \x03(\v2\r.cvms.DatasetR\bdatasets\x12-\n" +
 	"\talgorithm\x18\x05 \x01(\v2\x0f.cvms.AlgorithmR\talgorithm\x12?\n" +
 	"\x10result_consumers\x18\x06 \x03(\v2\x14.cvms.ResultConsumerR\x0fresultConsumers\x124\n" +
-	"\fagent_config\x18\a \x01(\v2\x11.cvms.AgentConfigR\vagentConfig\"*\n" +
+	"\fagent_config\x18\a \x01(\v2\x11.cvms.AgentConfigR\vagentConfig\x12>\n" +
+	"\x1bcvmd_require_role_challenge\x18\xe8\a \x01(\bR\x18cvmdRequireRoleChallenge\"*\n" +
 	"\x0eResultConsumer\x12\x18\n" +
 	"\auserKey\x18\x01 \x01(\fR\auserKey\"\xbc\x01\n" +
 	"\aDataset\x12\x12\n" +

@@ -543,11 +543,10 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		}
 	}()
 	dir := filepath.Join(a.cfg.RunDir, run.id)
-	if err := os.MkdirAll(filepath.Join(dir, "empty"), 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, nil, nil, err
 	}
 	cleanups = append(cleanups, func() { os.RemoveAll(dir) })
-	plan.spec.EmptyDir = filepath.Join(dir, "empty")
 	resultsTmp := ""
 	if plan.results != "" {
 		resultsTmp = filepath.Join(dir, "results")

@@ -48,10 +48,7 @@ func TestDefaultTable(t *testing.T) {
 		if c.HostNet != (c.Name == "egress") {
 			t.Errorf("%s: host network %v", c.Name, c.HostNet)
 		}
-		socket := false
-		for _, s := range c.Seccomp.Allow {
-			socket = socket || s == "socket"
-		}
+		socket := len(c.Seccomp.SocketFamilies) > 0
 		if socket != (c.Name == "egress") {
 			t.Errorf("%s: socket(2) allowed = %v", c.Name, socket)
 		}

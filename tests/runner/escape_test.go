@@ -6,12 +6,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cvmd/cvmd/proto/config"
 	pb "github.com/cvmd/cvmd/proto/runner"
+	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor/algosandbox"
 )
 
@@ -105,6 +107,11 @@ func TestEscapeAttempts(t *testing.T) {
 		{"tcp to the outside", []string{"connect", "1.1.1.1:80"}, ""},
 		{"tcp to a private address", []string{"connect", "10.0.2.2:80"}, ""},
 		{"tcp to the outside over IPv6", []string{"connect", "[2606:4700:4700::1111]:80"}, ""},
+		{"listen on vsock", []string{"vsock"}, ""},
+		{"socket(AF_VSOCK) through the 32-bit syscall entry", []string{"int80"}, ""},
+		{"ask a socket for the interface table", []string{"ioctl"}, ""},
+		{"execute a copy from /tmp, /dev/shm, results or a memfd", []string{"memexec"}, ""},
+		{"take another process's fd with pidfd_getfd", []string{"pidfd_getfd"}, ""},
 		{"fork bomb", []string{"forkbomb"}, ""},
 		{"fill results past the cap", []string{"fill"}, "results over quota"},
 		{"allocate past the memory limit", []string{"oom"}, "out of memory"},
@@ -140,6 +147,86 @@ func TestEscapeAttempts(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(w.comp, "results", "big")); err == nil {
 		t.Error("results over quota were copied out")
+	}
+}
+
+// TestSocketFamilies runs socket(2) (stream, dgram, seqpacket and raw) and
+// socketpair(2) for every address family number from 0 to 63 inside an
+// algorithm sandbox: only AF_UNIX, AF_INET and AF_INET6 get past the
+// filter, socketpair only for AF_UNIX; everything else fails with EPERM.
+func TestSocketFamilies(t *testing.T) {
+	w := newWorld(t, worldOpts{})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	resp := w.run(t, "bin", "sockets")
+	out := w.rec.output("stdout")
+	if resp.GetError() != "" {
+		t.Fatalf("run failed: %s\n%s", resp.GetError(), w.rec.all())
+	}
+	got := map[int][]string{}
+	for _, l := range out {
+		var n int
+		if _, err := fmt.Sscanf(l, "family %d", &n); err == nil {
+			got[n] = strings.Fields(l)[2:]
+		}
+	}
+	names := map[int]string{}
+	for _, f := range sandbox.SocketFamilies {
+		names[f.Number] = f.Name
+	}
+	allowed := map[string]bool{"AF_UNIX": true, "AF_INET": true, "AF_INET6": true}
+	for n := 0; n < 64; n++ {
+		name := names[n]
+		if name == "" {
+			name = fmt.Sprintf("family %d (beyond AF_MAX)", n)
+		}
+		t.Run(name, func(t *testing.T) {
+			res, ok := got[n]
+			if !ok || len(res) != 5 {
+				t.Fatalf("no result for family %d in:\n%s", n, strings.Join(out, "\n"))
+			}
+			sockets, pair := res[:4], strings.TrimPrefix(res[4], "pair:")
+			refused := !slices.ContainsFunc(sockets, func(r string) bool { return r != "EPERM" })
+			if refused == allowed[name] {
+				t.Errorf("socket(%s) stream/dgram/seqpacket/raw: %v; want refused = %v", name, sockets, !allowed[name])
+			}
+			if (pair == "EPERM") == (name == "AF_UNIX") {
+				t.Errorf("socketpair(%s): %s", name, pair)
+			}
+		})
+	}
+}
+
+// TestMountinfoHidesHostPaths reads the algorithm's /proc/self/mountinfo:
+// its root is the skeleton's own tmpfs and /etc/cocos an empty tmpfs, so
+// neither the state dir nor the supervisor's run dir shows; the only host
+// paths left are the sources of the binds it was given (its datasets and its
+// copy of the algorithm), as docs/runner.md says.
+func TestMountinfoHidesHostPaths(t *testing.T) {
+	withPlatformSecrets(t)
+	w := newWorld(t, worldOpts{})
+	w.putFile(t, "algo", testBinary(t, "escape"), 0o600)
+	w.put(t, "datasets/x.csv", []byte("x"), 0o644)
+	if resp := w.run(t, "bin", "mountinfo"); resp.GetError() != "" {
+		t.Fatalf("run: %s\n%s", resp.GetError(), w.rec.all())
+	}
+	lines := w.rec.output("stdout")
+	seen := map[string]string{} // mount point → root
+	for _, l := range lines {
+		f := strings.Fields(l)
+		if len(f) < 5 {
+			continue
+		}
+		root, point := f[3], f[4]
+		seen[point] = root
+		if strings.Contains(l, w.state) && point != "/cocos/datasets" && point != "/cocos/algo" {
+			t.Errorf("mountinfo shows a host path of the state dir: %s", l)
+		}
+	}
+	if seen["/"] != "/" {
+		t.Errorf("the root is %q of its file system, want \"/\" (the skeleton's own tmpfs)\n%s", seen["/"], strings.Join(lines, "\n"))
+	}
+	if seen["/etc/cocos"] != "/" {
+		t.Errorf("/etc/cocos is %q, want an empty tmpfs\n%s", seen["/etc/cocos"], strings.Join(lines, "\n"))
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/cvmd/cvmd/cocos/digest"
 	"github.com/cvmd/cvmd/cocos/manifest"
 	"github.com/cvmd/cvmd/cocos/rolesig"
+	"github.com/cvmd/cvmd/internal/logsink"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/attestation"
@@ -118,6 +119,8 @@ type Options struct {
 	TCP      bool // also serve the public API on 127.0.0.1
 	// Attestation, if set, is the agent's attestation service.
 	Attestation attestation.AttestationClient
+	// Events, if set, receives the agent's events (else they are logged).
+	Events logsink.Publisher
 }
 
 // Harness is a running agent.
@@ -153,7 +156,7 @@ func Start(t testing.TB, o Options) *Harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Config{StateDir: o.StateDir, Settings: o.Settings, Runner: runner.NewRunnerClient(rconn), Attestation: o.Attestation})
+	a, err := agent.New(agent.Config{StateDir: o.StateDir, Settings: o.Settings, Runner: runner.NewRunnerClient(rconn), Attestation: o.Attestation, Events: o.Events})
 	if err != nil {
 		t.Fatal(err)
 	}

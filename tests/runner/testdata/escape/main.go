@@ -9,9 +9,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +27,19 @@ func blocked(format string, a ...any) {
 func escaped(format string, a ...any) {
 	fmt.Printf("ESCAPED: "+format+"\n", a...)
 	os.Exit(3)
+}
+
+// errName is an errno's symbolic name, or "ok".
+func errName(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	if e, ok := err.(unix.Errno); ok {
+		if n := unix.ErrnoName(e); n != "" {
+			return n
+		}
+	}
+	return err.Error()
 }
 
 func main() {
@@ -112,6 +128,169 @@ func main() {
 		}
 		c.Close()
 		escaped("connected to %s", arg(2))
+	case "sockets": // socket(2) and socketpair(2) for every address family
+		// Only AF_UNIX, AF_INET and AF_INET6 may get past the filter; every
+		// other family must fail with EPERM whatever the type. One line per
+		// family for the test's table: "family <n> <results>".
+		allowed := map[int]bool{unix.AF_UNIX: true, unix.AF_INET: true, unix.AF_INET6: true}
+		var got []string
+		for fam := 0; fam < 64; fam++ {
+			var res []string
+			open := false
+			for _, typ := range []int{unix.SOCK_STREAM, unix.SOCK_DGRAM, unix.SOCK_SEQPACKET, unix.SOCK_RAW} {
+				fd, err := unix.Socket(fam, typ|unix.SOCK_CLOEXEC, 0)
+				if err == nil {
+					unix.Close(fd)
+				}
+				open = open || err != unix.EPERM
+				res = append(res, errName(err))
+			}
+			fds, err := unix.Socketpair(fam, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err == nil {
+				unix.Close(fds[0])
+				unix.Close(fds[1])
+			}
+			res = append(res, "pair:"+errName(err))
+			fmt.Printf("family %d %s\n", fam, strings.Join(res, " "))
+			if (open && !allowed[fam]) || (err != unix.EPERM && fam != unix.AF_UNIX) {
+				got = append(got, strconv.Itoa(fam))
+			}
+		}
+		if len(got) > 0 {
+			escaped("sockets of families %v got past the filter", got)
+		}
+		blocked("every family but AF_UNIX, AF_INET and AF_INET6 refused with EPERM")
+	case "int80": // socket(AF_VSOCK) through the 32-bit syscall entry, in a child
+		out, err := exec.Command("/cocos/algo", "int80-child").CombinedOutput()
+		if err == nil {
+			escaped("i386 socket(AF_VSOCK): %s", out)
+		}
+		if ee, ok := err.(*exec.ExitError); ok {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				blocked("the 32-bit syscall killed the process: %v", ws.Signal())
+			}
+		}
+		blocked("i386 socket(AF_VSOCK): %s", strings.TrimSpace(string(out)))
+	case "int80-child":
+		// seccomp kills the thread (not the process) that makes a syscall
+		// of an architecture the filter was not built for: make it on a
+		// thread of its own and watch that thread.
+		const i386Socket = 359 // __NR_socket on i386
+		tid := make(chan int)
+		res := make(chan uintptr)
+		go func() {
+			runtime.LockOSThread()
+			tid <- unix.Gettid()
+			res <- int80(i386Socket, unix.AF_VSOCK, unix.SOCK_STREAM, 0)
+		}()
+		t := <-tid
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			select {
+			case r := <-res:
+				if int32(r) < 0 {
+					fmt.Printf("errno %d\n", -int32(r))
+					os.Exit(1)
+				}
+				fmt.Printf("fd %d\n", r)
+				os.Exit(0)
+			default:
+			}
+			// A killed thread leaves /proc, or stays a zombie if it led the
+			// thread group.
+			st, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/stat", t))
+			if _, after, ok := strings.Cut(string(st), ") "); err != nil || ok && strings.HasPrefix(after, "Z") {
+				fmt.Println("thread killed")
+				os.Exit(1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		fmt.Println("neither an answer nor a dead thread")
+		os.Exit(1)
+	case "vsock": // listen on vsock, which a network namespace does not confine
+		fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM, 0)
+		if err != nil {
+			blocked("socket(AF_VSOCK): %v", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrVM{CID: unix.VMADDR_CID_ANY, Port: 5000}); err != nil {
+			blocked("bind vsock: %v", err)
+		}
+		if err := unix.Listen(fd, 1); err != nil {
+			blocked("listen vsock: %v", err)
+		}
+		escaped("listening on vsock port 5000")
+	case "ioctl": // socket ioctls refused; terminal queries answered by the kernel
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		if err != nil {
+			fmt.Println("socket:", err)
+			os.Exit(1)
+		}
+		buf := make([]byte, 1024)
+		ifc := struct {
+			len uint32
+			_   uint32
+			ptr uintptr
+		}{uint32(len(buf)), 0, uintptr(unsafe.Pointer(&buf[0]))}
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCGIFCONF, uintptr(unsafe.Pointer(&ifc)))
+		_, terr := unix.IoctlGetTermios(1, unix.TCGETS)
+		fmt.Printf("TCGETS on stdout: %v\n", terr)
+		if e == 0 {
+			escaped("SIOCGIFCONF answered")
+		}
+		blocked("SIOCGIFCONF: %v", e)
+	case "memexec": // run a binary from every place the algorithm can write
+		self, err := os.ReadFile("/proc/self/exe")
+		if err != nil {
+			fmt.Println("reading self:", err)
+			os.Exit(1)
+		}
+		var why []string
+		for _, dir := range []string{"/tmp", "/dev/shm", "/cocos/results"} {
+			p := dir + "/copy"
+			if err := os.WriteFile(p, self, 0o755); err != nil {
+				why = append(why, fmt.Sprintf("%s: %v", dir, err))
+				continue
+			}
+			err := exec.Command(p, "whoami").Run()
+			os.Remove(p)
+			if err == nil {
+				escaped("executed a copy in %s", dir)
+			}
+			why = append(why, fmt.Sprintf("%s: %v", dir, err))
+		}
+		fd, err := unix.MemfdCreate("copy", 0)
+		if err == nil {
+			unix.Write(fd, self)
+			if err := exec.Command(fmt.Sprintf("/proc/self/fd/%d", fd), "whoami").Run(); err == nil {
+				escaped("executed a copy from a memfd")
+			}
+		}
+		why = append(why, fmt.Sprintf("memfd_create: %v", err))
+		blocked("%s", strings.Join(why, "; "))
+	case "pidfd_getfd": // take a copy of another process's fd
+		c := exec.Command("/cocos/algo", "sleep", "30")
+		if err := c.Start(); err != nil {
+			fmt.Println("start:", err)
+			os.Exit(1)
+		}
+		pfd, err := unix.PidfdOpen(c.Process.Pid, 0)
+		if err != nil {
+			c.Process.Kill()
+			blocked("pidfd_open: %v", err)
+		}
+		_, err = unix.PidfdGetfd(pfd, 1, 0)
+		c.Process.Kill()
+		if err == nil {
+			escaped("pidfd_getfd took the child's stdout")
+		}
+		blocked("pidfd_getfd: %v", err)
+	case "mountinfo": // what the algorithm learns of the host's paths
+		b, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			fmt.Println("mountinfo:", err)
+			os.Exit(1)
+		}
+		os.Stdout.Write(b)
 	case "proxy": // the proxy must be reachable
 		c, err := net.DialTimeout("tcp", "127.0.0.1:3128", 2*time.Second)
 		if err != nil {
