@@ -26,6 +26,7 @@ type childState struct {
 	// started (or at boot); nil until then.
 	settings proto.Message
 	failText string // last StartFailed text
+	lastExit string // how the last incarnation ended, with failText (children.json, Children)
 	serving  bool   // the supervisor reached its gRPC server over the edge (children the supervisor dials)
 	timer    *time.Timer
 	readyAt  time.Time
@@ -377,8 +378,10 @@ func (s *Supervisor) reap(c *childState, e evExit) {
 		how += " (OOM-killed in its cgroup)"
 	}
 	attrs := []any{"child", c.spec.Name, "generation", inc.gen, "status", how, "uptime", time.Since(inc.started).Round(time.Millisecond)}
+	c.lastExit = how
 	if c.failText != "" {
 		attrs = append(attrs, "reason", c.failText)
+		c.lastExit += ": " + c.failText
 	}
 	if s.stopping || c.status == StatusStopping {
 		s.log.Info("child stopped", attrs...)
