@@ -3,7 +3,6 @@ package ipc
 import (
 	"context"
 	"io"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -82,16 +81,16 @@ func TestDialerListenerAndReplace(t *testing.T) {
 	d := NewDialer("srv", cli)
 	defer d.Close()
 
-	echo := func() {
+	echo := func(l *Listener) {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
 		go func() { io.Copy(c, c); c.Close() }()
 	}
-	roundtrip := func() {
+	roundtrip := func(l *Listener) {
 		t.Helper()
-		go echo()
+		go echo(l)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		c, err := d.Dial(ctx)
@@ -105,16 +104,31 @@ func TestDialerListenerAndReplace(t *testing.T) {
 			t.Fatalf("echo: %q %v", buf, err)
 		}
 	}
-	roundtrip()
+	roundtrip(l)
 
-	// The server's edge dies; Dial waits until a new one is handed over.
-	srvOld := l
-	_ = srvOld
+	// The server restarts: its old edge dies with it. A Dial then finds the
+	// edge dead, forgets it and waits until a new one is handed over.
+	l.Close()
+	l2 := NewListener("srv")
+	defer l2.Close()
 	cli2, srv2 := seqpair(t, "edge2")
-	l.Add(srv2)
-	go func() { time.Sleep(50 * time.Millisecond); d.Replace(cli2) }()
-	roundtrip()
-	var _ net.Conn
+	l2.Add(srv2)
+	go func() {
+		// Replace once Dial has dropped the dead edge (it now waits for
+		// the next one, or is about to look again).
+		deadline := time.Now().Add(5 * time.Second)
+		for dropped := false; !dropped; time.Sleep(time.Millisecond) {
+			d.mu.Lock()
+			dropped = d.edge == nil
+			d.mu.Unlock()
+			if time.Now().After(deadline) {
+				t.Error("Dial never dropped the dead edge")
+				break
+			}
+		}
+		d.Replace(cli2)
+	}()
+	roundtrip(l2)
 }
 
 func TestDialWaitsThenTimesOut(t *testing.T) {

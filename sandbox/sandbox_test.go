@@ -5,12 +5,13 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -245,7 +246,7 @@ func TestRuntimeCleansStale(t *testing.T) {
 func TestCreateThenExec(t *testing.T) {
 	requireRoot(t)
 	rt := newRuntime(t)
-	out := &syncBuffer{}
+	out := &testutil.Buffer{}
 	sb, err := rt.Create(testSpec("created", "probe", "status"), IO{Stdout: out, Stderr: out})
 	if err != nil {
 		t.Fatal(err)
@@ -278,21 +279,4 @@ func TestCreateThenExec(t *testing.T) {
 	if err := idle.Destroy(); err != nil {
 		t.Error(err)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

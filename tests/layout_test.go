@@ -72,7 +72,7 @@ var supervisorImports = map[string][]string{
 	"supervisor": {"ipc", "proto/...", "sandbox", "supervisor/algosandbox", "supervisor/lifecycle",
 		"supervisor/manager", "supervisor/measure", "supervisor/pid1", "supervisor/table"},
 	"supervisor/table":       {"children/...", "proto/...", "sandbox"},
-	"supervisor/lifecycle":   {"internal/logsink", "ipc", "proto/...", "sandbox", "supervisor/table"},
+	"supervisor/lifecycle":   {"internal/lines", "internal/logsink", "ipc", "proto/...", "sandbox", "supervisor/table"},
 	"supervisor/algosandbox": {"proto/...", "sandbox"},
 	"supervisor/measure":     {"attest", "cocos/manifest", "proto/..."},
 	"supervisor/manager":     {"internal/logsink", "ipc", "proto/..."},
@@ -118,6 +118,11 @@ func TestImportRules(t *testing.T) {
 				if anyUnder(drel, rule.notDeps) {
 					t.Errorf("%s depends on %s: %s", rel, drel, rule.why)
 				}
+			}
+		}
+		for _, d := range p.Deps {
+			if d == module+"internal/testutil" {
+				t.Errorf("%s depends on internal/testutil: it is for tests only", rel)
 			}
 		}
 		if allowed, ok := supervisorImports[rel]; ok {

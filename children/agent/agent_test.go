@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -171,20 +172,45 @@ func (r *refusing) Event(eventType, status string, _ ...any) bool {
 	return true
 }
 
+// TestEventQueueNeverDrops: refused events are retried with back-off (10,
+// 20, 40 ms: fake time in the bubble) and delivered in order.
 func TestEventQueueNeverDrops(t *testing.T) {
-	p := &refusing{n: 3}
-	q := newEventQueue(p)
-	var want []string
-	for i := 0; i < 50; i++ {
-		q.Publish("c", fmt.Sprint("e", i), StatusInProgress)
-		want = append(want, fmt.Sprint("e", i)+"/"+StatusInProgress)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	q.Close(ctx)
-	if strings.Join(p.got, ",") != strings.Join(want, ",") {
-		t.Fatalf("delivered %v", p.got)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		p := &refusing{n: 3}
+		q := newEventQueue(p)
+		var want []string
+		for i := 0; i < 50; i++ {
+			q.Publish("c", fmt.Sprint("e", i), StatusInProgress)
+			want = append(want, fmt.Sprint("e", i)+"/"+StatusInProgress)
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		q.Close(ctx)
+		if strings.Join(p.got, ",") != strings.Join(want, ",") {
+			t.Fatalf("delivered %v", p.got)
+		}
+		if el := time.Since(start); el != 70*time.Millisecond {
+			t.Errorf("delivered after %s of back-off, want 10+20+40 ms", el)
+		}
+	})
+}
+
+// TestEventQueueCloseGivesUpAtItsDeadline: with a publisher that never
+// takes events, Close returns when its context ends, not later.
+func TestEventQueueCloseGivesUpAtItsDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := newEventQueue(&refusing{n: 1 << 30})
+		q.Publish("c", "Running", StatusInProgress)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		q.Close(ctx)
+		// The loop notices the abandon after its current back-off (≤ 1 s).
+		if el := time.Since(start); el < 5*time.Second || el > 6*time.Second {
+			t.Errorf("Close returned after %s, want 5 s (its deadline) plus at most one back-off", el)
+		}
+	})
 }
 
 // putter stands for *logsink.Sink's Put: it keeps whole records.

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/cvmd/cvmd/cocos/zipdir"
 	"github.com/cvmd/cvmd/proto/runner"
@@ -54,7 +56,16 @@ func (a *Agent) startRunLocked(resumed bool) {
 	}()
 }
 
-// run does one run: a fresh results dir, the runner, the results zip.
+// MaxRunAttempts bounds how many times one computation's algorithm is run
+// when the runner crashes under it (the first run included).
+const MaxRunAttempts = 3
+
+// run does one run: a fresh results dir, the runner, the results zip. A
+// crash of the runner during the run (its call ends Unavailable: the
+// supervisor killed the algorithm's sandbox with it and restarts it) runs
+// the algorithm again in a fresh sandbox, up to MaxRunAttempts in all, with
+// a Running/Warning event each time. An algorithm that fails by itself (a
+// RunResponse error) is never run again.
 func (a *Agent) run(ctx context.Context, req *runner.RunRequest, resumed bool) error {
 	if a.cfg.Runner == nil {
 		return errors.New("no runner is wired to this agent")
@@ -64,6 +75,28 @@ func (a *Agent) run(ctx context.Context, req *runner.RunRequest, resumed bool) e
 			a.log.Info("stopping the previous run before resuming", "err", err)
 		}
 	}
+	for attempt := 1; ; attempt++ {
+		err := a.runOnce(ctx, req)
+		if err == nil || ctx.Err() != nil || !runnerCrashed(err) {
+			return err
+		}
+		if attempt == MaxRunAttempts {
+			return fmt.Errorf("runner crashed during each of %d runs of the algorithm; giving up: %w", MaxRunAttempts, err)
+		}
+		msg := fmt.Sprintf("runner crashed, re-running algorithm (attempt %d/%d)", attempt+1, MaxRunAttempts)
+		a.log.Warn(msg, "computation_id", req.ComputationId, "err", err)
+		a.events.Publish(req.ComputationId, string(Running), StatusWarning, "message", msg, "error", err.Error())
+	}
+}
+
+// runnerCrashed tells a runner that went away during the call (the
+// connection broke: its process died) from every other failure.
+func runnerCrashed(err error) bool {
+	return status.Code(err) == codes.Unavailable
+}
+
+// runOnce is one attempt of run.
+func (a *Agent) runOnce(ctx context.Context, req *runner.RunRequest) error {
 	os.Remove(a.dirs.resultsZip)
 	if err := os.RemoveAll(a.dirs.results); err != nil {
 		return fmt.Errorf("clearing results: %w", err)

@@ -27,6 +27,7 @@ import (
 	"github.com/cvmd/cvmd/attest"
 	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/attest/verify"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	pb "github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
@@ -246,9 +247,7 @@ func TestRecoverHardware(t *testing.T) {
 // TestBenchAttest measures request → token (simulator, over the edge and
 // gRPC) and token → verdict.
 func TestBenchAttest(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("CVMD_BENCH=1 runs benchmarks")
-	}
+	testutil.BenchOn(t)
 	s := simulated(t, t.TempDir())
 	c := serve(t, s)
 	ctx := context.Background()
@@ -278,12 +277,12 @@ func TestBenchAttest(t *testing.T) {
 		}
 		verifyMS := float64(time.Since(start).Microseconds()) / 1000 / n
 		suffix := map[attest.Platform]string{attest.VTPM: "vtpm", attest.SNPvTPM: "snp_vtpm"}[p]
-		fmt.Printf("BENCH attest_ms_%s %.2f ms\n", suffix, attestMS)
-		fmt.Printf("BENCH verify_ms_%s %.2f ms\n", suffix, verifyMS)
+		testutil.Bench("attest_ms_"+suffix, attestMS, "ms")
+		testutil.Bench("verify_ms_"+suffix, verifyMS, "ms")
 		if p == attest.SNPvTPM {
-			fmt.Printf("BENCH attest_ms %.2f ms\n", attestMS)
-			fmt.Printf("BENCH verify_ms %.2f ms\n", verifyMS)
-			fmt.Printf("BENCH eat_token_bytes %d bytes\n", len(tok))
+			testutil.Bench("attest_ms", attestMS, "ms")
+			testutil.Bench("verify_ms", verifyMS, "ms")
+			testutil.Bench("eat_token_bytes", float64(len(tok)), "bytes")
 		}
 	}
 	// The same vTPM path against swtpm (libtpms), the vTPM the VM image uses.
@@ -302,7 +301,7 @@ func TestBenchAttest(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fmt.Printf("BENCH attest_ms_swtpm_vtpm %.2f ms\n", float64(time.Since(start).Microseconds())/1000/n)
+	testutil.Bench("attest_ms_swtpm_vtpm", float64(time.Since(start).Microseconds())/1000/n, "ms")
 }
 
 // TestConcurrentEvidenceAndMeasure: tokens requested while the supervisor
@@ -581,9 +580,7 @@ func TestSimulatedAzure(t *testing.T) {
 // the simulated TDX and Azure (SEV-SNP) platforms, each interleaved with the
 // same for SNP-vTPM's verification as the reference.
 func TestBenchAttestTDXAzure(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("CVMD_BENCH=1 runs benchmarks")
-	}
+	testutil.BenchOn(t)
 	for _, tc := range []struct {
 		name string
 		st   *config.AttestationSettings
@@ -623,9 +620,9 @@ func TestBenchAttestTDXAzure(t *testing.T) {
 				}
 			}
 			verifyMS := float64(time.Since(start).Microseconds()) / 1000 / n
-			fmt.Printf("BENCH attest_ms_%s %.2f ms\n", tc.name, attestMS)
-			fmt.Printf("BENCH verify_ms_%s %.2f ms\n", tc.name, verifyMS)
-			fmt.Printf("BENCH eat_token_bytes_%s %d bytes\n", tc.name, len(tok))
+			testutil.Bench("attest_ms_"+tc.name, attestMS, "ms")
+			testutil.Bench("verify_ms_"+tc.name, verifyMS, "ms")
+			testutil.Bench("eat_token_bytes_"+tc.name, float64(len(tok)), "bytes")
 		}()
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -46,6 +47,17 @@ type Env struct {
 	ready     chan struct{} // closed by Ready
 	readyOnce sync.Once
 
+	// Every goroutine the runtime starts is owned: loops (the control loop,
+	// the orphan reaper) end when the control channel closes or ctx ends;
+	// work (commands, rewire hooks) is waited for, bounded, before that.
+	loops, work  sync.WaitGroup
+	workMu       sync.Mutex              // orders work.Add against shutdown's work.Wait
+	workStopping bool                    // guarded by workMu; no new work once set
+	stop         context.CancelCauseFunc // ends the child; set by Run
+
+	panicMu  sync.Mutex
+	panicErr error // guarded by panicMu; the first panic of an owned goroutine
+
 	mu        sync.Mutex
 	files     map[string]*os.File                              // guarded by mu; not yet taken
 	listener  *ipc.Listener                                    // guarded by mu
@@ -61,9 +73,18 @@ type CommandHandler func(ctx context.Context, body proto.Message) (proto.Message
 // Main is the signature of every child's entry point.
 type Main func(ctx context.Context, env *Env) error
 
+// workGrace bounds how long a stopping child waits for commands and rewire
+// hooks still running after its context ended.
+const workGrace = 2 * time.Second
+
 // Run is what `cvmd <child>` calls: it sets the child up from fd 3, runs
 // main until the supervisor says stop (or SIGTERM), and reports a start-up
 // failure, panics included, on the control channel in the child's own words.
+// A panic in a goroutine of the runtime (a command, a rewire hook) is
+// reported the same way and ends the child with that error. Run returns
+// after every goroutine it started has ended; commands and hooks get
+// workGrace after main returns, and one still running then is named on
+// stderr and left to the process's exit.
 func Run(name string, main Main) (err error) {
 	f, ferr := ipc.NewFile(ControlFD, "control")
 	if ferr != nil {
@@ -75,31 +96,101 @@ func Run(name string, main Main) (err error) {
 		return err
 	}
 	defer env.closeLog()
-	ctx, cancel := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
-	defer cancel()
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stopSignals()
+	ctx, cancel := context.WithCancelCause(sigCtx)
+	env.stop = cancel
 	if os.Getpid() == 1 {
 		// PID 1 of the sandbox's PID namespace: orphans come to us (reap.go).
-		reaped := make(chan struct{})
-		go func() { defer close(reaped); reapOrphans(ctx) }()
-		defer func() { cancel(); <-reaped }()
+		env.goLoop("orphan reaper", func() { reapOrphans(ctx) })
 	}
-	stopped := make(chan struct{})
-	go func() {
-		env.controlLoop(ctx, cancel)
-		close(stopped)
-	}()
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%s: panic: %v\n%s", name, r, debug.Stack())
-			env.fail(err)
-		}
-	}()
-	err = main(ctx, env)
+	env.goLoop("control loop", func() { env.controlLoop(ctx, func() { cancel(nil) }) })
+	err = env.runMain(ctx, name, main)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		env.fail(err)
+	}
+	cancel(nil)
+	env.shutdown(name)
+	if perr := env.panicked(); perr != nil {
+		return perr
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// runMain runs main, turning its panic into an error.
+func (e *Env) runMain(ctx context.Context, name string, main Main) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%s: panic: %v\n%s", name, r, debug.Stack())
+		}
+	}()
+	return main(ctx, e)
+}
+
+// goLoop starts one of the runtime's loops (see Env.loops).
+func (e *Env) goLoop(what string, fn func()) { e.loops.Go(e.guarded(what, fn)) }
+
+// goWork starts a command or a rewire hook (see Env.work). It reports false,
+// starting nothing, once the child is stopping.
+func (e *Env) goWork(what string, fn func()) bool {
+	e.workMu.Lock()
+	defer e.workMu.Unlock()
+	if e.workStopping {
+		return false
+	}
+	e.work.Go(e.guarded(what, fn))
+	return true
+}
+
+// guarded wraps fn so that its panic is reported like main's and stops the
+// child instead of killing the process unreported.
+func (e *Env) guarded(what string, fn func()) func() {
+	return func() {
+		defer func() {
+			if r := recover(); r != nil {
+				err := fmt.Errorf("%s: panic in %s: %v\n%s", e.Config.GetName(), what, r, debug.Stack())
+				e.panicMu.Lock()
+				first := e.panicErr == nil
+				if first {
+					e.panicErr = err
+				}
+				e.panicMu.Unlock()
+				if first {
+					e.fail(err)
+					e.stop(err)
+				}
+			}
+		}()
+		fn()
+	}
+}
+
+// panicked returns the first panic of an owned goroutine, or nil.
+func (e *Env) panicked() error {
+	e.panicMu.Lock()
+	defer e.panicMu.Unlock()
+	return e.panicErr
+}
+
+// shutdown waits for the work goroutines (bounded: a handler that ignores
+// its context must not keep a stopping child alive), then closes the
+// control channel, which ends the control loop, and waits for the loops.
+func (e *Env) shutdown(name string) {
+	e.workMu.Lock()
+	e.workStopping = true
+	e.workMu.Unlock()
+	done := make(chan struct{})
+	go func() { e.work.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(workGrace):
+		fmt.Fprintf(os.Stderr, "%s: commands or rewire hooks still running %s after stop; exiting without them\n", name, workGrace)
+	}
+	e.ctl.Close()
+	e.loops.Wait()
 }
 
 func (e *Env) hello(name string) error {
@@ -252,7 +343,7 @@ func (e *Env) fail(err error) {
 
 // controlLoop follows the supervisor's messages until the channel closes or
 // the supervisor says stop; either ends the child (cancel).
-func (e *Env) controlLoop(ctx context.Context, cancel context.CancelFunc) {
+func (e *Env) controlLoop(ctx context.Context, cancel func()) {
 	defer cancel()
 	for {
 		msg, files, err := e.ctl.Recv()
@@ -276,7 +367,10 @@ func (e *Env) controlLoop(ctx context.Context, cancel context.CancelFunc) {
 			e.rewire(b.Rewire.GetEdge(), files)
 		case *control.Message_Command:
 			closeFiles(files)
-			go e.command(ctx, b.Command)
+			cmd := b.Command
+			if !e.goWork("command", func() { e.command(ctx, cmd) }) {
+				e.ctl.Send(&control.Message{Body: &control.Message_CommandReply{CommandReply: &control.CommandReply{Id: cmd.GetId(), Error: e.Config.GetName() + ": stopping"}}}, nil)
+			}
 		default:
 			e.mu.Lock()
 			fn := e.onMessage
@@ -318,7 +412,9 @@ func (e *Env) rewire(edge string, files map[string]*os.File) {
 	default:
 		for prefix, fn := range e.hooks {
 			if strings.HasPrefix(edge, prefix) {
-				go fn(f)
+				if !e.goWork("rewire hook "+prefix, func() { fn(f) }) {
+					f.Close() // stopping: nobody would serve it
+				}
 				return
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/control"
 )
@@ -24,21 +26,10 @@ import (
 // The test binary doubles as the child: TestMain runs child.Run when asked to,
 // the way cvmd's dispatch table does.
 func TestMain(m *testing.M) {
-	if os.Getenv("CHILD_TEST_ROLE") == "orphans" {
-		if err := child.Run("orphans", orphansMain); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	if os.Getenv("CHILD_TEST_ROLE") == "echo" {
-		if err := child.Run("echo", echoMain); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
+	testutil.Main(m, testutil.Helpers{
+		"orphans": func() int { return testutil.ExitCode(child.Run("orphans", orphansMain)) },
+		"echo":    func() int { return testutil.ExitCode(child.Run("echo", echoMain)) },
+	})
 }
 
 // echoMain serves a line echo on every from: edge and answers a Command
@@ -49,8 +40,18 @@ func echoMain(ctx context.Context, env *child.Env) error {
 	if os.Getenv("CHILD_TEST_SLOW_START") != "" {
 		time.Sleep(300 * time.Millisecond)
 	}
-	env.HandleCommand(&wrapperspb.StringValue{}, func(_ context.Context, body proto.Message) (proto.Message, error) {
-		return wrapperspb.String(strings.ToUpper(body.(*wrapperspb.StringValue).GetValue())), nil
+	env.HandleCommand(&wrapperspb.StringValue{}, func(ctx context.Context, body proto.Message) (proto.Message, error) {
+		v := body.(*wrapperspb.StringValue).GetValue()
+		switch {
+		case v == "panic":
+			panic("the command handler panicked")
+		case strings.HasPrefix(v, "linger:"):
+			// A handler with cleanup to do after the child is told to stop.
+			<-ctx.Done()
+			time.Sleep(300 * time.Millisecond) // the cleanup's work, not a wait for anything
+			return nil, os.WriteFile(strings.TrimPrefix(v, "linger:"), []byte("done"), 0o600)
+		}
+		return wrapperspb.String(strings.ToUpper(v)), nil
 	})
 	l := env.Listener()
 	defer l.Close()
@@ -87,8 +88,7 @@ func start(t *testing.T, cfg *control.ChildConfig) *started {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "CHILD_TEST_ROLE=echo")
+	cmd := testutil.HelperCommand("echo")
 	cmd.ExtraFiles = []*os.File{ctlChild, edgeSrv} // fd 3, fd 4
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -258,5 +258,67 @@ func TestChildRefusesBadConfigInItsOwnWords(t *testing.T) {
 				t.Fatal("child exited 0 after refusing its config")
 			}
 		})
+	}
+}
+
+func (s *started) command(t *testing.T, id uint64, v string) {
+	t.Helper()
+	body, _ := anypb.New(wrapperspb.String(v))
+	if err := s.ctl.Send(&control.Message{Body: &control.Message_Command{Command: &control.Command{Id: id, Body: body}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wait returns the child's exit, failing t after 10 s.
+func (s *started) wait(t *testing.T) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("child did not exit within 10 s")
+	}
+	return nil
+}
+
+// TestPanicInACommandIsReportedLikeMain's: a panic in a command handler (a
+// goroutine of the runtime) reaches the supervisor as start_failed with the
+// panic and its stack, and the child exits 1, as for a panic in main.
+func TestPanicInACommandIsReportedLikeMain(t *testing.T) {
+	s := start(t, goodConfig())
+	if m := s.recv(t); m.GetReady() == nil {
+		t.Fatalf("first message %v, want ready", m)
+	}
+	s.command(t, 1, "panic")
+	m := s.recv(t)
+	f := m.GetStartFailed()
+	if f == nil || !strings.Contains(f.GetError(), "echo: panic in command: the command handler panicked") || !strings.Contains(f.GetError(), "goroutine") {
+		t.Fatalf("got %v, want start_failed with the command's panic and stack", m)
+	}
+	err := s.wait(t)
+	if s.cmd.ProcessState.ExitCode() != 1 {
+		t.Fatalf("child exit %v, want status 1 (a reported failure, not Go's unrecovered panic)", err)
+	}
+}
+
+// TestStopWaitsForCommands: a command still running when the supervisor
+// says stop finishes (its context ends) before the child exits.
+func TestStopWaitsForCommands(t *testing.T) {
+	s := start(t, goodConfig())
+	if m := s.recv(t); m.GetReady() == nil {
+		t.Fatalf("first message %v, want ready", m)
+	}
+	marker := filepath.Join(t.TempDir(), "cleaned-up")
+	s.command(t, 1, "linger:"+marker)
+	if err := s.ctl.Send(&control.Message{Body: &control.Message_Stop{Stop: &control.Stop{Reason: "test"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.wait(t); err != nil {
+		t.Fatalf("child exit after stop: %v", err)
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the command's cleanup did not finish before the child exited: %v", err)
 	}
 }

@@ -3,27 +3,21 @@ package egress
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
-)
 
-func benchOn(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("set CVMD_BENCH=1 to run benchmarks")
-	}
-}
+	"github.com/cvmd/cvmd/internal/testutil"
+)
 
 // TestBenchEgress: egress_mib_s (512 MiB through a CONNECT tunnel on
 // loopback into a TCP sink) and egress_decision_us (allowlist, resolution by
 // a stub and the SSRF guard, per request).
 func TestBenchEgress(t *testing.T) {
-	benchOn(t)
+	testutil.BenchOn(t)
 	sink, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +56,7 @@ func TestBenchEgress(t *testing.T) {
 	if n := <-got; n != total {
 		t.Fatalf("sink got %d bytes", n)
 	}
-	fmt.Printf("BENCH egress_mib_s %.1f MiB/s (CONNECT tunnel, loopback)\n", float64(total)/(1<<20)/time.Since(start).Seconds())
+	testutil.Bench("egress_mib_s", float64(total)/(1<<20)/time.Since(start).Seconds(), "MiB/s", "CONNECT tunnel, loopback")
 	c.Close()
 
 	a, _ := ParseAllowlist([]string{"pypi.org", "*.pythonhosted.org:443", "10.0.0.0/8:5432", "example.com:8000-8100"})
@@ -75,5 +69,5 @@ func TestBenchEgress(t *testing.T) {
 			t.Fatal(d.Reason)
 		}
 	}
-	fmt.Printf("BENCH egress_decision_us %.2f us (allowed name: allowlist, stub resolver, SSRF guard on 2 addresses)\n", float64(time.Since(start).Nanoseconds())/n/1000)
+	testutil.Bench("egress_decision_us", float64(time.Since(start).Nanoseconds())/n/1000, "us", "allowed name: allowlist, stub resolver, SSRF guard on 2 addresses")
 }

@@ -2,15 +2,12 @@ package egress
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,36 +15,14 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/control"
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv("CVMD_TEST_CHILD") == "egress" {
-		if err := child.Run("egress", Main); err != nil {
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	testutil.Main(m, testutil.Helpers{"egress": func() int { return testutil.ExitCode(child.Run("egress", Main)) }})
 }
 
 // ask sends one proxy request over c and returns the status code.
@@ -89,9 +64,8 @@ func TestChild(t *testing.T) {
 	files := []*os.File{theirs, algoFile, runnerSrv, agentSrv}
 	cfg := &control.ChildConfig{Version: child.ConfigVersion, Name: "egress", LogLevel: "info", Settings: sany,
 		Fds: map[string]int32{"proxy:algo": 4, "proxy:runner": 5, "from:agent": 6}}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "CVMD_TEST_CHILD=egress")
-	var logs lockedBuffer
+	cmd := testutil.HelperCommand("egress")
+	var logs testutil.Buffer
 	cmd.Stderr = &logs
 	cmd.ExtraFiles = files
 	if err := cmd.Start(); err != nil {

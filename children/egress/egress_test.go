@@ -13,8 +13,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +20,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/config"
 )
 
@@ -233,7 +232,7 @@ func origin(t testing.TB) (*httptest.Server, string) {
 }
 
 func TestConnectAndForward(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	_, port := origin(t)
 	h := startProxy(t, []string{"127.0.0.1:" + port, "origin.test:" + port}, map[string][]netip.Addr{"origin.test": {netip.MustParseAddr("127.0.0.1")}}, func(c *Config) {
 		// origin.test resolves to loopback: allowed only because 127.0.0.1:port is listed by IP.
@@ -284,7 +283,7 @@ func TestConnectAndForward(t *testing.T) {
 // TestSSRFGuard: an allowlisted name resolving to each forbidden class is
 // refused before any dial.
 func TestSSRFGuard(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	cases := map[string]string{
 		"loopback": "127.0.0.1", "loopback6": "::1", "private": "10.1.2.3", "private172": "172.20.0.1", "private192": "192.168.0.10",
 		"ula": "fd00::5", "metadata": "169.254.169.254", "linklocal6": "fe80::1", "cgnat": "100.64.1.1",
@@ -330,7 +329,7 @@ func TestSSRFGuard(t *testing.T) {
 }
 
 func TestDenied(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	_, port := origin(t)
 	h := startProxy(t, []string{"allowed.test:443"}, map[string][]netip.Addr{"other.test": {netip.MustParseAddr("127.0.0.1")}}, nil)
 	tests := []struct{ name, req, why string }{
@@ -354,7 +353,7 @@ func TestDenied(t *testing.T) {
 }
 
 func TestMalformedRequests(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	h := startProxy(t, []string{"a.test"}, nil, nil)
 	for _, req := range []string{
 		"GET /relative HTTP/1.1\r\nHost: a.test\r\n\r\n",
@@ -377,7 +376,7 @@ func TestMalformedRequests(t *testing.T) {
 }
 
 func TestTunnelCap(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	_, port := origin(t)
 	h := startProxy(t, []string{"127.0.0.1:" + port}, nil, func(c *Config) { c.MaxTunnels = 2 })
 	for range 2 {
@@ -470,33 +469,6 @@ func FuzzParseAllowlist(f *testing.F) {
 	})
 }
 
-// checkLeaks fails the test if goroutines or fds it started outlive it
-// (style 24). Register it first: cleanups run last-in first-out.
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	g0, f0 := runtime.NumGoroutine(), countFDs()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			g, f := runtime.NumGoroutine(), countFDs()
-			if g <= g0 && f <= f0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, f, f0, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-}
-
-func countFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
-}
-
 // TestDenialLogsRateLimited runs in a synctest bubble: the second that
 // closes a window passes on the bubble's clock, not the machine's.
 func TestDenialLogsRateLimited(t *testing.T) {
@@ -535,7 +507,7 @@ func TestDenialLogsRateLimited(t *testing.T) {
 // closes, and however many clients are denied, at most maxDenialClients
 // windows are kept; suppressed counts are logged as windows go.
 func TestDenialWindowsBounded(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	logs := &logBuffer{}
 	p := New(Config{Log: slog.New(slog.NewJSONHandler(logs, nil))})
 	for i := range 10 * maxDenialClients {

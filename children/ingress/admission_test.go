@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/agent"
 )
 
@@ -196,7 +197,7 @@ func healthFrom(t testing.TB, src, addr string, timeout time.Duration) (time.Dur
 // their handshake loses its own oldest for a new one; other sources keep
 // theirs.
 func TestHandshakeEvictionPerSource(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	addr := startIngress(t, Config{Backend: startBackend(t), MaxHandshakes: 4, MaxHandshakesPerSource: 2})
 	a1 := dialFrom(t, "127.0.0.2", addr)
 	dialFrom(t, "127.0.0.2", addr)
@@ -270,7 +271,7 @@ func (u *openUpload) finish(t testing.TB) {
 // source; a connection whose stream is moving data is never evicted, and
 // when every connection is busy the new one is refused instead.
 func TestEvictionSparesWorkingConnections(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	addr := startIngress(t, Config{Backend: startBackend(t), MaxConns: 3, MaxConnsPerSource: 2})
 	work := startUpload(t, "127.0.0.1", addr)
 	work.send(t)
@@ -309,7 +310,7 @@ func TestEvictionSparesWorkingConnections(t *testing.T) {
 // no stream is closed after the first-request timeout, even while it keeps
 // sending (connection-level frames are bytes, not work).
 func TestFirstRequestDeadline(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	const first = 300 * time.Millisecond
 	addr := startIngress(t, Config{Backend: startBackend(t), FirstRequestTimeout: first})
 	c := dialFrom(t, "127.0.0.1", addr)
@@ -348,7 +349,7 @@ func TestFirstRequestDeadline(t *testing.T) {
 // TestStreamlessTimeout: after its last stream a connection is closed once
 // it has had none for the streamless timeout; one with a stream open stays.
 func TestStreamlessTimeout(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	addr := startIngress(t, Config{Backend: startBackend(t), StreamlessTimeout: 300 * time.Millisecond})
 	up := startUpload(t, "127.0.0.1", addr) // a stream open the whole time, quiet in between
 	cc := clientFrom(t, "127.0.0.1", addr)
@@ -373,7 +374,7 @@ func TestStreamlessTimeout(t *testing.T) {
 // can, and checks that health checks from another source and from the
 // flood's own source are each answered within floodBound.
 func TestFloodFromOneSource(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	addr := startIngress(t, Config{Backend: startBackend(t)})
 	f := startFlood(t, "127.0.0.2", addr, floodSize(t))
 	defer f.stop()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmd/cvmd/attest/atls"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 )
 
@@ -21,9 +21,7 @@ import (
 // a client after the HTTP/2 preface, relayed to a reader that discards it on
 // the far side of an ipc edge (no gRPC, no hashing), plaintext and TLS.
 func TestBenchIngressRelay(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("set CVMD_BENCH=1 to run benchmarks")
-	}
+	testutil.BenchOn(t)
 	const total = 512 << 20
 	cli, srv, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "agent")
 	if err != nil {
@@ -91,7 +89,7 @@ func TestBenchIngressRelay(t *testing.T) {
 		if n != total+int64(len(h2Preface)+len(opening)) {
 			t.Fatalf("%s: relayed %d bytes", mode.name, n)
 		}
-		fmt.Printf("BENCH %s %.1f MiB/s (client, ingress and sink in one process on this machine)\n", mode.name, float64(total)/(1<<20)/el.Seconds())
+		testutil.Bench(mode.name, float64(total)/(1<<20)/el.Seconds(), "MiB/s", "client, ingress and sink in one process on this machine")
 	}
 }
 
@@ -101,9 +99,7 @@ func TestBenchIngressRelay(t *testing.T) {
 // the preface and renews them as fast as it can, against the same check
 // with no flood, interleaved round by round.
 func TestBenchIngressFlood(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("set CVMD_BENCH=1 to run benchmarks")
-	}
+	testutil.BenchOn(t)
 	addr := startIngress(t, Config{Backend: startBackend(t)})
 	n := floodSize(t)
 	var ref, flooded []time.Duration
@@ -127,8 +123,7 @@ func TestBenchIngressFlood(t *testing.T) {
 		return float64(d[len(d)/2].Microseconds()) / 1000
 	}
 	r, fl := p50(ref), p50(flooded)
-	fmt.Printf("BENCH ingress_flood_health_ref_ms %.2f ms (p50 of 50, no flood)\n", r)
-	fmt.Printf("BENCH ingress_flood_health_ms %.2f ms (p50 of 50, during a flood of %d idle connections from one source; max %.2f ms)\n",
-		fl, n, float64(flooded[len(flooded)-1].Microseconds())/1000)
-	fmt.Printf("BENCH ingress_flood_health_ratio %.2f x (flood / no flood)\n", fl/r)
+	testutil.Bench("ingress_flood_health_ref_ms", r, "ms", "p50 of 50, no flood")
+	testutil.Bench("ingress_flood_health_ms", fl, "ms", fmt.Sprintf("p50 of 50, during a flood of %d idle connections from one source; max %.2f ms", n, float64(flooded[len(flooded)-1].Microseconds())/1000))
+	testutil.Bench("ingress_flood_health_ratio", fl/r, "x", "flood / no flood")
 }

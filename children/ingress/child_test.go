@@ -5,7 +5,6 @@ import (
 	"context"
 	"net"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/attest/verify"
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	attpb "github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
@@ -30,13 +30,7 @@ import (
 // TestMain turns the test binary into `cvmd ingress` when asked, so the
 // child tests run the real Main under the real child runtime.
 func TestMain(m *testing.M) {
-	if os.Getenv("CVMD_TEST_CHILD") == "ingress" {
-		if err := child.Run("ingress", Main); err != nil {
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
+	testutil.Main(m, testutil.Helpers{"ingress": func() int { return testutil.ExitCode(child.Run("ingress", Main)) }})
 }
 
 // simAttestation is a real attestation gRPC service (proto/attestation) over
@@ -81,8 +75,7 @@ func runChild(t *testing.T, generation uint32, settings *config.IngressSettings,
 	ctl := ipc.NewControl(mine)
 	any, _ := anypb.New(settings)
 	cfg := &control.ChildConfig{Version: child.ConfigVersion, Name: "ingress", ComputationId: "c1", LogLevel: "debug", Fds: map[string]int32{}, Settings: any, Generation: generation}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "CVMD_TEST_CHILD=ingress")
+	cmd := testutil.HelperCommand("ingress")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.ExtraFiles = []*os.File{theirs}

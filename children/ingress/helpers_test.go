@@ -14,8 +14,6 @@ import (
 	"io"
 	"math/big"
 	"net"
-	"os"
-	"runtime"
 	"testing"
 	"time"
 
@@ -196,31 +194,4 @@ func newHealth() *health.Server {
 	hs := health.NewServer()
 	hs.SetServingStatus("agent", healthpb.HealthCheckResponse_SERVING)
 	return hs
-}
-
-// checkLeaks fails the test if goroutines or fds it started outlive it
-// (style 24). Register it first: cleanups run last-in first-out.
-func checkLeaks(t *testing.T) {
-	t.Helper()
-	g0, f0 := runtime.NumGoroutine(), countFDs()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			g, f := runtime.NumGoroutine(), countFDs()
-			if g <= g0 && f <= f0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, f, f0, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-}
-
-func countFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
 }

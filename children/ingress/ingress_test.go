@@ -26,6 +26,7 @@ import (
 
 	"github.com/cvmd/cvmd/attest/atls"
 	"github.com/cvmd/cvmd/attest/atls/atlstest"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/config"
 )
 
@@ -112,7 +113,7 @@ func TestModes(t *testing.T) {
 }
 
 func TestWrongClientCertificateRefused(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	backend := startBackend(t)
 	ca, users, strangers := newPKI(t, "server-ca"), newPKI(t, "client-ca"), newPKI(t, "other-ca")
 	srvCert, srvKey := ca.issue(t, "cvm", false)
@@ -152,7 +153,7 @@ func TestWrongClientCertificateRefused(t *testing.T) {
 // TestRestartAcrossComputations serves two computations in turn on the same
 // listening socket (the supervisor hands each run a dup of it).
 func TestRestartAcrossComputations(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	backend := startBackend(t)
 	tcpLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -205,7 +206,7 @@ func TestRestartAcrossComputations(t *testing.T) {
 // TestIdleConnectionsDoNotStarve holds 1000 connections that never say a
 // word and checks that a real client is still served promptly.
 func TestIdleConnectionsDoNotStarve(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	backend := startBackend(t)
 	ca := newPKI(t, "ca")
 	cert, key := ca.issue(t, "cvm", false)
@@ -242,7 +243,7 @@ func TestIdleConnectionsDoNotStarve(t *testing.T) {
 // TestMisbehavingClientsDropped: garbage, a slow handshake and an idle
 // established connection are each dropped without touching others.
 func TestMisbehavingClientsDropped(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	backend := startBackend(t)
 	cfg := Config{Backend: backend, HandshakeTimeout: 300 * time.Millisecond, IdleTimeout: 300 * time.Millisecond}
 	addr := startIngress(t, cfg)
@@ -336,7 +337,7 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 }
 
 func TestAcceptOutOfFDsIsRetried(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	backend := startBackend(t)
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmd/cvmd/internal/logsink"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 )
 
@@ -20,9 +21,7 @@ import (
 // (logsink over ipc edges, as children do) into the durable queue: every
 // counted byte was acknowledged, i.e. fsynced. Prints BENCH log_mib_s.
 func TestBenchLogThroughput(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("CVMD_BENCH=1 runs benchmarks")
-	}
+	testutil.BenchOn(t)
 	const clients = 4
 	const dur = 5 * time.Second
 	q, _ := openQ(t, t.TempDir(), QueueOptions{MaxBytes: 4 << 30, SegmentBytes: 64 << 20})
@@ -81,11 +80,11 @@ func TestBenchLogThroughput(t *testing.T) {
 	}
 	mib := float64(bytes) / (1 << 20) / elapsed.Seconds()
 	t.Logf("%d clients, %.1f MiB on disk in %s, %d dropped", clients, float64(bytes)/(1<<20), elapsed, dropped)
-	fmt.Printf("BENCH log_mib_s %.1f MiB/s\n", mib)
+	testutil.Bench("log_mib_s", mib, "MiB/s")
 	// Load-independent efficiency: MiB per CPU-second of the whole path
 	// (clients, gRPC over the edges, logfwd), i.e. the rate on one free core.
-	fmt.Printf("BENCH log_mib_per_cpu_s %.1f MiB/cpu-s\n", float64(bytes)/(1<<20)/cpu.Seconds())
-	fmt.Printf("BENCH log_disk_ref_mib_s %.1f MiB/s\n", diskRate(t))
+	testutil.Bench("log_mib_per_cpu_s", float64(bytes)/(1<<20)/cpu.Seconds(), "MiB/cpu-s")
+	testutil.Bench("log_disk_ref_mib_s", diskRate(t), "MiB/s")
 }
 
 // diskRate is the reference: plain 4 MiB writes each followed by fdatasync,

@@ -15,18 +15,16 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmd/cvmd/internal/logsink"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/logs"
 )
 
 // TestMain turns the test binary into a logfwd process when asked: it
-// serves the queue in $CVMD_LOGFWD_HELPER on the edge passed as fd 3.
+// serves the queue in the directory os.Args[1] on the edge passed as fd 3.
 func TestMain(m *testing.M) {
-	if dir := os.Getenv("CVMD_LOGFWD_HELPER"); dir != "" {
-		os.Exit(helperMain(dir))
-	}
-	os.Exit(m.Run())
+	testutil.Main(m, testutil.Helpers{"logfwd": func() int { return helperMain(os.Args[1]) }})
 }
 
 func helperMain(dir string) int {
@@ -57,8 +55,7 @@ func startHelper(t *testing.T, dir string) (*exec.Cmd, *os.File) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "CVMD_LOGFWD_HELPER="+dir)
+	cmd := testutil.HelperCommand("logfwd", dir)
 	cmd.ExtraFiles = []*os.File{srv}
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -106,7 +103,7 @@ func TestKillDuringBurstLosesNothingAcked(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	dir := t.TempDir()
 	cmd, cli := startHelper(t, dir)
 	d := ipc.NewDialer("logfwd", cli)
@@ -123,9 +120,7 @@ func TestKillDuringBurstLosesNothingAcked(t *testing.T) {
 		}
 	})
 	for kill := 1; kill <= 3; kill++ {
-		for sink.Stats().Acked < uint64(kill*n/5) {
-			time.Sleep(time.Millisecond)
-		}
+		testutil.WaitUntil(t, time.Minute, fmt.Sprintf("%d records acknowledged", kill*n/5), func() bool { return sink.Stats().Acked >= uint64(kill*n/5) })
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 		var next *os.File
@@ -152,7 +147,7 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for tmpfs")
 	}
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	dir := filepath.Join(t.TempDir(), "q")
 	os.Mkdir(dir, 0o700)
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
@@ -179,9 +174,7 @@ func TestDiskFullRefusesThenRecovers(t *testing.T) {
 		}
 	})
 	// The "manager": starts late, so the disk fills first, then reads and commits.
-	for q.WriteErrors() == 0 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitUntil(t, time.Minute, "a write refused by the full disk", func() bool { return q.WriteErrors() > 0 })
 	r := q.NewReader(0)
 	defer r.Close()
 	next, dups, commitErrs := 0, 0, 0

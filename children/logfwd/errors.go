@@ -8,8 +8,10 @@ var (
 	errShort = errors.New("logfwd: record truncated")
 	// errCorrupt means the bytes at this position are not a valid record.
 	errCorrupt = errors.New("logfwd: record corrupt")
-	// errQueueClosed is the result of an append made after Close.
-	errQueueClosed = errors.New("logfwd: queue closed")
+	// errQueueClosed is the result of an append made after Close, or still
+	// waiting for the committer when Close stopped it: nothing of it was
+	// stored, and the client sends it again to the next logfwd.
+	errQueueClosed = errors.New("logfwd: queue closed; the append was not stored")
 )
 
 // invalidBatch is a Push batch refused without storing anything (a record

@@ -67,9 +67,14 @@ type Queue struct {
 	opts QueueOptions
 	reqs chan *appendReq
 
-	wg     sync.WaitGroup
-	stop   chan struct{}
-	closed sync.Once
+	wg   sync.WaitGroup
+	stop chan struct{} // closed by Close once no append can be handed over any more
+
+	// sendMu is held for reading while an append is handed to the
+	// committer, and for writing by Close while it sets closing: after that
+	// no append reaches reqs, so the committer's last drain answers all.
+	sendMu  sync.RWMutex
+	closing bool // guarded by sendMu
 
 	mu        sync.Mutex
 	segs      []*segment    // guarded by mu; oldest first; the last one is active
@@ -381,32 +386,41 @@ func writeCommit(dir string, through uint64) error {
 // Append stores payloads (encoded logs.Records) and returns the offset of
 // the last one once all are on disk. It fails without storing anything if
 // the write or fsync fails (a full disk), or when ctx ends first; in the
-// latter case the records may still be stored.
+// latter case the records may still be stored. After Close it fails with
+// errQueueClosed.
 func (q *Queue) Append(ctx context.Context, payloads [][]byte) (uint64, error) {
-	r := q.AppendAsync(payloads)
+	r := q.AppendOn(ctx, nil, payloads)
 	select {
 	case res := <-r:
 		return res.last, res.err
 	case <-ctx.Done():
-		return 0, ctx.Err()
+		return 0, context.Cause(ctx)
 	}
 }
 
 // AppendAsync is Append without waiting: the result arrives on the channel.
 // Appends complete in the order they were made.
 func (q *Queue) AppendAsync(payloads [][]byte) <-chan appendRes {
-	return q.AppendOn(nil, payloads)
+	return q.AppendOn(context.Background(), nil, payloads)
 }
 
 // AppendOn is AppendAsync for one client's stream of appends (nil: none):
 // after a failed append, the stream's later appends fail without being
-// stored.
-func (q *Queue) AppendOn(st *Stream, payloads [][]byte) <-chan appendRes {
+// stored. ctx bounds only the wait for room in the queue (the append then
+// fails unstored); once handed over, an append is always answered: stored,
+// failed, or refused by Close with errQueueClosed.
+func (q *Queue) AppendOn(ctx context.Context, st *Stream, payloads [][]byte) <-chan appendRes {
 	r := &appendReq{stream: st, payloads: payloads, done: make(chan appendRes, 1)}
+	q.sendMu.RLock()
+	defer q.sendMu.RUnlock()
+	if q.closing {
+		r.done <- appendRes{err: errQueueClosed}
+		return r.done
+	}
 	select {
 	case q.reqs <- r:
-	case <-q.stop:
-		r.done <- appendRes{err: errQueueClosed}
+	case <-ctx.Done():
+		r.done <- appendRes{err: context.Cause(ctx)}
 	}
 	return r.done
 }
@@ -424,6 +438,7 @@ func (q *Queue) committer(drop DropEvent) {
 		case r := <-q.reqs:
 			group = append(group, r)
 		case <-q.stop:
+			q.refusePending()
 			q.mu.Lock()
 			if q.active != nil {
 				q.active.Close()
@@ -635,9 +650,31 @@ func (q *Queue) notifyLocked() {
 	q.changed = make(chan struct{})
 }
 
-// Close stops the committer; pending appends fail. Idempotent.
+// refusePending answers every append still queued at stop with
+// errQueueClosed. Only the committer calls it, after Close set closing, so
+// no append can arrive after it.
+func (q *Queue) refusePending() {
+	for {
+		select {
+		case r := <-q.reqs:
+			r.done <- appendRes{err: errQueueClosed}
+		default:
+			return
+		}
+	}
+}
+
+// Close stops the committer. A group being written finishes and is
+// answered; appends still queued, and every later one, fail with
+// errQueueClosed. Idempotent.
 func (q *Queue) Close() error {
-	q.closed.Do(func() { close(q.stop) })
+	q.sendMu.Lock()
+	first := !q.closing
+	q.closing = true
+	q.sendMu.Unlock()
+	if first {
+		close(q.stop)
+	}
 	q.wg.Wait()
 	return nil
 }

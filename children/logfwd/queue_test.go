@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/logs"
 )
@@ -55,25 +55,29 @@ func appendN(t *testing.T, q *Queue, from, n, per int) {
 	}
 }
 
-// readAll reads every record currently in q after `after`.
+// readAll reads every record currently in q after `after` (up to the last
+// offset assigned now).
 func readAll(t *testing.T, q *Queue, after uint64) []Entry {
 	t.Helper()
 	r := q.NewReader(after)
 	defer r.Close()
 	var out []Entry
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	next, _, _ := q.Stats()
+	for last := after; last+1 < next; {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		es, err := r.Next(ctx, 1000, 1<<20)
 		cancel()
 		if err != nil {
-			return out
+			t.Fatalf("reading the queue after offset %d of %d: %v", last, next-1, err)
 		}
 		out = append(out, es...)
+		last = es[len(es)-1].Offset
 	}
+	return out
 }
 
 func TestQueueRoundTripRestartCommit(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	dir := t.TempDir()
 	q, _ := openQ(t, dir, QueueOptions{MaxBytes: 1 << 20, SegmentBytes: 4 << 10})
 	appendN(t, q, 0, 1000, 7)
@@ -192,7 +196,7 @@ func TestQueueDamage(t *testing.T) {
 }
 
 func TestQueueBoundDropsOldestWithOneEvent(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	dir := t.TempDir()
 	q, _ := openQ(t, dir, QueueOptions{MaxBytes: 64 << 10, SegmentBytes: 8 << 10})
 	defer q.Close()
@@ -239,7 +243,7 @@ func TestQueueBoundDropsOldestWithOneEvent(t *testing.T) {
 }
 
 func TestQueueTailFollowsAppends(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	q, _ := openQ(t, t.TempDir(), QueueOptions{SegmentBytes: 64 << 10})
 	defer q.Close()
 	r := q.NewReader(0)
@@ -291,29 +295,3 @@ func FuzzDecodeRecord(f *testing.F) {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
-
-// checkLeaks fails the test if goroutines or fds started during it are still
-// there after its cleanups (register it first: cleanups run last-in first-out).
-func checkLeaks(t *testing.T) {
-	g0, fds0 := runtime.NumGoroutine(), countFDs()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			g, fds := runtime.NumGoroutine(), countFDs()
-			if g <= g0 && fds <= fds0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, fds, fds0, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-}
-
-func countFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
-}

@@ -57,7 +57,7 @@ func (s *Server) Push(st logs.Collector_PushServer) error {
 				ch <- appendRes{}
 				p = pendingAck{seq: b.GetSeq(), done: ch}
 			} else {
-				p = pendingAck{seq: b.GetSeq(), done: s.Q.AppendOn(order, payloads)}
+				p = pendingAck{seq: b.GetSeq(), done: s.Q.AppendOn(ctx, order, payloads)}
 			}
 			select {
 			case acks <- p:
@@ -70,7 +70,14 @@ func (s *Server) Push(st logs.Collector_PushServer) error {
 		}
 	})
 	for p := range acks {
-		res := <-p.done
+		var res appendRes
+		select {
+		case res = <-p.done:
+		case <-ctx.Done():
+			// The client went away: nothing more is acknowledged; what
+			// was handed to the queue may still be stored (it resends).
+			return status.FromContextError(ctx.Err()).Err()
+		}
 		if res.err != nil {
 			var inv *invalidBatch
 			if errors.As(res.err, &inv) {

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cvmd/cvmd/internal/lines"
 	pb "github.com/cvmd/cvmd/proto/runner"
 
 	"github.com/cvmd/cvmd/proto/control"
@@ -202,12 +203,12 @@ func (r *run) sandbox(ctx context.Context, req *control.SandboxRequest, what str
 	compID := req.GetComputationId()
 	warnings := 0
 	wg.Go(func() {
-		streamLines(started.stdout, max, func(line string) {
+		lines.Each(started.stdout, max, func(line string, _ bool) {
 			r.log.Log(context.Background(), level, line, "stream", "stdout", "step", what)
 		})
 	})
 	wg.Go(func() {
-		streamLines(started.stderr, max, func(line string) {
+		lines.Each(started.stderr, max, func(line string, _ bool) {
 			r.log.Log(context.Background(), level+4, line, "stream", "stderr", "step", what)
 			// Cocos raises a Warning event for stderr output; bounded here.
 			if warnings < maxStderrEvents {

@@ -155,6 +155,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	// A new runner has no run yet: a work dir under runs/ is a crashed
+	// predecessor's (kill -9 leaves it). The agent may run the same
+	// computation again, whose dir would take the same name.
+	runs := filepath.Join(cfg.WorkDir, "runs")
+	if err := os.RemoveAll(runs); err != nil {
+		return nil, fmt.Errorf("runner: removing the work dirs of a previous runner: %w", err)
+	}
 	return &Service{cfg: cfg, log: cfg.Log, sandbox: newSandboxClient(cfg.Send)}, nil
 }
 

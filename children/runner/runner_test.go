@@ -12,52 +12,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/proto/logs"
 	pb "github.com/cvmd/cvmd/proto/runner"
 )
-
-var lineTests = []struct {
-	name string
-	in   string
-	max  int
-	want []string
-}{
-	{"lines", "a\nb\n", 16, []string{"a", "b"}},
-	{"no final newline", "a\nb", 16, []string{"a", "b"}},
-	{"crlf", "a\r\nb\r\n", 16, []string{"a", "b"}},
-	{"empty lines kept", "a\n\nb\n", 16, []string{"a", "", "b"}},
-	{"long line split", "abcdefghijklmnopqrstuvwxyz0123456789\n", 16, []string{"abcdefghijklmnop", "qrstuvwxyz012345", "6789"}},
-	{"invalid utf-8 replaced", "a\xffb\n", 16, []string{"a\uFFFDb"}},
-	{"nothing", "", 16, nil},
-}
-
-func TestStreamLines(t *testing.T) {
-	for _, tc := range lineTests {
-		t.Run(tc.name, func(t *testing.T) {
-			var got []string
-			streamLines(strings.NewReader(tc.in), tc.max, func(s string) { got = append(got, s) })
-			if strings.Join(got, "|") != strings.Join(tc.want, "|") || len(got) != len(tc.want) {
-				t.Errorf("got %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
-
-func FuzzStreamLines(f *testing.F) {
-	for _, tc := range lineTests {
-		f.Add(tc.in, tc.max)
-	}
-	f.Fuzz(func(t *testing.T, in string, max int) {
-		if max < 16 || max > 1<<16 {
-			return
-		}
-		streamLines(strings.NewReader(in), max, func(s string) {
-			if len(s) > max {
-				t.Fatalf("line of %d bytes with max %d", len(s), max)
-			}
-		})
-	})
-}
 
 func TestCompPath(t *testing.T) {
 	dir := t.TempDir()
@@ -196,5 +154,23 @@ func TestRunRefusesBadComputationIDs(t *testing.T) {
 				t.Fatalf("Run(%q): %v; about computation_id = %v, want %v", tc.id, err, got, tc.wantID)
 			}
 		})
+	}
+}
+
+// TestNewRemovesAKilledRunnersWorkDirs: a runner killed with -9 leaves its
+// run's work dir; the next runner, which may be asked to run the same
+// computation (same dir name), starts without it.
+func TestNewRemovesAKilledRunnersWorkDirs(t *testing.T) {
+	work, comp := t.TempDir(), t.TempDir()
+	left := filepath.Join(work, "runs", "c1-1")
+	if err := os.MkdirAll(left, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(left, "algo"), []byte("x"), 0o555)
+	if _, err := New(Config{WorkDir: work, ComputationDir: comp, Send: func(*control.Message, map[string]*os.File) error { return nil }}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(left); !os.IsNotExist(err) {
+		t.Fatalf("the killed runner's work dir is still there: %v", err)
 	}
 }

@@ -235,7 +235,21 @@ func (s *Server) Command(line string) error {
 	}
 }
 
+// record writes r's line to Out, then adds r to the messages and wakes the
+// waiters: a Wait that sees r finds its line written. outMu is held across
+// both so that Out's order is the messages' order.
 func (s *Server) record(r Received) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	switch {
+	case s.opts.Out == nil:
+	case s.opts.JSON:
+		body, _ := protojson.Marshal(r.Msg)
+		line, _ := json.Marshal(map[string]any{"stream": r.Stream, "job_id": r.JobID, "time": r.At.Format(time.RFC3339Nano), "message": json.RawMessage(body)})
+		fmt.Fprintf(s.opts.Out, "%s\n", line)
+	default:
+		fmt.Fprintln(s.opts.Out, Format(r.Msg))
+	}
 	s.mu.Lock()
 	s.msgs = append(s.msgs, r)
 	if len(s.msgs) > s.opts.Keep {
@@ -244,18 +258,6 @@ func (s *Server) record(r Received) {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
-	if s.opts.Out == nil {
-		return
-	}
-	s.outMu.Lock()
-	defer s.outMu.Unlock()
-	if s.opts.JSON {
-		body, _ := protojson.Marshal(r.Msg)
-		line, _ := json.Marshal(map[string]any{"stream": r.Stream, "job_id": r.JobID, "time": r.At.Format(time.RFC3339Nano), "message": json.RawMessage(body)})
-		fmt.Fprintf(s.opts.Out, "%s\n", line)
-		return
-	}
-	fmt.Fprintln(s.opts.Out, Format(r.Msg))
 }
 
 func (s *Server) printf(format string, args ...any) {

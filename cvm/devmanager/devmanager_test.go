@@ -1,12 +1,10 @@
 package devmanager
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,25 +13,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/cvms"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRoutingChunkingAndJSON checks the server the way a guest sees it: the
 // computation arrives on the control stream only, in chunks that reassemble
@@ -41,7 +23,7 @@ func (s *syncBuf) String() string {
 // stream are labelled "log" in the JSON output.
 func TestRoutingChunkingAndJSON(t *testing.T) {
 	req := &cvms.ComputationRunReq{Id: "c1", Name: "n", Description: strings.Repeat("d", 3000)}
-	var out syncBuf
+	var out testutil.Buffer
 	srv := New(Options{Computation: req, ChunkSize: 1000, Out: &out, JSON: true})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

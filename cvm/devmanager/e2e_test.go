@@ -2,7 +2,6 @@ package devmanager_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cvmd/cvmd/cvm/devmanager"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/cvms"
 )
 
@@ -67,6 +67,7 @@ type guest struct {
 	managers           []*devmanager.Server
 	stopMgr            func()
 	ctx                context.Context
+	cvmdPid            int // the `cvmd supervise` process, once started
 }
 
 func newGuest(t *testing.T) *guest {
@@ -259,8 +260,8 @@ func TestE2ESampleComputation(t *testing.T) {
 		}
 	}
 	t.Logf("sample computation: sent → results.zip in %s; result %q", elapsed, strings.TrimSpace(result))
-	if os.Getenv("CVMD_BENCH") == "1" {
-		fmt.Printf("BENCH run_e2e_ms %.1f ms\n", float64(elapsed.Microseconds())/1000)
+	if testutil.Benchmarking() {
+		testutil.Bench("run_e2e_ms", float64(elapsed.Microseconds())/1000, "ms")
 	}
 }
 
@@ -272,7 +273,8 @@ func TestE2ESampleComputation(t *testing.T) {
 func TestE2EManagerDownAtBootRestartedMidComputation(t *testing.T) {
 	g := newGuest(t)
 	g.startCvmd()
-	time.Sleep(time.Second) // the guest retries meanwhile
+	// The guest tried the absent manager and will retry.
+	g.waitLog(`msg="manager link down"`)
 	first := g.startManager(true)
 	g.waitRunRes(first)
 	g.retry("algo", g.algo, g.priv, "-a", "bin")
@@ -296,6 +298,19 @@ func TestE2EManagerDownAtBootRestartedMidComputation(t *testing.T) {
 	t.Logf("events across a manager absent at boot and restarted mid-computation: all arrived, %d duplicates (at-least-once)", dups)
 }
 
+// waitLog polls the supervisor's log until it has a line containing s.
+func (g *guest) waitLog(s string) {
+	g.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(filepath.Join(g.work, "supervisor.log")); strings.Contains(string(b), s) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond) // polling the file, bounded by deadline
+	}
+	g.t.Fatalf("the supervisor never logged %q", s)
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
@@ -305,8 +320,6 @@ func tail(s string, n int) string {
 
 // TestBenchRunE2E is the benchmark entry `make bench` selects (^TestBench).
 func TestBenchRunE2E(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("CVMD_BENCH=1 runs benchmarks")
-	}
+	testutil.BenchOn(t)
 	TestE2ESampleComputation(t)
 }

@@ -31,6 +31,7 @@ func (g *guest) startCvmdArgs(extra string, args ...string) {
 	if err := sup.Start(); err != nil {
 		t.Fatal(err)
 	}
+	g.cvmdPid = sup.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- sup.Wait() }()
 	t.Cleanup(func() {

@@ -52,18 +52,22 @@ func (s *server) connect(t *testing.T) *ipc.Dialer {
 	return d
 }
 
+// records returns every record stored so far (up to the queue's last
+// offset now).
 func (s *server) records(t *testing.T) []*logs.Record {
 	r := s.q.NewReader(0)
 	defer r.Close()
 	var out []*logs.Record
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	next, _, _ := s.q.Stats()
+	for last := uint64(0); last+1 < next; {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		es, err := r.Next(ctx, 1000, 1<<20)
 		cancel()
 		if err != nil {
-			return out
+			t.Fatalf("reading the queue after offset %d of %d: %v", last, next-1, err)
 		}
 		for _, e := range es {
+			last = e.Offset
 			var rec logs.Record
 			if err := proto.Unmarshal(e.Payload, &rec); err != nil {
 				t.Fatalf("stored record does not decode: %v", err)
@@ -71,6 +75,7 @@ func (s *server) records(t *testing.T) []*logs.Record {
 			out = append(out, &rec)
 		}
 	}
+	return out
 }
 
 func TestHandlerKeepsAttributes(t *testing.T) {

@@ -1,7 +1,6 @@
 package lifecycle
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/cvmd/cvmd/internal/lines"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/sandbox"
@@ -315,17 +315,23 @@ func (s *Supervisor) serveSandboxRequest(ctx context.Context, inc *incarnation, 
 }
 
 // readOutput logs what the child writes on stdout/stderr and keeps the tail
-// as its crash text.
+// as its crash text. It reads to EOF whatever the child writes: a line over
+// outputPiece bytes is logged in pieces (cut=true on all but the last), since
+// a reader that stopped would kill the child with SIGPIPE.
 func (inc *incarnation) readOutput(r io.ReadCloser, log *slog.Logger) {
 	defer r.Close()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 64<<10)
-	for sc.Scan() {
-		line := sc.Text()
+	lines.Each(r, outputPiece, func(line string, more bool) {
 		inc.tail.add(line)
-		log.Info("child output", "line", line)
-	}
+		if more {
+			log.Info("child output", "line", line, "cut", true)
+		} else {
+			log.Info("child output", "line", line)
+		}
+	})
 }
+
+// outputPiece bounds one record of a child's output.
+const outputPiece = 16 << 10
 
 func closeFiles(files map[string]*os.File) {
 	for _, f := range files {

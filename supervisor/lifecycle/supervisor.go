@@ -15,7 +15,7 @@
 // point, settings, sandbox, role). It does not talk to the agent about
 // computations, measure anything itself (a Measurer does) or make algorithm
 // sandboxes (a Sandboxes does). It imports supervisor/table, sandbox, ipc,
-// internal/logsink and proto; only the supervisor's composition (package
+// internal/logsink, internal/lines and proto; only the supervisor's composition (package
 // supervisor) imports it. Its errors and log lines speak as "supervisor".
 package lifecycle
 

@@ -10,19 +10,21 @@ import (
 	"testing"
 	"time"
 
+	"net"
+	"strconv"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"net"
-	"strconv"
 
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	"github.com/cvmd/cvmd/cocos/zipdir"
 	"github.com/cvmd/cvmd/cvm/cli"
+	"github.com/cvmd/cvmd/internal/testutil"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 	"github.com/cvmd/cvmd/proto/agentctl"
 )
@@ -162,7 +164,7 @@ func TestFullComputation(t *testing.T) {
 		tcp  bool
 	}{{"socketpair", false}, {"tcp", true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
+			testutil.CheckLeaks(t)
 			w := newWorld(t, agenttest.Options{TCP: tc.tcp}, algoScript)
 			tcp := tc.tcp
 			if s := w.state(t); s != "ReceivingAlgorithm" {
@@ -252,7 +254,7 @@ func rawConn(t *testing.T, w *world) *grpc.ClientConn {
 }
 
 func TestClientKilledMidUploadThenRetry(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	w := newWorld(t, agenttest.Options{}, algoScript)
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
 	c := agentpb.NewAgentServiceClient(rawConn(t, w))
@@ -268,7 +270,10 @@ func TestClientKilledMidUploadThenRetry(t *testing.T) {
 		}
 	}
 	// The agent has the file open; the client dies.
-	time.Sleep(100 * time.Millisecond)
+	testutil.WaitUntil(t, 20*time.Second, "the upload's file in .incoming", func() bool {
+		ents, _ := os.ReadDir(filepath.Join(w.compDir, ".incoming"))
+		return len(ents) > 0
+	})
 	cancel()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -290,7 +295,7 @@ func TestClientKilledMidUploadThenRetry(t *testing.T) {
 }
 
 func TestAgentRestartResumes(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	state := t.TempDir()
 	w := newWorld(t, agenttest.Options{StateDir: state}, "#!/bin/sh\nsleep 1\necho ok > results/r.txt\n")
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
@@ -305,7 +310,7 @@ func TestAgentRestartResumes(t *testing.T) {
 	w.wantCVMError(t, false, "already received", "data", w.dsA, w.dataA.KeyFile)
 	w.mustCVM(t, false, "data", w.dsB, w.dataB.KeyFile)
 	// Killed while running: the new agent runs the algorithm again.
-	time.Sleep(200 * time.Millisecond)
+	testutil.WaitUntil(t, 20*time.Second, "the algorithm running", func() bool { return w.h.Runner.Running() > 0 })
 	if s := w.state(t); s != "Running" {
 		t.Fatalf("state %s, want Running", s)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/cocos/digest"
+	"github.com/cvmd/cvmd/internal/testutil"
 )
 
 // TestBenchAgentTransfer measures, in one run: one core's SHA3-256 rate
@@ -30,15 +31,13 @@ import (
 // process → disk with hash check over a socketpair edge, the agent's peak
 // RSS during it, and a 1 GiB results download.
 func TestBenchAgentTransfer(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("set CVMD_BENCH=1")
-	}
+	testutil.BenchOn(t)
 	const size = 1 << 30
 	// One core's SHA3-256 rate over 256 MiB in memory, from the thread's
 	// CPU time: the rate a core gives when it is not shared (this machine's
 	// two cores are shared by every build and test running alongside).
 	sha3 := sha3Rate()
-	fmt.Printf("BENCH sha3_limit_mib_s %.1f MiB/s\n", sha3)
+	testutil.Bench("sha3_limit_mib_s", sha3, "MiB/s")
 
 	// The algorithm writes a 1 GiB result.
 	script := fmt.Sprintf("#!/bin/sh\nhead -c %d /dev/zero > results/big.bin\n", size)
@@ -71,7 +70,7 @@ func TestBenchAgentTransfer(t *testing.T) {
 	w.tcpAddr = tlsAddr
 	start := time.Now()
 	w.mustCVM(t, true, "--server-ca", caFile, "data", w.dsA, w.dataA.KeyFile)
-	fmt.Printf("BENCH upload_tls_ingress_mib_s %.1f MiB/s\n", float64(size>>20)/time.Since(start).Seconds())
+	testutil.Bench("upload_tls_ingress_mib_s", float64(size>>20)/time.Since(start).Seconds(), "MiB/s")
 	os.Remove(w.dsA)
 	cpu0 := p.cpuSeconds(t)
 	start = time.Now()
@@ -80,13 +79,13 @@ func TestBenchAgentTransfer(t *testing.T) {
 	// CPU the agent spent per MiB, against what SHA3 alone costs: a figure
 	// that holds when other work shares the cores.
 	cpu := (p.cpuSeconds(t) - cpu0) * 1000 / float64(size>>20)
-	fmt.Printf("BENCH agent_upload_cpu_ms_per_mib %.2f ms/MiB\n", cpu)
-	fmt.Printf("BENCH sha3_cpu_ms_per_mib %.2f ms/MiB\n", 1000/sha3)
-	fmt.Printf("BENCH agent_upload_hash_share_pct %.1f %%\n", 100*(1000/sha3)/cpu)
+	testutil.Bench("agent_upload_cpu_ms_per_mib", cpu, "ms/MiB")
+	testutil.Bench("sha3_cpu_ms_per_mib", 1000/sha3, "ms/MiB")
+	testutil.Bench("agent_upload_hash_share_pct", 100*(1000/sha3)/cpu, "%")
 	rss := p.peakRSSMiB(t)
-	fmt.Printf("BENCH upload_mib_s %.1f MiB/s\n", up)
-	fmt.Printf("BENCH upload_of_sha3_limit_pct %.1f %%\n", 100*up/sha3)
-	fmt.Printf("BENCH agent_peak_rss_mib %.1f MiB\n", rss)
+	testutil.Bench("upload_mib_s", up, "MiB/s")
+	testutil.Bench("upload_of_sha3_limit_pct", 100*up/sha3, "%")
+	testutil.Bench("agent_peak_rss_mib", rss, "MiB")
 	os.Remove(w.dsB)
 	w.waitState(t, "ConsumingResults")
 	start = time.Now()
@@ -95,8 +94,8 @@ func TestBenchAgentTransfer(t *testing.T) {
 	if err != nil || st.Size() < size {
 		t.Fatalf("results: %v %v", st, err)
 	}
-	fmt.Printf("BENCH result_mib_s %.1f MiB/s\n", float64(st.Size()>>20)/time.Since(start).Seconds())
-	fmt.Printf("BENCH agent_peak_rss_after_result_mib %.1f MiB\n", p.peakRSSMiB(t))
+	testutil.Bench("result_mib_s", float64(st.Size()>>20)/time.Since(start).Seconds(), "MiB/s")
+	testutil.Bench("agent_peak_rss_after_result_mib", p.peakRSSMiB(t), "MiB")
 }
 
 // ramDir returns a temp dir on /dev/shm (tmpfs) when there is one, removed

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/cocos/rolesig"
+	"github.com/cvmd/cvmd/internal/testutil"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 	"github.com/cvmd/cvmd/proto/config"
 	rcpb "github.com/cvmd/cvmd/proto/rolechallenge"
@@ -89,7 +90,7 @@ func TestRoleChallenge(t *testing.T) {
 		manifest, agents bool
 	}{{"optional", false, false}, {"required by the manifest", true, false}, {"required by the agent's settings", false, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
+			testutil.CheckLeaks(t)
 			w := &world{dir: t.TempDir()}
 			w.setup(t, "#!/bin/sh\necho done > results/r.txt\n")
 			w.h = agenttest.Start(t, agenttest.Options{Settings: &config.AgentSettings{RequireRoleChallenge: tc.agents}})

@@ -17,6 +17,7 @@ import (
 	"github.com/cvmd/cvmd/children/agent"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/cocos/zipdir"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/config"
 )
@@ -63,7 +64,7 @@ func (w *world) datasetsHold(t *testing.T, want ...string) {
 // holding an entry named like provider B's declared dataset is refused with
 // nothing installed, B's upload then succeeds, and A can send a proper one.
 func TestZipEntryCannotTakeAnotherDatasetsName(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	w := &world{dir: t.TempDir()}
 	w.setup(t, "#!/bin/sh\ncat datasets/b.csv > results/b.txt\n")
 	w.h = agenttest.Start(t, agenttest.Options{})
@@ -125,7 +126,7 @@ func mountTmpfs(t *testing.T, dir string, size int) {
 // dataset and the limit, never an internal error. The computation carries
 // on: the real datasets are accepted afterwards.
 func TestZipBombsAndFullDisks(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	const disk, floor = 48 << 20, 8 << 20
 	w := &world{dir: t.TempDir()}
 	w.setup(t, "#!/bin/sh\nls datasets > results/ls.txt\n")
@@ -229,7 +230,7 @@ printf ok > results/ok.txt
 // every name in results.zip is a clean relative path, the content is kept
 // under the rewritten name, and a Warning event says what was renamed.
 func TestHostileResultNames(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	events := &eventLog{}
 	w := &world{dir: t.TempDir()}
 	w.setup(t, hostileNamesScript)

@@ -6,12 +6,13 @@ import (
 	"testing"
 
 	"github.com/cvmd/cvmd/children/agent/agenttest"
+	"github.com/cvmd/cvmd/internal/testutil"
 )
 
 // TestParallelUploads: datasets may arrive at the same time; two uploads of
 // the same dataset race and exactly one wins.
 func TestParallelUploads(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	w := newWorld(t, agenttest.Options{}, algoScript)
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
 	type res struct {

@@ -20,6 +20,7 @@ import (
 	agentchild "github.com/cvmd/cvmd/children/agent"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/control"
@@ -29,14 +30,7 @@ import (
 // TestMain turns the test binary into `cvmd agent` when asked, so tests can
 // run the real child (its Main and the child runtime) as its own process.
 func TestMain(m *testing.M) {
-	if os.Getenv("CVMD_TEST_AGENT_CHILD") == "1" {
-		if err := child.Run("agent", agentchild.Main); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
+	testutil.Main(m, testutil.Helpers{"agent": func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) }})
 }
 
 // proc is the agent child running as a separate process, wired as the
@@ -47,6 +41,7 @@ type proc struct {
 	ctl     *ipc.Control
 	Dial    func(ctx context.Context) (net.Conn, error)
 	Control agentctl.ControlClient
+	Runner  *agenttest.Runner // the runner stand-in, in the test process
 	closers []func()
 }
 
@@ -55,9 +50,9 @@ func startProc(t *testing.T, stateDir string) *proc {
 	comp := filepath.Join(stateDir, "computation")
 	// The runner stand-in lives in the test process.
 	rl, rd := agenttest.Edge(t, "runner")
-	_ = rd
 	rs := grpc.NewServer()
-	runner.RegisterRunnerServer(rs, &agenttest.Runner{Dir: comp})
+	rn := &agenttest.Runner{Dir: comp}
+	runner.RegisterRunnerServer(rs, rn)
 	go rs.Serve(rl)
 
 	ctlParent, ctlChild, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "control")
@@ -77,9 +72,7 @@ func startProc(t *testing.T, stateDir string) *proc {
 	runCli, runSrv := pair("to:runner")
 	rl.Add(runSrv)
 
-	exe, _ := os.Executable()
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), "CVMD_TEST_AGENT_CHILD=1")
+	cmd := testutil.HelperCommand("agent")
 	cmd.ExtraFiles = []*os.File{ctlChild, supSrv, ingSrv, runCli} // fds 3, 4, 5, 6
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -89,7 +82,7 @@ func startProc(t *testing.T, stateDir string) *proc {
 	for _, f := range cmd.ExtraFiles {
 		f.Close()
 	}
-	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent)}
+	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent), Runner: rn}
 	hello := &control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: &control.ChildConfig{
 		Version: 1, Name: "agent", StateDir: stateDir, LogLevel: "warn",
 		Fds: map[string]int32{"from:supervisor": 4, "from:ingress": 5, "to:runner": 6},
@@ -168,8 +161,8 @@ func TestAgentProcessKilledAndResumed(t *testing.T) {
 		t.Fatalf("resumed in %s", s)
 	}
 	w.mustCVM(t, false, "data", w.dsB, w.dataB.KeyFile)
-	time.Sleep(200 * time.Millisecond)
 	// kill -9 while the algorithm runs.
+	testutil.WaitUntil(t, 20*time.Second, "the algorithm running", func() bool { return p.Runner.Running() > 0 })
 	p.kill()
 	p = startProc(t, state)
 	w.dial, w.control = p.Dial, p.Control

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cvmd/cvmd/children/agent/agenttest"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/agentctl"
 )
 
@@ -15,7 +16,7 @@ import (
 // algorithm, clears the computation, and the same agent runs the next one
 // (Cocos needs an agent restart for that).
 func TestStopWhileRunningThenNextComputation(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	w := newWorld(t, agenttest.Options{}, "#!/bin/sh\nexec sleep 60\n")
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
 	w.mustCVM(t, false, "data", w.dsA, w.dataA.KeyFile)

@@ -27,6 +27,7 @@ import (
 	"github.com/cvmd/cvmd/attest/verify"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/ingress"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/agent"
 )
 
@@ -40,12 +41,6 @@ var totalSize = func() int {
 	}
 	return 1 << 30
 }()
-
-func benchOn(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("set CVMD_BENCH=1 to run benchmarks")
-	}
-}
 
 // simAttester is the simulated SNP+vTPM platform (TPM simulator and
 // go-sev-guest's test signer) through attest's real evidence code.
@@ -191,15 +186,15 @@ func cpuTime() time.Duration {
 // ipc edge, all on this machine's cores; sha3_256_mib_s is one core hashing
 // the same bytes in the same run.
 func TestBenchIngressUpload(t *testing.T) {
-	benchOn(t)
+	testutil.BenchOn(t)
 	p := pattern()
 	c0 := cpuTime()
 	sum, ref := referenceSHA3(p)
-	fmt.Printf("BENCH ingress_ref_sha3_256_mib_s %.1f MiB/s (%d MiB)\n", ref, totalSize>>20)
-	fmt.Printf("BENCH ingress_ref_sha3_256_cpu_s_per_gib %.2f s\n", (cpuTime()-c0).Seconds()/(float64(totalSize)/(1<<30)))
+	testutil.Bench("ingress_ref_sha3_256_mib_s", ref, "MiB/s", fmt.Sprintf("%d MiB", totalSize>>20))
+	testutil.Bench("ingress_ref_sha3_256_cpu_s_per_gib", (cpuTime()-c0).Seconds()/(float64(totalSize)/(1<<30)), "s")
 	direct := upload(t, p, sum, func(*agenttest.Harness) string { return "" }, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	fmt.Printf("BENCH ingress_ref_agent_direct_upload_mib_s %.1f MiB/s (no ingress, no TLS: the agent alone)\n", direct)
-	fmt.Printf("BENCH ingress_ref_agent_direct_upload_cpu_s_per_gib %.2f s (client and agent CPU time per GiB)\n", lastCPU)
+	testutil.Bench("ingress_ref_agent_direct_upload_mib_s", direct, "MiB/s", "no ingress, no TLS: the agent alone")
+	testutil.Bench("ingress_ref_agent_direct_upload_cpu_s_per_gib", lastCPU, "s", "client and agent CPU time per GiB")
 	id, err := atls.NewEphemeralIdentity()
 	if err != nil {
 		t.Fatal(err)
@@ -207,14 +202,14 @@ func TestBenchIngressUpload(t *testing.T) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{id}, NextProtos: []string{"h2"}}
 	tlsRate := uploadThroughIngress(t, p, sum, tlsCfg, nil,
 		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{InsecureSkipVerify: true})))
-	fmt.Printf("BENCH tls_upload_mib_s %.1f MiB/s (%.0f%% of one core's SHA3-256)\n", tlsRate, 100*tlsRate/ref)
-	fmt.Printf("BENCH tls_upload_cpu_s_per_gib %.2f s (client, ingress and agent CPU time per GiB)\n", lastCPU)
+	testutil.Bench("tls_upload_mib_s", tlsRate, "MiB/s", fmt.Sprintf("%.0f%% of one core's SHA3-256", 100*tlsRate/ref))
+	testutil.Bench("tls_upload_cpu_s_per_gib", lastCPU, "s", "client, ingress and agent CPU time per GiB")
 
 	a := simAttester(t)
 	atlsRate := uploadThroughIngress(t, p, sum, atls.ServerTLSConfig(id), &atls.ServerConfig{Identity: id, Evidence: simEvidence(a)},
 		grpc.WithTransportCredentials(atls.NewCredentials(&atls.ClientConfig{VerifyEvidence: atlsverify.Policy(verify.Options{AllowSimulated: true})})))
-	fmt.Printf("BENCH atls_upload_mib_s %.1f MiB/s (%.0f%% of one core's SHA3-256)\n", atlsRate, 100*atlsRate/ref)
-	fmt.Printf("BENCH atls_upload_cpu_s_per_gib %.2f s (client, ingress and agent CPU time per GiB)\n", lastCPU)
+	testutil.Bench("atls_upload_mib_s", atlsRate, "MiB/s", fmt.Sprintf("%.0f%% of one core's SHA3-256", 100*atlsRate/ref))
+	testutil.Bench("atls_upload_cpu_s_per_gib", lastCPU, "s", "client, ingress and agent CPU time per GiB")
 }
 
 // TestBenchIngressHandshake: tls_handshake_ms and atls_handshake_ms (p50 of
@@ -222,7 +217,7 @@ func TestBenchIngressUpload(t *testing.T) {
 // exchange with simulated SNP+vTPM evidence fetched per connection and
 // verified by attest/verify, as cvm does.
 func TestBenchIngressHandshake(t *testing.T) {
-	benchOn(t)
+	testutil.BenchOn(t)
 	h := agenttest.Start(t, agenttest.Options{})
 	id, _ := atls.NewEphemeralIdentity()
 	a := simAttester(t)
@@ -244,7 +239,7 @@ func TestBenchIngressHandshake(t *testing.T) {
 			raw.Close()
 		}
 		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		fmt.Printf("BENCH %s %.2f ms (p50 of %d; p90 %.2f)\n", name, float64(ds[len(ds)/2].Microseconds())/1000, len(ds), float64(ds[len(ds)*9/10].Microseconds())/1000)
+		testutil.Bench(name, float64(ds[len(ds)/2].Microseconds())/1000, "ms", fmt.Sprintf("p50 of %d; p90 %.2f", len(ds), float64(ds[len(ds)*9/10].Microseconds())/1000))
 	}
 	measure("tls_handshake_ms", tlsAddr, func(raw net.Conn) error {
 		return tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}).Handshake()

@@ -1,7 +1,6 @@
 package runner_test
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"sort"
@@ -9,13 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-func benchOn(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("set CVMD_BENCH=1 (make bench)")
-	}
-}
+	"github.com/cvmd/cvmd/internal/testutil"
+)
 
 func p50(ds []time.Duration) float64 {
 	s := append([]time.Duration(nil), ds...)
@@ -28,7 +23,7 @@ func p50(ds []time.Duration) float64 {
 // through the runner and the supervisor's handler over a real control
 // channel. The reference is a plain fork+exec of the same binary.
 func TestBenchAlgoSandbox(t *testing.T) {
-	benchOn(t)
+	testutil.BenchOn(t)
 	w := newWorld(t, worldOpts{})
 	bin := testBinary(t, "add")
 	w.putFile(t, "algo", bin, 0o600)
@@ -77,15 +72,15 @@ func TestBenchAlgoSandbox(t *testing.T) {
 	if len(prep) > 0 && len(start) > 0 {
 		t.Logf("supervisor side p50: prepare %.0f ms (netns, tmpfs, binds), libcontainer start %.0f ms", p50(prep), p50(start))
 	}
-	fmt.Printf("BENCH algo_sandbox_ms %.1f ms\n", p50(starts))
-	fmt.Printf("BENCH algo_exec_ref_ms %.1f ms\n", p50(ref))
-	fmt.Printf("BENCH algo_e2e_ms %.1f ms\n", p50(e2e))
+	testutil.Bench("algo_sandbox_ms", p50(starts), "ms")
+	testutil.Bench("algo_exec_ref_ms", p50(ref), "ms")
+	testutil.Bench("algo_e2e_ms", p50(e2e), "ms")
 }
 
 // TestBenchAlgoE2EPython measures the python addition example end to end
 // (venv made per run, no requirements).
 func TestBenchAlgoE2EPython(t *testing.T) {
-	benchOn(t)
+	testutil.BenchOn(t)
 	w := newWorld(t, worldOpts{})
 	w.putFile(t, "algo", "testdata/python/addition.py", 0o600)
 	var ds []time.Duration
@@ -98,5 +93,5 @@ func TestBenchAlgoE2EPython(t *testing.T) {
 		}
 		os.Remove(w.comp + "/results/result.txt")
 	}
-	fmt.Printf("BENCH algo_e2e_python_ms %.1f ms\n", p50(ds))
+	testutil.Bench("algo_e2e_python_ms", p50(ds), "ms")
 }

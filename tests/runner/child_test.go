@@ -1,7 +1,6 @@
 package runner_test
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/cvmd/cvmd/children/child"
 	"github.com/cvmd/cvmd/children/runner"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/control"
@@ -44,7 +44,7 @@ func TestRunnerChildProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
+	var stderr testutil.Buffer // written by exec's copier while the test reads it
 	cmd := exec.Command(os.Args[0], "runner-child")
 	cmd.ExtraFiles = []*os.File{ctlChild, edgeRunner} // fds 3 and 4
 	cmd.Stderr = &stderr

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/proto/config"
 	pb "github.com/cvmd/cvmd/proto/runner"
 	"github.com/cvmd/cvmd/sandbox"
@@ -303,7 +304,7 @@ func TestStopLeavesNoProcess(t *testing.T) {
 		}
 		done <- resp
 	}()
-	waitFor(t, func() bool { return w.rec.has("stdout", "sleeping") })
+	testutil.WaitUntil(t, 20*time.Second, "the algorithm's \"sleeping\" line", func() bool { return w.rec.has("stdout", "sleeping") })
 	if n := countProcs(algoCmdline("sleep 120")); n < 4 {
 		t.Fatalf("want the algorithm's 4 processes running, found %d", n)
 	}
@@ -330,7 +331,7 @@ func TestRunnerDeathKillsSandbox(t *testing.T) {
 		resp, _ := w.svc.Run(context.Background(), &pb.RunRequest{ComputationId: "c-death", AlgoType: "bin", AlgorithmPath: "algo", Args: []string{"sleep", "121"}})
 		done <- resp
 	}()
-	waitFor(t, func() bool { return w.rec.has("stdout", "sleeping") })
+	testutil.WaitUntil(t, 20*time.Second, "the algorithm's \"sleeping\" line", func() bool { return w.rec.has("stdout", "sleeping") })
 	w.algo.KillAll()
 	resp := <-done
 	if !strings.Contains(resp.GetError(), "runner exited") {
@@ -347,17 +348,6 @@ func TestWallClockLimit(t *testing.T) {
 		t.Fatalf("run error %q, want timed out", resp.GetError())
 	}
 	noneLeft(t, "sleep 30")
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out waiting")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // countProcs counts host processes whose command line contains s.

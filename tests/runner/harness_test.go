@@ -16,14 +16,16 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/opencontainers/runc/libcontainer/exeseal"
+
 	"github.com/cvmd/cvmd/children/runner"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/control"
 	pb "github.com/cvmd/cvmd/proto/runner"
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor/algosandbox"
-	"github.com/opencontainers/runc/libcontainer/exeseal"
 
 	// libcontainer's re-exec of this test binary as `init`.
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
@@ -175,25 +177,8 @@ type world struct {
 	algo              *algosandbox.Sandboxes
 	svc               *runner.Service
 	rec               *records
-	supLog            lockedBuffer // the handler's own log
+	supLog            testutil.Buffer // the handler's own log
 	cgroupRoot        string
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 type worldOpts struct {

@@ -89,6 +89,13 @@ func (r *Runner) Run(ctx context.Context, req *runner.RunRequest) (*runner.RunRe
 	return res, nil
 }
 
+// Running is how many algorithm processes run now.
+func (r *Runner) Running() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.procs)
+}
+
 // Stop kills the computation's process, if any.
 func (r *Runner) Stop(_ context.Context, req *runner.StopRequest) (*runner.StopResponse, error) {
 	r.mu.Lock()
