@@ -65,8 +65,9 @@ type e2e struct {
 	datasets []string
 	g        *guest
 	mgr      *devmanager.Server
-	akHash   string // SHA-256 of the vTPM's AK, provisioned before boot
-	table    string // expected child table hash
+	akHash   string      // SHA-256 of the vTPM's AK, provisioned before boot
+	table    string      // expected child table hash
+	netns    *qemu.NetNS // the VM's network namespace, where cvm runs; nil: the host's
 }
 
 // cvmRun runs the cvm CLI against the guest's forwarded port.
@@ -76,8 +77,17 @@ func (e *e2e) cvmRun(step string, timeout time.Duration, args ...string) (string
 	cmd := exec.CommandContext(ctx, e.cvm, args...)
 	cmd.Dir = e.dir
 	cmd.Env = append(os.Environ(), "AGENT_GRPC_URL="+e.g.vm.HostAddr())
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := cmd.Start
+	if e.netns != nil {
+		start = func() error { return e.netns.Do(cmd.Start) }
+	}
+	if err := start(); err != nil {
+		return "", err
+	}
+	err := cmd.Wait()
+	return out.String(), err
 }
 
 // mustCVM runs cvm and fails the step with the serial log on error.
@@ -307,26 +317,13 @@ func (g *guest) waitChildrenReady(step string, from int, names []string, timeout
 // setupE2E builds everything and boots the image with the manager attached.
 func setupE2E(t *testing.T) *e2e {
 	requireQEMU(t)
-	e := &e2e{t: t, dir: t.TempDir()}
+	e := newE2E(t)
 	cvmd := cvmdBinary(t)
-	e.cvm = cvmBinary(t)
 
 	extra := filepath.Join(e.dir, "extra")
 	os.MkdirAll(filepath.Join(extra, "etc/cvmd"), 0o755)
 	os.WriteFile(filepath.Join(extra, "etc/cvmd/debug-port"), nil, 0o644)
 	img := buildImage(t, "vmtest-cvmd", cvmd, extra)
-
-	e.mustLocal("keys", e.cvm, "keys", "-k", "ecdsa", "--dir", e.dir)
-	e.key, e.pub = filepath.Join(e.dir, "private.pem"), filepath.Join(e.dir, "public.pem")
-	src := filepath.Join(e.dir, "sum.c")
-	os.WriteFile(src, []byte(algoSource), 0o644)
-	e.algo = filepath.Join(e.dir, "sum")
-	e.mustLocal("compile algorithm", "gcc", "-O2", "-o", e.algo, src)
-	for name, data := range map[string]string{"a.csv": "1\n2\n3\n", "b.csv": "10 20\n"} {
-		p := filepath.Join(e.dir, name)
-		os.WriteFile(p, []byte(data), 0o644)
-		e.datasets = append(e.datasets, p)
-	}
 
 	mlog, err := os.Create(filepath.Join(e.dir, "manager.log"))
 	if err != nil {
@@ -356,6 +353,24 @@ func setupE2E(t *testing.T) *e2e {
 		Kernel: img.Kernel, Initrd: img.Initrd, TPM: true, EnvDir: envDir, Dir: vmDir,
 		ManagerAddr: ln.Addr().String(), DebugPort: true, MemoryMiB: 2048,
 	})
+	return e
+}
+
+// newE2E makes the parties' files: keys, the algorithm, the datasets.
+func newE2E(t *testing.T) *e2e {
+	e := &e2e{t: t, dir: t.TempDir()}
+	e.cvm = cvmBinary(t)
+	e.mustLocal("keys", e.cvm, "keys", "-k", "ecdsa", "--dir", e.dir)
+	e.key, e.pub = filepath.Join(e.dir, "private.pem"), filepath.Join(e.dir, "public.pem")
+	src := filepath.Join(e.dir, "sum.c")
+	os.WriteFile(src, []byte(algoSource), 0o644)
+	e.algo = filepath.Join(e.dir, "sum")
+	e.mustLocal("compile algorithm", "gcc", "-O2", "-o", e.algo, src)
+	for name, data := range map[string]string{"a.csv": "1\n2\n3\n", "b.csv": "10 20\n"} {
+		p := filepath.Join(e.dir, name)
+		os.WriteFile(p, []byte(data), 0o644)
+		e.datasets = append(e.datasets, p)
+	}
 	return e
 }
 

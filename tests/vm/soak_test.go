@@ -19,8 +19,11 @@ import (
 
 // soakConfig is what make soak-vm asks for: CVMD_SOAK_VM boots (the
 // target's N, default 50), each given CVMD_SOAK_BOUND (default 2m) from
-// qemu's start to every child READY and the manager link up.
-func soakConfig(t *testing.T) (boots int, bound time.Duration) {
+// qemu's start to every child READY and the manager link up, of the VM
+// CVMD_SOAK_MACHINE names: "cvmd" (default, images/qemu's own) or "cocos"
+// (Cocos's manager's, with the console on the serial port to watch it),
+// with a vTPM unless CVMD_SOAK_TPM=0.
+func soakConfig(t *testing.T) (boots int, bound time.Duration, machine qemu.Machine) {
 	v := os.Getenv("CVMD_SOAK_VM")
 	if v == "" {
 		t.Skip("the boot soak runs with make soak-vm (CVMD_SOAK_VM=N)")
@@ -35,7 +38,14 @@ func soakConfig(t *testing.T) (boots int, bound time.Duration) {
 			t.Fatalf("CVMD_SOAK_BOUND=%q: want a positive duration such as 2m", b)
 		}
 	}
-	return boots, bound
+	switch m := os.Getenv("CVMD_SOAK_MACHINE"); m {
+	case "", "cvmd":
+	case "cocos":
+		machine = qemu.MachineCocos
+	default:
+		t.Fatalf("CVMD_SOAK_MACHINE=%q: want cvmd or cocos", m)
+	}
+	return boots, bound, machine
 }
 
 // TestSoakBoots boots the test image (cvmd as PID 1, a vTPM, the debug
@@ -45,19 +55,24 @@ func soakConfig(t *testing.T) (boots int, bound time.Duration) {
 // kernel stacks and the supervisor proper's goroutines, kept in
 // images/out/logs/soak-<n>.txt. Not part of make test (make soak-vm).
 func TestSoakBoots(t *testing.T) {
-	boots, bound := soakConfig(t)
+	boots, bound, machine := soakConfig(t)
 	requireQEMU(t)
+	var err error
 	dir := t.TempDir()
 	extra := filepath.Join(dir, "extra")
 	os.MkdirAll(filepath.Join(extra, "etc/cvmd"), 0o755)
 	os.WriteFile(filepath.Join(extra, "etc/cvmd/debug-port"), nil, 0o644)
 	img := buildImage(t, "vmsoak", cvmdBinary(t), extra)
 
-	mgr := devmanager.New(devmanager.Options{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var ns *qemu.NetNS
+	if machine == qemu.MachineCocos {
+		if ns, err = qemu.NewNetNS(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ns.Close)
 	}
+	ln, guestURL := managerListener(t, ns)
+	mgr := devmanager.New(devmanager.Options{})
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
 	go func() { devmanager.Serve(ctx, ln, mgr, nil); close(served) }()
@@ -65,14 +80,25 @@ func TestSoakBoots(t *testing.T) {
 	envDir := filepath.Join(dir, "env")
 	os.MkdirAll(envDir, 0o755)
 	os.WriteFile(filepath.Join(envDir, "environment"), []byte(
-		"AGENT_LOG_LEVEL=info\nAGENT_CVM_ID=soak\nAGENT_CVM_GRPC_URL="+qemu.GuestManagerAddr+"\n"), 0o644)
+		"AGENT_LOG_LEVEL=info\nAGENT_CVM_ID=soak\nAGENT_CVM_GRPC_URL="+guestURL+"\n"), 0o644)
+	cfg := qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd, TPM: os.Getenv("CVMD_SOAK_TPM") != "0", EnvDir: envDir, DebugPort: true, MemoryMiB: 2048}
+	if machine == qemu.MachineCocos {
+		cfg.Machine, cfg.NetNS = qemu.MachineCocos, ns
+		cfg.Cocos.Cmdline = "quiet console=ttyS0"
+	} else {
+		self, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ManagerAddr, cfg.PipeCommand = ln.Addr().String(), []string{self, "pipe"}
+	}
 
 	logs := filepath.Join(repoRoot(t), "images/out/logs")
 	os.MkdirAll(logs, 0o755)
 	var ready []float64
 	var failed []string
 	for n := 1; n <= boots; n++ {
-		took, dump := soakBoot(t, img, envDir, ln.Addr().String(), bound)
+		took, dump := soakBoot(t, cfg, bound)
 		if dump == "" {
 			ready = append(ready, took.Seconds())
 			t.Logf("boot %d/%d: every child ready and the manager link up %.1f s after qemu started", n, boots, took.Seconds())
@@ -95,24 +121,17 @@ func TestSoakBoots(t *testing.T) {
 
 // soakBoot boots once and returns how long the guest took to be ready, or
 // the dump that explains why it was not within bound.
-func soakBoot(t *testing.T, img image, envDir, manager string, bound time.Duration) (time.Duration, string) {
-	vmDir := t.TempDir()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+func soakBoot(t *testing.T, cfg qemu.Config, bound time.Duration) (time.Duration, string) {
+	cfg.Dir = t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	vm, err := qemu.Start(ctx, qemu.Config{
-		Kernel: img.Kernel, Initrd: img.Initrd, TPM: true, EnvDir: envDir, Dir: vmDir,
-		ManagerAddr: manager, PipeCommand: []string{self, "pipe"}, DebugPort: true, MemoryMiB: 2048,
-	})
+	vm, err := qemu.Start(ctx, cfg)
 	cancel()
 	if err != nil {
 		t.Fatalf("starting qemu: %v", err)
 	}
 	defer func() {
 		vm.Kill()
-		os.RemoveAll(vmDir)
+		os.RemoveAll(cfg.Dir)
 	}()
 	g := &guest{t: t, vm: vm, debug: true}
 	deadline := vm.Started().Add(bound)
@@ -154,4 +173,24 @@ func lastLines(s string, n int) string {
 		ls = ls[len(ls)-n:]
 	}
 	return strings.Join(ls, "\n")
+}
+
+// managerListener listens for the guest's manager link on the host's
+// loopback (cvmd's VM reaches it through guestfwd at GuestManagerAddr), or
+// in ns, whose loopback a Cocos VM's guest reaches at CocosHostAddr. It
+// returns the listener and the address for the guest's environment file.
+func managerListener(t testing.TB, ns *qemu.NetNS) (net.Listener, string) {
+	t.Helper()
+	var ln net.Listener
+	listen := func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:0"); return err }
+	if ns == nil {
+		if err := listen(); err != nil {
+			t.Fatal(err)
+		}
+		return ln, qemu.GuestManagerAddr
+	}
+	if err := ns.Do(listen); err != nil {
+		t.Fatal(err)
+	}
+	return ln, net.JoinHostPort(qemu.CocosHostAddr, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))
 }
