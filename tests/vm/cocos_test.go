@@ -147,7 +147,8 @@ func (c *cocosVM) refusedAttestation() {
 		return ev != nil && ev.GetEventType() == "attestation.no_platform" && strings.Contains(string(ev.GetDetails()), "no TPM at /dev/tpmrm0")
 	})
 	for _, kind := range []string{"vtpm", "snp-vtpm"} {
-		out, err := c.cvmRun("attestation refused", 2*time.Minute, "attestation", "get", kind, "--vtpm", strings.Repeat("ab", 32), "-o", filepath.Join(c.dir, "att.bin"))
+		out, err := c.cvmRun("attestation refused", 2*time.Minute, "attestation", "get", kind,
+			"--tee", strings.Repeat("cd", 64), "--vtpm", strings.Repeat("ab", 32), "-o", filepath.Join(c.dir, "att.bin"))
 		if err == nil || !strings.Contains(out, "attestation: no platform: "+missing) {
 			c.g.fatalf("attestation refused", "cvm attestation get %s on a VM without a vTPM: %v\n%s", kind, err, out)
 		}
