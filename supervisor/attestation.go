@@ -3,7 +3,6 @@ package supervisor
 import (
 	"log/slog"
 
-	"github.com/cvmd/cvmd/children/attestation"
 	"github.com/cvmd/cvmd/supervisor/table"
 )
 
@@ -18,9 +17,9 @@ import (
 // defaultAttestation is the mode when nothing chooses one.
 func (o *options) defaultAttestation() string {
 	if o.dev {
-		return attestation.ModeSimulated
+		return table.AttestationSimulated
 	}
-	return attestation.ModeAuto
+	return table.AttestationAuto
 }
 
 // attestationMode returns the mode in force and where it came from.
@@ -35,9 +34,9 @@ func (o *options) attestationMode(env func() (map[string]string, string, error),
 		return o.defaultAttestation(), "default"
 	}
 	if v, ok := vars[table.AttestationVar]; ok && v != "" {
-		if !attestation.ValidMode(v) {
+		if !table.ValidAttestation(v) {
 			log.Error("unknown attestation mode: the VM will have no attestation platform",
-				"var", table.AttestationVar, "value", v, "want", attestation.Modes, "env", src)
+				"var", table.AttestationVar, "value", v, "want", table.AttestationModes, "env", src)
 		}
 		return v, table.AttestationVar + " (" + src + " or the kernel command line)"
 	}

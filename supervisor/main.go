@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/cvmd/cvmd/children/attestation"
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor/algosandbox"
 	"github.com/cvmd/cvmd/supervisor/pid1"
@@ -53,7 +52,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level of the supervisor and the children: debug, info, warn, error")
 	fs.BoolVar(&o.print, "print-sandbox", false, "print the child table (the measured sandbox policy) and its hash, then exit")
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", "", "relative cgroup path of the children (default cvmd, or cvmd-<hash of STATE> with --dev)")
-	fs.StringVar(&o.attestation, "attestation", "", "attestation mode: "+attestation.Modes+" (default: "+table.AttestationVar+" on the kernel command line or in the environment file, else auto; simulated with --dev)")
+	fs.StringVar(&o.attestation, "attestation", "", "attestation mode: "+table.AttestationModes+" (default: "+table.AttestationVar+" on the kernel command line or in the environment file, else auto; simulated with --dev)")
 	// The most an algorithm sandbox may get (a request may ask for less).
 	fs.Var(sizeFlag{&o.algo.MemoryBytes}, "algo-memory", "algorithm sandbox memory (and memory+swap) limit, bytes or with a suffix K, M, G, KiB, MiB, GiB (default 1GiB)")
 	fs.Int64Var(&o.algo.Pids, "algo-pids", 0, "algorithm sandbox pids limit, threads count (default 256)")
@@ -109,8 +108,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			o.cgroupRoot = "cvmd-" + hex.EncodeToString(h[:6])
 		}
 	}
-	if o.attestation != "" && !attestation.ValidMode(o.attestation) {
-		return nil, fmt.Errorf("supervise: --attestation %q: want %s", o.attestation, attestation.Modes)
+	if o.attestation != "" && !table.ValidAttestation(o.attestation) {
+		return nil, fmt.Errorf("supervise: --attestation %q: want %s", o.attestation, table.AttestationModes)
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {

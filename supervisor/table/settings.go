@@ -56,6 +56,17 @@ func roleChallengeRequired(in *SettingsInput) bool {
 // both).
 const AttestationVar = "CVMD_ATTESTATION"
 
+// The attestation modes, for the supervisor's flags and environment: the
+// names are children/attestation's, the one place that knows them.
+const (
+	AttestationAuto      = attestation.ModeAuto
+	AttestationSimulated = attestation.ModeSimulated
+	AttestationModes     = attestation.Modes
+)
+
+// ValidAttestation reports whether mode names an attestation mode.
+func ValidAttestation(mode string) bool { return attestation.ValidMode(mode) }
+
 // attestationSettings: the mode's settings (the one place modes become
 // settings is children/attestation).
 func attestationSettings(in *SettingsInput) (proto.Message, error) {
