@@ -8,7 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -69,8 +69,8 @@ func (g *guest) with(id string, ac *cvms.AgentConfig) *cvms.ComputationRunReq {
 // TestE2ERunResponses drives every way a computation's start can fail in a
 // real cvmd and checks that the manager gets a RunResponse naming the
 // cause, in bounded time: aTLS asked of a VM without an attestation
-// platform (where plaintext computations still run and attestation is
-// refused with what is missing), an AgentConfig the ingress cannot use, a
+// platform (where TLS computations still run and attestation is refused
+// with what is missing), an AgentConfig the ingress cannot use, a
 // child that fails, and a dependency that never says READY.
 func TestE2ERunResponses(t *testing.T) {
 	g := newGuest(t)
@@ -89,22 +89,29 @@ func TestE2ERunResponses(t *testing.T) {
 			ac:   &cvms.AgentConfig{AttestedTls: true},
 			want: []string{"agent_config.attested_tls", "attestation: no platform", "mode snp needs", "no SEV-SNP report interface"},
 			then: func(h *guest, srv *devmanager.Server) {
-				// The same VM runs a plaintext computation to its result...
-				if res, took := h.askRun(srv, h.with("plain-1", nil)); res.GetError() != "" {
-					h.t.Fatalf("plaintext computation refused after %v: %s", took, res.GetError())
+				// The same VM runs a TLS computation to its result (a
+				// plaintext one runs in tests/vm TestCocosManagerVM)...
+				ca, cert, key := writeTLSFiles(h.t, h.work)
+				if res, took := h.askRun(srv, h.with("tls-1", &cvms.AgentConfig{CertFile: cert, KeyFile: key})); res.GetError() != "" {
+					h.t.Fatalf("TLS computation refused after %v: %s", took, res.GetError())
 				}
-				h.retry("algo", h.algo, h.priv, "-a", "bin")
-				h.retry("data", h.data, h.priv)
-				if r := h.result(); !strings.HasPrefix(r, "accuracy 0.9") {
+				env := map[string]string{"AGENT_GRPC_SERVER_CA_CERTS": ca}
+				h.retryEnv(env, "algo", h.algo, h.priv, "-a", "bin")
+				h.retryEnv(env, "data", h.data, h.priv)
+				if r := h.resultEnv(env); !strings.HasPrefix(r, "accuracy 0.9") {
 					h.t.Fatalf("result.txt = %q", r)
 				}
 				// ...and refuses attestation, saying what is missing: to the
 				// CLI, and on the wire as FailedPrecondition.
-				out, err := h.cvm("attestation", "get", "snp", "--tee", strings.Repeat("ab", 64))
+				out, err := h.cvmEnv(env, "attestation", "get", "snp", "--tee", strings.Repeat("ab", 64))
 				if err == nil || !strings.Contains(out, "attestation: no platform: mode snp needs what this VM lacks: no SEV-SNP report interface") {
 					h.t.Fatalf("cvm attestation get on a VM without its platform: %v\n%s", err, out)
 				}
-				conn, err := grpc.NewClient(h.agentAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+				creds, err := credentials.NewClientTLSFromFile(ca, "")
+				if err != nil {
+					h.t.Fatal(err)
+				}
+				conn, err := grpc.NewClient(h.agentAddr, grpc.WithTransportCredentials(creds))
 				if err != nil {
 					h.t.Fatal(err)
 				}

@@ -21,7 +21,8 @@ import (
 // target's N, default 50), each given CVMD_SOAK_BOUND (default 2m) from
 // qemu's start to every child READY and the manager link up, of the VM
 // CVMD_SOAK_MACHINE names: "cvmd" (default, images/qemu's own) or "cocos"
-// (Cocos's manager's, with the console on the serial port to watch it),
+// (Cocos's manager's, with the console on the serial port to watch it) or
+// "cocos-reported" (the same with issue 18's -cpu max -smp 2 and 1 slot),
 // with a vTPM unless CVMD_SOAK_TPM=0.
 func soakConfig(t *testing.T) (boots int, bound time.Duration, machine qemu.Machine) {
 	v := os.Getenv("CVMD_SOAK_VM")
@@ -40,7 +41,7 @@ func soakConfig(t *testing.T) (boots int, bound time.Duration, machine qemu.Mach
 	}
 	switch m := os.Getenv("CVMD_SOAK_MACHINE"); m {
 	case "", "cvmd":
-	case "cocos":
+	case "cocos", "cocos-reported":
 		machine = qemu.MachineCocos
 	default:
 		t.Fatalf("CVMD_SOAK_MACHINE=%q: want cvmd or cocos", m)
@@ -85,6 +86,11 @@ func TestSoakBoots(t *testing.T) {
 	if machine == qemu.MachineCocos {
 		cfg.Machine, cfg.NetNS = qemu.MachineCocos, ns
 		cfg.Cocos.Cmdline = "quiet console=ttyS0"
+		if os.Getenv("CVMD_SOAK_MACHINE") == "cocos-reported" {
+			// The line of issue 18's report: -cpu max -smp 2,maxcpus=2
+			// -m 2048M,slots=1,maxmem=4G.
+			cfg.CPUs, cfg.Cocos.CPU, cfg.Cocos.MaxCPUs, cfg.Cocos.Slots, cfg.Cocos.MaxMem = 2, "max", 2, 1, "4G"
+		}
 	} else {
 		self, err := os.Executable()
 		if err != nil {
