@@ -79,7 +79,7 @@ bench-vm: build ## VM figures: boot times, end to end, image size (boots qemu)
 	@set -o pipefail; CVMD_BENCH_VM=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 30m -p 1 -run '^TestBench' -v ./tests/vm/ 2>&1 | tee $(BIN)/bench-vm.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench-vm: no figures (see $(BIN)/bench-vm.log)"; exit 1}}'
 
 SOAK_N ?= 50
-SOAK_BOUND ?= 2m
+SOAK_BOUND ?= 3m
 SOAK_MACHINE ?= cvmd
 SOAK_TPM ?= 1
 soak-vm: build ## boot the test image SOAK_N times (default 50; SOAK_MACHINE=cocos or cocos-reported: Cocos's VM, SOAK_TPM=0: no vTPM); report each boot not ready within SOAK_BOUND, with its dump
