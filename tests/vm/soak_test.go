@@ -65,7 +65,13 @@ func TestSoakBoots(t *testing.T) {
 	extra := filepath.Join(dir, "extra")
 	os.MkdirAll(filepath.Join(extra, "etc/cvmd"), 0o755)
 	os.WriteFile(filepath.Join(extra, "etc/cvmd/debug-port"), nil, 0o644)
-	img := buildImage(t, "vmsoak", cvmdBinary(t), extra)
+	// Its own image: soaks may run side by side.
+	name := fmt.Sprintf("vmsoak-%d", os.Getpid())
+	img := buildImage(t, name, cvmdBinary(t), extra)
+	t.Cleanup(func() {
+		os.RemoveAll(filepath.Join(repoRoot(t), "images/out", "root-"+name))
+		os.Remove(img.Initrd)
+	})
 
 	var ns *qemu.NetNS
 	if machine == qemu.MachineCocos {
