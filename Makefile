@@ -83,7 +83,7 @@ SOAK_BOUND ?= 3m
 SOAK_MACHINE ?= cvmd
 SOAK_TPM ?= 1
 soak-vm: build ## boot the test image SOAK_N times (default 50; SOAK_MACHINE=cocos or cocos-reported: Cocos's VM, SOAK_TPM=0: no vTPM); report each boot not ready within SOAK_BOUND, with its dump
-	@set -o pipefail; CVMD_SOAK_VM=$(SOAK_N) CVMD_SOAK_BOUND=$(SOAK_BOUND) CVMD_SOAK_MACHINE=$(SOAK_MACHINE) CVMD_SOAK_TPM=$(SOAK_TPM) CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 0 -p 1 -run '^TestSoakBoots$$' -v ./tests/vm/ 2>&1 | tee $(BIN)/soak-vm.log | grep -E '^(SOAK|--- |FAIL|ok|PASS)|boot [0-9]+/'
+	@set -o pipefail; CVMD_SOAK_VM=$(SOAK_N) CVMD_SOAK_BOUND=$(SOAK_BOUND) CVMD_SOAK_MACHINE=$(SOAK_MACHINE) CVMD_SOAK_TPM=$(SOAK_TPM) CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 0 -p 1 -run '^TestSoakBoots$$' -v ./tests/vm/ 2>&1 | tee $(BIN)/soak-vm-$$$$.log | grep -E '^(SOAK|--- |FAIL|ok|PASS)|boot [0-9]+/'
 
 clean: ## remove build outputs
 	rm -rf $(BIN)

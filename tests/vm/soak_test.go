@@ -56,7 +56,7 @@ func soakConfig(t *testing.T) (boots int, bound time.Duration, machine qemu.Mach
 // boot whose children were not all READY, or whose manager link was not
 // up, within the bound: with its serial log, the guest's processes, their
 // kernel stacks and the supervisor proper's goroutines, kept in
-// images/out/logs/soak-<n>.txt. Not part of make test (make soak-vm).
+// images/out/logs/soak-<pid>-<n>.txt. Not part of make test (make soak-vm).
 func TestSoakBoots(t *testing.T) {
 	boots, bound, machine := soakConfig(t)
 	requireQEMU(t)
@@ -118,7 +118,7 @@ func TestSoakBoots(t *testing.T) {
 			t.Logf("boot %d/%d: every child ready and the manager link up %.1f s after qemu started", n, boots, took.Seconds())
 			continue
 		}
-		file := filepath.Join(logs, fmt.Sprintf("soak-%d.txt", n))
+		file := filepath.Join(logs, fmt.Sprintf("soak-%d-%d.txt", os.Getpid(), n))
 		os.WriteFile(file, []byte(dump), 0o644)
 		failed = append(failed, fmt.Sprintf("boot %d (%s)", n, file))
 		t.Errorf("boot %d/%d: not ready within %v; dump in %s:\n%s", n, boots, bound, file, lastLines(dump, 80))
