@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -122,6 +123,14 @@ func TestE2ERunResponses(t *testing.T) {
 				}
 				if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "no SEV-SNP report interface") {
 					h.t.Fatalf("vTPM attestation on the wire: %v, want FailedPrecondition naming what is missing", err)
+				}
+				// The health answer: the agent serves, attestation does not.
+				hc := healthpb.NewHealthClient(conn)
+				for svc, want := range map[string]healthpb.HealthCheckResponse_ServingStatus{"agent": healthpb.HealthCheckResponse_SERVING, "attestation": healthpb.HealthCheckResponse_NOT_SERVING} {
+					r, err := hc.Check(h.ctx, &healthpb.HealthCheckRequest{Service: svc})
+					if err != nil || r.GetStatus() != want {
+						h.t.Fatalf("health of %q: %v, %v; want %v", svc, r.GetStatus(), err, want)
+					}
 				}
 			},
 		},
