@@ -90,7 +90,11 @@ func TestSoakBoots(t *testing.T) {
 	os.MkdirAll(envDir, 0o755)
 	os.WriteFile(filepath.Join(envDir, "environment"), []byte(
 		"AGENT_LOG_LEVEL=info\nAGENT_CVM_ID=soak\nAGENT_CVM_GRPC_URL="+guestURL+"\n"), 0o644)
-	cfg := qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd, TPM: os.Getenv("CVMD_SOAK_TPM") != "0", EnvDir: envDir, DebugPort: true, MemoryMiB: 2048}
+	// The kernel's own view of a hang: "quiet" hides the registers and
+	// stack of a soft lockup or an RCU stall (printed at the default
+	// level); loglevel=5 shows them, for every CPU.
+	cfg := qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd, TPM: os.Getenv("CVMD_SOAK_TPM") != "0", EnvDir: envDir, DebugPort: true, MemoryMiB: 2048,
+		Append: "loglevel=5 softlockup_all_cpu_backtrace=1"}
 	if machine == qemu.MachineCocos {
 		cfg.Machine, cfg.NetNS = qemu.MachineCocos, ns
 		cfg.Cocos.Cmdline = "quiet console=ttyS0"
