@@ -10,7 +10,7 @@ BIN     := bin
 GOTEST  := $(GO) test -tags '$(TAGS)'
 TESTTIMEOUT ?= 40m
 
-.PHONY: help deps build cvmd cvm test race unit run bench bench-vm soak-vm proto proto-check lint image vm clean
+.PHONY: help deps build cvmd cvmd-test cvm test race unit run bench bench-vm soak-vm proto proto-check lint image vm clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,11 +18,17 @@ help: ## show this help
 deps: ## install apt packages and pinned Go tools (idempotent)
 	@scripts/deps.sh test
 
-build: deps cvmd cvm ## build bin/cvmd (static, seccomp) and bin/cvm
+build: deps cvmd cvm ## build bin/cvmd (static, seccomp: the measured binary) and bin/cvm
 
 cvmd:
 	@mkdir -p $(BIN)
 	$(GO) build -tags '$(TAGS)' -trimpath -ldflags '$(STATIC)' -o $(BIN)/cvmd ./cmd/cvmd
+
+# The tests' build of cvmd: the same plus its test switches (cvmd probe,
+# --test-misbehave, --test-panic-on-sigusr1), which bin/cvmd does not have.
+cvmd-test:
+	@mkdir -p $(BIN)
+	$(GO) build -tags '$(TAGS) cvmdtest' -trimpath -ldflags '$(STATIC)' -o $(BIN)/cvmd-test ./cmd/cvmd
 
 cvm:
 	@mkdir -p $(BIN)
@@ -38,9 +44,10 @@ proto-check: ## fail if the committed generated code is stale
 lint: deps ## gofmt, go vet and staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'))" || { gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$'); echo "lint: not gofmt-ed"; exit 1; }
 	$(GO) vet -tags '$(TAGS)' ./...
+	$(GO) vet -tags '$(TAGS) cvmdtest' ./cmd/cvmd ./supervisor/...
 	staticcheck -tags '$(TAGS)' ./...
 
-test: deps proto-check build ## all tests (as root): unit, integration and the VM end-to-end
+test: deps proto-check build cvmd-test ## all tests (as root): unit, integration and the VM end-to-end
 	$(GO) vet -tags '$(TAGS)' ./...
 	CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout $(TESTTIMEOUT) -p 2 ./...
 
@@ -52,16 +59,16 @@ test: deps proto-check build ## all tests (as root): unit, integration and the V
 # code (children, queues, ipc, the supervisor's handlers).
 RACE_SKIP := /tests/vm$$
 
-race: deps build ## the race detector (go test -race, cgo) over every package but the VM suite
+race: deps build cvmd-test ## the race detector (go test -race, cgo) over every package but the VM suite
 	CVMD_BIN=$(CURDIR)/$(BIN) $(GO) test -race -tags '$(TAGS)' -count=1 -timeout $(TESTTIMEOUT) -p 2 $$($(GO) list ./... | grep -v -E '$(RACE_SKIP)')
 
-unit: ## quick tests without the VM and integration suites
-	$(GOTEST) -short -count=1 ./...
+unit: ## quick tests: every package but the integration and VM suites of tests/ (-short)
+	$(GOTEST) -short -count=1 $$($(GO) list ./... | grep -v '/tests/')
 
 run: build ## boot cvmd locally (dev mode) and run a sample computation end to end
 	@scripts/run.sh
 
-bench: build ## print BENCH <name> <value> <unit> lines
+bench: build cvmd-test ## print BENCH <name> <value> <unit> lines
 	@set -o pipefail; CVMD_BENCH=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 60m -p 1 -run '^TestBench' -v ./... 2>&1 | tee $(BIN)/bench.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench: no figures (see $(BIN)/bench.log)"; exit 1}}'
 
 # --- VM image (images/, tests/vm) ---------------------------------------------------

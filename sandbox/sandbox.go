@@ -68,11 +68,6 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	if err := r.cleanStale(); err != nil {
 		return nil, err
 	}
-	r.forkWG.Add(forkers)
-	for i := 0; i < forkers; i++ {
-		go r.forker()
-	}
-	go func() { r.forkWG.Wait(); close(r.forkDone) }()
 	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "containers"), 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox: making state dir: %w", err)
 	}
@@ -80,6 +75,13 @@ func NewRuntime(cfg RuntimeConfig) (*Runtime, error) {
 	if err := mountSkeleton(r.skeleton); err != nil {
 		return nil, err
 	}
+	// Last: nothing after this can fail, so a refused Runtime leaves no
+	// forker (and no locked thread) behind.
+	r.forkWG.Add(forkers)
+	for i := 0; i < forkers; i++ {
+		go r.forker()
+	}
+	go func() { r.forkWG.Wait(); close(r.forkDone) }()
 	return r, nil
 }
 
@@ -165,6 +167,11 @@ type Sandbox struct {
 	pid  int
 	once sync.Once
 	derr error
+
+	// The process is waited for once; every Wait gets that one result.
+	waitOnce  sync.Once
+	waitState *os.ProcessState
+	waitErr   error
 }
 
 // Start creates the container described by spec and runs its process. On
@@ -265,13 +272,19 @@ func (s *Sandbox) Pid() int { return s.pid }
 // Wait waits for the sandbox's process to exit. The other processes of the
 // sandbox die with it (it is PID 1 of its PID namespace).
 // A non-zero exit or a signal is reported in the state, not as an error.
+// Wait may be called several times, from several goroutines: the process
+// is waited for once, and every call returns that result (a second wait
+// on one process would race the first for its exit status).
 func (s *Sandbox) Wait() (*os.ProcessState, error) {
-	st, err := s.p.Wait()
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return ee.ProcessState, nil
-	}
-	return st, err
+	s.waitOnce.Do(func() {
+		st, err := s.p.Wait()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			st, err = ee.ProcessState, nil
+		}
+		s.waitState, s.waitErr = st, err
+	})
+	return s.waitState, s.waitErr
 }
 
 // Signal sends sig to the sandbox's process.

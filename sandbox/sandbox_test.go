@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -251,7 +254,11 @@ func TestCreateThenExec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Its process is libcontainer's init, waiting: the program has not run.
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", sb.Pid()))
+	if args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00"); err != nil || len(args) < 2 || args[1] != "init" {
+		t.Fatalf("created sandbox runs %q (%v), want libcontainer's init", args, err)
+	}
 	if s := out.String(); s != "" {
 		t.Fatalf("the program ran before Exec: %q", s)
 	}
@@ -278,5 +285,67 @@ func TestCreateThenExec(t *testing.T) {
 	}
 	if err := idle.Destroy(); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestWaitTwice: the supervisor's loop and its clean-up (or the runtime's
+// Close) may both wait for one sandbox; each gets the process's exit
+// status, and neither steals it from the other.
+func TestWaitTwice(t *testing.T) {
+	requireRoot(t)
+	rt := newRuntime(t)
+	s := testSpec("waited-twice")
+	s.Args = []string{"/usr/bin/sleep", "60"}
+	sb, err := rt.Start(s, IO{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Destroy()
+	type result struct {
+		st  *os.ProcessState
+		err error
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() {
+			st, err := sb.Wait()
+			results <- result{st, err}
+		}()
+	}
+	if err := sb.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		r := <-results
+		if r.err != nil || r.st == nil {
+			t.Fatalf("Wait: state %v, err %v; want the process's status", r.st, r.err)
+		}
+		if ws, ok := r.st.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Errorf("Wait: %v, want killed by SIGKILL", r.st)
+		}
+	}
+}
+
+// TestNewRuntimeRefusedLeavesNoGoroutine: a Runtime that cannot be made
+// (its state dir is a file) leaves none of its forkers behind.
+func TestNewRuntimeRefusedLeavesNoGoroutine(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "containers"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	if _, err := NewRuntime(RuntimeConfig{StateDir: dir, CgroupRoot: fmt.Sprintf("cvmd-refused-%d", os.Getpid())}); err == nil {
+		t.Fatal("NewRuntime accepted a state dir whose containers dir is a file")
+	}
+	// A leaked forker would be blocked for good: give goroutines that do end
+	// a moment, then count.
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines left after a refused NewRuntime (had %d):\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 }

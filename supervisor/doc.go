@@ -54,9 +54,10 @@
 // that the new generation answered.
 //
 // The supervisor publishes its own facts as events: supervisor.started,
-// child.started, child.ready, child.exited, child.restarting, child.failed,
-// child.start_failed, computation.started, computation.manifest_measured,
-// computation.stopped, supervisor.shutdown.
+// child.started, child.ready, child.exited (a failure), child.replaced (a
+// new computation replaced it), child.stopped (shutdown), child.restarting,
+// child.failed, child.start_failed, computation.started,
+// computation.manifest_measured, computation.stopped, supervisor.shutdown.
 //
 // # Files on disk
 //
@@ -68,11 +69,16 @@
 // supervisor's PID namespace, generation, restarts, serving), rewritten on
 // every change.
 //
-// Test-only switches (never set in the VM): --test-panic-on-sigusr1 (the
-// loop panics on SIGUSR1) and --test-misbehave CHILD=MODE (the child is
-// replaced by `cvmd probe child MODE`, which sends garbage, stays silent,
-// reports StartFailed or crashes). `cvmd probe exec` runs a check inside a
-// running child's container, as `runc exec` would.
+// # Test build
+//
+// Test switches exist only in a test build (-tags cvmdtest, make's
+// bin/cvmd-test; testflags_cvmdtest.go): --test-panic-on-sigusr1 (the loop
+// panics on SIGUSR1), --test-misbehave CHILD=MODE (the child is replaced by
+// `cvmd probe child MODE`, which sends garbage, stays silent, reports
+// StartFailed, crashes or ignores Stop) and the `cvmd probe` command (`cvmd
+// probe exec` runs a check inside a running child's container, as `runc
+// exec` would). The measured binary (bin/cvmd) has none of them, so it
+// cannot behave otherwise than measured; a test build says so in its log.
 //
 // Only cmd/cvmd imports this package. It imports the supervisor/* packages,
 // sandbox, ipc and proto; children never import it.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor/algosandbox"
+	"github.com/cvmd/cvmd/supervisor/lifecycle"
 	"github.com/cvmd/cvmd/supervisor/pid1"
 	"github.com/cvmd/cvmd/supervisor/table"
 )
@@ -60,15 +61,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.algo.WallClock, "algo-timeout", 0, "algorithm wall-clock limit, e.g. 30m (default 1h)")
 	fs.Var(sizeFlag{&o.algo.ResultsBytes}, "algo-results-cap", "algorithm results tmpfs size, counted against its memory too (default 512MiB)")
 	fs.Var(sizeFlag{&o.algo.TmpBytes}, "algo-tmp", "algorithm private /tmp size (default 256MiB)")
-	// Internal flags: how PID 1 starts the supervisor proper, and a test switch.
+	// Internal flags: how PID 1 starts the supervisor proper.
 	fs.BoolVar(&o.proper, "proper", false, "internal: run the supervisor proper (started by PID 1)")
 	fs.BoolVar(&o.sealed, "sealed", false, "internal: PID 1 already set up and re-executed from a sealed copy")
 	fs.BoolVar(&o.rooted, "rooted", false, "internal: PID 1 already mounted, moved the root and loaded modules; it re-executed from the new root and only seals its binary")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long a child has to say READY (default: the table's, 10s)")
 	fs.DurationVar(&o.startTimeout, "start-timeout", 0, "how long a computation may take to start (every child READY, the agent accepting it) before the manager is told why it did not (default 3m)")
 	fs.DurationVar(&o.window, "restart-window", 0, "the restart policy's window: more than 5 restarts within it mark a child failed (default: the table's, 10s)")
-	fs.StringVar(&o.misbehave, "test-misbehave", "", "internal, tests only: CHILD=MODE[,CHILD=MODE] replaces children by a probe that breaks the child contract (garbage, silent, startfail, crash)")
-	fs.BoolVar(&o.testPanic, "test-panic-on-sigusr1", false, "internal, tests only: SIGUSR1 makes the supervisor proper panic")
+	testFlags(fs, o) // only in a test build
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -167,7 +167,7 @@ func Main(args []string) error {
 	case os.Getpid() == 1:
 		return pid1.Run(pid1.Config{
 			Args: args, Dev: o.dev, Sealed: o.sealed, Rooted: o.rooted,
-			ProperGrace:   properGrace,
+			ProperGrace:   properGrace(o.table()),
 			RemoveCgroups: func() error { return sandbox.RemoveCgroupTree(o.cgroupRoot) },
 			Log:           log.With("proc", "pid1"),
 		})
@@ -178,5 +178,16 @@ func Main(args []string) error {
 	}
 }
 
-// properGrace is how long the supervisor proper has to stop its children.
-const properGrace = 4 * time.Second
+// properGrace is how long PID 1 gives the supervisor proper to stop its
+// children: a shutdown stops the table's dependency levels one after the
+// other, each child within its StopGrace or, SIGKILLed, within
+// lifecycle.KillMargin more; then the proper releases what it holds
+// (properReleaseGrace).
+func properGrace(t *table.Table) time.Duration {
+	return time.Duration(t.Depth())*(t.StopGrace+lifecycle.KillMargin) + properReleaseGrace
+}
+
+// properReleaseGrace bounds what the supervisor proper does after its last
+// child stopped: the event sink's last flush, the algorithm sandboxes' and
+// the runtime's clean-up.
+const properReleaseGrace = 3 * time.Second

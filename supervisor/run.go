@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,12 +39,25 @@ func runProper(o *options, log *slog.Logger) error {
 		return fmt.Errorf("supervise: run dir: %w", err)
 	}
 	tab := o.table()
+	if testBuild {
+		log.Warn("TEST BUILD (-tags cvmdtest): test switches compiled in; never measure or deploy this binary")
+	}
 	misbehave := map[string]string{}
 	for _, kv := range strings.Split(o.misbehave, ",") {
 		if name, mode, ok := strings.Cut(kv, "="); ok {
 			misbehave[name] = mode
 			log.Warn("TEST ONLY: child replaced by a misbehaving probe", "child", name, "mode", mode)
 		}
+	}
+	files := map[string]*os.File{}
+	listenAddr := ""
+	if wantsFD(tab, "listen") {
+		ln, addr, err := listenTCP(o.listen)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		files["listen"], listenAddr = ln, addr
 	}
 	rt, err := sandbox.NewRuntime(sandbox.RuntimeConfig{StateDir: filepath.Join(o.runDir, "sandbox"), CgroupRoot: o.cgroupRoot})
 	if err != nil {
@@ -78,17 +93,18 @@ func runProper(o *options, log *slog.Logger) error {
 	log.Info("attestation mode", "mode", mode, "from", source)
 	comps := &computations{measurer: measurer, log: log, startTimeout: o.startTimeout}
 	sup, err = lifecycle.New(lifecycle.Config{
-		Table:     tab,
-		Runtime:   rt,
-		State:     o.state,
-		RunDir:    o.runDir,
-		Listen:    o.listen,
-		LogLevel:  o.logLevel,
-		Dev:       o.dev,
-		Settings:  table.SettingsInput{Attestation: mode, ATLS: comps.atlsPlatform, Environment: environment},
-		Log:       log,
-		Sandboxes: sandboxes,
-		Measurer:  measurer,
+		Table:      tab,
+		Runtime:    rt,
+		State:      o.state,
+		RunDir:     o.runDir,
+		Files:      files,
+		ListenAddr: listenAddr,
+		LogLevel:   o.logLevel,
+		Dev:        o.dev,
+		Settings:   table.SettingsInput{Attestation: mode, ATLS: comps.atlsPlatform, Environment: environment},
+		Log:        log,
+		Sandboxes:  sandboxes,
+		Measurer:   measurer,
 		Link: func(ctx context.Context) error {
 			return manager.RunGuest(ctx, manager.Guest{
 				Environment: environment,
@@ -110,8 +126,33 @@ func runProper(o *options, log *slog.Logger) error {
 	}
 	comps.sup = sup
 	defer comps.close()
-	log.Info("supervisor started", "state", o.state, "listen", sup.ListenAddr(), "table_hash", tab.HashHex(), "dev", o.dev)
+	log.Info("supervisor started", "state", o.state, "listen", listenAddr, "table_hash", tab.HashHex(), "dev", o.dev)
 	return sup.Run(ctx)
+}
+
+// wantsFD reports whether a child of t lists the extra fd name.
+func wantsFD(t *table.Table, name string) bool {
+	for _, c := range t.Children {
+		if slices.Contains(c.Fds, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// listenTCP makes ingress's listener and returns it as a file, with the
+// address it got (a port 0 is chosen here).
+func listenTCP(addr string) (*os.File, string, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, "", fmt.Errorf("supervisor: ingress listener: %w", err)
+	}
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		return nil, "", fmt.Errorf("supervisor: ingress listener: %w", err)
+	}
+	return f, l.Addr().String(), nil
 }
 
 // algoConfig is the algorithm sandboxes' configuration: the maximums of the

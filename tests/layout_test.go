@@ -78,6 +78,8 @@ var supervisorImports = map[string][]string{
 	"supervisor/manager":     {"internal/logsink", "ipc", "proto/..."},
 	"supervisor/pid1":        {},
 	"supervisor/probe":       {"ipc", "proto/...", "sandbox"},
+	// Links the lifecycle tests' binary statically (cgo flags only).
+	"supervisor/lifecycle/internal/staticlink": {},
 }
 
 // importers is, for packages only some may import, who may (tests and
@@ -91,6 +93,8 @@ var importers = map[string][]string{
 	"supervisor/manager":     {"supervisor"},
 	"supervisor/table":       {"supervisor/...", "cmd/cvmd"},
 	"supervisor/pid1":        {"supervisor", "images/..."},
+	// Tests only: no package imports it.
+	"supervisor/lifecycle/internal/staticlink": {},
 }
 
 func anyUnder(rel string, pkgs []string) bool {

@@ -13,7 +13,6 @@ import (
 	"github.com/cvmd/cvmd/children/child"
 	"github.com/cvmd/cvmd/sandbox"
 	"github.com/cvmd/cvmd/supervisor"
-	"github.com/cvmd/cvmd/supervisor/probe"
 	"github.com/cvmd/cvmd/supervisor/table"
 
 	// nsenter's cgo constructor runs before the Go runtime in every
@@ -51,8 +50,9 @@ func commands() map[string]command {
 		m[name] = c
 	}
 	add("supervise", func(args []string) int { return exit(supervisor.Main(args)) })
-	// hidden, tests only: looks at a child's sandbox from inside
-	add("probe", func(args []string) int { return exit(probe.Main(args)) })
+	for name, c := range testCommands() {
+		add(name, c)
+	}
 	for _, c := range table.Default().Children {
 		add(c.Name, func([]string) int { return exit(child.Run(c.Name, c.Main)) })
 		for name, cmd := range c.Commands {

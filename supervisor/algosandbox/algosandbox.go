@@ -108,6 +108,7 @@ type Sandboxes struct {
 type algoRun struct {
 	id string
 
+	// mu is never held across the container's creation (kill waits for it).
 	mu         sync.Mutex
 	sb         *sandbox.Sandbox // guarded by mu; nil until started
 	stopReason string           // guarded by mu
@@ -214,7 +215,15 @@ func orDefault[T int64 | time.Duration](v, d T) T {
 // "proxy:<name>" edge of its egress proxy). The sandbox is waited for, its
 // results copied out and everything cleaned up in a goroutine of a's; the
 // SandboxExit is written on "status" at the end.
+//
+// ctx bounds the request, not the sandbox: when it ends before Request
+// returned (the runner exited, or gave up), the sandbox being made is
+// killed and cleaned up, and Request returns ctx's error. Once Request
+// returned, Kill and KillAll end the sandbox.
 func (a *Sandboxes) Request(ctx context.Context, req *control.SandboxRequest) (map[string]*os.File, string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, "", fmt.Errorf("algosandbox: request %d: %w", req.GetId(), err)
+	}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -235,13 +244,27 @@ func (a *Sandboxes) Request(ctx context.Context, req *control.SandboxRequest) (m
 		a.mu.Unlock()
 		a.wg.Done()
 	}
+	cancelRequest := context.AfterFunc(ctx, func() { run.kill("its request was cancelled") })
 	status, files, done, err := a.start(req, run)
+	if !cancelRequest() && err == nil {
+		// Started, but the request ended meanwhile: a.kill killed it (or
+		// will, once it sees run.sb); nobody reads it. Clean up here.
+		for _, f := range files {
+			f.Close()
+		}
+		done()
+		status.Close()
+		forget()
+		err = fmt.Errorf("algosandbox: request %d: %w", req.GetId(), ctx.Err())
+		a.log.Warn("algorithm sandbox request cancelled", "request", req.GetId(), "computation_id", req.GetComputationId(), "err", err)
+		return nil, "", err
+	}
 	if err != nil {
 		forget()
 		a.log.Warn("algorithm sandbox refused", "request", req.GetId(), "computation_id", req.GetComputationId(), "err", err)
 		return nil, "", err
 	}
-	go func() {
+	go func() { // a.wg counts it (forget)
 		st := done()
 		// Destroyed and cleaned up: no longer live by the time the runner
 		// hears of the end (a runner's Stop that returned finds nothing left).
@@ -249,9 +272,17 @@ func (a *Sandboxes) Request(ctx context.Context, req *control.SandboxRequest) (m
 		a.log.Info("algorithm sandbox ended", "sandbox", run.id, "computation_id", req.GetComputationId(),
 			"exit_code", st.GetExitCode(), "signal", st.GetSignal(), "oom", st.GetOomKilled(), "timed_out", st.GetTimedOut(),
 			"stopped", st.GetStopReason(), "error", st.GetError())
-		b, _ := proto.Marshal(st)
-		status.Write(b)
-		status.Close()
+		// The runner learns the end only from this write: say so if it fails.
+		b, err := proto.Marshal(st)
+		if err == nil {
+			_, err = status.Write(b)
+		}
+		if cerr := status.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			a.log.Error("algorithm sandbox end not reported to the runner", "sandbox", run.id, "err", err)
+		}
 	}()
 	return files, run.id, nil
 }
@@ -299,9 +330,14 @@ func (a *Sandboxes) kill(id uint64, reason string) {
 	a.mu.Lock()
 	r := a.live[id]
 	a.mu.Unlock()
-	if r == nil {
-		return
+	if r != nil {
+		r.kill(reason)
 	}
+}
+
+// kill ends the run: its sandbox at once if it exists, else as soon as it
+// does (start looks), or it is never started.
+func (r *algoRun) kill(reason string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.stopReason == "" {
@@ -546,14 +582,16 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, nil, nil, err
 	}
-	cleanups = append(cleanups, func() { os.RemoveAll(dir) })
+	cleanups = append(cleanups, func() { a.warn(run.id, "removing its scratch dir", os.RemoveAll(dir)) })
 	resultsTmp := ""
 	if plan.results != "" {
 		resultsTmp = filepath.Join(dir, "results")
 		if err := mountResults(resultsTmp, plan.resultsBytes, a.cfg.UID, a.cfg.GID); err != nil {
 			return nil, nil, nil, err
 		}
-		cleanups = append(cleanups, func() { syscall.Unmount(resultsTmp, syscall.MNT_DETACH) })
+		cleanups = append(cleanups, func() {
+			a.warn(run.id, "unmounting its results tmpfs", syscall.Unmount(resultsTmp, syscall.MNT_DETACH))
+		})
 		plan.spec.Results = resultsTmp
 	}
 	net, err := newAlgoNet(a.cfg.ProxyPort)
@@ -619,7 +657,7 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		cleanups = append(cleanups, func() { unix.Unmount(target, unix.MNT_DETACH) })
+		cleanups = append(cleanups, func() { a.warn(run.id, "unmounting a bind", unix.Unmount(target, unix.MNT_DETACH)) })
 		m.Source = target
 	}
 	spec, err := sandbox.AlgorithmSpec(plan.spec)
@@ -656,12 +694,19 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		closePipes()
 		return nil, nil, nil, fmt.Errorf("stopped before start: %s", reason)
 	}
+	run.mu.Unlock()
+	// Not under run.mu: a Kill during the container's creation must not
+	// wait for it. It marks the run; the sandbox is killed once it exists.
 	t1 := time.Now()
 	sb, err := a.cfg.Runtime.Start(spec, sandbox.IO{Stdout: outW, Stderr: errW})
 	if err == nil {
+		run.mu.Lock()
 		run.sb = sb
+		if run.stopReason != "" {
+			sb.Kill() // done reports it stopped
+		}
+		run.mu.Unlock()
 	}
-	run.mu.Unlock()
 	outW.Close()
 	errW.Close()
 	if err != nil {
@@ -686,7 +731,7 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		exit := &control.SandboxExit{ExitCode: -1, Complete: true, MemoryLimitBytes: uint64(plan.spec.MemoryBytes),
 			ResultsLimitBytes: uint64(plan.resultsBytes), WallClockLimitMs: uint64(plan.wall.Milliseconds())}
 		exit.OomKilled = sb.OOMKilled()
-		sb.Destroy()
+		a.warn(run.id, "destroying its sandbox", sb.Destroy())
 		if werr != nil && ps == nil {
 			exit.Error = "waiting for the algorithm: " + werr.Error()
 		} else if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
@@ -723,6 +768,14 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 		return exit
 	}
 	return stW, map[string]*os.File{"stdout": outR, "stderr": errR, "status": stR}, done, nil
+}
+
+// warn logs a clean-up step of sandbox id that failed (what it leaves
+// behind, the next supervisor's cleanRunDir removes).
+func (a *Sandboxes) warn(id, what string, err error) {
+	if err != nil {
+		a.log.Warn("algorithm sandbox clean-up: "+what, "sandbox", id, "err", err)
+	}
 }
 
 func unixSignalName(s syscall.Signal) string {

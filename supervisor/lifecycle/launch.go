@@ -203,6 +203,11 @@ func (s *Supervisor) finish(l *launch) (*incarnation, error) {
 }
 
 // sendRewires hands the peers their new ends and closes our copies.
+//
+// A peer whose sandbox is being built took its ends when it was prepared:
+// an end made since then (a new incarnation of ours) waits for its Hello
+// and is sent right after it (sendDeferred); a control channel must start
+// with the Hello.
 func (s *Supervisor) sendRewires(rs []rewire) {
 	for _, r := range rs {
 		if r.peer == table.SupervisorName {
@@ -210,7 +215,11 @@ func (s *Supervisor) sendRewires(rs []rewire) {
 			continue
 		}
 		c := s.children[r.peer]
-		if c == nil || c.inc == nil {
+		switch {
+		case c != nil && c.status == StatusBuilding:
+			c.deferred = append(c.deferred, r)
+			continue
+		case c == nil || c.inc == nil:
 			r.f.Close()
 			continue
 		}

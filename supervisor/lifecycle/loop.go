@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,10 +16,15 @@ import (
 	"github.com/cvmd/cvmd/supervisor/table"
 )
 
+// KillMargin is how long a child has to exit after SIGKILL before the
+// supervisor gives up on it (logs it and goes on without it). Stopping one
+// child thus takes at most the table's StopGrace plus KillMargin.
+const KillMargin = 2 * time.Second
+
 // childState is one child as the loop sees it.
 type childState struct {
 	spec     *table.ChildSpec
-	status   Status
+	status   Status // changed by enter only
 	gen      uint32
 	inc      *incarnation
 	restarts Restarts
@@ -28,24 +34,33 @@ type childState struct {
 	failText string // last StartFailed text
 	lastExit string // how the last incarnation ended, with failText (children.json, Children)
 	serving  bool   // the supervisor reached its gRPC server over the edge (children the supervisor dials)
+	// stop is why the supervisor stopped the current incarnation; "" when
+	// it did not.
+	stop stopReason
+	// replace is set when a new computation replaces a child whose sandbox
+	// is being built: it is stopped once built.
+	replace bool
+	// deferred are ends for it made while its sandbox was being built,
+	// sent after its Hello (sendRewires).
+	deferred []rewire
 	timer    *time.Timer
 	readyAt  time.Time
 	startAt  time.Time
 }
 
-// Status of a child.
-type Status string
+// stopReason is why the supervisor stopped a child.
+type stopReason string
 
 const (
-	StatusPending  Status = "pending"  // no sandbox yet
-	StatusCreated  Status = "created"  // sandbox built; its program waits for its dependencies to be READY
-	StatusStarting Status = "starting" // started, not yet READY
-	StatusReady    Status = "ready"
-	StatusBackoff  Status = "backoff" // exited, restart scheduled
-	StatusFailed   Status = "failed"  // too many restarts; left stopped
-	StatusStopping Status = "stopping"
-	StatusStopped  Status = "stopped"
+	stopShutdown stopReason = "supervisor shutting down"
+	stopReplaced stopReason = "new computation"
 )
+
+// waiter is a caller of the loop waiting for a condition on the children.
+type waiter struct {
+	cond func() bool
+	done chan error // buffered: gets nil when cond holds, or why it never will
+}
 
 func notifyUSR1() chan os.Signal {
 	ch := make(chan os.Signal, 1)
@@ -53,12 +68,182 @@ func notifyUSR1() chan os.Signal {
 	return ch
 }
 
-func (s *Supervisor) liveness(name string) (uint32, bool) {
-	if gen, ok := s.spawning[name]; ok {
-		return gen, true
+// Run starts the children and supervises them until ctx ends, then stops
+// them in reverse dependency order and releases everything. It returns an
+// error only when it could not start (the table could not be measured).
+//
+// Run is the loop: the one goroutine that handles every event of every
+// child, every call of another goroutine (do), and the shutdown. Nothing
+// it does waits for a child: builds run off the loop and report back,
+// stopping a child is a message, a signal and a timer. So calls are served
+// while children stop (the egress proxy hand-over, Command, Children).
+func (s *Supervisor) Run(ctx context.Context) error {
+	defer s.release()
+	if m := s.cfg.Measurer; m != nil {
+		b, err := s.table.Canonical()
+		if err != nil {
+			return fmt.Errorf("supervisor: encoding the table to measure it: %w", err)
+		}
+		m.Table(ctx, b)
 	}
+	s.Events().Event("supervisor.started", "ok", "table_hash", s.table.HashHex())
+	var usr1 chan os.Signal
+	if s.cfg.PanicOnSIGUSR1 {
+		usr1 = notifyUSR1()
+	}
+	s.wantKick = true
+	s.settle()
+	var linkDone chan error
+	if link := s.cfg.Link; link != nil {
+		linkDone = make(chan error, 1)
+		linkExited := make(chan struct{})
+		lctx, cancel := context.WithCancel(ctx)
+		defer func() { cancel(); <-linkExited }()
+		go func() {
+			defer close(linkExited)
+			linkDone <- link(lctx)
+		}()
+	}
+	stop := ctx.Done()
+	for {
+		select {
+		case <-stop:
+			stop = nil
+			s.beginShutdown()
+		case ev := <-s.events:
+			s.handle(ev)
+		case f := <-s.calls:
+			f()
+		case <-usr1:
+			panic("supervisor: test-only panic (SIGUSR1)")
+		case err := <-linkDone:
+			if err != nil || !s.stopping {
+				s.log.Error("manager link ended", "err", err)
+			} else {
+				s.log.Info("manager link stopped")
+			}
+			linkDone = nil
+		}
+		s.settle()
+		if s.stopping && s.allStopped() {
+			return nil
+		}
+	}
+}
+
+// settle does what the step the loop just took made due: the kicks it
+// asked for, the next children to stop during shutdown, the waiters whose
+// condition now holds, and children.json if anything changed.
+func (s *Supervisor) settle() {
+	for s.wantKick && !s.stopping {
+		s.wantKick = false
+		s.kick()
+	}
+	if s.stopping {
+		s.stopUnneeded()
+	}
+	kept := s.waiters[:0]
+	for _, w := range s.waiters {
+		if w.cond() {
+			w.done <- nil
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	s.waiters = kept
+	if s.dirty {
+		s.dirty = false
+		s.writeStatus()
+	}
+}
+
+// handle is the one place an event is handled; only Run calls it.
+func (s *Supervisor) handle(ev event) {
+	switch e := ev.(type) {
+	case evBuilt:
+		s.built(e.l)
+	case evReady:
+		c := s.current(e.name, e.gen)
+		if c == nil || c.status != StatusStarting {
+			return
+		}
+		s.enter(c, StatusReady)
+		c.readyAt = time.Now()
+		c.setTimer(s.table.Policy.Window, func() { s.post(evStable(e)) })
+		s.log.Info("child ready", "child", e.name, "generation", e.gen, "after", c.readyAt.Sub(c.startAt).Round(time.Microsecond))
+		s.Events().Event("child.ready", "ok", "child", e.name, "generation", e.gen)
+		s.noteBooted()
+		if d := s.Dialer(e.name); d != nil {
+			s.wg.Add(1)
+			go func() { defer s.wg.Done(); s.checkServing(e.name, e.gen, d) }()
+		}
+		s.wantKick = true // its created dependents run now
+	case evServing:
+		if c := s.current(e.name, e.gen); c != nil {
+			c.serving = e.ok
+			s.dirty = true
+			if e.ok {
+				s.log.Info("child serves over its edge from the supervisor", "child", e.name, "generation", e.gen, "grpc", e.code)
+			} else {
+				s.log.Error("child said READY but does not serve over its edge", "child", e.name, "generation", e.gen, "grpc", e.code)
+			}
+		}
+	case evStable:
+		if c := s.current(e.name, e.gen); c != nil && c.status == StatusReady {
+			c.restarts.Stable()
+		}
+	case evStartFailed:
+		if c := s.current(e.name, e.gen); c != nil {
+			c.failText = e.text
+			s.log.Error("child could not start", "child", e.name, "error", e.text)
+		}
+	case evGarbage:
+		if c := s.current(e.name, e.gen); c != nil && c.stop == "" && !s.stopping {
+			s.log.Error("garbage on control channel; killing child", "child", e.name, "err", e.err)
+			c.failText = "protocol error: " + e.err.Error()
+			c.inc.sb.Kill()
+		}
+	case evReadyTimeout:
+		if c := s.current(e.name, e.gen); c != nil && c.status == StatusStarting {
+			s.log.Error("child never said READY; killing it", "child", e.name, "timeout", s.table.ReadyTimeout)
+			c.failText = fmt.Sprintf("not READY within %v", s.table.ReadyTimeout)
+			c.inc.sb.Kill()
+		}
+	case evStopDeadline:
+		if c := s.current(e.name, e.gen); c != nil && c.status == StatusStopping {
+			s.log.Warn("child did not stop in time; killing it", "child", e.name, "grace", s.table.StopGrace)
+			c.inc.sb.Kill()
+			c.setTimer(KillMargin, func() { s.post(evKillDeadline(e)) })
+		}
+	case evKillDeadline:
+		if c := s.current(e.name, e.gen); c != nil && c.status == StatusStopping {
+			s.abandon(c)
+		}
+	case evExit:
+		c := s.current(e.name, e.gen)
+		if c == nil {
+			return
+		}
+		s.reap(c, e)
+		s.afterExit(c)
+	case evRestart:
+		c := s.children[e.name]
+		if c != nil && c.status == StatusBackoff && c.gen == e.gen {
+			s.enter(c, StatusPending)
+			s.wantKick = true
+		}
+	}
+}
+
+func (s *Supervisor) liveness(name string) (uint32, bool) {
 	c := s.children[name]
-	if c == nil || c.inc == nil {
+	switch {
+	case c == nil:
+		return 0, false
+	case c.status == StatusBuilding:
+		// Prepared, its sandbox on the way: it takes the ends made for it.
+		return c.gen, true
+	case c.inc == nil:
 		return 0, false
 	}
 	return c.inc.gen, true
@@ -67,12 +252,18 @@ func (s *Supervisor) liveness(name string) (uint32, bool) {
 // computationID is the current computation's id ("" before the first).
 func (s *Supervisor) computationID() string { return s.computation.GetId() }
 
-// newComputation runs on the loop.
-func (s *Supervisor) newComputation(req *cvms.ComputationRunReq, settings map[string]proto.Message) {
+// newComputation runs on the loop. It returns the waiter that NewComputation
+// waits on: every child it (re)starts has its new incarnation launched.
+func (s *Supervisor) newComputation(req *cvms.ComputationRunReq, settings map[string]proto.Message) (*waiter, error) {
+	if s.stopping {
+		return nil, errors.New("supervisor: shutting down")
+	}
 	s.computation = req
 	if s.sink != nil {
 		s.sink.SetComputationID(req.GetId())
 	}
+	s.dirty = true
+	before := map[*childState]uint32{}
 	for i := range s.table.Children {
 		c := s.children[s.table.Children[i].Name]
 		c.restarts.Reset()
@@ -81,59 +272,47 @@ func (s *Supervisor) newComputation(req *cvms.ComputationRunReq, settings map[st
 		}
 		switch {
 		case c.status == StatusFailed:
-			c.status = StatusPending
-		case c.spec.Scope == table.PerComputation && c.inc != nil:
-			s.stopChild(c, "new computation")
-			c.status = StatusPending
+			s.enter(c, StatusPending)
+			s.wantKick = true
+			before[c] = c.gen
+		case c.spec.Scope != table.PerComputation:
+		case c.status == StatusBuilding:
+			c.replace = true
+			before[c] = c.gen
+		case c.status == StatusStopping:
+			c.stop = stopReplaced
+			before[c] = c.gen
+		case c.inc != nil:
+			s.stopChild(c, stopReplaced)
+			before[c] = c.gen
 		}
 	}
-	s.kick()
+	w := &waiter{done: make(chan error, 1), cond: func() bool {
+		for c, gen := range before {
+			switch {
+			case c.gen == gen, c.status == StatusPending, c.status == StatusBuilding, c.status == StatusStopping:
+				return false
+			}
+		}
+		return true
+	}}
+	s.waiters = append(s.waiters, w)
+	return w, nil
 }
 
-// kick builds a sandbox for every pending child, all of them at once, and
-// runs the program of every child whose dependencies are READY. A child
-// whose dependencies are not READY yet stays "created": its sandbox is
-// complete (namespaces, mounts, cgroup, fds) but its program has not been
-// executed; the kick after its last dependency's READY runs it. Building
-// ahead is what lets a boot overlap the sandbox work of every level instead
-// of paying it level by level; the start order of the programs is the
-// table's. Each child is prepared on the loop in table order (a child
-// prepared earlier in the batch counts as running for the wiring, so two
-// new peers share one edge without rewiring), the sandboxes are built in
-// parallel, and each is finished on the loop.
+// kick runs the program of every created child whose dependencies are
+// READY, and builds a sandbox for every pending child, all of them at once.
+// A child whose dependencies are not READY yet is built but stays
+// "created": its sandbox is complete (namespaces, mounts, cgroup, fds) but
+// its program has not been executed; the kick after its last dependency's
+// READY runs it. Building ahead is what lets a boot overlap the sandbox
+// work of every level instead of paying it level by level; the start order
+// of the programs is the table's. Each child is prepared on the loop in
+// table order (a child prepared earlier counts as running for the wiring,
+// so two new peers share one edge without rewiring); the sandboxes are
+// built in parallel off the loop, and each is finished on the loop when
+// its evBuilt arrives.
 func (s *Supervisor) kick() {
-	if s.stopping {
-		return
-	}
-	if s.kicking {
-		// Called from within a kick (a start failed and is retried at once):
-		// the running kick takes another round.
-		s.rekick = true
-		return
-	}
-	s.kicking = true
-	defer func() { s.kicking = false }()
-	for {
-		s.rekick = false
-		s.kickOnce()
-		if !s.rekick || s.stopping {
-			break
-		}
-	}
-	s.writeStatus()
-}
-
-// depsReady reports whether every dependency of c is READY.
-func (s *Supervisor) depsReady(c *childState) bool {
-	for _, d := range c.spec.Deps {
-		if s.children[d].status != StatusReady {
-			return false
-		}
-	}
-	return true
-}
-
-func (s *Supervisor) kickOnce() {
 	s.releaseCreated()
 	var now, ahead []*launch
 	for i := range s.table.Children {
@@ -154,58 +333,71 @@ func (s *Supervisor) kickOnce() {
 			s.startFailed(c, err)
 			continue
 		}
-		c.status = StatusStarting
-		s.spawning[c.spec.Name] = c.gen
+		s.enter(c, StatusBuilding)
 		if l.exec = s.depsReady(c); l.exec {
 			now = append(now, l)
 		} else {
 			ahead = append(ahead, l)
 		}
 	}
-	batch := append(now, ahead...)
-	if len(batch) == 0 {
-		return
-	}
-	// The sandboxes are built off the loop, all at once (the runtime's
-	// forker threads bound how many fork at a time; building two at a time
-	// in dependency order was slower here: 193 against 176 ms median boot).
-	// Each launch is finished as soon as it is built, and the loop keeps
-	// handling events meanwhile, so that a READY runs the created
-	// dependents at once; the kicks those events ask for run after this one.
-	built := make(chan *launch, len(batch))
-	for _, l := range batch {
-		go func() { l.run(s.rt); built <- l }()
-	}
-	for left := len(batch); left > 0; {
-		select {
-		case l := <-built:
-			left--
-			delete(s.spawning, l.spec.Name)
-			s.finishLaunch(l)
-		case ev := <-s.events:
-			s.handle(ev)
-		}
-		s.releaseCreated()
+	// The sandboxes are built all at once (the runtime's forker threads
+	// bound how many fork at a time; building two at a time in dependency
+	// order was slower here: 193 against 176 ms median boot), those that
+	// run at once first.
+	for _, l := range append(now, ahead...) {
+		s.building++
+		s.wg.Go(func() {
+			l.run(s.rt)
+			s.post(evBuilt{l})
+		})
 	}
 }
 
-// finishLaunch records a built sandbox: started (its program runs) or
-// created (it waits for its dependencies).
-func (s *Supervisor) finishLaunch(l *launch) {
+// depsReady reports whether every dependency of c is READY.
+func (s *Supervisor) depsReady(c *childState) bool {
+	for _, d := range c.spec.Deps {
+		if s.children[d].status != StatusReady {
+			return false
+		}
+	}
+	return true
+}
+
+// built records a built sandbox: started (its program runs) or created (it
+// waits for its dependencies); or the restart policy applies.
+func (s *Supervisor) built(l *launch) {
+	s.building--
 	c := s.children[l.spec.Name]
 	inc, err := s.finish(l)
 	s.log.Debug("spawned", "child", c.spec.Name, "executed", l.exec, "took", time.Since(c.startAt))
+	deferred := c.deferred
+	c.deferred = nil
 	if err != nil {
+		// Its next incarnation gets fresh ends from the running peers.
+		for _, r := range deferred {
+			r.f.Close()
+		}
+		c.replace = false
 		s.startFailed(c, err)
 		return
 	}
-	if l.exec {
-		s.started(c, inc)
-		return
-	}
 	c.inc = inc
-	c.status = StatusCreated
-	s.log.Debug("child created; its program waits for its dependencies", "child", c.spec.Name, "generation", c.gen)
+	if l.exec {
+		s.started(c)
+	} else {
+		s.enter(c, StatusCreated)
+		s.log.Debug("child created; its program waits for its dependencies", "child", c.spec.Name, "generation", c.gen)
+	}
+	s.sendRewires(deferred) // after its Hello, which finish sent
+	if c.replace {
+		// A new computation came while it was built, with other settings.
+		c.replace = false
+		if !s.stopping {
+			s.stopChild(c, stopReplaced)
+			return
+		}
+	}
+	s.wantKick = true // it may be created with its dependencies READY by now
 }
 
 // releaseCreated runs the program of every created child whose
@@ -233,35 +425,32 @@ func (s *Supervisor) releaseCreated() {
 	wg.Wait()
 	for i, c := range rel {
 		if errs[i] != nil {
+			// Its exit follows, and the restart policy applies.
 			s.log.Error("starting created child", "child", c.spec.Name, "err", errs[i])
 			c.inc.sb.Kill()
-			c.status = StatusStarting
+			s.enter(c, StatusStarting)
 			continue
 		}
-		s.started(c, c.inc)
+		s.started(c)
 	}
-	s.writeStatus()
 }
 
 // startFailed applies the restart policy to a child that could not be started.
 func (s *Supervisor) startFailed(c *childState, err error) {
 	s.log.Error("starting child", "child", c.spec.Name, "err", err)
 	s.Events().Event("child.start_failed", "error", "child", c.spec.Name, "error", err.Error())
-	c.status = StatusPending
 	s.afterExit(c)
 }
 
-// started records a running incarnation and arms its READY timeout.
-func (s *Supervisor) started(c *childState, inc *incarnation) {
-	c.inc = inc
+// started records that c's program runs and arms its READY timeout.
+func (s *Supervisor) started(c *childState) {
 	c.serving = false
-	c.status = StatusStarting
 	c.failText = ""
-	gen := c.gen
-	name := c.spec.Name
+	s.enter(c, StatusStarting)
+	gen, name := c.gen, c.spec.Name
 	c.setTimer(s.table.ReadyTimeout, func() { s.post(evReadyTimeout{name: name, gen: gen}) })
-	s.log.Info("child started", "child", name, "pid", inc.sb.Pid(), "generation", gen)
-	s.Events().Event("child.started", "ok", "child", name, "pid", inc.sb.Pid(), "generation", gen)
+	s.log.Info("child started", "child", name, "pid", c.inc.sb.Pid(), "generation", gen)
+	s.Events().Event("child.started", "ok", "child", name, "pid", c.inc.sb.Pid(), "generation", gen)
 }
 
 func (c *childState) setTimer(d time.Duration, f func()) {
@@ -278,7 +467,7 @@ func (c *childState) stopTimer() {
 	}
 }
 
-// current returns the child if ev is about its current incarnation.
+// current returns the child if an event is about its current incarnation.
 func (s *Supervisor) current(name string, gen uint32) *childState {
 	c := s.children[name]
 	if c == nil || c.inc == nil || c.inc.gen != gen {
@@ -287,72 +476,8 @@ func (s *Supervisor) current(name string, gen uint32) *childState {
 	return c
 }
 
-func (s *Supervisor) handle(ev event) {
-	switch e := ev.(type) {
-	case evReady:
-		c := s.current(e.name, e.gen)
-		if c == nil || c.status != StatusStarting {
-			return
-		}
-		c.status = StatusReady
-		c.readyAt = time.Now()
-		c.setTimer(s.table.Policy.Window, func() { s.post(evStable(e)) })
-		s.log.Info("child ready", "child", e.name, "generation", e.gen, "after", c.readyAt.Sub(c.startAt).Round(time.Microsecond))
-		s.Events().Event("child.ready", "ok", "child", e.name, "generation", e.gen)
-		s.noteBooted()
-		if d := s.Dialer(e.name); d != nil {
-			s.wg.Add(1)
-			go func() { defer s.wg.Done(); s.checkServing(e.name, e.gen, d) }()
-		}
-		s.kick()
-	case evServing:
-		if c := s.current(e.name, e.gen); c != nil {
-			c.serving = e.ok
-			if e.ok {
-				s.log.Info("child serves over its edge from the supervisor", "child", e.name, "generation", e.gen, "grpc", e.code)
-			} else {
-				s.log.Error("child said READY but does not serve over its edge", "child", e.name, "generation", e.gen, "grpc", e.code)
-			}
-			s.writeStatus()
-		}
-	case evStable:
-		if c := s.current(e.name, e.gen); c != nil && c.status == StatusReady {
-			c.restarts.Stable()
-		}
-	case evStartFailed:
-		if c := s.current(e.name, e.gen); c != nil {
-			c.failText = e.text
-			s.log.Error("child could not start", "child", e.name, "error", e.text)
-		}
-	case evGarbage:
-		if c := s.current(e.name, e.gen); c != nil && !s.stopping {
-			s.log.Error("garbage on control channel; killing child", "child", e.name, "err", e.err)
-			c.failText = "protocol error: " + e.err.Error()
-			c.inc.sb.Kill()
-		}
-	case evReadyTimeout:
-		if c := s.current(e.name, e.gen); c != nil && c.status == StatusStarting {
-			s.log.Error("child never said READY; killing it", "child", e.name, "timeout", s.table.ReadyTimeout)
-			c.failText = fmt.Sprintf("not READY within %v", s.table.ReadyTimeout)
-			c.inc.sb.Kill()
-		}
-	case evExit:
-		c := s.current(e.name, e.gen)
-		if c == nil {
-			return
-		}
-		s.reap(c, e)
-		s.afterExit(c)
-	case evRestart:
-		c := s.children[e.name]
-		if c != nil && c.status == StatusBackoff && c.gen == e.gen {
-			c.status = StatusPending
-			s.kick()
-		}
-	}
-}
-
-// reap releases an exited incarnation and logs why it ended.
+// reap releases an exited incarnation and says how it ended: replaced by
+// a new computation, stopped at shutdown, or exited (a failure).
 func (s *Supervisor) reap(c *childState, e evExit) {
 	inc := c.inc
 	c.inc = nil
@@ -383,148 +508,151 @@ func (s *Supervisor) reap(c *childState, e evExit) {
 		attrs = append(attrs, "reason", c.failText)
 		c.lastExit += ": " + c.failText
 	}
-	if s.stopping || c.status == StatusStopping {
+	switch {
+	case c.stop == stopReplaced && !s.stopping:
+		s.log.Info("child replaced", append(attrs, "by", string(c.stop))...)
+		s.Events().Event("child.replaced", "ok", "child", c.spec.Name, "generation", inc.gen, "status", how, "reason", string(c.stop))
+	case c.stop != "" || s.stopping:
 		s.log.Info("child stopped", attrs...)
-	} else {
+		s.Events().Event("child.stopped", "ok", "child", c.spec.Name, "generation", inc.gen, "status", how, "reason", string(stopShutdown))
+	default:
 		s.log.Error("child exited", append(attrs, "output", inc.tail.String())...)
+		s.Events().Event("child.exited", "error", "child", c.spec.Name, "generation", inc.gen, "status", how, "reason", c.failText)
 	}
-	s.Events().Event("child.exited", "error", "child", c.spec.Name, "generation", inc.gen, "status", how, "reason", c.failText)
 	// The incarnation's goroutines end now that the channel is closed and
 	// the process is gone; release waits for them (s.wg).
 }
 
-// afterExit applies the restart policy.
+// afterExit decides what comes after a child's incarnation ended (or could
+// not start): stopped at shutdown, started again for a new computation, or
+// the restart policy.
 func (s *Supervisor) afterExit(c *childState) {
-	if s.stopping || c.status == StatusStopping {
-		c.status = StatusStopped
-		s.writeStatus()
+	stop := c.stop
+	c.stop = ""
+	switch {
+	case s.stopping:
+		s.enter(c, StatusStopped)
+		return
+	case stop == stopReplaced:
+		s.enter(c, StatusPending)
+		s.wantKick = true
 		return
 	}
 	delay, failed := c.restarts.Next(time.Now())
 	if failed {
-		c.status = StatusFailed
+		s.enter(c, StatusFailed)
 		s.log.Error("child failed: too many restarts; others keep running", "child", c.spec.Name,
 			"max", s.table.Policy.MaxRestarts, "window", s.table.Policy.Window)
 		s.Events().Event("child.failed", "error", "child", c.spec.Name, "restarts", c.restarts.Total())
-		s.writeStatus()
 		return
 	}
-	c.status = StatusBackoff
 	name, gen := c.spec.Name, c.gen
 	s.log.Info("restarting child", "child", name, "in", delay.Round(time.Millisecond), "restart", c.restarts.Total())
 	s.Events().Event("child.restarting", "ok", "child", name, "delay_ms", delay.Milliseconds(), "restart", c.restarts.Total())
 	if delay == 0 {
-		c.status = StatusPending
-		s.kick()
+		s.enter(c, StatusPending)
+		s.wantKick = true
 		return
 	}
+	s.enter(c, StatusBackoff)
 	c.setTimer(delay, func() { s.post(evRestart{name: name, gen: gen}) })
-	s.writeStatus()
 }
 
-// shutdown stops the children in reverse dependency order: at each step,
-// every running child that no running child depends on (ingress first,
-// logfwd last), together, each with a grace period, then SIGKILL.
-func (s *Supervisor) shutdown() {
+// stopChild asks c to stop and arms its deadline (StopGrace, then SIGKILL
+// and KillMargin). It returns at once; the exit comes as an event.
+//
+// Preconditions: c.inc != nil, c.status is Created, Starting or Ready.
+func (s *Supervisor) stopChild(c *childState, why stopReason) {
+	created := c.status == StatusCreated
+	c.stop = why
+	s.enter(c, StatusStopping)
+	name, gen := c.spec.Name, c.inc.gen
+	if created {
+		// Only libcontainer's init runs there, holding nothing to save;
+		// as PID 1 of its namespace it would answer SIGTERM with exit
+		// status 2, which reads like a failure in the log.
+		c.inc.sb.Kill()
+		c.setTimer(KillMargin, func() { s.post(evKillDeadline{name: name, gen: gen}) })
+		return
+	}
+	c.inc.ctl.Send(stopMessage(string(why)), nil)
+	c.inc.sb.Signal(unix.SIGTERM)
+	c.setTimer(s.table.StopGrace, func() { s.post(evStopDeadline{name: name, gen: gen}) })
+}
+
+// abandon gives up on a child that did not exit after SIGKILL: a shutdown
+// goes on without it (release tries once more), a replaced child is
+// started again beside it.
+func (s *Supervisor) abandon(c *childState) {
+	s.log.Error("child did not die after SIGKILL", "child", c.spec.Name, "generation", c.inc.gen)
+	c.stopTimer()
+	s.abandoned = append(s.abandoned, c.inc)
+	c.inc = nil
+	s.afterExit(c)
+}
+
+// beginShutdown starts stopping the children in reverse dependency order
+// (stopUnneeded does each step as the previous ones exit).
+func (s *Supervisor) beginShutdown() {
 	s.stopping = true
 	s.log.Info("shutting down")
 	s.Events().Event("supervisor.shutdown", "ok")
 	for _, c := range s.children {
-		c.stopTimer()
-		if c.inc == nil {
-			c.status = StatusStopped
+		switch c.status {
+		case StatusPending, StatusBackoff, StatusFailed:
+			c.stopTimer()
+			s.enter(c, StatusStopped)
+		case StatusStopping, StatusBuilding:
+			// Its exit (or its build) is on the way.
+		default:
+			c.stopTimer()
 		}
 	}
-	for {
-		var step []*childState
-		for _, spec := range s.table.Children {
-			c := s.children[spec.Name]
-			if c.inc == nil || c.status == StatusStopping {
-				continue
-			}
-			needed := false
-			for _, d := range s.table.Dependents(spec.Name) {
-				if s.children[d].inc != nil {
-					needed = true
-				}
-			}
-			if !needed {
-				step = append(step, c)
-			}
-		}
-		if len(step) == 0 {
-			break
-		}
-		for _, c := range step {
-			if c.spec.Role == table.RoleLogSink && s.sink != nil {
-				// Our own stream to the log sink must end, or its gRPC
-				// server waits for it.
-				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-				s.sink.Close(ctx)
-				cancel()
-			}
-		}
-		s.stopChildren(step, "supervisor shutting down")
-	}
-	s.writeStatus()
 }
 
-// stopChild stops one child (see stopChildren).
-func (s *Supervisor) stopChild(c *childState, reason string) {
-	s.stopChildren([]*childState{c}, reason)
-}
-
-// stopChildren asks the children to stop, waits up to StopGrace, kills
-// those still running, and processes their exits. Runs on the loop and
-// keeps handling other events meanwhile.
-func (s *Supervisor) stopChildren(cs []*childState, reason string) {
-	incs := map[*childState]*incarnation{}
-	for _, c := range cs {
-		created := c.status == StatusCreated
-		c.status = StatusStopping
-		incs[c] = c.inc
-		if created {
-			// Only libcontainer's init runs there, holding nothing to save;
-			// as PID 1 of its namespace it would answer SIGTERM with exit
-			// status 2, which reads like a failure in the log.
-			c.inc.sb.Kill()
+// stopUnneeded stops, during shutdown, every running child that no
+// running child depends on: ingress first, logfwd last. A child being
+// built counts as running: it is stopped once built.
+func (s *Supervisor) stopUnneeded() {
+	var step []*childState
+	for _, spec := range s.table.Children {
+		c := s.children[spec.Name]
+		if c.inc == nil || c.status == StatusStopping || s.needed(spec.Name) {
 			continue
 		}
-		c.inc.ctl.Send((&stopMsg{reason}).msg(), nil)
-		c.inc.sb.Signal(unix.SIGTERM)
+		step = append(step, c)
 	}
-	running := func() []*childState {
-		var out []*childState
-		for c, inc := range incs {
-			if c.inc == inc {
-				out = append(out, c)
-			}
+	for _, c := range step {
+		if c.spec.Role == table.RoleLogSink && s.sink != nil {
+			// Our own stream to the log sink must end, or its gRPC server
+			// waits for it.
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			s.sink.Close(ctx)
+			cancel()
 		}
-		return out
+		s.stopChild(c, stopShutdown)
 	}
-	deadline := time.NewTimer(s.table.StopGrace)
-	defer deadline.Stop()
-	killed := false
-	for len(running()) > 0 {
-		select {
-		case ev := <-s.events:
-			// Everything else keeps being handled (another child's exit is
-			// restarted, or just reaped while shutting down; READYs and
-			// back-off timers are not lost); the awaited exits end the loop.
-			s.handle(ev)
-		case <-deadline.C:
-			if killed {
-				for _, c := range running() {
-					s.log.Error("child did not die after SIGKILL", "child", c.spec.Name)
-				}
-				return
-			}
-			for _, c := range running() {
-				s.log.Warn("child did not stop in time; killing it", "child", c.spec.Name, "grace", s.table.StopGrace)
-				c.inc.sb.Kill()
-			}
-			killed = true
-			deadline.Reset(2 * time.Second)
+}
+
+// needed reports whether a child that depends on name runs or is being built.
+func (s *Supervisor) needed(name string) bool {
+	for _, d := range s.table.Dependents(name) {
+		if c := s.children[d]; c.inc != nil || c.status == StatusBuilding {
+			return true
 		}
 	}
+	return false
+}
+
+// allStopped reports whether nothing of any child runs or is being built.
+func (s *Supervisor) allStopped() bool {
+	if s.building > 0 {
+		return false
+	}
+	for _, c := range s.children {
+		if c.inc != nil {
+			return false
+		}
+	}
+	return true
 }

@@ -48,11 +48,17 @@ func (s *Supervisor) Children(ctx context.Context) ([]ChildInfo, error) {
 
 // writeStatus writes RunDir/children.json atomically (for operators and tests).
 func (s *Supervisor) writeStatus() {
-	b, _ := json.MarshalIndent(map[string]any{"pid": os.Getpid(), "listen": s.ListenAddr(), "computation_id": s.computationID(), "children": s.snapshot()}, "", " ")
-	tmp := filepath.Join(s.cfg.RunDir, "children.json.tmp")
-	if err := os.WriteFile(tmp, b, 0o644); err == nil {
-		os.Rename(tmp, filepath.Join(s.cfg.RunDir, "children.json"))
+	b, err := json.MarshalIndent(map[string]any{"pid": os.Getpid(), "listen": s.cfg.ListenAddr, "computation_id": s.computationID(), "children": s.snapshot()}, "", " ")
+	if err == nil {
+		tmp := filepath.Join(s.cfg.RunDir, "children.json.tmp")
+		if err = os.WriteFile(tmp, b, 0o644); err == nil {
+			err = os.Rename(tmp, filepath.Join(s.cfg.RunDir, "children.json"))
+		}
 	}
+	if err != nil && !s.statusFailed {
+		s.log.Warn("children.json not written (said once)", "err", err)
+	}
+	s.statusFailed = err != nil
 }
 
 // noteBooted logs, once, when every child is READY for the first time:

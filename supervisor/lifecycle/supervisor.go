@@ -24,7 +24,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -54,9 +53,14 @@ type Config struct {
 	// RunDir holds runtime state: the runtime's, the skeleton rootfs and
 	// children.json. Private to one supervisor.
 	RunDir string
-	// Listen is ingress's TCP address; the supervisor listens and hands the
-	// fd over as "listen".
-	Listen string
+	// Files are the named fds a child may get besides its control channel
+	// and edges ("listen": ingress's TCP listener): each incarnation of a
+	// child that lists a name in its Fds gets a dup of Files[name]. New
+	// refuses a table that names an fd Files lacks. The caller keeps
+	// ownership and closes them after Run returned.
+	Files map[string]*os.File
+	// ListenAddr is the address of the "listen" fd, shown in children.json.
+	ListenAddr string
 	// Exe is argv before the child name: how a child re-executes cvmd
 	// inside its sandbox. Default {"/proc/self/exe"}.
 	Exe []string
@@ -78,11 +82,13 @@ type Config struct {
 	// Link runs for Run's whole life (the manager link): from after the
 	// first children were launched until their stop; nil for none.
 	Link func(ctx context.Context) error
-	// TestMisbehave (tests only) replaces children by `cvmd probe child
-	// MODE`, a stand-in that breaks the child contract in the named way.
+	// TestMisbehave replaces children by `cvmd probe child MODE`, a stand-in
+	// that breaks the child contract in the named way. Only a test build
+	// (-tags cvmdtest) has the flag that sets it, and the probe.
 	TestMisbehave map[string]string
-	// PanicOnSIGUSR1 is a test-only switch: SIGUSR1 makes the event loop
-	// panic, to prove that PID 1 survives and the children come back.
+	// PanicOnSIGUSR1 makes the event loop panic on SIGUSR1, to prove that
+	// PID 1 survives and the children come back. Only a test build has the
+	// flag that sets it.
 	PanicOnSIGUSR1 bool
 }
 
@@ -121,26 +127,27 @@ type Supervisor struct {
 	done   chan struct{}  // closed when Run returns
 	wg     sync.WaitGroup // every incarnation's goroutines
 	sink   *logsink.Sink
-	listen *os.File
-	// listenAddr is listen's address, fixed when it was made.
-	listenAddr string
 
 	// Owned by the loop goroutine.
-	children    map[string]*childState
-	spawning    map[string]uint32 // prepared in the current kick, not started yet
-	kicking     bool              // a kick is running
-	rekick      bool              // a kick was asked for while one ran
-	computation *cvms.ComputationRunReq
-	stopping    bool
-	booted      bool      // every child was READY once
-	bornAt      time.Time // when New made the supervisor
+	children     map[string]*childState
+	computation  *cvms.ComputationRunReq
+	wantKick     bool           // a kick is due at the end of this step
+	building     int            // sandboxes being built off the loop
+	stopping     bool           // shutting down
+	dirty        bool           // children.json is out of date
+	waiters      []*waiter      // callers waiting for a condition (NewComputation)
+	abandoned    []*incarnation // did not die after SIGKILL; release tries again
+	illegal      int            // status changes not in the state machine (a bug)
+	statusFailed bool           // the last children.json write failed
+	booted       bool           // every child was READY once
+	bornAt       time.Time      // when New made the supervisor
 
 	dialMu  sync.Mutex
 	dialers map[string]*ipc.Dialer // guarded by dialMu; supervisor's "to:<server>"
 }
 
-// New prepares a supervisor: the table's state directories, the ingress
-// listener, the supervisor's own dialers and event sink.
+// New prepares a supervisor: the table's state directories, the
+// supervisor's own dialers and its event sink.
 func New(cfg Config) (*Supervisor, error) {
 	if cfg.Table == nil || cfg.Runtime == nil {
 		return nil, errors.New("supervisor: no table or no sandbox runtime")
@@ -177,7 +184,6 @@ func New(cfg Config) (*Supervisor, error) {
 		calls:    make(chan func()),
 		done:     make(chan struct{}),
 		children: map[string]*childState{},
-		spawning: map[string]uint32{},
 		dialers:  map[string]*ipc.Dialer{},
 		bornAt:   time.Now(),
 	}
@@ -185,11 +191,8 @@ func New(cfg Config) (*Supervisor, error) {
 		spec := &cfg.Table.Children[i]
 		s.children[spec.Name] = &childState{spec: spec, status: StatusPending, restarts: Restarts{Policy: cfg.Table.Policy}}
 		for _, fd := range spec.Fds {
-			if fd == "listen" && s.listen == nil {
-				var err error
-				if s.listen, s.listenAddr, err = listenTCP(cfg.Listen); err != nil {
-					return nil, err
-				}
+			if cfg.Files[fd] == nil {
+				return nil, fmt.Errorf("supervisor: table: %s wants fd %q, which the supervisor was not given", spec.Name, fd)
 			}
 		}
 	}
@@ -207,44 +210,25 @@ func New(cfg Config) (*Supervisor, error) {
 	return s, nil
 }
 
-// listenTCP makes ingress's listener and returns it as a file, with the
-// address it got (a port 0 is chosen here).
-func listenTCP(addr string) (*os.File, string, error) {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, "", fmt.Errorf("supervisor: ingress listener: %w", err)
-	}
-	defer l.Close()
-	f, err := l.(*net.TCPListener).File()
-	if err != nil {
-		return nil, "", fmt.Errorf("supervisor: ingress listener: %w", err)
-	}
-	return f, l.Addr().String(), nil
-}
-
-// ListenAddr is the ingress listener's address ("" without one).
-func (s *Supervisor) ListenAddr() string { return s.listenAddr }
-
 // Table returns the table the supervisor runs (read-only by convention).
 func (s *Supervisor) Table() *table.Table { return s.table }
 
+// extraFD returns a dup of the named fd for an incarnation of child (its
+// launch owns it).
 func (s *Supervisor) extraFD(child, name string) (*os.File, error) {
-	switch name {
-	case "listen":
-		if s.listen == nil {
-			return nil, fmt.Errorf("supervisor: %s: no listener", child)
-		}
-		lfd, err := ipc.FD(s.listen)
-		if err != nil {
-			return nil, err
-		}
-		fd, err := unix.FcntlInt(uintptr(lfd), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			return nil, os.NewSyscallError("dup listener", err)
-		}
-		return os.NewFile(uintptr(fd), "listen"), nil
+	f := s.cfg.Files[name]
+	if f == nil {
+		return nil, fmt.Errorf("supervisor: %s: no fd %q", child, name)
 	}
-	return nil, fmt.Errorf("supervisor: %s: unknown fd %q", child, name)
+	fd, err := ipc.FD(f)
+	if err != nil {
+		return nil, err
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("dup "+name, err)
+	}
+	return os.NewFile(uintptr(dup), name), nil
 }
 
 // Dialer returns the supervisor's dialer to server (edge "to:<server>"), or nil.
@@ -272,53 +256,6 @@ func (s *Supervisor) Events() logsink.Publisher {
 		return s.sink
 	}
 	return logsink.LogPublisher(s.log, table.SupervisorName)
-}
-
-// Run starts the children and supervises them until ctx ends, then stops
-// them in reverse dependency order and releases everything. It returns an
-// error only when it could not start (the table could not be measured).
-func (s *Supervisor) Run(ctx context.Context) error {
-	defer s.release()
-	if m := s.cfg.Measurer; m != nil {
-		b, err := s.table.Canonical()
-		if err != nil {
-			return fmt.Errorf("supervisor: encoding the table to measure it: %w", err)
-		}
-		m.Table(ctx, b)
-	}
-	s.Events().Event("supervisor.started", "ok", "table_hash", s.table.HashHex())
-	var usr1 chan os.Signal
-	if s.cfg.PanicOnSIGUSR1 {
-		usr1 = notifyUSR1()
-	}
-	s.kick()
-	var linkDone chan error
-	if link := s.cfg.Link; link != nil {
-		linkDone = make(chan error, 1)
-		linkExited := make(chan struct{})
-		lctx, cancel := context.WithCancel(ctx)
-		defer func() { cancel(); <-linkExited }()
-		go func() {
-			defer close(linkExited)
-			linkDone <- link(lctx)
-		}()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			s.shutdown()
-			return nil
-		case ev := <-s.events:
-			s.handle(ev)
-		case f := <-s.calls:
-			f()
-		case <-usr1:
-			panic("supervisor: test-only panic (SIGUSR1)")
-		case err := <-linkDone:
-			s.log.Error("manager link ended", "err", err)
-			linkDone = nil
-		}
-	}
 }
 
 // do runs f on the loop and waits for it (or ctx).
@@ -368,7 +305,9 @@ func (s *Supervisor) Donate(ctx context.Context, child, name string, f *os.File)
 // of every per-computation child are made for it (an error refuses the
 // computation and changes nothing), restart counters start afresh (failed
 // children get another chance), and the per-computation children are
-// restarted with the computation id.
+// restarted with the computation id. It returns once every child it
+// (re)starts has its new incarnation launched (or could not start it): the
+// old ingress no longer serves when the manager hears the computation runs.
 func (s *Supervisor) NewComputation(ctx context.Context, req *cvms.ComputationRunReq) error {
 	if req.GetId() == "" {
 		return errors.New("supervisor: computation without id")
@@ -386,22 +325,45 @@ func (s *Supervisor) NewComputation(ctx context.Context, req *cvms.ComputationRu
 		}
 		settings[spec.Name] = m
 	}
-	return s.do(ctx, func() { s.newComputation(req, settings) })
+	var w *waiter
+	var refused error
+	if err := s.do(ctx, func() { w, refused = s.newComputation(req, settings) }); err != nil {
+		return err
+	}
+	if refused != nil {
+		return refused
+	}
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // release closes everything the supervisor holds.
 func (s *Supervisor) release() {
 	close(s.done)
+	for _, w := range s.waiters {
+		w.done <- errors.New("supervisor: stopped")
+	}
+	s.waiters = nil
+	incs := s.abandoned
 	for _, c := range s.children {
 		c.stopTimer()
 		if c.inc != nil {
-			c.inc.sb.Kill()
-			c.inc.sb.Wait()
-			c.inc.sb.Destroy()
-			c.inc.ctl.Close()
-			c.inc.cancel()
+			incs = append(incs, c.inc)
 			c.inc = nil
 		}
+	}
+	for _, inc := range incs {
+		inc.sb.Kill()
+		inc.sb.Wait() // the incarnation's waiter gets the same status
+		if err := inc.sb.Destroy(); err != nil {
+			s.log.Warn("destroying sandbox", "child", inc.name, "err", err)
+		}
+		inc.ctl.Close()
+		inc.cancel()
 	}
 	if s.sink != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -426,8 +388,5 @@ func (s *Supervisor) release() {
 	case <-waited:
 	case <-time.After(2 * time.Second):
 		s.log.Warn("some child goroutines did not end")
-	}
-	if s.listen != nil {
-		s.listen.Close()
 	}
 }

@@ -8,10 +8,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +24,7 @@ import (
 	"github.com/cvmd/cvmd/children/logfwd"
 	"github.com/cvmd/cvmd/cvm/devmanager"
 	"github.com/cvmd/cvmd/internal/logsink"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/logs"
@@ -37,6 +38,8 @@ type testSupervisor struct {
 	starts   []string
 	stops    int
 	stopGate chan struct{} // if set, Stop waits for it to close
+	// stopped, if set, gets a value when Stop is entered (before the gate).
+	stopped chan struct{}
 }
 
 func (s *testSupervisor) Start(_ context.Context, r *cvms.ComputationRunReq) error {
@@ -51,6 +54,9 @@ func (s *testSupervisor) Start(_ context.Context, r *cvms.ComputationRunReq) err
 }
 
 func (s *testSupervisor) Stop(ctx context.Context, _ string) error {
+	if s.stopped != nil {
+		s.stopped <- struct{}{}
+	}
 	if s.stopGate != nil {
 		select {
 		case <-s.stopGate:
@@ -289,18 +295,19 @@ func freeAddr(t *testing.T) string {
 }
 
 func TestLinkManagerDownAtBootThenUp(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	sup := &testSupervisor{}
 	addr := freeAddr(t)
-	l := startLink(t, Config{URL: addr}, Deps{Supervisor: sup, Logs: r.client})
+	linkLog := &logRecorder{}
+	l := startLink(t, Config{URL: addr}, Deps{Supervisor: sup, Logs: r.client, Log: linkLog.logger()})
 	const n = 2000
 	for i := 0; i < n; i++ {
 		if !r.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: fmt.Sprintf("line %d", i), Level: "INFO"}}}) {
 			t.Fatalf("line %d refused", i)
 		}
 	}
-	time.Sleep(300 * time.Millisecond) // the manager is down meanwhile
+	linkLog.waitCount(t, "manager link down", 2, 10*time.Second) // it tried, and tried again, while the manager was down
 	srv, _, _ := startManager(t, addr, devmanager.Options{Computation: sampleReq(t, "c1")})
 	got := waitLines(t, []*devmanager.Server{srv}, n, 20*time.Second)
 	dups := checkLines(t, got, n)
@@ -339,17 +346,18 @@ func TestLinkManagerDownAtBootThenUp(t *testing.T) {
 }
 
 func TestLinkManagerRestartedMidStream(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
-	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
+	linkLog := &logRecorder{}
+	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client, Log: linkLog.logger()})
 	const n = 20000
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for i := 0; i < n; i++ {
 			r.sink.Put(&logs.Record{Body: &logs.Record_Log{Log: &cvms.AgentLog{Message: fmt.Sprintf("line %d", i), Level: "INFO"}}})
 			if i%1000 == 0 {
-				time.Sleep(10 * time.Millisecond)
+				time.Sleep(10 * time.Millisecond) // pacing, not waiting: lines keep coming while the manager is replaced
 			}
 		}
 	})
@@ -357,8 +365,9 @@ func TestLinkManagerRestartedMidStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv1.Wait(ctx, func(ms []devmanager.Received) bool { return len(ms) > 3000 })
+	down := linkLog.count("manager link down")
 	stop1()
-	time.Sleep(200 * time.Millisecond)
+	linkLog.waitCount(t, "manager link down", down+1, 10*time.Second) // the link saw the manager go
 	srv2, _, _ := startManager(t, addr, devmanager.Options{})
 	wg.Wait()
 	if st := r.sink.Stats(); st.Dropped != 0 {
@@ -370,7 +379,7 @@ func TestLinkManagerRestartedMidStream(t *testing.T) {
 }
 
 func TestLinkLogfwdRestartedMidStream(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	srv, addr, _ := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	startLink(t, Config{URL: addr}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
@@ -393,15 +402,19 @@ func TestLinkLogfwdRestartedMidStream(t *testing.T) {
 // is gone (a slow stop) is sent to the next manager, in order with the
 // answers after it.
 func TestLinkKeepsAnswersAcrossReconnect(t *testing.T) {
-	checkLeaks(t)
-	sup := &testSupervisor{stopGate: make(chan struct{})}
+	testutil.CheckLeaks(t)
+	sup := &testSupervisor{stopGate: make(chan struct{}), stopped: make(chan struct{}, 1)}
 	srv1, addr, stop1 := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	startLink(t, Config{URL: addr}, Deps{Supervisor: sup})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv1.Wait(ctx, func(ms []devmanager.Received) bool { return len(ms) >= 2 })
-	srv1.Command("stop c1") // the stop blocks in the supervisor
-	time.Sleep(100 * time.Millisecond)
+	srv1.Command("stop c1")
+	select { // the stop reached the supervisor, where it blocks
+	case <-sup.stopped:
+	case <-ctx.Done():
+		t.Fatal("the stop did not reach the supervisor")
+	}
 	stop1()
 	close(sup.stopGate) // the answer is made while no manager is there
 	srv2, _, _ := startManager(t, addr, devmanager.Options{})
@@ -436,7 +449,7 @@ func TestLinkKeepsAnswersAcrossReconnect(t *testing.T) {
 // the restart the manager gets every line outside the damaged bytes, in
 // order, and the LogQueueDamaged event naming exactly the lost range.
 func TestLinkCorruptedSegment(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	const n = 3000
 	for i := 0; i < n; i++ {
@@ -515,7 +528,7 @@ func chunk(id string, data []byte, last bool) *cvms.ServerStreamMessage {
 }
 
 func TestLinkRefusesMalformedServerMessages(t *testing.T) {
-	checkLeaks(t)
+	testutil.CheckLeaks(t)
 	r := newRig(t)
 	srv, addr, _ := startManager(t, "", devmanager.Options{Computation: sampleReq(t, "c1")})
 	l := startLink(t, Config{URL: addr, MaxRunReqBytes: 4096, ChunkTimeout: 500 * time.Millisecond}, Deps{Supervisor: &testSupervisor{}, Logs: r.client})
@@ -646,31 +659,18 @@ func TestLoadConfig(t *testing.T) {
 	}
 }
 
-// checkLeaks fails the test if goroutines or fds started during it are still
-// there after its cleanups (register it first: cleanups run last-in first-out).
-func checkLeaks(t *testing.T) {
-	g0 := runtime.NumGoroutine()
-	fds0 := countFDs()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			g, fds := runtime.NumGoroutine(), countFDs()
-			if g <= g0 && fds <= fds0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("leak: %d goroutines (was %d), %d fds (was %d)\n%s", g, g0, fds, fds0, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-}
+// logRecorder is the link's log, for the tests that wait for its lines.
+type logRecorder struct{ testutil.Buffer }
 
-func countFDs() int {
-	ents, _ := os.ReadDir("/proc/self/fd")
-	return len(ents)
+func (l *logRecorder) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// count is how many times s appears in the log.
+func (l *logRecorder) count(s string) int { return strings.Count(l.String(), s) }
+
+// waitCount waits until s appears n times in the log.
+func (l *logRecorder) waitCount(t *testing.T, s string, n int, d time.Duration) {
+	t.Helper()
+	testutil.WaitUntil(t, d, fmt.Sprintf("%q logged %d times", s, n), func() bool { return l.count(s) >= n })
 }
 
 // The kernel command line gives Cocos's variables and cvmd's own (CVMD_*,

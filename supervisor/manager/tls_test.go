@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/cvmd/cvmd/cvm/devmanager"
+	"github.com/cvmd/cvmd/internal/testutil"
 )
 
 type pki struct {
@@ -93,7 +94,7 @@ func TestLinkTLSAndMTLS(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			checkLeaks(t)
+			testutil.CheckLeaks(t)
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/cvmd/cvmd/attest/eat"
 	"github.com/cvmd/cvmd/attest/verify"
 	"github.com/cvmd/cvmd/children/attestation"
+	"github.com/cvmd/cvmd/internal/testutil"
 	attestpb "github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
 )
@@ -45,13 +46,7 @@ func TestMeasurerDeliversInOrder(t *testing.T) {
 	m.Table(ctx, table)
 	m.Restart(context.Background(), "agent", 2, "c1")
 	m.Restart(context.Background(), "agent", 3, "c1")
-	deadline := time.Now().Add(10 * time.Second)
-	for m.Pending() > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d events still pending", m.Pending())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitUntil(t, 10*time.Second, "every event delivered", func() bool { return m.Pending() == 0 })
 	sum := sha256.Sum256(table)
 	tok, err := svc.Attester().Attest(attest.Request{Nonce: []byte("12345678"), Platform: attest.VTPM})
 	if err != nil {

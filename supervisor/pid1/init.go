@@ -53,6 +53,8 @@ type initProcess struct {
 	args   []string // of the supervisor proper
 	proper *os.Process
 	starts []time.Time
+	// stopping is set once shutdown asked the proper to stop.
+	stopping bool
 }
 
 // Run is PID 1: it sets the system up (in the VM: mounts, the root moved
@@ -217,7 +219,11 @@ func (p *initProcess) reap() (properExited bool) {
 		}
 		if p.proper != nil && pid == p.proper.Pid {
 			st, werr := p.proper.Wait()
-			p.log.Error("supervisor proper exited", "status", fmt.Sprint(st), "err", werr)
+			if p.stopping {
+				p.log.Info("supervisor proper stopped", "status", fmt.Sprint(st), "err", werr)
+			} else {
+				p.log.Error("supervisor proper exited", "status", fmt.Sprint(st), "err", werr)
+			}
 			p.proper = nil
 			properExited = true
 			continue
@@ -234,6 +240,7 @@ func (p *initProcess) reap() (properExited bool) {
 // reverse dependency order), kills whatever is left, syncs, and powers off
 // (or exits in dev mode).
 func (p *initProcess) shutdown() error {
+	p.stopping = true
 	if p.proper != nil {
 		p.proper.Signal(unix.SIGTERM)
 		deadline := time.Now().Add(p.cfg.ProperGrace)

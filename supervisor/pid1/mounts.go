@@ -55,8 +55,11 @@ func vmSetup(log *slog.Logger) (moved bool, _ error) {
 	mount("tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777")
 	if hasFS("cgroup2") {
 		mount("cgroup2", "/sys/fs/cgroup", "cgroup2", nse, "")
-		// Enable the controllers the children's limits use.
-		os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+memory +pids +cpu"), 0)
+		// Enable the controllers the children's limits use: without them the
+		// table's cgroup limits would not hold.
+		if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+memory +pids +cpu"), 0); err != nil {
+			errs = append(errs, fmt.Errorf("enabling the cgroup controllers: %w", err))
+		}
 	}
 	if err := unix.Sethostname([]byte("cvmd")); err != nil {
 		errs = append(errs, fmt.Errorf("setting hostname: %w", err))
@@ -121,7 +124,10 @@ func switchRoot(log *slog.Logger) error {
 		return fmt.Errorf("switch root: %w", err)
 	}
 	rootDev := st.Dev
-	entries, _ := os.ReadDir("/")
+	entries, err := os.ReadDir("/")
+	if err != nil {
+		return fmt.Errorf("switch root: listing the initramfs: %w", err)
+	}
 	for _, e := range entries {
 		switch e.Name() {
 		case "proc", "sys", "dev", "run", "newroot":

@@ -1,10 +1,13 @@
-// Package probe is a test-only tool built into cvmd as the hidden `cvmd
-// probe` command. It looks at a running child's sandbox from the inside:
+// Package probe is a test-only tool built into the test build of cvmd
+// (-tags cvmdtest, make's bin/cvmd-test) as the hidden `cvmd probe`
+// command; the measured binary does not have it. It looks at a running
+// child's sandbox from the inside:
 // `probe exec` runs `probe in ...` inside an existing child container
 // (joining its namespaces and cgroup, under its capabilities, seccomp
 // profile and no-new-privileges, like `runc exec`), and `probe in` tries
 // what a child must not be able to do and prints what happened. `probe
-// spawnbench` times sandboxed spawns for the benchmarks.
+// spawnbench` times sandboxed spawns for the benchmarks, and `probe child`
+// stands in for a child that breaks the child contract (--test-misbehave).
 //
 // The supervisor never runs it and children cannot reach it; only tests
 // (tests/supervisor) do. It imports sandbox and libcontainer; nothing
@@ -17,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -252,7 +256,8 @@ func spawnBench(args []string) error {
 }
 
 // misbehave stands in for a child and breaks the child contract in one
-// way: probe child garbage|silent|startfail|crash.
+// way: probe child garbage|silent|startfail|crash|stubborn (says READY,
+// then ignores Stop and SIGTERM: only SIGKILL ends it).
 func misbehave(args []string) error {
 	if len(args) != 1 {
 		return errors.New("probe child: want a mode")
@@ -280,6 +285,14 @@ func misbehave(args []string) error {
 		os.Exit(1)
 	case "crash":
 		os.Exit(3)
+	case "stubborn":
+		signal.Ignore(unix.SIGTERM)
+		if err := ctl.Send(&control.Message{Body: &control.Message_Ready{Ready: &control.Ready{}}}, nil); err != nil {
+			return err
+		}
+		for {
+			time.Sleep(time.Hour)
+		}
 	}
 	return fmt.Errorf("probe child: unknown mode %q", args[0])
 }

@@ -31,7 +31,7 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("table: policy window %v: want > 0", p.Window)
 	case p.Base <= 0 || p.Cap < p.Base:
 		return fmt.Errorf("table: policy base %v cap %v: want 0 < base ≤ cap", p.Base, p.Cap)
-	case p.Jitter < 0 || p.Jitter > 1:
+	case !(p.Jitter >= 0 && p.Jitter <= 1): // NaN too: the canonical JSON could not encode it
 		return fmt.Errorf("table: policy jitter %v: want 0–1", p.Jitter)
 	}
 	return nil

@@ -285,6 +285,23 @@ func (t *Table) Validate() error {
 	return t.Policy.Validate()
 }
 
+// Depth is the number of children on the longest dependency chain: how
+// many steps an orderly shutdown takes, each stopping the children no
+// running child depends on.
+func (t *Table) Depth() int {
+	depth := map[string]int{}
+	most := 0
+	for _, c := range t.Children { // deps come earlier (Validate)
+		d := 1
+		for _, dep := range c.Deps {
+			d = max(d, depth[dep]+1)
+		}
+		depth[c.Name] = d
+		most = max(most, d)
+	}
+	return most
+}
+
 // Dependents returns the names of children that depend on name, transitively.
 func (t *Table) Dependents(name string) []string {
 	out := map[string]bool{}

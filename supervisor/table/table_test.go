@@ -3,6 +3,7 @@ package table
 import (
 	"bytes"
 	"flag"
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -82,6 +83,11 @@ func TestTableValidateRefuses(t *testing.T) {
 		{"edge to nobody", func(t *Table) { t.Edges = append(t.Edges, Edge{"agent", "nobody"}) }, "edge"},
 		{"no seccomp", func(t *Table) { t.Children[1].Seccomp = nil }, "seccomp"},
 		{"reserved name", func(t *Table) { t.Children[0].Name = SupervisorName }, "reserved"},
+		// NaN cannot be encoded: a table that validated could then not be
+		// measured (Run measured empty bytes, Hash panicked).
+		{"jitter not a number", func(t *Table) { t.Policy.Jitter = math.NaN() }, "jitter"},
+		{"one role for two children", func(t *Table) { t.Children[1].Role = t.Children[0].Role }, "role"},
+		{"unknown scope", func(t *Table) { t.Children[2].Scope = "sometimes" }, "scope"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tab := Default()
@@ -90,5 +96,16 @@ func TestTableValidateRefuses(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestDepth(t *testing.T) {
+	// ingress → agent → runner (or attestation, egress) → logfwd
+	if d := Default().Depth(); d != 4 {
+		t.Errorf("default table depth %d, want 4", d)
+	}
+	flat := &Table{Children: []ChildSpec{{Name: "a"}, {Name: "b"}}}
+	if d := flat.Depth(); d != 1 {
+		t.Errorf("two independent children: depth %d, want 1", d)
 	}
 }

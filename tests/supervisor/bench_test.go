@@ -11,13 +11,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-func benchOn(t *testing.T) {
-	if os.Getenv("CVMD_BENCH") != "1" {
-		t.Skip("set CVMD_BENCH=1")
-	}
-}
+	"github.com/cvmd/cvmd/internal/testutil"
+)
 
 func median(ds []float64) float64 {
 	s := append([]float64(nil), ds...)
@@ -44,10 +40,10 @@ func loadavg() string {
 // TestBenchBootToReady: process start of `cvmd supervise --dev` → every
 // child READY (as children.json says), median of 10 boots.
 func TestBenchBootToReady(t *testing.T) {
-	benchOn(t)
+	testutil.BenchOn(t)
 	var ms, cpu []float64
 	for i := 0; i < 10; i++ {
-		d := startDev(t)
+		d := startDevBin(t, measuredCvmd(t), true)
 		ms = append(ms, float64(d.ready.Sub(d.started).Microseconds())/1000)
 		d.stop(10 * time.Second)
 		// CPU of the whole tree (every process is waited for by its parent),
@@ -57,9 +53,9 @@ func TestBenchBootToReady(t *testing.T) {
 		}
 	}
 	t.Logf("boots (ms): %v; load average %s", ms, loadavg())
-	fmt.Printf("BENCH boot_to_ready_ms %.1f ms\n", median(ms))
+	testutil.Bench("boot_to_ready_ms", median(ms), "ms")
 	if len(cpu) > 0 {
-		fmt.Printf("BENCH boot_and_shutdown_cpu_ms %.1f ms\n", median(cpu))
+		testutil.Bench("boot_and_shutdown_cpu_ms", median(cpu), "ms")
 	}
 }
 
@@ -67,7 +63,7 @@ func TestBenchBootToReady(t *testing.T) {
 // view, pivot_root) from Start to its first byte on fd 3, run from a sealed
 // binary as the supervisor does. 50 spawns.
 func TestBenchSpawn(t *testing.T) {
-	benchOn(t)
+	testutil.BenchOn(t)
 	var ru0 unix.Rusage
 	unix.Getrusage(unix.RUSAGE_CHILDREN, &ru0)
 	out, err := exec.Command(cvmd(t), "probe", "spawnbench", t.TempDir(), "50").CombinedOutput()
@@ -88,8 +84,8 @@ func TestBenchSpawn(t *testing.T) {
 		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
 		t.Logf("CPU of the spawn benchmark and its sandboxes: %v (%.1f ms per spawn)", cpu, float64(cpu.Microseconds())/1000/50)
 	}
-	fmt.Printf("BENCH spawn_p50_ms %.1f ms\n", percentile(ms, 0.5))
-	fmt.Printf("BENCH spawn_p99_ms %.1f ms\n", percentile(ms, 0.99))
+	testutil.Bench("spawn_p50_ms", percentile(ms, 0.5), "ms")
+	testutil.Bench("spawn_p99_ms", percentile(ms, 0.99), "ms")
 }
 
 // TestBenchRestart: kill -9 of a child → its replacement READY and its
@@ -97,10 +93,10 @@ func TestBenchSpawn(t *testing.T) {
 // can say READY). Each child is killed once per boot, so every restart is a
 // first one (no back-off). Two boots, 12 restarts.
 func TestBenchRestart(t *testing.T) {
-	benchOn(t)
+	testutil.BenchOn(t)
 	var ms []float64
 	for boot := 0; boot < 2; boot++ {
-		d := startDev(t)
+		d := startDevBin(t, measuredCvmd(t), true)
 		for _, name := range childNames {
 			old := d.status().child(name)
 			pid := d.hostPid(old.Pid)
@@ -115,7 +111,7 @@ func TestBenchRestart(t *testing.T) {
 		d.stop(10 * time.Second)
 	}
 	t.Logf("restarts (ms): %v; load average %s", ms, loadavg())
-	fmt.Printf("BENCH restart_ms %.1f ms\n", median(ms))
+	testutil.Bench("restart_ms", median(ms), "ms")
 }
 
 func procKiB(pid int, file, key string) float64 {
@@ -138,8 +134,8 @@ func procKiB(pid int, file, key string) float64 {
 // TestBenchMemory: after 2 s idle, the supervisor proper's RSS and the
 // total PSS of PID 1, the supervisor proper and the six children.
 func TestBenchMemory(t *testing.T) {
-	benchOn(t)
-	d := startDev(t)
+	testutil.BenchOn(t)
+	d := startDevBin(t, measuredCvmd(t), true)
 	time.Sleep(2 * time.Second)
 	st := d.status()
 	proper := d.hostPid(st.Pid)
@@ -148,7 +144,7 @@ func TestBenchMemory(t *testing.T) {
 		pss += procKiB(pid, "smaps_rollup", "Pss")
 	}
 	t.Logf("PID 1 RSS %.1f MiB; processes %d", procKiB(d.pid1, "status", "VmRSS")/1024, len(d.inNS()))
-	fmt.Printf("BENCH supervisor_rss_mib %.1f MiB\n", procKiB(proper, "status", "VmRSS")/1024)
-	fmt.Printf("BENCH pid1_rss_mib %.1f MiB\n", procKiB(d.pid1, "status", "VmRSS")/1024)
-	fmt.Printf("BENCH total_pss_mib %.1f MiB\n", pss/1024)
+	testutil.Bench("supervisor_rss_mib", procKiB(proper, "status", "VmRSS")/1024, "MiB")
+	testutil.Bench("pid1_rss_mib", procKiB(d.pid1, "status", "VmRSS")/1024, "MiB")
+	testutil.Bench("total_pss_mib", pss/1024, "MiB")
 }

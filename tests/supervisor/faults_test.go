@@ -63,3 +63,41 @@ func TestBadChildren(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowChildrenStopInOrder: three dependency levels of children that
+// ignore Stop and SIGTERM take each their grace and a SIGKILL; PID 1 waits
+// for the supervisor proper to finish that orderly shutdown (before, it
+// gave it 4 s and killed it halfway, leaving logfwd unstopped).
+func TestSlowChildrenStopInOrder(t *testing.T) {
+	d := startDev(t, "--test-misbehave", "ingress=stubborn,agent=stubborn,runner=stubborn")
+	took, err := d.stop(60 * time.Second)
+	if err != nil {
+		t.Fatalf("exit: %v (after %v)", err, took)
+	}
+	out := d.out.String()
+	if strings.Contains(out, "supervisor proper did not stop in time") {
+		t.Errorf("PID 1 killed the supervisor proper during its shutdown (after %v)", took)
+	}
+	for _, name := range []string{"ingress", "agent", "runner"} {
+		if !logHas(out, `msg="child did not stop in time; killing it"`, "child="+name+" ") {
+			t.Errorf("%s was not killed after its grace", name)
+		}
+	}
+	if !logHas(out, `msg="child stopped"`, "child=logfwd ") {
+		t.Errorf("logfwd, stopped last, was not stopped in order")
+	}
+}
+
+// logHas reports whether a line of the log has every one of parts.
+func logHas(log string, parts ...string) bool {
+	for _, l := range strings.Split(log, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}

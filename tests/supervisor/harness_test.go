@@ -1,10 +1,14 @@
 // Package supervisor_test drives a real `cvmd supervise --dev` (PID 1 of new
 // PID and mount namespaces, real libcontainer sandboxes, seccomp and
-// cgroups) and checks issue 2's promises from outside. Needs root.
+// cgroups) and checks the supervisor's promises from outside. Needs root.
+//
+// Most tests run the test build of cvmd (-tags cvmdtest: `cvmd probe` and
+// the --test-* switches); the benchmarks of boot, restart and memory, and
+// the test that the measured binary has no test switch, run the measured
+// build (make's bin/cvmd).
 package supervisor_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -17,68 +21,65 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmd/cvmd/internal/testutil"
 )
+
+// binary is one build of cvmd: $CVMD_BIN/<name>, or built once with tags.
+type binary struct {
+	name, tags string
+	once       sync.Once
+	path       string
+	err        error
+}
 
 var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	testBuild     = &binary{name: "cvmd-test", tags: "seccomp netgo osusergo grpcnotrace cvmdtest"}
+	measuredBuild = &binary{name: "cvmd", tags: "seccomp netgo osusergo grpcnotrace"}
+	builtDir      string // of the binaries built here, removed at the end
 )
 
-// cvmd returns the path of a static cvmd: $CVMD_BIN/cvmd, or one built once.
-func cvmd(t *testing.T) string {
+func (b *binary) get(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root")
 	}
-	buildOnce.Do(func() {
+	b.once.Do(func() {
 		if d := os.Getenv("CVMD_BIN"); d != "" {
-			binPath = filepath.Join(d, "cvmd")
+			b.path = filepath.Join(d, b.name)
 			return
 		}
-		dir, err := os.MkdirTemp("", "cvmd-bin-")
-		if err != nil {
-			buildErr = err
-			return
+		if builtDir == "" {
+			if builtDir, b.err = os.MkdirTemp("", "cvmd-bin-"); b.err != nil {
+				return
+			}
 		}
-		binPath = filepath.Join(dir, "cvmd")
-		cmd := exec.Command("go", "build", "-tags", "seccomp netgo osusergo grpcnotrace", "-ldflags", `-linkmode external -extldflags "-static"`, "-o", binPath, "./cmd/cvmd")
+		b.path = filepath.Join(builtDir, b.name)
+		cmd := exec.Command("go", "build", "-tags", b.tags, "-ldflags", `-linkmode external -extldflags "-static"`, "-o", b.path, "./cmd/cvmd")
 		cmd.Dir = "../.."
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("building cvmd: %v\n%s", err, out)
+			b.err = fmt.Errorf("building %s: %v\n%s", b.name, err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return binPath
+	return b.path
 }
+
+// cvmd returns the test build of cvmd (with `cvmd probe` and --test-*).
+func cvmd(t *testing.T) string { t.Helper(); return testBuild.get(t) }
+
+// measuredCvmd returns the build of cvmd that is measured and deployed.
+func measuredCvmd(t *testing.T) string { t.Helper(); return measuredBuild.get(t) }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if os.Getenv("CVMD_BIN") == "" && binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
 	}
 	os.Exit(code)
-}
-
-// syncBuf is a bytes.Buffer safe for the writer goroutine of exec.Cmd and readers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 type childInfo struct {
@@ -111,7 +112,7 @@ type dev struct {
 	bin   string
 	state string
 	cmd   *exec.Cmd
-	out   *syncBuf
+	out   *testutil.Buffer
 	done  chan error
 	pid1  int // host pid of the namespace's PID 1
 	// started and ready: when the process was started and when
@@ -131,10 +132,15 @@ func startDev(t *testing.T, extra ...string) *dev {
 // child is READY, otherwise only until children.json exists.
 func startDevWith(t *testing.T, waitReady bool, extra ...string) *dev {
 	t.Helper()
-	bin := cvmd(t)
+	return startDevBin(t, cvmd(t), waitReady, extra...)
+}
+
+// startDevBin is startDevWith for a given build of cvmd.
+func startDevBin(t *testing.T, bin string, waitReady bool, extra ...string) *dev {
+	t.Helper()
 	state := t.TempDir()
 	args := append([]string{"supervise", "--dev", "--state", state, "--listen", "127.0.0.1:0"}, extra...)
-	d := &dev{t: t, bin: bin, state: state, cmd: exec.Command(bin, args...), out: &syncBuf{}, done: make(chan error, 1)}
+	d := &dev{t: t, bin: bin, state: state, cmd: exec.Command(bin, args...), out: &testutil.Buffer{}, done: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	d.cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
 	d.started = time.Now()

@@ -2,6 +2,7 @@ package supervisor_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -39,7 +40,13 @@ type tableSpec struct {
 
 func printedTable(t *testing.T) (*tableSpec, string) {
 	t.Helper()
-	out, err := exec.Command(cvmd(t), "supervise", "--print-sandbox").Output()
+	return printedTableOf(t, cvmd(t))
+}
+
+// printedTableOf is `bin supervise --print-sandbox`, parsed.
+func printedTableOf(t *testing.T, bin string) (*tableSpec, string) {
+	t.Helper()
+	out, err := exec.Command(bin, "supervise", "--print-sandbox").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,18 +415,24 @@ func TestOrphanIsReaped(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nsenter: %v\n%s", err, out)
 	}
-	time.Sleep(100 * time.Millisecond)
-	var orphan int
-	for _, pid := range d.inNS() {
-		if s := procStatus(pid); s["Name"] == "sleep" {
-			orphan = pid
-			if s["PPid"] != strconv.Itoa(d.pid1) {
-				t.Fatalf("orphan's parent is %s, want PID 1 (%d)", s["PPid"], d.pid1)
-			}
-		}
+	nsPid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("nsenter printed %q, want the orphan's pid", out)
 	}
-	if orphan == 0 {
-		t.Fatal("no orphan found")
+	// The shell is gone (nsenter waited for it): its child is an orphan,
+	// running sleep once its exec is done.
+	orphan := 0
+	for deadline := time.Now().Add(3 * time.Second); ; {
+		if orphan = d.hostPid(nsPid); orphan != 0 && procStatus(orphan)["Name"] == "sleep" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no orphan sleep with pid %d in the namespace (host pid %d)", nsPid, orphan)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ppid := procStatus(orphan)["PPid"]; ppid != strconv.Itoa(d.pid1) {
+		t.Fatalf("orphan's parent is %s, want PID 1 (%d)", ppid, d.pid1)
 	}
 	deadline := time.Now().Add(3 * time.Second)
 	for {
@@ -506,21 +519,30 @@ func (d *dev) stopLeavingNothing() {
 // program not executed: the sandbox's process is still libcontainer's init.
 // A shutdown then stops those half-started sandboxes like any other.
 func TestDependentsRunAfterReady(t *testing.T) {
-	d := startDevWith(t, false, "--test-misbehave", "logfwd=silent", "--ready-timeout", "60s")
-	st := d.waitAll(func(s *status) bool {
+	d := startDevWith(t, false, "--test-misbehave", "logfwd=silent", "--ready-timeout", "2s")
+	d.waitAll(func(s *status) bool {
 		for _, name := range childNames[1:] {
 			if s.child(name).Status != "created" {
 				return false
 			}
 		}
-		return true
-	}, 30*time.Second, "every dependent of logfwd created")
-	if c := st.child("logfwd"); c.Status != "starting" {
-		t.Errorf("logfwd: %+v, want starting (it never says READY)", c)
+		// logfwd runs but never says READY.
+		return s.child("logfwd").Status == "starting"
+	}, 30*time.Second, "every dependent of logfwd created, logfwd starting")
+	// Still so once logfwd's READY timeout has come and gone: the loop
+	// handled that (and logfwd's restart) without running a dependent.
+	for deadline := time.Now().Add(30 * time.Second); !logHas(d.out.String(), `msg="child never said READY; killing it"`, "child=logfwd "); {
+		if time.Now().After(deadline) {
+			t.Fatal("logfwd's READY timeout never came")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
-	time.Sleep(300 * time.Millisecond) // a program started too early would have replaced init by now
 	for _, name := range childNames[1:] {
-		pid := d.hostPid(d.status().child(name).Pid)
+		c := d.status().child(name)
+		if c.Status != "created" || c.Generation != 1 {
+			t.Errorf("%s after logfwd's READY timeout: %+v, want still created, generation 1", name, c)
+		}
+		pid := d.hostPid(c.Pid)
 		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -545,5 +567,36 @@ func TestPrintSandboxIsStable(t *testing.T) {
 	_, h2 := printedTable(t)
 	if h1 != h2 || len(h1) != 64 {
 		t.Fatalf("hash %q then %q", h1, h2)
+	}
+}
+
+// TestMeasuredBinaryHasNoTestSwitches: the binary that is measured has no
+// way to behave otherwise than its measurement says: no `cvmd probe`, no
+// --test-* flag (they exist in the test build only), and the same table.
+func TestMeasuredBinaryHasNoTestSwitches(t *testing.T) {
+	bin := measuredCvmd(t)
+	state := t.TempDir()
+	for _, args := range [][]string{
+		{"probe", "in", "ready"},
+		{"supervise", "--dev", "--state", state, "--test-misbehave", "ingress=crash"},
+		{"supervise", "--dev", "--state", state, "--test-panic-on-sigusr1"},
+	} {
+		// A binary that takes the switch starts a supervisor: bound the wait.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
+		out, err := cmd.CombinedOutput()
+		running := ctx.Err() != nil
+		cancel()
+		if err == nil || running {
+			t.Errorf("cvmd %v: accepted by the measured binary:\n%s", args, out)
+			continue
+		}
+		if !strings.Contains(string(out), "unknown command") && !strings.Contains(string(out), "flag provided but not defined") {
+			t.Errorf("cvmd %v: refused, but not as unknown (%v):\n%s", args, err, out)
+		}
+	}
+	if _, h := printedTableOf(t, bin); h != func() string { _, h := printedTable(t); return h }() {
+		t.Error("the measured and the test build print different tables")
 	}
 }
