@@ -23,7 +23,7 @@ func (g *guest) startCvmdArgs(extra string, args ...string) {
 	t := g.t
 	env := filepath.Join(g.work, "environment")
 	os.WriteFile(env, []byte("AGENT_CVM_GRPC_URL="+g.mgrAddr+"\nAGENT_CVM_ID=e2e\n"+extra), 0o600)
-	sup := exec.Command(filepath.Join(g.bin, "cvmd"), append([]string{"supervise", "--dev", "--state", filepath.Join(g.work, "state"),
+	sup := exec.Command(filepath.Join(g.bin, g.cvmdName), append([]string{"supervise", "--dev", "--state", filepath.Join(g.work, "state"),
 		"--listen", g.agentAddr, "--env", env}, args...)...)
 	logf, _ := os.Create(filepath.Join(g.work, "supervisor.log"))
 	sup.Stdout, sup.Stderr = logf, logf

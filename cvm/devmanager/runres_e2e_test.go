@@ -81,6 +81,7 @@ func TestE2ERunResponses(t *testing.T) {
 		ac   *cvms.AgentConfig
 		want []string      // every piece the RunResponse error must name
 		max  time.Duration // the answer's bound, when tighter than runAnswerBound
+		test bool          // needs the test build (--test-misbehave)
 		then func(h *guest, srv *devmanager.Server)
 	}{
 		{
@@ -148,11 +149,13 @@ func TestE2ERunResponses(t *testing.T) {
 		},
 		{
 			name: "a child that fails",
+			test: true,
 			args: []string{"--attestation", "simulated", "--test-misbehave", "runner=crash"},
 			want: []string{"child runner failed", "last exit"},
 		},
 		{
 			name: "a dependency that never says READY",
+			test: true,
 			args: []string{"--attestation", "simulated", "--test-misbehave", "egress=silent", "--ready-timeout", "2s", "--start-timeout", "8s"},
 			// Within the start timeout: "not every child is READY within 8s:
 			// egress starting (last exit: ...)", or, should egress have hit
@@ -164,6 +167,9 @@ func TestE2ERunResponses(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := g.fresh(t)
+			if tc.test {
+				h.cvmdName = "cvmd-test"
+			}
 			srv := h.startManager(false)
 			h.startCvmdArgs("", append([]string{"--start-timeout", "20s"}, tc.args...)...)
 			res, took := h.askRun(srv, h.with("c-1", tc.ac))
