@@ -32,8 +32,9 @@ const (
 	//	  -fsdev local,id=cert_fs,path=DIR1,security_model=mapped -device virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share
 	//	  -fsdev local,id=env_fs,path=DIR2,security_model=mapped -device virtio-9p-pci,fsdev=env_fs,mount_tag=env_share
 	//
-	// under TCG (-accel tcg is the only addition, for this host without
-	// KVM). The hostfwd listens on every address and the user network is
+	// under TCG (-accel tcg and, on the kernel command line, no_timer_check,
+	// which a KVM guest assumes by itself, are the only additions, for this
+	// host without KVM). The hostfwd listens on every address and the user network is
 	// not restricted, so it needs Config.NetNS: a namespace with only
 	// loopback, where the guest reaches the manager at CocosHostAddr.
 	// Config.TPM adds swtpm as cvmd's own VM has it (Cocos's manager has
@@ -148,7 +149,7 @@ func cocosArgs(cfg Config) ([]string, error) {
 		"-netdev", "user,id=" + nic + ",hostfwd=tcp::" + strconv.Itoa(cfg.HostPort) + "-:7002",
 		"-device", "virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=" + nic + ",addr=0x2,romfile=",
 		"-kernel", cfg.Kernel,
-		"-append", strings.TrimSpace(o.Cmdline + " " + cfg.Append),
+		"-append", strings.TrimSpace(o.Cmdline + " " + tcgCmdline(cfg.Accel) + cfg.Append),
 		"-initrd", cfg.Initrd,
 		"-nographic", "-monitor", "pty",
 		"-fsdev", "local,id=cert_fs,path=" + shares["cert_fs"] + ",security_model=mapped",
