@@ -297,7 +297,7 @@ func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
 		}
 		s.logger().Info("event recorded (no TPM to measure it into)", "type", e.Type, "data", string(e.Data), "seq", e.Seq)
 		s.lastBoot, s.lastSeq = e.BootID, e.Seq
-		return &pb.MeasureReply{Pcr: attest.MeasurePCR, Events: uint64(len(s.store.snapshot()))}, nil
+		return s.reply(attest.MeasurePCR)
 	}
 	if err := s.apply(e); err != nil {
 		s.logger().Error("measurement failed", "type", e.Type, "seq", e.Seq, "err", err)
@@ -316,12 +316,19 @@ func (s *Service) apply(e attest.Event) error {
 	return s.tpm.Extend(e)
 }
 
+// reply is a measurement's answer: the PCR's value after it, which a VM
+// without a TPM does not have. Preconditions: s.mu held (or New).
 func (s *Service) reply(pcr uint32) (*pb.MeasureReply, error) {
+	r := &pb.MeasureReply{Pcr: pcr, Events: uint64(len(s.store.snapshot()))}
+	if s.tpm == nil {
+		return r, nil
+	}
 	v, err := s.tpm.ReadPCR(int(pcr))
 	if err != nil {
 		return nil, err
 	}
-	return &pb.MeasureReply{Pcr: pcr, PcrSha256: v, Events: uint64(len(s.store.snapshot()))}, nil
+	r.PcrSha256 = v
+	return r, nil
 }
 
 // openTPM opens a TPM character device, or a swtpm UnixIO socket (a

@@ -130,6 +130,12 @@ func TestNoPlatform(t *testing.T) {
 			if (len(r.GetPcrSha256()) != 0) != tc.withTPM {
 				t.Errorf("measure reply %v: PCR value present %v, want %v", r, len(r.GetPcrSha256()) != 0, tc.withTPM)
 			}
+			// The supervisor resends an event whose answer came too late:
+			// acknowledged again, not applied twice (this panicked without
+			// a TPM, and the child restarted, on a loaded VM).
+			if again := measure(t, s, "b1", 2, attest.EventChildTable, attest.ChildTable{SHA256: strings.Repeat("ab", 32)}); again.GetEvents() != r.GetEvents() {
+				t.Errorf("resent event: %d events, want %d", again.GetEvents(), r.GetEvents())
+			}
 			if tc.withTPM {
 				// The platform event, first in the log, says it too.
 				ev := s.store.snapshot()[0]
