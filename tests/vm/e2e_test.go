@@ -400,9 +400,10 @@ func runE2E(t *testing.T) time.Duration {
 	g := e.g
 
 	ready, _ := g.waitChildrenReady("boot: every child ready", 0, children, 5*time.Minute)
-	// PID 1 re-executed from the moved root, so the overlay seals the file it
-	// runs: no memfd copy of the binary (supervisor/pid1.go, sealing).
-	g.wait("boot: binary sealed by the overlay", 0, `msg="binary sealed per spawn by a read-only overlay" proc=pid1`, time.Second)
+	// In the VM PID 1 runs one sealed copy of the binary, which IMA hashes
+	// once, rather than a fresh overlay per spawn, which it would hash at
+	// every spawn (supervisor/pid1/init.go, sealing).
+	g.wait("boot: binary sealed by one copy", 0, `msg="binary sealed by one memfd copy" proc=pid1 why="IMA measures each spawn's overlay anew`, time.Second)
 	e.waitManager("manager link: computation 1 accepted", 3*time.Minute, runResOf("1"))
 	if r := e.waitManager("", time.Second, runResOf("1")).GetRunRes(); r.GetError() != "" {
 		g.fatalf("manager link: computation 1 accepted", "run_res error %q", r.GetError())
