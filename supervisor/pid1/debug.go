@@ -33,20 +33,26 @@ const (
 // stack (/proc/PID/stack); "goroutines" sends SIGQUIT to the supervisor
 // proper, whose Go runtime then prints every goroutine's stack on the
 // console and exits (PID 1 starts a new one). The last three explain a hang.
+// "mem" reports the guest's memory and "drop-caches" writes back and drops
+// the page cache (the scratch disk's tests: memory while a dataset streams
+// in, and reads that reach the disk, see storage_debug.go).
 type DebugCommand struct {
 	Verb, Arg string
 }
+
+// debugVerbs are the commands without an argument.
+var debugVerbs = map[string]bool{"ping": true, "ps": true, "stacks": true, "goroutines": true, "mem": true, "drop-caches": true}
 
 // ParseDebugCommand parses one line of the debug port.
 func ParseDebugCommand(line string) (DebugCommand, error) {
 	f := strings.Fields(line)
 	switch {
-	case len(f) == 1 && (f[0] == "ping" || f[0] == "ps" || f[0] == "stacks" || f[0] == "goroutines"):
+	case len(f) == 1 && debugVerbs[f[0]]:
 		return DebugCommand{Verb: f[0]}, nil
 	case len(f) == 2 && f[0] == "kill" && validChildName(f[1]):
 		return DebugCommand{Verb: "kill", Arg: f[1]}, nil
 	}
-	return DebugCommand{}, fmt.Errorf("pid1: debug command %q: want \"ping\", \"ps\", \"stacks\", \"goroutines\" or \"kill CHILD\"", line)
+	return DebugCommand{}, fmt.Errorf("pid1: debug command %q: want \"ping\", \"ps\", \"stacks\", \"goroutines\", \"mem\", \"drop-caches\" or \"kill CHILD\"", line)
 }
 
 func validChildName(s string) bool {
@@ -128,6 +134,10 @@ func runDebug(log *slog.Logger, line string) string {
 		return kernelStacks()
 	case "goroutines":
 		return dumpProper(log)
+	case "mem":
+		return memoryReport()
+	case "drop-caches":
+		return dropCaches()
 	}
 	pids, err := childPIDs(c.Arg)
 	if err != nil {

@@ -10,14 +10,19 @@ import (
 // The settings of each child, as its ChildSpec.Settings. Those that need
 // more than a literal are in ingress.go and egress.go.
 
-func logfwdSettings(*SettingsInput) (proto.Message, error) { return &config.LogfwdSettings{}, nil }
+func logfwdSettings(in *SettingsInput) (proto.Message, error) {
+	return &config.LogfwdSettings{MaxBytes: uint64(in.LogQueueBytes)}, nil
+}
 
 func runnerSettings(*SettingsInput) (proto.Message, error) { return &config.RunnerSettings{}, nil }
 
 // agentSettings: the agent's default computation dir (<state_dir>/computation)
 // is inside its own state dir, which the runner cannot see: use the shared one.
+// Pull mode's settings come from the environment too, read each time the
+// agent starts.
 func agentSettings(in *SettingsInput) (proto.Message, error) {
-	return &config.AgentSettings{ComputationDir: ViewState + "/computation", RequireRoleChallenge: roleChallengeRequired(in)}, nil
+	return &config.AgentSettings{ComputationDir: ViewState + "/computation", RequireRoleChallenge: roleChallengeRequired(in),
+		MinFreeBytes: uint64(in.AgentMinFreeBytes), Pull: PullSettings(in)}, nil
 }
 
 // RoleChallengeVar in Cocos's environment (the kernel command line, which

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cvmd/cvmd/cvm/devmanager"
 	"github.com/cvmd/cvmd/images/qemu"
 	"github.com/cvmd/cvmd/proto/cvms"
 )
@@ -44,16 +43,7 @@ func bootCocos(t *testing.T, img image, cvmd string, withTPM bool, cmdline strin
 	t.Cleanup(ns.Close)
 	c.netns = ns
 	ln, url := managerListener(t, ns)
-	mlog, err := os.Create(filepath.Join(c.dir, "manager.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mlog.Close() })
-	c.mgr = devmanager.New(devmanager.Options{Computation: c.computation("1"), Out: mlog})
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { devmanager.Serve(ctx, ln, c.mgr, nil); close(served) }()
-	t.Cleanup(func() { cancel(); <-served })
+	c.serveManager(ln, c.computation("1"))
 
 	envDir, certsDir, vmDir := filepath.Join(c.dir, "env"), filepath.Join(c.dir, "certs"), filepath.Join(c.dir, "vm")
 	for _, d := range []string{envDir, certsDir, vmDir} {
