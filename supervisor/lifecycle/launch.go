@@ -34,6 +34,9 @@ type incarnation struct {
 	started time.Time
 	tail    *tail
 	cancel  context.CancelFunc // ends in-flight sandbox requests
+	// abandonedAt is when the supervisor gave up waiting for its exit
+	// after SIGKILL (zero while it has not).
+	abandonedAt time.Time
 }
 
 // launch is one incarnation on its way: prepared on the loop, started
@@ -105,7 +108,8 @@ func (s *Supervisor) prepare(c *childState) (*launch, error) {
 		l.abort()
 		return nil, err
 	}
-	l.sbSpec = s.sandboxSpec(spec)
+	c.sandboxes++
+	l.sbSpec = s.sandboxSpec(spec, sandboxID(spec.Name, c.sandboxes))
 	return l, nil
 }
 
@@ -358,16 +362,30 @@ func stateDirOf(spec *table.ChildSpec) string {
 	return ""
 }
 
-// sandboxSpec is the translation of a table entry into a sandbox.Spec.
-func (s *Supervisor) sandboxSpec(spec *table.ChildSpec) *sandbox.Spec {
+// sandboxID is the id of a child's n-th sandbox: the child's name for the
+// first, "<name>-<n>" for later ones. An incarnation that did not die
+// after SIGKILL in time keeps its sandbox (its id, state and cgroup) until
+// its exit comes; its replacement, with an id of its own, is never refused
+// for it, nor shares its cgroup.
+func sandboxID(name string, n int) string {
+	if n <= 1 {
+		return name
+	}
+	return fmt.Sprintf("%s-%d", name, n)
+}
+
+// sandboxSpec is the translation of a table entry into a sandbox.Spec
+// with the given id; the hostname is the child's name.
+func (s *Supervisor) sandboxSpec(spec *table.ChildSpec, id string) *sandbox.Spec {
 	ss := &sandbox.Spec{
-		ID:      spec.Name,
-		Args:    s.childArgs(spec.Name),
-		Env:     []string{"PATH=/usr/bin:/bin", "GOMAXPROCS=2"},
-		Caps:    spec.Caps,
-		Seccomp: spec.Seccomp,
-		Limits:  spec.Limits,
-		Mounts:  []sandbox.Mount{{Kind: sandbox.Tmpfs, Dest: "/tmp", SizeBytes: spec.TmpBytes}},
+		ID:       id,
+		Hostname: spec.Name,
+		Args:     s.childArgs(spec.Name),
+		Env:      []string{"PATH=/usr/bin:/bin", "GOMAXPROCS=2"},
+		Caps:     spec.Caps,
+		Seccomp:  spec.Seccomp,
+		Limits:   spec.Limits,
+		Mounts:   []sandbox.Mount{{Kind: sandbox.Tmpfs, Dest: "/tmp", SizeBytes: spec.TmpBytes}},
 	}
 	if spec.HostNet {
 		ss.Net = sandbox.NetHost
