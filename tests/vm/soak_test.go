@@ -116,7 +116,7 @@ func TestSoakBoots(t *testing.T) {
 	var ready, spawn []float64
 	var failed []string
 	for n := 1; n <= boots; n++ {
-		took, sup, dump := soakBoot(t, cfg, bound)
+		took, sup, dump := soakBoot(t, cfg, mgr, bound)
 		if dump == "" {
 			ready = append(ready, took.Seconds())
 			spawn = append(spawn, sup.Seconds())
@@ -142,7 +142,7 @@ func TestSoakBoots(t *testing.T) {
 // soakBoot boots once and returns how long the guest took to be ready
 // (from qemu's start, and from the supervisor's), or the dump that explains
 // why it was not within bound.
-func soakBoot(t *testing.T, cfg qemu.Config, bound time.Duration) (ready, fromSupervisor time.Duration, dump string) {
+func soakBoot(t *testing.T, cfg qemu.Config, mgr *devmanager.Server, bound time.Duration) (ready, fromSupervisor time.Duration, dump string) {
 	cfg.Dir = t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	vm, err := qemu.Start(ctx, cfg)
@@ -167,11 +167,50 @@ func soakBoot(t *testing.T, cfg qemu.Config, bound time.Duration) (ready, fromSu
 		}
 		last = max(last, l.At)
 	}
+	// With a vTPM, ready means the boot's measurements are in it too (the
+	// boot, the child table, then the storage into PCR 15), as the
+	// attestation child tells the manager: a TPM that answers nothing
+	// leaves every child READY.
+	if cfg.TPM {
+		if why := soakMeasured(mgr, vm.Started(), deadline); why != "" {
+			return 0, 0, fmt.Sprintf("%s\n\n== serial log ==\n%s", why, serialText(vm.Lines()))
+		}
+	}
 	_, sup, err := vm.WaitLine(context.Background(), 0, regexp.MustCompile(`msg="supervisor started"`))
 	if err != nil {
 		t.Fatalf("a ready guest without a \"supervisor started\" line: %v", err)
 	}
 	return last, last - sup.At, ""
+}
+
+// soakMeasured waits until deadline for the attestation child's log of
+// this boot (received since started) to say the storage, the last of the
+// boot's measurements, was measured, and returns what was wrong instead:
+// the measurements that failed meanwhile, if any.
+func soakMeasured(mgr *devmanager.Server, started, deadline time.Time) string {
+	var failed []string
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	err := mgr.Wait(ctx, func(rs []devmanager.Received) bool {
+		failed = failed[:0]
+		for _, r := range rs {
+			msg := r.Msg.GetAgentLog().GetMessage()
+			if r.At.Before(started) || !strings.Contains(msg, "child=attestation") {
+				continue
+			}
+			switch {
+			case strings.Contains(msg, "measurement failed"):
+				failed = append(failed, msg)
+			case strings.HasPrefix(msg, "measured ") && strings.Contains(msg, "type=storage"):
+				return true
+			}
+		}
+		return false
+	})
+	if err == nil {
+		return ""
+	}
+	return fmt.Sprintf("the attestation child did not say the boot's measurements were made (%v); failed: %q", err, failed)
 }
 
 // readyLines are the serial lines that say each child is READY (any
