@@ -34,7 +34,8 @@ func ServerOptions() []grpc.ServerOption {
 }
 
 // RegisterPublic registers agent.AgentService, cvmd.rolechallenge.v1 and
-// grpc.health.v1 (service "agent" SERVING, which Cocos's CLI checks) on s,
+// grpc.health.v1 (service "agent" SERVING, which Cocos's CLI checks, and
+// "attestation", see attestationHealth) on s,
 // which must have been made with PublicServerOptions (role challenges are
 // bound to connections through its stats handler).
 // It returns the health server, which Run turns NOT_SERVING when stopping.
@@ -76,6 +77,8 @@ func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
 	}
 	errc := make(chan error, len(servers))
 	var wg sync.WaitGroup
+	hctx, hcancel := context.WithCancel(ctx)
+	wg.Go(func() { a.attestationHealth(hctx, h) })
 	for i, s := range servers {
 		wg.Add(1)
 		go func() {
@@ -89,6 +92,7 @@ func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
 	case err = <-errc:
 	}
 	// New CLI connections see the agent going away while running uploads finish.
+	hcancel()
 	h.Shutdown()
 	for _, s := range servers {
 		child.StopServer(s, 2*time.Second)
