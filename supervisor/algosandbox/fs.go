@@ -92,16 +92,54 @@ func resultsUsage(dir string) (used uint64, full bool, err error) {
 	return (st.Blocks - st.Bfree) * bs, st.Bavail == 0, nil
 }
 
+// resultsOverCap is copyResults' refusal: the files' sizes add up to more
+// than the cap, whatever blocks they take.
+type resultsOverCap struct{ bytes int64 }
+
+func (e *resultsOverCap) Error() string {
+	return fmt.Sprintf("results of %d bytes are over the cap", e.bytes)
+}
+
+// resultsSize adds up the sizes of the regular files under root. A sparse
+// file's size counts, not the blocks it takes: the copy and the results
+// zip are as large as the size, so a file truncated to a terabyte (no
+// blocks, nothing against the tmpfs size or the project quota) would
+// otherwise be written out in full as zeros on the state disk or in the
+// guest's memory.
+func resultsSize(root *os.Root) (int64, error) {
+	var total int64
+	err := fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		total += fi.Size()
+		return nil
+	})
+	return total, err
+}
+
 // copyResults copies the regular files and directories under src into dst
 // (both through os.Root, so nothing the algorithm left, symlinks included,
 // can make the copy escape), giving them to the owner of dst. Symlinks and
-// special files are skipped and counted.
-func copyResults(src, dst string) (skipped int, err error) {
+// special files are skipped and counted. Files whose sizes add up to more
+// than limit are not copied at all (*resultsOverCap).
+func copyResults(src, dst string, limit int64) (skipped int, err error) {
 	sr, err := os.OpenRoot(src)
 	if err != nil {
 		return 0, err
 	}
 	defer sr.Close()
+	total, err := resultsSize(sr)
+	if err != nil {
+		return 0, err
+	}
+	if total > limit {
+		return 0, &resultsOverCap{bytes: total}
+	}
 	dr, err := os.OpenRoot(dst)
 	if err != nil {
 		return 0, err
@@ -136,10 +174,17 @@ func copyResults(src, dst string) (skipped int, err error) {
 			if err != nil {
 				return err
 			}
-			if _, err := io.Copy(out, in); err != nil {
+			// The sizes were added up above; a file that grew since is cut
+			// at the cap rather than copied on.
+			n, err := io.Copy(out, io.LimitReader(in, limit+1))
+			if err == nil && n > limit {
+				err = &resultsOverCap{bytes: n}
+			}
+			if err != nil {
 				out.Close()
 				return err
 			}
+			limit -= n
 			if err := out.Close(); err != nil {
 				return err
 			}

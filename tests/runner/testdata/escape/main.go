@@ -312,6 +312,17 @@ func main() {
 			}
 		}
 		escaped("wrote 16 GiB into results")
+	case "sparse": // a sparse file: a huge size in no blocks, under the results quota
+		f, err := os.Create("/cocos/results/sparse")
+		if err != nil {
+			fmt.Println("create:", err)
+			os.Exit(1)
+		}
+		if err := f.Truncate(256 << 20); err != nil {
+			blocked("truncate: %v", err)
+		}
+		f.Close()
+		fmt.Println("made a 256 MiB sparse results file; its copy is what must not happen")
 	case "oom": // allocate past the memory limit
 		var keep [][]byte
 		for i := 0; i < 1<<14; i++ {
