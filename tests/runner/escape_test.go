@@ -116,6 +116,7 @@ func TestEscapeAttempts(t *testing.T) {
 		{"fork bomb", []string{"forkbomb"}, ""},
 		{"fill results past the cap", []string{"fill"}, "results over quota"},
 		{"a sparse results file far past the cap", []string{"sparse"}, "results over quota"},
+		{"one results file under many hard links", []string{"hardlinks"}, "results over quota"},
 		{"allocate past the memory limit", []string{"oom"}, "out of memory"},
 	}
 	for _, tc := range tests {
@@ -147,7 +148,7 @@ func TestEscapeAttempts(t *testing.T) {
 		t.Error("the host loopback server accepted a connection from an algorithm")
 	default:
 	}
-	for _, f := range []string{"big", "sparse"} {
+	for _, f := range []string{"big", "sparse", "one"} {
 		if _, err := os.Stat(filepath.Join(w.comp, "results", f)); err == nil {
 			t.Errorf("results over quota were copied out (%s)", f)
 		}

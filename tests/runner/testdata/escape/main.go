@@ -323,6 +323,17 @@ func main() {
 		}
 		f.Close()
 		fmt.Println("made a 256 MiB sparse results file; its copy is what must not happen")
+	case "hardlinks": // one file's blocks, counted once by the quota, under many names
+		if err := os.WriteFile("/cocos/results/one", make([]byte, 1<<20), 0o644); err != nil {
+			fmt.Println("write:", err)
+			os.Exit(1)
+		}
+		for i := 0; i < 64; i++ {
+			if err := os.Link("/cocos/results/one", fmt.Sprintf("/cocos/results/link%d", i)); err != nil {
+				blocked("link %d: %v", i, err)
+			}
+		}
+		fmt.Println("made 64 links to a 1 MiB results file")
 	case "oom": // allocate past the memory limit
 		var keep [][]byte
 		for i := 0; i < 1<<14; i++ {
