@@ -75,21 +75,33 @@ func mountResults(dir string, size int64, uid, gid int) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	data := fmt.Sprintf("size=%d,mode=0700,uid=%d,gid=%d", size, uid, gid)
+	data := fmt.Sprintf("size=%d,nr_inodes=%d,mode=0700,uid=%d,gid=%d", size, ResultsFiles(size), uid, gid)
 	if err := unix.Mount("cvmd-results", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data); err != nil {
 		return fmt.Errorf("mounting results tmpfs on %s: %w", dir, err)
 	}
 	return nil
 }
 
-// resultsUsage reports the bytes used in the results tmpfs and whether it is full.
+// ResultsFiles is how many files and directories a results directory of
+// capBytes may hold: one per 64 KiB of the cap (the scratch file system's
+// own inode density), at least 4096. Empty files take no blocks, so the
+// byte cap alone does not bound them: without this an algorithm fills the
+// state file system's inodes (on the disk) or the supervisor's memory with
+// their copies (in memory). pid1.ResultsArea gives its project quotas the
+// same file limit.
+func ResultsFiles(capBytes int64) uint64 {
+	return uint64(max(capBytes>>16, 4096))
+}
+
+// resultsUsage reports the bytes used in the results tmpfs and whether it
+// is full: no block or no file left.
 func resultsUsage(dir string) (used uint64, full bool, err error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, false, err
 	}
 	bs := uint64(st.Bsize)
-	return (st.Blocks - st.Bfree) * bs, st.Bavail == 0, nil
+	return (st.Blocks - st.Bfree) * bs, st.Bavail == 0 || st.Ffree == 0, nil
 }
 
 // resultsOverCap is copyResults' refusal: the files' sizes add up to more

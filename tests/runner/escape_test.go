@@ -117,6 +117,7 @@ func TestEscapeAttempts(t *testing.T) {
 		{"fill results past the cap", []string{"fill"}, "results over quota"},
 		{"a sparse results file far past the cap", []string{"sparse"}, "results over quota"},
 		{"one results file under many hard links", []string{"hardlinks"}, "results over quota"},
+		{"empty results files past the file cap", []string{"files"}, "results over quota"},
 		{"allocate past the memory limit", []string{"oom"}, "out of memory"},
 	}
 	for _, tc := range tests {

@@ -334,6 +334,15 @@ func main() {
 			}
 		}
 		fmt.Println("made 64 links to a 1 MiB results file")
+	case "files": // empty files take no blocks, only inodes
+		for i := 0; i < 20000; i++ {
+			f, err := os.Create(fmt.Sprintf("/cocos/results/f%d", i))
+			if err != nil {
+				blocked("after %d files: %v", i, err)
+			}
+			f.Close()
+		}
+		escaped("made 20000 empty results files")
 	case "oom": // allocate past the memory limit
 		var keep [][]byte
 		for i := 0; i < 1<<14; i++ {
