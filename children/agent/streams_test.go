@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,9 +15,50 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/cvmd/cvmd/ipc"
 )
+
+// healthServer serves grpc.health.v1 with ServerOptions over an edge and
+// returns a client of it.
+func healthServer(t *testing.T) (*ipc.Dialer, healthpb.HealthClient) {
+	t.Helper()
+	srv := grpc.NewServer(ServerOptions()...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	l := ipc.NewListener("agent")
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	cli, sv, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Add(sv)
+	d := ipc.NewDialer("agent", cli)
+	t.Cleanup(func() { d.Close() })
+	cc, err := ipc.GRPCClient(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return d, healthpb.NewHealthClient(cc)
+}
+
+// TestHeaderListBound: request headers (metadata: role signatures and
+// nonces are a few hundred bytes) are bounded to MaxHeaderListSize, not
+// grpc-go's 16 MiB that every connection may hold while its header block
+// is in progress.
+func TestHeaderListBound(t *testing.T) {
+	_, hc := healthServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := hc.Check(metadata.AppendToOutgoingContext(ctx, "x-small", strings.Repeat("s", 4<<10)), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("4 KiB of metadata: %v", err)
+	}
+	if _, err := hc.Check(metadata.AppendToOutgoingContext(ctx, "x-big", strings.Repeat("b", 2*MaxHeaderListSize)), &healthpb.HealthCheckRequest{}); err == nil {
+		t.Fatalf("%d bytes of metadata accepted", 2*MaxHeaderListSize)
+	}
+}
 
 // TestStreamFloodBeforeAuthentication: one connection opening thousands of
 // streams that never send their request (a few bytes of HEADERS each,
@@ -26,18 +68,7 @@ import (
 // closed: 20000 such streams, about 400 KB sent, cost the agent 220 MiB of
 // its 256 MiB.
 func TestStreamFloodBeforeAuthentication(t *testing.T) {
-	srv := grpc.NewServer(ServerOptions()...)
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	l := ipc.NewListener("agent")
-	go srv.Serve(l)
-	defer srv.Stop()
-	cli, sv, err := ipc.Socketpair(unix.SOCK_SEQPACKET, "agent")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.Add(sv)
-	d := ipc.NewDialer("agent", cli)
-	defer d.Close()
+	d, _ := healthServer(t)
 	c, err := d.Dial(context.Background())
 	if err != nil {
 		t.Fatal(err)
