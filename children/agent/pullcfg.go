@@ -83,8 +83,14 @@ func AttestationEvidence(att attestation.AttestationClient) kbs.EvidenceFunc {
 // through the egress, with its TLS roots. The egress lets the agent reach
 // the instance's host:port only (the supervisor's table grants it).
 func MAAClient(url string, p *pull.Config) *maa.Client {
+	return &maa.Client{URL: MAAURL(url), HTTP: pull.NewHTTPClient(p.Dial, p.RootCAs)}
+}
+
+// MAAURL is the MAA instance a setting names: url, or Cocos's default
+// (maa.DefaultURL) if empty.
+func MAAURL(url string) string {
 	if url == "" {
-		url = maa.DefaultURL
+		return maa.DefaultURL
 	}
-	return &maa.Client{URL: url, HTTP: pull.NewHTTPClient(p.Dial, p.RootCAs)}
+	return url
 }

@@ -1,6 +1,8 @@
 package table
 
 import (
+	"fmt"
+
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cvmd/cvmd/proto/config"
@@ -17,11 +19,11 @@ func runnerSettings(*SettingsInput) (proto.Message, error) { return &config.Runn
 
 // agentSettings: the agent's default computation dir (<state_dir>/computation)
 // is inside its own state dir, which the runner cannot see: use the shared one.
-// Pull mode's settings come from the environment too, read each time the
-// agent starts.
+// Pull mode's settings and the MAA instance come from the environment too,
+// read each time the agent starts.
 func agentSettings(in *SettingsInput) (proto.Message, error) {
 	return &config.AgentSettings{ComputationDir: ViewState + "/computation", RequireRoleChallenge: roleChallengeRequired(in),
-		MinFreeBytes: uint64(in.AgentMinFreeBytes), Pull: PullSettings(in)}, nil
+		MinFreeBytes: uint64(in.AgentMinFreeBytes), Pull: PullSettings(in), MaaUrl: maaURL(in)}, nil
 }
 
 // RoleChallengeVar in Cocos's environment (the kernel command line, which
@@ -54,11 +56,34 @@ func roleChallengeRequired(in *SettingsInput) bool {
 	}
 }
 
+// SimulatedPlatformVar in Cocos's environment chooses what a simulated
+// attestation child (--attestation simulated) stands for: "snp" (the
+// default: TPM simulator and SEV-SNP), "tdx", "azure-snp" or "azure-tdx"
+// (the TPM simulator provisioned as an Azure CVM's vTPM). Ignored without
+// simulation: hardware says what it is.
+const SimulatedPlatformVar = "CVMD_SIMULATED_PLATFORM"
+
 func attestationSettings(in *SettingsInput) (proto.Message, error) {
 	m := &config.AttestationSettings{}
-	if in.SimulatedAttestation {
-		m.Mode = config.AttestationSettings_SIMULATED
+	if !in.SimulatedAttestation {
+		return m, nil
+	}
+	m.Mode = config.AttestationSettings_SIMULATED
+	platform := ""
+	if in.Environment != nil {
+		if vars, _, err := in.Environment(); err == nil {
+			platform = vars[SimulatedPlatformVar]
+		}
+	}
+	switch platform {
+	case "", "snp":
 		m.SimulateSnp = true
+	case "tdx":
+		m.SimulateTdx = true
+	case "azure-snp", "azure-tdx":
+		m.SimulateAzure = platform[len("azure-"):]
+	default:
+		return nil, fmt.Errorf("%s=%q: want snp, tdx, azure-snp or azure-tdx", SimulatedPlatformVar, platform)
 	}
 	return m, nil
 }
