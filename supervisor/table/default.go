@@ -119,5 +119,6 @@ func Default() *Table {
 		Policy:       DefaultPolicy(),
 		ReadyTimeout: 10 * time.Second,
 		StopGrace:    2 * time.Second,
+		Attestation:  attestation.ModeAuto,
 	}
 }
