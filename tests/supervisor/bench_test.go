@@ -1,7 +1,9 @@
 package supervisor_test
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"sort"
@@ -38,9 +40,11 @@ func loadavg() string {
 }
 
 // TestBenchBootToReady: process start of `cvmd supervise --dev` → every
-// child READY (as children.json says), median of 10 boots.
+// child READY (as children.json says), median of 10 boots, against `runc
+// run` of one sandbox (TestBenchSpawn's), three between boots.
 func TestBenchBootToReady(t *testing.T) {
 	testutil.BenchOn(t)
+	s := startSpawner(t)
 	var ms, cpu []float64
 	for i := 0; i < 10; i++ {
 		d := startDevBin(t, measuredCvmd(t), true)
@@ -51,49 +55,123 @@ func TestBenchBootToReady(t *testing.T) {
 		if ps := d.cmd.ProcessState; ps != nil {
 			cpu = append(cpu, float64((ps.UserTime()+ps.SystemTime()).Microseconds())/1000)
 		}
+		for j := 0; j < 3; j++ {
+			s.spawn("runc")
+		}
 	}
-	t.Logf("boots (ms): %v; load average %s", ms, loadavg())
+	runc := percentile(s.ms["runc"], 0.5)
+	t.Logf("boots (ms): %v; runc (ms): %v; load average %s", ms, s.ms["runc"], loadavg())
 	testutil.Bench("boot_to_ready_ms", median(ms), "ms")
 	if len(cpu) > 0 {
 		testutil.Bench("boot_and_shutdown_cpu_ms", median(cpu), "ms")
 	}
+	testutil.Bench("boot_runc_p50_ms", runc, "ms")
+	testutil.Bench("boot_vs_runc", median(ms)/runc, "ratio")
+}
+
+// spawner is a `cvmd probe spawnbench` server: it times one spawn per
+// request, cvmd's (from a standby sandbox or cold) or `runc run` of the same
+// sandbox, so that a benchmark can interleave them with its own figures and
+// every ratio compares spawns made under the same load.
+type spawner struct {
+	t   *testing.T
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+	// ms and cpu are the wall and CPU milliseconds of every spawn, by mode.
+	ms, cpu map[string][]float64
+}
+
+func startSpawner(t *testing.T) *spawner {
+	t.Helper()
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Fatalf("runc, the reference of the spawn figures, is not installed (scripts/deps.sh installs it): %v", err)
+	}
+	s := &spawner{t: t, cmd: exec.Command(cvmd(t), "probe", "spawnbench", t.TempDir()), ms: map[string][]float64{}, cpu: map[string][]float64{}}
+	s.cmd.Stderr = os.Stderr
+	s.cmd.SysProcAttr = &unix.SysProcAttr{Pdeathsig: unix.SIGKILL}
+	var err error
+	if s.in, err = s.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.out = bufio.NewScanner(out)
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.in.Close()
+		if err := s.cmd.Wait(); err != nil {
+			t.Errorf("spawnbench: %v", err)
+		}
+	})
+	return s
+}
+
+// spawn times one spawn: "pool" (Exec of a sandbox built ahead, as the
+// supervisor starts a child from its standby), "cold" (create and start) or
+// "runc" (`runc run`). It returns the milliseconds to the child's first byte.
+func (s *spawner) spawn(mode string) float64 {
+	s.t.Helper()
+	fmt.Fprintln(s.in, mode)
+	if !s.out.Scan() {
+		s.t.Fatalf("spawnbench %s: no answer: %v", mode, s.out.Err())
+	}
+	f := strings.Fields(s.out.Text())
+	if len(f) != 2 {
+		s.t.Fatalf("spawnbench %s: %s", mode, s.out.Text())
+	}
+	us, err1 := strconv.Atoi(f[0])
+	cpu, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil {
+		s.t.Fatalf("spawnbench %s: %s", mode, s.out.Text())
+	}
+	ms := float64(us) / 1000
+	s.ms[mode] = append(s.ms[mode], ms)
+	s.cpu[mode] = append(s.cpu[mode], float64(cpu)/1000)
+	return ms
 }
 
 // TestBenchSpawn: one sandboxed child (namespaces, cgroup, seccomp, rootfs
-// view, pivot_root) from Start to its first byte on fd 3, run from a sealed
-// binary as the supervisor does. 50 spawns.
+// view, pivot_root) from the spawn to its first byte on fd 3, run from a
+// sealed binary as the supervisor does: from a standby sandbox built ahead
+// (spawn_p50_ms, what a restart or a new computation pays) and cold
+// (spawn_cold_p50_ms, what a boot pays), against `runc run` of the same
+// sandbox and child, interleaved round by round. 40 rounds.
 func TestBenchSpawn(t *testing.T) {
 	testutil.BenchOn(t)
-	var ru0 unix.Rusage
-	unix.Getrusage(unix.RUSAGE_CHILDREN, &ru0)
-	out, err := exec.Command(cvmd(t), "probe", "spawnbench", t.TempDir(), "50").CombinedOutput()
-	if err != nil {
-		t.Fatalf("spawnbench: %v\n%s", err, out)
-	}
-	var ms []float64
-	for _, l := range strings.Fields(string(out)) {
-		us, err := strconv.Atoi(l)
-		if err != nil {
-			t.Fatalf("spawnbench output %q", out)
+	s := startSpawner(t)
+	modes := []string{"pool", "cold", "runc"}
+	for i := 0; i < 40; i++ {
+		for j := range modes {
+			s.spawn(modes[(i+j)%len(modes)])
 		}
-		ms = append(ms, float64(us)/1000)
 	}
 	t.Logf("load average %s", loadavg())
-	var ru unix.Rusage
-	if unix.Getrusage(unix.RUSAGE_CHILDREN, &ru) == nil {
-		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
-		t.Logf("CPU of the spawn benchmark and its sandboxes: %v (%.1f ms per spawn)", cpu, float64(cpu.Microseconds())/1000/50)
+	for _, m := range modes {
+		t.Logf("%s: p50 %.2f ms, p99 %.2f ms, CPU per spawn (median) %.1f ms", m, percentile(s.ms[m], 0.5), percentile(s.ms[m], 0.99), median(s.cpu[m]))
 	}
-	testutil.Bench("spawn_p50_ms", percentile(ms, 0.5), "ms")
-	testutil.Bench("spawn_p99_ms", percentile(ms, 0.99), "ms")
+	pool, cold, runc := percentile(s.ms["pool"], 0.5), percentile(s.ms["cold"], 0.5), percentile(s.ms["runc"], 0.5)
+	testutil.Bench("spawn_p50_ms", pool, "ms")
+	testutil.Bench("spawn_p99_ms", percentile(s.ms["pool"], 0.99), "ms")
+	testutil.Bench("spawn_cold_p50_ms", cold, "ms")
+	testutil.Bench("runc_p50_ms", runc, "ms")
+	testutil.Bench("spawn_vs_runc", pool/runc, "ratio")
+	testutil.Bench("spawn_cold_vs_runc", cold/runc, "ratio")
 }
 
 // TestBenchRestart: kill -9 of a child → its replacement READY and its
 // peers rewired (the supervisor sends the rewires before the replacement
 // can say READY). Each child is killed once per boot, so every restart is a
-// first one (no back-off). Two boots, 12 restarts.
+// first one (no back-off). Two boots, 12 restarts, each followed by two of
+// TestBenchSpawn's spawns from a standby sandbox: cvmd's own spawn, the
+// reference of restart_vs_spawn.
 func TestBenchRestart(t *testing.T) {
 	testutil.BenchOn(t)
+	s := startSpawner(t)
 	var ms []float64
 	for boot := 0; boot < 2; boot++ {
 		d := startDevBin(t, measuredCvmd(t), true)
@@ -107,11 +185,16 @@ func TestBenchRestart(t *testing.T) {
 				return c.Generation == old.Generation+1 && c.Status == "ready"
 			}, 30*time.Second, name+" back")
 			ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
+			s.spawn("pool")
+			s.spawn("pool")
 		}
 		d.stop(10 * time.Second)
 	}
-	t.Logf("restarts (ms): %v; load average %s", ms, loadavg())
+	spawn := percentile(s.ms["pool"], 0.5)
+	t.Logf("restarts (ms): %v; spawns (ms): %v; load average %s", ms, s.ms["pool"], loadavg())
 	testutil.Bench("restart_ms", median(ms), "ms")
+	testutil.Bench("restart_spawn_p50_ms", spawn, "ms")
+	testutil.Bench("restart_vs_spawn", median(ms)/spawn, "ratio")
 }
 
 func procKiB(pid int, file, key string) float64 {
