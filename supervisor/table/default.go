@@ -16,7 +16,8 @@ import (
 // Default is cvmd's child table. Every child but egress has an empty
 // network namespace; only egress may call socket(2); nobody has a
 // capability; each sees only its own state directories, read-only where it
-// only reads. Adding a child is an entry here (and its edges) plus its
+// only reads; each keeps a standby (its next incarnation, made ahead), built
+// a second after it is READY. Adding a child is an entry here (and its edges) plus its
 // package under children/.
 func Default() *Table {
 	fdOnly := sandbox.FDOnlyProfile()
@@ -34,6 +35,7 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 128 << 20, Pids: 64, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     Always,
+				Standby:   true,
 			},
 			{
 				Name:      "attestation",
@@ -49,6 +51,7 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 128 << 20, Pids: 64, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     Always,
+				Standby:   true,
 			},
 			{
 				Name:      "egress",
@@ -63,6 +66,7 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 128 << 20, Pids: 128, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     Always,
+				Standby:   true,
 			},
 			{
 				Name:      "runner",
@@ -77,6 +81,7 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 512 << 20, Pids: 128, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     PerComputation,
+				Standby:   true,
 			},
 			{
 				Name:      "agent",
@@ -91,6 +96,7 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 256 << 20, Pids: 64, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     Always,
+				Standby:   true,
 			},
 			{
 				Name: "ingress",
@@ -105,6 +111,7 @@ func Default() *Table {
 				Limits:   sandbox.Limits{MemoryBytes: 256 << 20, Pids: 64, CPUMillis: 2000},
 				TmpBytes: 16 << 20,
 				Scope:    PerComputation,
+				Standby:  true,
 			},
 		},
 		Edges: []Edge{
@@ -117,5 +124,6 @@ func Default() *Table {
 		Policy:       DefaultPolicy(),
 		ReadyTimeout: 10 * time.Second,
 		StopGrace:    2 * time.Second,
+		StandbyAfter: time.Second,
 	}
 }

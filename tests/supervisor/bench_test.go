@@ -165,16 +165,18 @@ func TestBenchSpawn(t *testing.T) {
 
 // TestBenchRestart: kill -9 of a child → its replacement READY and its
 // peers rewired (the supervisor sends the rewires before the replacement
-// can say READY). Each child is killed once per boot, so every restart is a
-// first one (no back-off). Two boots, 12 restarts, each followed by two of
-// TestBenchSpawn's spawns from a standby sandbox: cvmd's own spawn, the
-// reference of restart_vs_spawn.
+// can say READY), once every child has its standby, which the replacement
+// is. Each child is killed once per boot, so every restart is a first one
+// (no back-off). Two boots, 12 restarts, each followed by two of
+// TestBenchSpawn's spawns from a sandbox built ahead: cvmd's own spawn,
+// the reference of restart_vs_spawn.
 func TestBenchRestart(t *testing.T) {
 	testutil.BenchOn(t)
 	s := startSpawner(t)
 	var ms []float64
 	for boot := 0; boot < 2; boot++ {
 		d := startDevBin(t, measuredCvmd(t), true)
+		d.waitAll(allStandbys, 30*time.Second, "every child's standby")
 		for _, name := range childNames {
 			old := d.status().child(name)
 			pid := d.hostPid(old.Pid)
@@ -214,11 +216,13 @@ func procKiB(pid int, file, key string) float64 {
 	return 0
 }
 
-// TestBenchMemory: after 2 s idle, the supervisor proper's RSS and the
-// total PSS of PID 1, the supervisor proper and the six children.
+// TestBenchMemory: once every child has its standby, after 2 s idle, the
+// supervisor proper's RSS and the total PSS of PID 1, the supervisor
+// proper, the six children and their standbys.
 func TestBenchMemory(t *testing.T) {
 	testutil.BenchOn(t)
 	d := startDevBin(t, measuredCvmd(t), true)
+	d.waitAll(allStandbys, 30*time.Second, "every child's standby")
 	time.Sleep(2 * time.Second)
 	st := d.status()
 	proper := d.hostPid(st.Pid)
