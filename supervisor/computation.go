@@ -2,16 +2,21 @@ package supervisor
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 
 	"google.golang.org/grpc"
 
+	cmanifest "github.com/cvmd/cvmd/cocos/manifest"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
+	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/cvms"
+	"github.com/cvmd/cvmd/pull"
 	"github.com/cvmd/cvmd/supervisor/lifecycle"
 	"github.com/cvmd/cvmd/supervisor/measure"
 	"github.com/cvmd/cvmd/supervisor/table"
@@ -26,6 +31,13 @@ type computations struct {
 	sup      *lifecycle.Supervisor
 	measurer *measure.Measurer
 	log      *slog.Logger
+	// settings are the children's settings input (the environment: the
+	// object stores the pull grant names).
+	settings table.SettingsInput
+	// grantFile keeps the active computation's pull grant across restarts
+	// of the egress and of the supervisor itself (the agent resumes a
+	// computation on its own, and its fetch must still be allowed).
+	grantFile string
 
 	mu   sync.Mutex
 	conn *grpc.ClientConn // guarded by mu; over the edge to the agent
@@ -64,6 +76,9 @@ func (c *computations) Start(ctx context.Context, req *cvms.ComputationRunReq) e
 	if err := c.sup.NewComputation(ctx, req); err != nil {
 		return err
 	}
+	if err := c.grant(ctx, req); err != nil {
+		return err
+	}
 	cl, err := c.agent()
 	if err != nil {
 		return err
@@ -89,6 +104,74 @@ func (c *computations) Start(ctx context.Context, req *cvms.ComputationRunReq) e
 	return nil
 }
 
+// grant gives the agent, in the egress, exactly the hosts its pull mode
+// needs for req (the declared sources and KBSes; never to the algorithm's
+// sandboxes, whose client names differ); none revokes the last one. The
+// SSRF guard still applies to every granted host.
+func (c *computations) grant(ctx context.Context, req *cvms.ComputationRunReq) error {
+	man, _, err := cmanifest.FromRunReq(req)
+	if err != nil {
+		return fmt.Errorf("supervisor: computation %s: %w", req.GetId(), err)
+	}
+	entries, err := pull.Grant(man, pull.EndpointsFrom(table.PullSettings(&c.settings)))
+	if err != nil {
+		return fmt.Errorf("supervisor: computation %s: %w", req.GetId(), err)
+	}
+	return c.setGrant(ctx, req.GetId(), entries)
+}
+
+// savedGrant is grantFile's content.
+type savedGrant struct {
+	ComputationID string   `json:"computation_id"`
+	Client        string   `json:"client"`
+	Entries       []string `json:"entries"`
+}
+
+// currentGrant is the saved grant (table.SettingsInput.PullGrant).
+func (c *computations) currentGrant() map[string][]string {
+	b, err := os.ReadFile(c.grantFile)
+	if err != nil {
+		return nil
+	}
+	var g savedGrant
+	if err := json.Unmarshal(b, &g); err != nil || g.Client == "" {
+		c.log.Warn("pull grant file unreadable: not granted", "file", c.grantFile, "err", err)
+		return nil
+	}
+	return map[string][]string{g.Client: g.Entries}
+}
+
+func (c *computations) setGrant(ctx context.Context, id string, entries []string) error {
+	tab := c.sup.Table()
+	client := tab.WithRole(table.RoleComputations)
+	if c.grantFile != "" {
+		if len(entries) == 0 {
+			os.Remove(c.grantFile)
+		} else {
+			b, _ := json.Marshal(savedGrant{ComputationID: id, Client: client, Entries: entries})
+			tmp := c.grantFile + ".tmp"
+			if err := os.WriteFile(tmp, b, 0o600); err != nil {
+				return fmt.Errorf("supervisor: saving the pull grant: %w", err)
+			}
+			if err := os.Rename(tmp, c.grantFile); err != nil {
+				return fmt.Errorf("supervisor: saving the pull grant: %w", err)
+			}
+		}
+	}
+	msg := &config.EgressSetGrant{Client: client, ComputationId: id, Entries: entries}
+	if _, err := c.sup.Command(ctx, tab.WithRole(table.RoleAlgorithmProxy), msg); err != nil {
+		if len(entries) == 0 {
+			return nil // nothing was granted (or the egress is gone with it)
+		}
+		return fmt.Errorf("supervisor: granting computation %s its sources %v: %w", id, entries, err)
+	}
+	if len(entries) > 0 {
+		c.log.Info("pull grant", "computation_id", id, "client", client, "entries", strings.Join(entries, " "))
+		c.sup.Events().Event("computation.pull_granted", "ok", "computation_id", id, "entries", strings.Join(entries, " "))
+	}
+	return nil
+}
+
 // Stop asks the agent to stop the computation.
 func (c *computations) Stop(ctx context.Context, id string) error {
 	cl, err := c.agent()
@@ -101,6 +184,9 @@ func (c *computations) Stop(ctx context.Context, id string) error {
 	}
 	if resp.GetError() != "" {
 		return fmt.Errorf("supervisor: agent refused to stop %s: %s", id, resp.GetError())
+	}
+	if err := c.setGrant(ctx, id, nil); err != nil {
+		c.log.Warn("revoking the pull grant", "computation_id", id, "err", err)
 	}
 	c.sup.Events().Event("computation.stopped", "ok", "computation_id", id)
 	return nil

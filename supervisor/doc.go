@@ -81,5 +81,6 @@
 // cannot behave otherwise than measured; a test build says so in its log.
 //
 // Only cmd/cvmd imports this package. It imports the supervisor/* packages,
-// sandbox, ipc and proto; children never import it.
+// sandbox, ipc, proto, cocos/manifest and pull (for a computation's pull
+// grant); children never import it.
 package supervisor

@@ -88,7 +88,8 @@ func runProper(o *options, log *slog.Logger) error {
 		return sup.Command(ctx, measurements, body)
 	}, log)
 	environment := manager.GuestEnvironment(o.env, o.dev)
-	comps := &computations{measurer: measurer, log: log}
+	comps := &computations{measurer: measurer, log: log, settings: table.SettingsInput{Environment: environment, Log: log},
+		grantFile: filepath.Join(o.runDir, "pull-grant.json")}
 	sup, err = lifecycle.New(lifecycle.Config{
 		Table:      tab,
 		Runtime:    rt,
@@ -98,7 +99,7 @@ func runProper(o *options, log *slog.Logger) error {
 		ListenAddr: listenAddr,
 		LogLevel:   o.logLevel,
 		Dev:        o.dev,
-		Settings:   table.SettingsInput{SimulatedAttestation: o.attestation == "simulated", Environment: environment},
+		Settings:   table.SettingsInput{SimulatedAttestation: o.attestation == "simulated", Environment: environment, PullGrant: comps.currentGrant},
 		Log:        log,
 		Sandboxes:  sandboxes,
 		Measurer:   measurer,

@@ -11,11 +11,14 @@
 // declared consumers. Every transition is an event; the state and accepted
 // files live in the state dir, so a restarted agent resumes.
 //
-// It does not open sockets, run algorithms itself, fetch remote sources
-// (Cocos's KBS "pull mode"), or produce evidence (the attestation child
-// does). It imports children/child, logsink, proto and the shared helpers
-// (cocos/manifest, rolesig, zipdir, digest); never supervisor/, sandbox/ or
-// another child.
+// Remote sources (Cocos's "pull mode") are fetched through the egress
+// child with package pull, as the entry actions of ReceivingAlgorithm and
+// ReceivingData (pull.go).
+//
+// It does not open sockets, run algorithms itself, or produce evidence (the
+// attestation child does). It imports children/child, logsink, proto, pull
+// and the shared helpers (cocos/manifest, rolesig, zipdir, digest); never
+// supervisor/, sandbox/ or another child.
 package agent
 
 import (
@@ -37,6 +40,7 @@ import (
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/proto/runner"
+	"github.com/cvmd/cvmd/pull"
 )
 
 // Config is what an Agent is built from.
@@ -56,6 +60,9 @@ type Config struct {
 	// SetComputationID, if set, is told the computation id whenever it
 	// changes (the child's log sink stamps it on records).
 	SetComputationID func(string)
+	// Pull configures fetching remote sources (Dir and MaxBytes are the
+	// agent's own); nil: manifests with remote sources are refused.
+	Pull *pull.Config
 	// Log; nil discards.
 	Log *slog.Logger
 }
@@ -70,17 +77,21 @@ type Agent struct {
 
 	uploads    chan struct{} // a slot per upload being received (maxUploads)
 	challenges *challenges   // role-signature nonces offered
+	fetcher    *pull.Fetcher // nil: no pull mode
 
-	runs sync.WaitGroup
+	runs  sync.WaitGroup
+	pulls sync.WaitGroup
 
-	mu        sync.Mutex
-	rec       *record                 // guarded by mu
-	man       *manifest.Computation   // guarded by mu; nil before a manifest
-	runReq    *cvms.ComputationRunReq // guarded by mu
-	keys      *manifest.Keys          // guarded by mu
-	runCancel context.CancelFunc      // guarded by mu; non-nil while the current run goroutine lives
-	runID     uint64                  // guarded by mu; which run runCancel belongs to
-	closed    bool                    // guarded by mu
+	mu         sync.Mutex
+	rec        *record                 // guarded by mu
+	man        *manifest.Computation   // guarded by mu; nil before a manifest
+	runReq     *cvms.ComputationRunReq // guarded by mu
+	keys       *manifest.Keys          // guarded by mu
+	runCancel  context.CancelFunc      // guarded by mu; non-nil while the current run goroutine lives
+	runID      uint64                  // guarded by mu; which run runCancel belongs to
+	names      []string                // guarded by mu; datasets' names in datasets/ ("" = matched by hash)
+	pullCancel context.CancelFunc      // guarded by mu; non-nil while a fetch goroutine lives
+	closed     bool                    // guarded by mu
 }
 
 type limits struct {
@@ -92,14 +103,15 @@ type limits struct {
 
 // dirs is the computation layout shared with the runner.
 type dirs struct {
-	state, comp, incoming, datasets, results string
-	algo, requirements, resultsZip           string
+	state, comp, incoming, datasets, results, pull string
+	algo, requirements, resultsZip                 string
 }
 
 func newDirs(state, comp string) dirs {
 	return dirs{
 		state: state, comp: comp,
 		incoming:     filepath.Join(comp, ".incoming"),
+		pull:         filepath.Join(comp, ".pull"), // kept across restarts: downloads resume
 		datasets:     filepath.Join(comp, "datasets"),
 		results:      filepath.Join(comp, "results"),
 		algo:         filepath.Join(comp, "algo"),
@@ -158,6 +170,35 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.Mkdir(a.dirs.incoming, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
+	var err error
+	if cfg.Pull != nil {
+		pc := *cfg.Pull
+		pc.Dir = a.dirs.pull
+		pc.MaxBytes = max(a.lim.maxAlgorithm, a.lim.maxDataset)
+		pc.CheckSpace = func(need int64) error {
+			// The download must leave min_free_bytes free, as an upload must.
+			os.MkdirAll(a.dirs.pull, 0o700)
+			r, err := room(a.dirs.pull, a.lim.minFree)
+			if err != nil {
+				return err
+			}
+			if r < max(need, 0) {
+				return fmt.Errorf("%w: fetching would leave less than min_free_bytes %d free (%d bytes of room, %d still to come)", ErrNoSpace, a.lim.minFree, max(r, 0), need)
+			}
+			return nil
+		}
+		if pc.Log == nil {
+			pc.Log = cfg.Log
+		}
+		if pc.Progress == nil {
+			pc.Progress = func(p pull.Progress) {
+				cfg.Log.Info("fetch progress", "resource", p.What, "source", p.Source, "bytes", p.Bytes, "total", p.Total)
+			}
+		}
+		if a.fetcher, err = pull.New(pc); err != nil {
+			return nil, fmt.Errorf("agent: %w", err)
+		}
+	}
 	rec, runReq, err := loadRecord(cfg.StateDir)
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -175,7 +216,12 @@ func New(cfg Config) (*Agent, error) {
 		if err != nil {
 			return nil, fmt.Errorf("agent: saved manifest: %w", err)
 		}
-		a.man, a.runReq, a.keys = man, runReq, keys
+		names, err := datasetNames(man)
+		if err != nil {
+			return nil, fmt.Errorf("agent: saved manifest: %w", err)
+		}
+		a.man, a.runReq, a.keys, a.names = man, runReq, keys, names
+		a.rec.fillReceivedIdx(names)
 		a.setComputationID(man.ID)
 		a.log.Info("resuming computation", "computation_id", man.ID, "state", rec.State)
 	}
@@ -191,6 +237,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.rec.State == Running {
 		a.startRunLocked(true)
 	}
+	a.startPullsLocked() // a fetch that was under way resumes
 	return a, nil
 }
 
@@ -205,6 +252,7 @@ func (a *Agent) Close(ctx context.Context) {
 	}
 	a.mu.Unlock()
 	a.runs.Wait()
+	a.stopPulls()
 	a.events.Close(ctx)
 }
 
@@ -243,8 +291,11 @@ func (a *Agent) transitionLocked(ev Event) error {
 	for _, e := range entryEvents(to) {
 		a.events.Publish(a.compIDLocked(), e[0], e[1])
 	}
-	if to == Running {
+	switch to {
+	case Running:
 		a.startRunLocked(false)
+	case ReceivingAlgorithm, ReceivingData:
+		a.startPullsLocked()
 	}
 	return nil
 }
@@ -257,14 +308,10 @@ func (a *Agent) Start(req *cvms.ComputationRunReq) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	if src := man.Algorithm.Source; src != nil && src.URL != "" {
-		return fmt.Errorf("%w: remote algorithm sources are not supported; upload the algorithm", ErrInvalidArgument)
+	if err := a.checkPull(man); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	for _, d := range man.Datasets {
-		if d.Source != nil && d.Source.URL != "" {
-			return fmt.Errorf("%w: remote dataset sources are not supported; upload dataset %q", ErrInvalidArgument, d.Filename)
-		}
-	}
+	names, _ := datasetNames(man) // checked by checkPull
 	keys, err := man.ParseKeys()
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidArgument, err)
@@ -293,10 +340,10 @@ func (a *Agent) Start(req *cvms.ComputationRunReq) error {
 		return err
 	}
 	a.rec.Manifest = b
-	a.man, a.runReq, a.keys = man, req, keys
+	a.man, a.runReq, a.keys, a.names = man, req, keys, names
 	a.setComputationID(man.ID)
 	if err := a.transitionLocked(EvManifestReceived); err != nil {
-		a.rec.Manifest, a.man, a.runReq, a.keys = nil, nil, nil, nil
+		a.rec.Manifest, a.man, a.runReq, a.keys, a.names = nil, nil, nil, nil, nil
 		return err
 	}
 	return nil
@@ -318,6 +365,7 @@ func (a *Agent) Stop(ctx context.Context, id string) error {
 	compID := a.man.ID
 	cancel := a.runCancel
 	a.mu.Unlock()
+	a.stopPulls()
 	a.events.Publish(compID, StatusStopped, StatusStopped)
 	if cancel != nil {
 		cancel()
@@ -343,7 +391,7 @@ func (a *Agent) Stop(ctx context.Context, id string) error {
 	os.RemoveAll(a.dirs.results)
 	os.Remove(a.dirs.resultsZip)
 	a.rec = &record{State: Idle}
-	a.man, a.runReq, a.keys = nil, nil, nil
+	a.man, a.runReq, a.keys, a.names = nil, nil, nil, nil
 	a.setComputationID("")
 	if err := a.rec.save(a.dirs.state); err != nil {
 		return err
@@ -357,6 +405,7 @@ func (a *Agent) removeInputs() {
 	os.Remove(a.dirs.algo)
 	os.Remove(a.dirs.requirements)
 	os.RemoveAll(a.dirs.datasets)
+	a.cleanupStaging()
 }
 
 // dropUnrecorded removes from the datasets dir what a killed agent installed

@@ -50,6 +50,9 @@ var (
 	ErrUnavailable = errors.New("not available")
 	// ErrNoComputation: a control request with no computation running.
 	ErrNoComputation = errors.New("no computation")
+	// ErrUndecryptable: an encrypted upload whose key the KBS did not
+	// release, or that does not decrypt under it.
+	ErrUndecryptable = errors.New("malformed data, the encrypted upload was not decrypted")
 	// ErrBusy: a Start while another computation is active.
 	ErrBusy = errors.New("another computation is active")
 )
@@ -73,7 +76,7 @@ func toStatus(log *slog.Logger, method string, err error) error {
 	case errors.Is(err, ErrWrongState), errors.Is(err, ErrAllReceived), errors.Is(err, ErrResultsNotReady),
 		errors.Is(err, ErrRunFailed), errors.Is(err, ErrUnavailable), errors.Is(err, ErrNoComputation), errors.Is(err, ErrBusy):
 		code = codes.FailedPrecondition
-	case errors.Is(err, ErrHashMismatch), errors.Is(err, ErrBadFilename), errors.Is(err, ErrEmptyAlgorithm),
+	case errors.Is(err, ErrHashMismatch), errors.Is(err, ErrBadFilename), errors.Is(err, ErrUndecryptable), errors.Is(err, ErrEmptyAlgorithm),
 		errors.Is(err, ErrEmptyDataset), errors.Is(err, ErrInvalidArgument), errors.Is(err, zipdir.ErrUnsafeEntry),
 		errors.Is(err, zipdir.ErrNotZip):
 		code = codes.InvalidArgument

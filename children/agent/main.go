@@ -50,6 +50,13 @@ func Main(ctx context.Context, env *child.Env) error {
 	} else {
 		env.Log.Warn("no attestation service", "err", err)
 	}
+	if d, err := env.Dialer("egress"); err == nil {
+		if cfg.Pull, err = PullConfig(settings.GetPull(), d, cfg.Attestation); err != nil {
+			return err
+		}
+	} else {
+		env.Log.Warn("no egress: manifests with remote sources will be refused", "err", err)
+	}
 	// Take the supervisor's edge before Listener claims every "from:" fd: the
 	// control API must not be reachable through the ingress.
 	var ctl *ipc.Listener

@@ -17,6 +17,7 @@ import (
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	"github.com/cvmd/cvmd/cocos/zipdir"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
+	"github.com/cvmd/cvmd/pull"
 )
 
 // maxRequirements caps requirements.txt.
@@ -27,6 +28,7 @@ type snapshot struct {
 	state State
 	man   *manifest.Computation
 	keys  *manifest.Keys
+	names []string
 	rec   record
 }
 
@@ -35,7 +37,8 @@ func (a *Agent) snapshot() snapshot {
 	defer a.mu.Unlock()
 	rec := *a.rec
 	rec.Received = slices.Clone(a.rec.Received) // appended to under mu
-	return snapshot{state: a.rec.State, man: a.man, keys: a.keys, rec: rec}
+	rec.ReceivedIdx = slices.Clone(a.rec.ReceivedIdx)
+	return snapshot{state: a.rec.State, man: a.man, keys: a.keys, names: a.names, rec: rec}
 }
 
 func incomingMeta(ctx context.Context) (requestMeta, error) {
@@ -67,6 +70,9 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	if sn.state != ReceivingAlgorithm {
 		return ErrWrongState
 	}
+	if src := sn.man.Algorithm.Source; src.Pulled() {
+		return uploadRefusedForPulled("the algorithm", src.URL)
+	}
 	sp, err := a.newSpool(stream.Context(), "algorithm", a.lim.maxAlgorithm)
 	if err != nil {
 		return err
@@ -95,6 +101,14 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	if err != nil {
 		return err
 	}
+	algoPath := sp.path
+	if al := sn.man.Algorithm; encryptedUpload(al.Source, al.KBS) {
+		r := pull.Resource{What: "algorithm", Source: *al.Source, KBS: al.KBS, Hash: al.Hash}
+		if algoPath, sum, err = a.decryptUpload(stream.Context(), r, sp.path); err != nil {
+			return err
+		}
+		defer os.Remove(algoPath)
+	}
 	if sum != sn.man.Algorithm.Hash {
 		return ErrHashMismatch
 	}
@@ -111,10 +125,10 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	} else {
 		os.Remove(a.dirs.requirements)
 	}
-	if err := os.Chmod(sp.path, 0o755); err != nil {
+	if err := os.Chmod(algoPath, 0o755); err != nil {
 		return err
 	}
-	if err := os.Rename(sp.path, a.dirs.algo); err != nil {
+	if err := os.Rename(algoPath, a.dirs.algo); err != nil {
 		return fmt.Errorf("saving algorithm: %w", err)
 	}
 	// The manifest's declaration wins over the request's metadata.
@@ -168,15 +182,9 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if err := manifest.ValidFilename(name); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadFilename, err)
 	}
-	idx := slices.IndexFunc(sn.man.Datasets, func(d manifest.Dataset) bool { return d.Filename == name })
-	if idx < 0 {
-		return fmt.Errorf("%w: %q", ErrDatasetNotDeclared, name)
-	}
-	if slices.Contains(sn.rec.Received, name) {
-		return fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
-	}
-	if !verify(sn.keys.Datasets[idx], rolesig.DataProvider) {
-		return fmt.Errorf("%w: dataset %q belongs to another data provider", ErrPermissionDenied, name)
+	candidates, err := a.uploadCandidates(sn, name, verify)
+	if err != nil {
+		return err
 	}
 	sp, err := a.newSpool(stream.Context(), "dataset "+name, a.lim.maxDataset)
 	if err != nil {
@@ -204,15 +212,36 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if err != nil {
 		return err
 	}
-	if sum != sn.man.Datasets[idx].Hash {
-		return ErrHashMismatch
+	dataPath := sp.path
+	if enc := slices.IndexFunc(candidates, func(i int) bool {
+		return encryptedUpload(sn.man.Datasets[i].Source, sn.man.Datasets[i].KBS)
+	}); enc >= 0 {
+		d := sn.man.Datasets[candidates[enc]]
+		r := pull.Resource{What: "dataset " + d.Label(candidates[enc]), Source: *d.Source, KBS: d.KBS, Hash: d.Hash}
+		if dataPath, sum, err = a.decryptUpload(stream.Context(), r, sp.path); err != nil {
+			return err
+		}
+		defer os.Remove(dataPath)
 	}
+	idx := slices.IndexFunc(candidates, func(i int) bool { return sn.man.Datasets[i].Hash == sum })
+	if idx < 0 {
+		if sn.names[candidates[0]] == name {
+			return ErrHashMismatch
+		}
+		return fmt.Errorf("%w: %q: no dataset is named so, and its SHA3-256 %x is not that of any dataset declared without a filename",
+			ErrDatasetNotDeclared, name, sum)
+	}
+	idx = candidates[idx]
 	decompress := m.Decompress || sn.man.Datasets[idx].Decompress
-	staged := sp.path
+	staged := dataPath
 	if decompress {
+		st, err := os.Stat(dataPath)
+		if err != nil {
+			return err
+		}
 		// Extract outside the lock (it can take a while), into a private
 		// staging dir, then move the entries in under the lock.
-		if staged, err = a.extract(sp.path, sp.n, name); err != nil {
+		if staged, err = a.extract(dataPath, st.Size(), name); err != nil {
 			return err
 		}
 		defer os.RemoveAll(staged)
@@ -222,16 +251,17 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if a.rec.State != ReceivingData || a.man != sn.man {
 		return ErrWrongState
 	}
-	if slices.Contains(a.rec.Received, name) {
-		return fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
+	if slices.Contains(a.rec.ReceivedIdx, idx) {
+		return fmt.Errorf("%w: dataset %s was already received", ErrAllReceived, sn.man.Datasets[idx].Label(idx))
 	}
 	entries, err := a.install(staged, name, decompress, sn.man)
 	if err != nil {
 		return err
 	}
 	a.rec.Received = append(a.rec.Received, name)
+	a.rec.ReceivedIdx = append(a.rec.ReceivedIdx, idx)
 	a.rec.Entries = append(a.rec.Entries, entries...)
-	if len(a.rec.Received) == len(a.man.Datasets) {
+	if len(a.rec.ReceivedIdx) == len(a.man.Datasets) {
 		err = a.transitionLocked(EvDataReceived)
 	} else {
 		err = a.rec.save(a.dirs.state)
@@ -239,6 +269,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if err != nil {
 		// Not recorded: take the files back out so a retry can succeed.
 		a.rec.Received = a.rec.Received[:len(a.rec.Received)-1]
+		a.rec.ReceivedIdx = a.rec.ReceivedIdx[:len(a.rec.ReceivedIdx)-1]
 		a.rec.Entries = a.rec.Entries[:len(a.rec.Entries)-len(entries)]
 		for _, e := range entries {
 			os.RemoveAll(filepath.Join(a.dirs.datasets, e))
@@ -247,6 +278,45 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	}
 	a.log.Info("dataset received", "filename", name, "bytes", sp.n, "decompressed", decompress)
 	return stream.SendAndClose(&agentpb.DataResponse{})
+}
+
+// uploadCandidates are the datasets an upload named name may be: the one
+// declared with that name, else every dataset declared without a filename
+// that is still expected and whose provider signed the request (the hash,
+// known once received, picks among them). Pulled datasets are never
+// uploaded.
+func (a *Agent) uploadCandidates(sn snapshot, name string, verify func(crypto.PublicKey, string) bool) ([]int, error) {
+	received := func(i int) bool { return slices.Contains(sn.rec.ReceivedIdx, i) }
+	if i := slices.Index(sn.names, name); i >= 0 {
+		d := sn.man.Datasets[i]
+		switch {
+		case d.Source.Pulled():
+			return nil, uploadRefusedForPulled(fmt.Sprintf("dataset %q", name), d.Source.URL)
+		case received(i):
+			return nil, fmt.Errorf("%w: dataset %q was already received", ErrAllReceived, name)
+		case !verify(sn.keys.Datasets[i], rolesig.DataProvider):
+			return nil, fmt.Errorf("%w: dataset %q belongs to another data provider", ErrPermissionDenied, name)
+		}
+		return []int{i}, nil
+	}
+	var out []int
+	unnamed := 0
+	for i, d := range sn.man.Datasets {
+		if sn.names[i] != "" || d.Source.Pulled() || received(i) {
+			continue
+		}
+		unnamed++
+		if verify(sn.keys.Datasets[i], rolesig.DataProvider) {
+			out = append(out, i)
+		}
+	}
+	switch {
+	case len(out) > 0:
+		return out, nil
+	case unnamed > 0:
+		return nil, fmt.Errorf("%w: dataset %q: no dataset has that name, and the datasets declared without one belong to other data providers", ErrPermissionDenied, name)
+	}
+	return nil, fmt.Errorf("%w: %q", ErrDatasetNotDeclared, name)
 }
 
 // extract unpacks the zip at p into a new staging dir and returns it. It is

@@ -110,12 +110,28 @@ type record struct {
 	AlgoArgs      []string `json:"algo_args,omitempty"`
 	PythonRuntime string   `json:"python_runtime,omitempty"`
 	Requirements  bool     `json:"requirements,omitempty"`
-	Received      []string `json:"received,omitempty"` // dataset filenames accepted
-	Entries       []string `json:"entries,omitempty"`  // top-level names they put in datasets/
+	Received      []string `json:"received,omitempty"`     // dataset names installed
+	ReceivedIdx   []int    `json:"received_idx,omitempty"` // manifest indexes of the datasets accepted
+	Entries       []string `json:"entries,omitempty"`      // top-level names they put in datasets/
 	RunError      string   `json:"run_error,omitempty"`
 }
 
 const stateFile = "agent-state.json"
+
+// fillReceivedIdx derives the indexes of a record written before they were
+// kept (every dataset then had a unique filename).
+func (r *record) fillReceivedIdx(names []string) {
+	if len(r.ReceivedIdx) > 0 || len(r.Received) == 0 {
+		return
+	}
+	for _, n := range r.Received {
+		for i, m := range names {
+			if m == n {
+				r.ReceivedIdx = append(r.ReceivedIdx, i)
+			}
+		}
+	}
+}
 
 func loadRecord(dir string) (*record, *cvms.ComputationRunReq, error) {
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))

@@ -52,6 +52,14 @@ func ConfigFromSettings(s *config.EgressSettings) (*Config, error) {
 		HeaderTimeout:  ms(s.GetHeaderTimeoutMs()),
 		MaxTunnels:     int(s.GetMaxTunnelsPerClient()),
 	}
+	cfg.Grants = map[string]Allowlist{}
+	for client, l := range s.GetGrants() {
+		g, err := ParseGrant(l.GetAllow())
+		if err != nil {
+			return nil, fmt.Errorf("egress: grant of %q: %w", client, err)
+		}
+		cfg.Grants[client] = g
+	}
 	for name, l := range s.GetClients() {
 		a, err := ParseAllowlist(l.GetAllow())
 		if err != nil {
@@ -87,6 +95,16 @@ func Main(ctx context.Context, env *child.Env) error {
 		return nil, nil
 	})
 
+	env.HandleCommand(&config.EgressSetGrant{}, func(_ context.Context, body proto.Message) (proto.Message, error) {
+		c := body.(*config.EgressSetGrant)
+		g, err := ParseGrant(c.GetEntries())
+		if err != nil {
+			return nil, err
+		}
+		p.SetGrant(c.GetClient(), g)
+		env.Log.Info("egress grant set", "client", c.GetClient(), "computation_id", c.GetComputationId(), "entries", strings.Join(c.GetEntries(), " "))
+		return nil, nil
+	})
 	srv := &servers{ctx: ctx, p: p, env: env, cancels: map[string]*context.CancelFunc{}}
 	var names []string
 	for name := range env.Config.GetFds() {

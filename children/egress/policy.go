@@ -45,6 +45,29 @@ func ParseAllowlist(entries []string) (Allowlist, error) {
 	return out, nil
 }
 
+// ParseGrant parses a pull grant: exact "host:port", "ip:port" or
+// "[ipv6]:port" entries only (no wildcard, range, CIDR or default ports):
+// a grant names what a manifest declared and nothing more.
+func ParseGrant(entries []string) (Allowlist, error) {
+	var out Allowlist
+	for _, e := range entries {
+		r, err := parseRule(e)
+		if err != nil {
+			return nil, fmt.Errorf("egress: grant entry %q: %w", e, err)
+		}
+		switch {
+		case r.Wildcard:
+			return nil, fmt.Errorf("egress: grant entry %q: wildcards are not granted", e)
+		case r.PortLo == 0 || r.PortLo != r.PortHi:
+			return nil, fmt.Errorf("egress: grant entry %q: needs exactly one port", e)
+		case r.Prefix.IsValid() && !r.Prefix.IsSingleIP():
+			return nil, fmt.Errorf("egress: grant entry %q: ranges are not granted", e)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
 func parseRule(s string) (Rule, error) {
 	r := Rule{Text: s}
 	hostPart, portPart := s, ""

@@ -38,6 +38,7 @@ const (
 type Config struct {
 	Allow       Allowlist            // for every client
 	Clients     map[string]Allowlist // extra entries per client
+	Grants      map[string]Allowlist // pull grants per client at start (SetGrant replaces them)
 	AllowPublic bool                 // development: allow unlisted hosts that pass the SSRF guard
 	Resolver    Resolver             // nil: net.DefaultResolver
 	// Dial connects to a checked address ("ip:port"); nil: a net.Dialer.
@@ -56,6 +57,7 @@ type Proxy struct {
 
 	mu          sync.Mutex
 	computation map[string]Allowlist  // guarded by mu; per-computation entries by client
+	grants      map[string]Allowlist  // guarded by mu; per-computation pull grants by client (never past the SSRF guard)
 	inUse       map[string]int        // guarded by mu; tunnels and requests by client
 	denials     map[string]*logWindow // guarded by mu; denial log rate per client
 }
@@ -191,7 +193,13 @@ func New(cfg Config) *Proxy {
 	if cfg.MaxTunnels <= 0 {
 		cfg.MaxTunnels = DefaultMaxTunnels
 	}
-	return &Proxy{cfg: cfg, computation: map[string]Allowlist{}, inUse: map[string]int{}, denials: map[string]*logWindow{}}
+	grants := map[string]Allowlist{}
+	for c, g := range cfg.Grants {
+		if len(g) > 0 {
+			grants[c] = g
+		}
+	}
+	return &Proxy{cfg: cfg, computation: map[string]Allowlist{}, grants: grants, inUse: map[string]int{}, denials: map[string]*logWindow{}}
 }
 
 // ClientClass is the part of a client name before its first '-': the
@@ -208,6 +216,21 @@ func (p *Proxy) SetComputationAllowlist(client string, a Allowlist) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.computation[client] = a
+}
+
+// SetGrant replaces client's grant: the exact host:port entries a
+// computation's pull mode may reach. A granted name or address still has
+// to pass the SSRF guard (unless an operator IP/CIDR entry names the
+// address): a manifest must not be able to reach loopback, link-local,
+// metadata or private addresses. nil or empty revokes.
+func (p *Proxy) SetGrant(client string, g Allowlist) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(g) == 0 {
+		delete(p.grants, client)
+		return
+	}
+	p.grants[client] = g
 }
 
 // Decision is the outcome of one request's policy check.
@@ -229,6 +252,9 @@ func (p *Proxy) Decide(ctx context.Context, client, host string, port uint16) De
 	if class := ClientClass(client); class != client {
 		lists = append(lists, p.cfg.Clients[class], p.computation[class])
 	}
+	// Grants are looked up by the exact client only: the agent's grant is
+	// never the algorithm's.
+	granted := p.grants[client]
 	p.mu.Unlock()
 	matchAddr := func(a netip.Addr) (string, bool) {
 		for _, l := range lists {
@@ -248,6 +274,9 @@ func (p *Proxy) Decide(ctx context.Context, client, host string, port uint16) De
 		if c := Classify(a); c != "" {
 			return deny("address %s is %s", a, c)
 		}
+		if e, ok := granted.MatchAddr(a, port); ok {
+			return Decision{Allowed: true, Reason: "granted " + e, Addrs: []netip.Addr{a}}
+		}
 		if p.cfg.AllowPublic {
 			return Decision{Allowed: true, Reason: "public address (allow_public)", Addrs: []netip.Addr{a}}
 		}
@@ -263,6 +292,11 @@ func (p *Proxy) Decide(ctx context.Context, client, host string, port uint16) De
 		if e, ok := l.MatchHost(name, port); ok {
 			reason, matched = "allowed by "+e, true
 			break
+		}
+	}
+	if !matched {
+		if e, ok := granted.MatchHost(name, port); ok {
+			reason, matched = "granted "+e, true
 		}
 	}
 	if !matched && !p.cfg.AllowPublic {

@@ -151,15 +151,20 @@ func (c *Computation) Validate() error {
 	}
 	seen := map[string]bool{}
 	for i, d := range c.Datasets {
-		if err := ValidFilename(d.Filename); err != nil {
-			return fmt.Errorf("%w: dataset %d: %v", ErrInvalid, i, err)
+		// A dataset without a filename is allowed (Cocos's own test
+		// manager sends them): an upload is then matched by its hash, and
+		// a pulled one takes its name from its source.
+		if d.Filename != "" {
+			if err := ValidFilename(d.Filename); err != nil {
+				return fmt.Errorf("%w: dataset %d: %v", ErrInvalid, i, err)
+			}
+			if seen[d.Filename] {
+				return fmt.Errorf("%w: dataset %d: filename %q declared twice", ErrInvalid, i, d.Filename)
+			}
+			seen[d.Filename] = true
 		}
-		if seen[d.Filename] {
-			return fmt.Errorf("%w: dataset %d: filename %q declared twice", ErrInvalid, i, d.Filename)
-		}
-		seen[d.Filename] = true
 		if _, err := rolesig.ParsePublicKey(d.UserKey); err != nil {
-			return fmt.Errorf("%w: dataset %q user_key: %v", ErrInvalid, d.Filename, err)
+			return fmt.Errorf("%w: dataset %s user_key: %v", ErrInvalid, d.Label(i), err)
 		}
 	}
 	for i, r := range c.ResultConsumers {
@@ -169,6 +174,19 @@ func (c *Computation) Validate() error {
 	}
 	return nil
 }
+
+// Label names dataset i in messages: its filename, or its index when it
+// has none.
+func (d Dataset) Label(i int) string {
+	if d.Filename != "" {
+		return fmt.Sprintf("%q", d.Filename)
+	}
+	return fmt.Sprintf("%d (no filename)", i)
+}
+
+// Pulled reports whether the agent fetches the resource from its source
+// instead of waiting for an upload: a source with a URL.
+func (s *ResourceSource) Pulled() bool { return s != nil && s.URL != "" }
 
 // ValidFilename refuses dataset filenames that are empty, contain "/" or
 // NUL, or are "." or "..": a filename names one entry of the datasets
@@ -203,10 +221,10 @@ func (c *Computation) ParseKeys() (*Keys, error) {
 			return nil, fmt.Errorf("%w: algorithm user_key: %v", ErrInvalid, err)
 		}
 	}
-	for _, d := range c.Datasets {
+	for i, d := range c.Datasets {
 		p, err := rolesig.ParsePublicKey(d.UserKey)
 		if err != nil {
-			return nil, fmt.Errorf("%w: dataset %q user_key: %v", ErrInvalid, d.Filename, err)
+			return nil, fmt.Errorf("%w: dataset %s user_key: %v", ErrInvalid, d.Label(i), err)
 		}
 		k.Datasets = append(k.Datasets, p)
 	}

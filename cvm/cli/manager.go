@@ -30,6 +30,10 @@ func newManagerCmd() *cobra.Command {
 		agentServerCA                string
 		unchunked                    bool
 		chunkSize                    int
+		algoURL, algoSrcType         string
+		algoKBSPath                  string
+		algoEncrypted                bool
+		remoteDatasets               []string
 	)
 	c := &cobra.Command{
 		Use:   "manager",
@@ -37,7 +41,8 @@ func newManagerCmd() *cobra.Command {
 		Long: `manager is a development CVMS server, the counterpart of Cocos's test server.
 The guest dials it (AGENT_CVM_GRPC_URL). On the guest's first control stream it
 sends the computation given by --manifest (Cocos's manifest JSON) or built from
---algo/--dataset/--public-key, chunked as Cocos's server does. Every message
+--algo/--dataset/--public-key (remote sources: --algo-url, --remote-dataset,
+--kbs-url), chunked as Cocos's server does. Every message
 the guest sends is printed, one per line (--json: one JSON object per line).
 
 Commands, one per line on stdin:
@@ -58,7 +63,17 @@ Commands, one per line on stdin:
 					return fmt.Errorf("reading manifest: %w", rerr)
 				}
 				req, err = devmanager.ParseManifest(b)
-			case spec.Algorithm != "":
+			case spec.Algorithm != "" || algoURL != "":
+				if algoURL != "" {
+					spec.AlgoSource = &cvms.Source{Url: algoURL, Type: algoSrcType, Encrypted: algoEncrypted, KbsResourcePath: algoKBSPath}
+				}
+				for _, v := range remoteDatasets {
+					d, derr := devmanager.ParseRemoteDataset(v)
+					if derr != nil {
+						return derr
+					}
+					spec.RemoteDatasets = append(spec.RemoteDatasets, d)
+				}
 				if attested || agentCert != "" || clientCA != "" || agentCA != "" {
 					spec.AgentConfig = &cvms.AgentConfig{Port: "7002", AttestedTls: attested, CertFile: agentCert,
 						KeyFile: agentKey, ClientCaFile: agentCA, ServerCaFile: agentServerCA}
@@ -124,6 +139,14 @@ Commands, one per line on stdin:
 	f.StringVar(&tlsCert, "tls-cert", "", "serve TLS with this certificate")
 	f.StringVar(&tlsKey, "tls-key", "", "key of --tls-cert")
 	f.StringVar(&clientCA, "client-ca", "", "require guest client certificates signed by this CA (mTLS)")
+	f.StringVar(&algoURL, "algo-url", "", "pull mode: the agent fetches the algorithm from this URL (https://, s3://, gs://, docker://...); --algo or --algo-hash gives its hash")
+	f.StringVar(&spec.AlgoHash, "algo-hash", "", "SHA3-256 (hex) of a remote algorithm with no local copy")
+	f.StringVar(&algoSrcType, "algo-source-type", "", "Source.type of --algo-url: https, http, s3, gcs, oci-image")
+	f.BoolVar(&algoEncrypted, "algo-encrypted", false, "the remote algorithm is encrypted; its key comes from --kbs-url at --algo-kbs-path")
+	f.StringVar(&algoKBSPath, "algo-kbs-path", "", "KBS resource path of the remote algorithm's key (repo/type/tag)")
+	f.StringVar(&spec.KBSURL, "kbs-url", "", "KBS of every encrypted remote resource")
+	f.StringArrayVar(&remoteDatasets, "remote-dataset", nil, "pull mode: url=URL,hash=HEX|file=PATH[,type=T][,filename=F][,encrypted][,kbs-path=P][,decompress] (repeatable)")
+	f.BoolVar(&spec.NoFilenames, "no-filenames", false, "send --dataset entries without filename (uploads matched by hash)")
 	f.BoolVar(&unchunked, "unchunked", false, "send one runReq instead of runReqChunks")
 	f.IntVar(&chunkSize, "chunk-size", 1<<20, "runReqChunks data size")
 	return c

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cvmd/cvmd/proto/cvms"
 )
@@ -149,12 +150,86 @@ type Spec struct {
 	AlgoKey, DataKey      string   // PEM paths overriding PublicKey
 	ConsumerKeys          []string // PEM paths; default PublicKey
 	AgentConfig           *cvms.AgentConfig
+
+	// Pull mode. AlgoSource, if its URL is set, makes the algorithm
+	// remote: the agent fetches it (Algorithm, if given, is only hashed;
+	// else AlgoHash is the hash, hex).
+	AlgoSource *cvms.Source
+	AlgoHash   string
+	// RemoteDatasets are fetched by the agent.
+	RemoteDatasets []RemoteDataset
+	// KBSURL is the key broker of every encrypted resource.
+	KBSURL string
+	// NoFilenames leaves every dataset's filename empty (as Cocos's test
+	// manager sends them: uploads are matched by hash, pulled ones named
+	// from their source).
+	NoFilenames bool
+}
+
+// RemoteDataset is a dataset the agent fetches: --remote-dataset
+// url=URL,hash=HEX|file=PATH[,type=T][,filename=F][,encrypted][,kbs-path=P][,decompress].
+type RemoteDataset struct {
+	Source     *cvms.Source
+	Hash       string // hex; or File
+	File       string // local copy to hash
+	Filename   string
+	Decompress bool
+}
+
+// ParseRemoteDataset reads one --remote-dataset value.
+func ParseRemoteDataset(v string) (RemoteDataset, error) {
+	d := RemoteDataset{Source: &cvms.Source{}}
+	for _, kv := range strings.Split(v, ",") {
+		k, val, _ := strings.Cut(kv, "=")
+		switch k {
+		case "url":
+			d.Source.Url = val
+		case "type":
+			d.Source.Type = val
+		case "hash":
+			d.Hash = val
+		case "file":
+			d.File = val
+		case "filename":
+			d.Filename = val
+		case "kbs-path":
+			d.Source.KbsResourcePath = val
+		case "encrypted":
+			d.Source.Encrypted = val == "" || val == "true"
+		case "decompress":
+			d.Decompress = val == "" || val == "true"
+		default:
+			return d, fmt.Errorf("devmanager: --remote-dataset %q: unknown key %q (want url, hash, file, type, filename, encrypted, kbs-path, decompress)", v, k)
+		}
+	}
+	if d.Source.Url == "" || (d.Hash == "") == (d.File == "") {
+		return d, fmt.Errorf("devmanager: --remote-dataset %q: needs url= and exactly one of hash= or file=", v)
+	}
+	return d, nil
+}
+
+func hashOf(hexHash, file string) ([]byte, error) {
+	if file != "" {
+		return HashFile(file)
+	}
+	b, err := hex.DecodeString(hexHash)
+	if err != nil || len(b) != 32 {
+		return nil, fmt.Errorf("devmanager: hash %q is not 64 hex digits", hexHash)
+	}
+	return b, nil
+}
+
+func (s Spec) kbs(src *cvms.Source) *cvms.KBSConfig {
+	if s.KBSURL == "" || !src.GetEncrypted() {
+		return nil
+	}
+	return &cvms.KBSConfig{Url: s.KBSURL, Enabled: true}
 }
 
 // Build makes the ComputationRunReq for s, hashing the files with SHA3-256.
 func (s Spec) Build() (*cvms.ComputationRunReq, error) {
-	if s.Algorithm == "" {
-		return nil, fmt.Errorf("devmanager: no algorithm path")
+	if s.Algorithm == "" && s.AlgoSource.GetUrl() == "" {
+		return nil, fmt.Errorf("devmanager: no algorithm path or URL")
 	}
 	key := func(path string) ([]byte, error) {
 		if path == "" {
@@ -173,11 +248,14 @@ func (s Spec) Build() (*cvms.ComputationRunReq, error) {
 	if err != nil {
 		return nil, err
 	}
-	ah, err := HashFile(s.Algorithm)
+	ah, err := hashOf(s.AlgoHash, s.Algorithm)
 	if err != nil {
 		return nil, err
 	}
 	r.Algorithm = &cvms.Algorithm{Hash: ah, UserKey: ak, AlgoType: s.AlgoType, AlgoArgs: s.AlgoArgs}
+	if s.AlgoSource.GetUrl() != "" {
+		r.Algorithm.Source, r.Algorithm.Kbs = s.AlgoSource, s.kbs(s.AlgoSource)
+	}
 	for _, d := range s.Datasets {
 		dk, err := key(s.DataKey)
 		if err != nil {
@@ -187,7 +265,22 @@ func (s Spec) Build() (*cvms.ComputationRunReq, error) {
 		if err != nil {
 			return nil, err
 		}
-		r.Datasets = append(r.Datasets, &cvms.Dataset{Hash: dh, UserKey: dk, Filename: filepath.Base(d)})
+		name := filepath.Base(d)
+		if s.NoFilenames {
+			name = ""
+		}
+		r.Datasets = append(r.Datasets, &cvms.Dataset{Hash: dh, UserKey: dk, Filename: name})
+	}
+	for _, d := range s.RemoteDatasets {
+		dk, err := key(s.DataKey)
+		if err != nil {
+			return nil, err
+		}
+		dh, err := hashOf(d.Hash, d.File)
+		if err != nil {
+			return nil, err
+		}
+		r.Datasets = append(r.Datasets, &cvms.Dataset{Hash: dh, UserKey: dk, Filename: d.Filename, Source: d.Source, Decompress: d.Decompress, Kbs: s.kbs(d.Source)})
 	}
 	consumers := s.ConsumerKeys
 	if len(consumers) == 0 {

@@ -52,8 +52,10 @@ type AgentSettings struct {
 	// must sign a nonce offered by cvmd.rolechallenge.v1.RoleChallenge/Offer
 	// (docs/agent.md, "Role signatures"). A manifest can also require it.
 	RequireRoleChallenge bool `protobuf:"varint,10,opt,name=require_role_challenge,json=requireRoleChallenge,proto3" json:"require_role_challenge,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Pull mode: fetching remote algorithms and datasets (docs/agent.md).
+	Pull          *PullSettings `protobuf:"bytes,11,opt,name=pull,proto3" json:"pull,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AgentSettings) Reset() {
@@ -156,11 +158,185 @@ func (x *AgentSettings) GetRequireRoleChallenge() bool {
 	return false
 }
 
+func (x *AgentSettings) GetPull() *PullSettings {
+	if x != nil {
+		return x.Pull
+	}
+	return nil
+}
+
+// PullSettings are what the agent needs to fetch remote sources; the
+// supervisor fills them from the environment file.
+type PullSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Extra PEM roots (CVMD_PULL_CA_CERTS) verifying HTTPS sources,
+	// registries, object stores and KBSes, beside the system pool the agent
+	// reads in its view (/etc/ssl/certs/ca-certificates.crt, bound read-only).
+	CaPem []byte               `protobuf:"bytes,1,opt,name=ca_pem,json=caPem,proto3" json:"ca_pem,omitempty"`
+	S3    *ObjectStoreSettings `protobuf:"bytes,2,opt,name=s3,proto3" json:"s3,omitempty"`   // from AWS_* variables
+	Gcs   *ObjectStoreSettings `protobuf:"bytes,3,opt,name=gcs,proto3" json:"gcs,omitempty"` // from GCS_HMAC_* variables (Google's S3-compatible XML API)
+	// Consecutive failed attempts without progress before a fetch fails; 0 = 7.
+	Attempts uint32 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// Longest back-off between attempts; 0 = 10 s.
+	BackoffMaxMs  uint32 `protobuf:"varint,5,opt,name=backoff_max_ms,json=backoffMaxMs,proto3" json:"backoff_max_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PullSettings) Reset() {
+	*x = PullSettings{}
+	mi := &file_proto_config_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PullSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PullSettings) ProtoMessage() {}
+
+func (x *PullSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PullSettings.ProtoReflect.Descriptor instead.
+func (*PullSettings) Descriptor() ([]byte, []int) {
+	return file_proto_config_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PullSettings) GetCaPem() []byte {
+	if x != nil {
+		return x.CaPem
+	}
+	return nil
+}
+
+func (x *PullSettings) GetS3() *ObjectStoreSettings {
+	if x != nil {
+		return x.S3
+	}
+	return nil
+}
+
+func (x *PullSettings) GetGcs() *ObjectStoreSettings {
+	if x != nil {
+		return x.Gcs
+	}
+	return nil
+}
+
+func (x *PullSettings) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *PullSettings) GetBackoffMaxMs() uint32 {
+	if x != nil {
+		return x.BackoffMaxMs
+	}
+	return 0
+}
+
+type ObjectStoreSettings struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Endpoint        string                 `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"` // "" = the provider's own
+	Region          string                 `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`     // "" = us-east-1 (GCS: auto)
+	AccessKeyId     string                 `protobuf:"bytes,3,opt,name=access_key_id,json=accessKeyId,proto3" json:"access_key_id,omitempty"`
+	SecretAccessKey string                 `protobuf:"bytes,4,opt,name=secret_access_key,json=secretAccessKey,proto3" json:"secret_access_key,omitempty"`
+	SessionToken    string                 `protobuf:"bytes,5,opt,name=session_token,json=sessionToken,proto3" json:"session_token,omitempty"`
+	PathStyle       bool                   `protobuf:"varint,6,opt,name=path_style,json=pathStyle,proto3" json:"path_style,omitempty"` // always on with an endpoint
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ObjectStoreSettings) Reset() {
+	*x = ObjectStoreSettings{}
+	mi := &file_proto_config_agent_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ObjectStoreSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ObjectStoreSettings) ProtoMessage() {}
+
+func (x *ObjectStoreSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_agent_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ObjectStoreSettings.ProtoReflect.Descriptor instead.
+func (*ObjectStoreSettings) Descriptor() ([]byte, []int) {
+	return file_proto_config_agent_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ObjectStoreSettings) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *ObjectStoreSettings) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *ObjectStoreSettings) GetAccessKeyId() string {
+	if x != nil {
+		return x.AccessKeyId
+	}
+	return ""
+}
+
+func (x *ObjectStoreSettings) GetSecretAccessKey() string {
+	if x != nil {
+		return x.SecretAccessKey
+	}
+	return ""
+}
+
+func (x *ObjectStoreSettings) GetSessionToken() string {
+	if x != nil {
+		return x.SessionToken
+	}
+	return ""
+}
+
+func (x *ObjectStoreSettings) GetPathStyle() bool {
+	if x != nil {
+		return x.PathStyle
+	}
+	return false
+}
+
 var File_proto_config_agent_proto protoreflect.FileDescriptor
 
 const file_proto_config_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18proto/config/agent.proto\x12\vcvmd.config\"\xc7\x03\n" +
+	"\x18proto/config/agent.proto\x12\vcvmd.config\"\xf6\x03\n" +
 	"\rAgentSettings\x12'\n" +
 	"\x0fcomputation_dir\x18\x01 \x01(\tR\x0ecomputationDir\x12.\n" +
 	"\x13max_algorithm_bytes\x18\x02 \x01(\x04R\x11maxAlgorithmBytes\x12*\n" +
@@ -173,7 +349,22 @@ const file_proto_config_agent_proto_rawDesc = "" +
 	"pcr10_path\x18\b \x01(\tR\tpcr10Path\x12,\n" +
 	"\x12memory_limit_bytes\x18\t \x01(\x04R\x10memoryLimitBytes\x124\n" +
 	"\x16require_role_challenge\x18\n" +
-	" \x01(\bR\x14requireRoleChallengeB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	" \x01(\bR\x14requireRoleChallenge\x12-\n" +
+	"\x04pull\x18\v \x01(\v2\x19.cvmd.config.PullSettingsR\x04pull\"\xcd\x01\n" +
+	"\fPullSettings\x12\x15\n" +
+	"\x06ca_pem\x18\x01 \x01(\fR\x05caPem\x120\n" +
+	"\x02s3\x18\x02 \x01(\v2 .cvmd.config.ObjectStoreSettingsR\x02s3\x122\n" +
+	"\x03gcs\x18\x03 \x01(\v2 .cvmd.config.ObjectStoreSettingsR\x03gcs\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\rR\battempts\x12$\n" +
+	"\x0ebackoff_max_ms\x18\x05 \x01(\rR\fbackoffMaxMs\"\xdd\x01\n" +
+	"\x13ObjectStoreSettings\x12\x1a\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\x12\"\n" +
+	"\raccess_key_id\x18\x03 \x01(\tR\vaccessKeyId\x12*\n" +
+	"\x11secret_access_key\x18\x04 \x01(\tR\x0fsecretAccessKey\x12#\n" +
+	"\rsession_token\x18\x05 \x01(\tR\fsessionToken\x12\x1d\n" +
+	"\n" +
+	"path_style\x18\x06 \x01(\bR\tpathStyleB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_agent_proto_rawDescOnce sync.Once
@@ -187,16 +378,21 @@ func file_proto_config_agent_proto_rawDescGZIP() []byte {
 	return file_proto_config_agent_proto_rawDescData
 }
 
-var file_proto_config_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_proto_config_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_proto_config_agent_proto_goTypes = []any{
-	(*AgentSettings)(nil), // 0: cvmd.config.AgentSettings
+	(*AgentSettings)(nil),       // 0: cvmd.config.AgentSettings
+	(*PullSettings)(nil),        // 1: cvmd.config.PullSettings
+	(*ObjectStoreSettings)(nil), // 2: cvmd.config.ObjectStoreSettings
 }
 var file_proto_config_agent_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	1, // 0: cvmd.config.AgentSettings.pull:type_name -> cvmd.config.PullSettings
+	2, // 1: cvmd.config.PullSettings.s3:type_name -> cvmd.config.ObjectStoreSettings
+	2, // 2: cvmd.config.PullSettings.gcs:type_name -> cvmd.config.ObjectStoreSettings
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_agent_proto_init() }
@@ -210,7 +406,7 @@ func file_proto_config_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_agent_proto_rawDesc), len(file_proto_config_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

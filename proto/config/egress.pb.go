@@ -40,8 +40,11 @@ type EgressSettings struct {
 	IdleTimeoutMs       uint32 `protobuf:"varint,6,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`                     // tunnel with no byte either way; default 300000
 	MaxTunnelsPerClient uint32 `protobuf:"varint,7,opt,name=max_tunnels_per_client,json=maxTunnelsPerClient,proto3" json:"max_tunnels_per_client,omitempty"` // concurrent CONNECT tunnels and forwarded requests; default 64
 	HeaderTimeoutMs     uint32 `protobuf:"varint,8,opt,name=header_timeout_ms,json=headerTimeoutMs,proto3" json:"header_timeout_ms,omitempty"`               // reading the request head; default 10000
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Pull grants by client (see EgressSetGrant), as the supervisor last set
+	// them: a restarted egress keeps the active computation's grant.
+	Grants        map[string]*EgressAllowlist `protobuf:"bytes,9,rep,name=grants,proto3" json:"grants,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EgressSettings) Reset() {
@@ -128,6 +131,13 @@ func (x *EgressSettings) GetHeaderTimeoutMs() uint32 {
 		return x.HeaderTimeoutMs
 	}
 	return 0
+}
+
+func (x *EgressSettings) GetGrants() map[string]*EgressAllowlist {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
 }
 
 type EgressAllowlist struct {
@@ -228,11 +238,76 @@ func (x *EgressSetAllowlist) GetAllow() []string {
 	return nil
 }
 
+// EgressSetGrant is a control.Command body: replace one client's grant, the
+// hosts a computation's pull mode may reach (its declared source URLs and
+// KBS, as host:port). Unlike allowlist entries, a grant never lets an
+// address past the SSRF guard: only the operator's IP/CIDR entries do.
+// Empty entries revoke the grant. Reply: empty.
+type EgressSetGrant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	ComputationId string                 `protobuf:"bytes,2,opt,name=computation_id,json=computationId,proto3" json:"computation_id,omitempty"` // for the log line
+	Entries       []string               `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`                                  // "host:port" or "ip:port", "[ipv6]:port"
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EgressSetGrant) Reset() {
+	*x = EgressSetGrant{}
+	mi := &file_proto_config_egress_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EgressSetGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EgressSetGrant) ProtoMessage() {}
+
+func (x *EgressSetGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_config_egress_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EgressSetGrant.ProtoReflect.Descriptor instead.
+func (*EgressSetGrant) Descriptor() ([]byte, []int) {
+	return file_proto_config_egress_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EgressSetGrant) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *EgressSetGrant) GetComputationId() string {
+	if x != nil {
+		return x.ComputationId
+	}
+	return ""
+}
+
+func (x *EgressSetGrant) GetEntries() []string {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 var File_proto_config_egress_proto protoreflect.FileDescriptor
 
 const file_proto_config_egress_proto_rawDesc = "" +
 	"\n" +
-	"\x19proto/config/egress.proto\x12\vcvmd.config\"\xc4\x03\n" +
+	"\x19proto/config/egress.proto\x12\vcvmd.config\"\xde\x04\n" +
 	"\x0eEgressSettings\x12\x14\n" +
 	"\x05allow\x18\x01 \x03(\tR\x05allow\x12B\n" +
 	"\aclients\x18\x02 \x03(\v2(.cvmd.config.EgressSettings.ClientsEntryR\aclients\x12!\n" +
@@ -241,15 +316,23 @@ const file_proto_config_egress_proto_rawDesc = "" +
 	"\x12connect_timeout_ms\x18\x05 \x01(\rR\x10connectTimeoutMs\x12&\n" +
 	"\x0fidle_timeout_ms\x18\x06 \x01(\rR\ridleTimeoutMs\x123\n" +
 	"\x16max_tunnels_per_client\x18\a \x01(\rR\x13maxTunnelsPerClient\x12*\n" +
-	"\x11header_timeout_ms\x18\b \x01(\rR\x0fheaderTimeoutMs\x1aX\n" +
+	"\x11header_timeout_ms\x18\b \x01(\rR\x0fheaderTimeoutMs\x12?\n" +
+	"\x06grants\x18\t \x03(\v2'.cvmd.config.EgressSettings.GrantsEntryR\x06grants\x1aX\n" +
 	"\fClientsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
+	"\x05value\x18\x02 \x01(\v2\x1c.cvmd.config.EgressAllowlistR\x05value:\x028\x01\x1aW\n" +
+	"\vGrantsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x122\n" +
 	"\x05value\x18\x02 \x01(\v2\x1c.cvmd.config.EgressAllowlistR\x05value:\x028\x01\"'\n" +
 	"\x0fEgressAllowlist\x12\x14\n" +
 	"\x05allow\x18\x01 \x03(\tR\x05allow\"B\n" +
 	"\x12EgressSetAllowlist\x12\x16\n" +
 	"\x06client\x18\x01 \x01(\tR\x06client\x12\x14\n" +
-	"\x05allow\x18\x02 \x03(\tR\x05allowB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
+	"\x05allow\x18\x02 \x03(\tR\x05allow\"i\n" +
+	"\x0eEgressSetGrant\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12%\n" +
+	"\x0ecomputation_id\x18\x02 \x01(\tR\rcomputationId\x12\x18\n" +
+	"\aentries\x18\x03 \x03(\tR\aentriesB*Z(github.com/cvmd/cvmd/proto/config;configb\x06proto3"
 
 var (
 	file_proto_config_egress_proto_rawDescOnce sync.Once
@@ -263,21 +346,25 @@ func file_proto_config_egress_proto_rawDescGZIP() []byte {
 	return file_proto_config_egress_proto_rawDescData
 }
 
-var file_proto_config_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_proto_config_egress_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_proto_config_egress_proto_goTypes = []any{
 	(*EgressSettings)(nil),     // 0: cvmd.config.EgressSettings
 	(*EgressAllowlist)(nil),    // 1: cvmd.config.EgressAllowlist
 	(*EgressSetAllowlist)(nil), // 2: cvmd.config.EgressSetAllowlist
-	nil,                        // 3: cvmd.config.EgressSettings.ClientsEntry
+	(*EgressSetGrant)(nil),     // 3: cvmd.config.EgressSetGrant
+	nil,                        // 4: cvmd.config.EgressSettings.ClientsEntry
+	nil,                        // 5: cvmd.config.EgressSettings.GrantsEntry
 }
 var file_proto_config_egress_proto_depIdxs = []int32{
-	3, // 0: cvmd.config.EgressSettings.clients:type_name -> cvmd.config.EgressSettings.ClientsEntry
-	1, // 1: cvmd.config.EgressSettings.ClientsEntry.value:type_name -> cvmd.config.EgressAllowlist
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	4, // 0: cvmd.config.EgressSettings.clients:type_name -> cvmd.config.EgressSettings.ClientsEntry
+	5, // 1: cvmd.config.EgressSettings.grants:type_name -> cvmd.config.EgressSettings.GrantsEntry
+	1, // 2: cvmd.config.EgressSettings.ClientsEntry.value:type_name -> cvmd.config.EgressAllowlist
+	1, // 3: cvmd.config.EgressSettings.GrantsEntry.value:type_name -> cvmd.config.EgressAllowlist
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_proto_config_egress_proto_init() }
@@ -291,7 +378,7 @@ func file_proto_config_egress_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_config_egress_proto_rawDesc), len(file_proto_config_egress_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

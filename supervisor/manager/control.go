@@ -157,8 +157,8 @@ func ValidateRunReq(r *cvms.ComputationRunReq) error {
 	if a == nil {
 		return fmt.Errorf("manager: runReq %q: algorithm is missing", r.GetId())
 	}
-	remote := a.GetSource().GetUrl() != ""
-	if len(a.GetHash()) != 32 && !remote {
+	// A pulled resource is checked against its hash as an uploaded one is.
+	if len(a.GetHash()) != 32 {
 		return fmt.Errorf("manager: runReq %q: algorithm.hash is %d bytes, want 32 (SHA3-256)", r.GetId(), len(a.GetHash()))
 	}
 	if err := checkKey(a.GetUserKey()); err != nil {
@@ -166,13 +166,11 @@ func ValidateRunReq(r *cvms.ComputationRunReq) error {
 	}
 	names := map[string]bool{}
 	for i, d := range r.GetDatasets() {
-		dremote := d.GetSource().GetUrl() != ""
-		if len(d.GetHash()) != 32 && !dremote {
+		if len(d.GetHash()) != 32 {
 			return fmt.Errorf("manager: runReq %q: datasets[%d].hash is %d bytes, want 32", r.GetId(), i, len(d.GetHash()))
 		}
-		if d.GetFilename() == "" && !dremote {
-			return fmt.Errorf("manager: runReq %q: datasets[%d].filename is empty (uploads are matched by filename)", r.GetId(), i)
-		}
+		// No filename is allowed (Cocos's test manager sends none): an
+		// upload is matched by its hash, a pulled one named from its source.
 		if names[d.GetFilename()] && d.GetFilename() != "" {
 			return fmt.Errorf("manager: runReq %q: datasets[%d].filename %q repeats an earlier dataset", r.GetId(), i, d.GetFilename())
 		}

@@ -84,11 +84,13 @@ func Default() *Table {
 				Standby:   true,
 			},
 			{
-				Name:      "agent",
-				Main:      agent.Main,
-				Settings:  agentSettings,
-				Role:      RoleComputations,
-				Deps:      []string{"logfwd", "attestation", "runner", "egress"},
+				Name:     "agent",
+				Main:     agent.Main,
+				Settings: agentSettings,
+				Role:     RoleComputations,
+				Deps:     []string{"logfwd", "attestation", "runner", "egress"},
+				// Pull mode verifies HTTPS sources against the VM's roots.
+				HostFiles: []string{SystemRoots},
 				StateDirs: []StateDir{{Dir: "agent", Writable: true}, {Dir: "computation", Writable: true}},
 				HostDirs:  []string{"/sys/kernel/security"},
 				Caps:      noCaps,

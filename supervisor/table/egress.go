@@ -17,7 +17,16 @@ const EgressAllowlistVar = "COCOS_EGRESS_ALLOWLIST"
 // environment that cannot be read is logged and gives an empty list: the
 // egress then denies everything.
 func egressSettings(in *SettingsInput) (proto.Message, error) {
-	return &config.EgressSettings{Allow: egressAllowlist(in)}, nil
+	s := &config.EgressSettings{Allow: egressAllowlist(in)}
+	if in.PullGrant != nil {
+		for client, entries := range in.PullGrant() {
+			if s.Grants == nil {
+				s.Grants = map[string]*config.EgressAllowlist{}
+			}
+			s.Grants[client] = &config.EgressAllowlist{Allow: entries}
+		}
+	}
+	return s, nil
 }
 
 func egressAllowlist(in *SettingsInput) []string {

@@ -15,8 +15,11 @@ func runnerSettings(*SettingsInput) (proto.Message, error) { return &config.Runn
 
 // agentSettings: the agent's default computation dir (<state_dir>/computation)
 // is inside its own state dir, which the runner cannot see: use the shared one.
+// Pull mode's settings come from the environment too, read each time the
+// agent starts.
 func agentSettings(in *SettingsInput) (proto.Message, error) {
-	return &config.AgentSettings{ComputationDir: ViewState + "/computation", RequireRoleChallenge: roleChallengeRequired(in)}, nil
+	return &config.AgentSettings{ComputationDir: ViewState + "/computation", RequireRoleChallenge: roleChallengeRequired(in),
+		Pull: PullSettings(in)}, nil
 }
 
 // RoleChallengeVar in Cocos's environment (the kernel command line, which

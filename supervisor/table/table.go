@@ -150,6 +150,10 @@ type SettingsInput struct {
 	// Computation is the run request of the computation being started; nil
 	// at boot and for children of scope Always.
 	Computation *cvms.ComputationRunReq
+	// PullGrant returns the active computation's pull grant (client →
+	// host:port entries) as the supervisor last set it, so that a restarted
+	// egress keeps it; nil means none.
+	PullGrant func() map[string][]string
 	// Log receives what the settings functions have to say (a refused
 	// allowlist, ...); nil discards it.
 	Log *slog.Logger

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	agentchild "github.com/cvmd/cvmd/children/agent"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
@@ -23,6 +24,7 @@ import (
 	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
+	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/control"
 	"github.com/cvmd/cvmd/proto/runner"
 )
@@ -46,6 +48,19 @@ type proc struct {
 }
 
 func startProc(t *testing.T, stateDir string) *proc {
+	t.Helper()
+	return startProcWith(t, stateDir, procOptions{})
+}
+
+// procOptions add edges and settings to the agent process.
+type procOptions struct {
+	Settings *config.AgentSettings
+	// Extra fds by name (e.g. "to:egress", "to:attestation"): the child's
+	// ends; startProcWith passes and closes them.
+	Extra map[string]*os.File
+}
+
+func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 	t.Helper()
 	comp := filepath.Join(stateDir, "computation")
 	// The runner stand-in lives in the test process.
@@ -74,6 +89,11 @@ func startProc(t *testing.T, stateDir string) *proc {
 
 	cmd := testutil.HelperCommand("agent")
 	cmd.ExtraFiles = []*os.File{ctlChild, supSrv, ingSrv, runCli} // fds 3, 4, 5, 6
+	fds := map[string]int32{"from:supervisor": 4, "from:ingress": 5, "to:runner": 6}
+	for name, f := range o.Extra {
+		fds[name] = int32(3 + len(cmd.ExtraFiles))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -83,10 +103,15 @@ func startProc(t *testing.T, stateDir string) *proc {
 		f.Close()
 	}
 	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent), Runner: rn}
-	hello := &control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: &control.ChildConfig{
-		Version: 1, Name: "agent", StateDir: stateDir, LogLevel: "warn",
-		Fds: map[string]int32{"from:supervisor": 4, "from:ingress": 5, "to:runner": 6},
-	}}}}
+	cfg := &control.ChildConfig{Version: 1, Name: "agent", StateDir: stateDir, LogLevel: "warn", Fds: fds}
+	if o.Settings != nil {
+		a, err := anypb.New(o.Settings)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Settings = a
+	}
+	hello := &control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: cfg}}}
 	if err := p.ctl.Send(hello, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -32,6 +33,7 @@ import (
 	"github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/runner"
+	"github.com/cvmd/cvmd/pull"
 )
 
 // Runner executes bin algorithms (and python ones with python3) in Dir.
@@ -126,8 +128,43 @@ type Options struct {
 	TCP      bool // also serve the public API on 127.0.0.1
 	// Attestation, if set, is the agent's attestation service.
 	Attestation attestation.AttestationClient
-	// Events, if set, receives the agent's events (else they are logged).
+	// Pull, if set, enables pull mode (agent.Config.Pull).
+	Pull *pull.Config
+	// Events, if set, receives the agent's events.
 	Events logsink.Publisher
+}
+
+// Events records published events (a logsink.Publisher).
+type Events struct {
+	mu  sync.Mutex
+	all []Event // guarded by mu
+}
+
+// Event is one published event.
+type Event struct {
+	Type, Status string
+	Details      string // JSON, or ""
+}
+
+// Event implements logsink.Publisher.
+func (e *Events) Event(typ, status string, details ...any) bool {
+	ev := Event{Type: typ, Status: status}
+	if len(details) == 1 {
+		if raw, ok := details[0].(json.RawMessage); ok {
+			ev.Details = string(raw)
+		}
+	}
+	e.mu.Lock()
+	e.all = append(e.all, ev)
+	e.mu.Unlock()
+	return true
+}
+
+// All returns the events so far.
+func (e *Events) All() []Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]Event(nil), e.all...)
 }
 
 // Harness is a running agent.
@@ -163,7 +200,7 @@ func Start(t testing.TB, o Options) *Harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(agent.Config{StateDir: o.StateDir, Settings: o.Settings, Runner: runner.NewRunnerClient(rconn), Attestation: o.Attestation, Events: o.Events})
+	a, err := agent.New(agent.Config{StateDir: o.StateDir, Settings: o.Settings, Runner: runner.NewRunnerClient(rconn), Attestation: o.Attestation, Pull: o.Pull, Events: o.Events})
 	if err != nil {
 		t.Fatal(err)
 	}
