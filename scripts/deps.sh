@@ -3,8 +3,7 @@
 # Usage: scripts/deps.sh [build|test|vm|all]   (default: test)
 #   build: C libraries for cgo (libseccomp, libssl), protoc and the pinned Go tools
 #   test:  build + python3 packages for the sample algorithms, Debian's docker-registry,
-#          and runc (the
-#          reference of the spawn and boot benchmarks)
+#          and runc (the reference of the spawn and boot benchmarks)
 #   vm:    test + qemu, swtpm, cpio and the Debian kernel package for images/
 set -euo pipefail
 what=${1:-test}
