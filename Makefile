@@ -82,8 +82,8 @@ vm: image ## boot the image under qemu (TCG, swtpm, 127.0.0.1:7002 → guest); V
 	@$(GO) build -o $(BIN)/runvm ./images/cmd/runvm
 	$(BIN)/runvm $(VMFLAGS)
 
-bench-vm: build ## VM figures: boot times, end to end, image size (boots qemu)
-	@set -o pipefail; CVMD_BENCH_VM=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 30m -p 1 -run '^TestBench' -v ./tests/vm/ 2>&1 | tee $(BIN)/bench-vm.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench-vm: no figures (see $(BIN)/bench-vm.log)"; exit 1}}'
+bench-vm: build ## VM figures: boot times, end to end, image size, the scratch disk (boots qemu)
+	@set -o pipefail; CVMD_BENCH_VM=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 60m -p 1 -run '^TestBench' -v ./tests/vm/ 2>&1 | tee $(BIN)/bench-vm.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench-vm: no figures (see $(BIN)/bench-vm.log)"; exit 1}}'
 
 clean: ## remove build outputs
 	rm -rf $(BIN)

@@ -34,6 +34,7 @@ const (
 	EventPlatform   = "platform"    // first event: what TPM/SNP this is, simulated or not
 	EventChildTable = "child-table" // the supervisor's child table hash, at boot
 	EventChildStart = "child-start" // a child (re)started with this sandbox spec
+	EventStorage    = "storage"     // where the computation's files live (memory or the encrypted scratch disk), at boot
 	EventManifest   = "manifest"    // PCR 16: a computation manifest
 	EventBoot       = "boot"        // the supervisor's boot id, before its child table
 )
@@ -81,7 +82,7 @@ func (e *Event) Digest() ([]byte, error) {
 // Validate checks an event before it is extended.
 func (e *Event) Validate() error {
 	switch {
-	case e.PCR == MeasurePCR && (e.Type == EventPlatform || e.Type == EventChildTable || e.Type == EventChildStart || e.Type == EventBoot):
+	case e.PCR == MeasurePCR && (e.Type == EventPlatform || e.Type == EventChildTable || e.Type == EventChildStart || e.Type == EventBoot || e.Type == EventStorage):
 		if len(e.Data) > MaxEventData {
 			return fmt.Errorf("attest: %s event data is %d bytes, at most %d", e.Type, len(e.Data), MaxEventData)
 		}
@@ -145,6 +146,39 @@ type ChildStart struct {
 	SpecSHA256 string `json:"spec_sha256,omitempty"` // hex of the child's sandbox spec
 	// ComputationID is the computation running when the child started.
 	ComputationID string `json:"computation_id,omitempty"`
+}
+
+// Storage kinds (Storage.Kind).
+const (
+	// StorageDisk is the scratch disk: dm-crypt with authenticated
+	// encryption over dm-integrity, keyed by a random key made in the guest
+	// at boot and kept only in its kernel.
+	StorageDisk = "disk"
+	// StorageMemory is a tmpfs in the guest's (encrypted) memory.
+	StorageMemory = "memory"
+	// StorageHostDir is a directory of the host (development mode): not
+	// confidential.
+	StorageHostDir = "host-dir"
+)
+
+// Storage is the data of a storage event: where the computation's files
+// (datasets, results, the runner's work dir, the log queue) live.
+type Storage struct {
+	Kind      string `json:"kind"`       // StorageDisk, StorageMemory or StorageHostDir
+	FS        string `json:"fs"`         // "ext4", "tmpfs", ...
+	SizeBytes uint64 `json:"size_bytes"` // the file system's size
+	// For StorageDisk: the virtio disk, its size, and the layout.
+	Disk        string `json:"disk,omitempty"`   // kernel name, e.g. "vdb"
+	Serial      string `json:"serial,omitempty"` // the disk's virtio serial
+	DiskBytes   uint64 `json:"disk_bytes,omitempty"`
+	Cipher      string `json:"cipher,omitempty"`    // dm-crypt cipher spec, e.g. "capi:gcm(aes)-random"
+	KeyBits     int    `json:"key_bits,omitempty"`  // 256
+	Integrity   string `json:"integrity,omitempty"` // "aead": dm-integrity stores dm-crypt's AEAD tag and IV per sector
+	Journal     string `json:"journal,omitempty"`   // dm-integrity mode: "D" (direct: no journal; the disk is rebuilt each boot)
+	TagBytes    int    `json:"tag_bytes,omitempty"` // bytes of tag+IV per sector
+	SectorBytes int    `json:"sector_bytes,omitempty"`
+	// Reason says why the storage is not the disk, when it is not.
+	Reason string `json:"reason,omitempty"`
 }
 
 // JSONEvent builds a PCR 15 event whose data is v as JSON.

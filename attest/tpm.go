@@ -1,7 +1,9 @@
 package attest
 
 import (
+	"bytes"
 	"crypto/ecdsa"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -25,9 +27,10 @@ const maxTPMBuffer = 1024
 // methods are safe for concurrent use; TPM commands are serialized.
 type TPM struct {
 	mu    sync.Mutex
-	rw    io.ReadWriter // guarded by mu
-	ak    *client.Key   // guarded by mu
-	akPub []byte        // TPMT_PUBLIC encoding, immutable
+	rw    io.ReadWriter // guarded by mu; retries timed-out commands (tpmretry.go)
+	retry *retryTransport
+	ak    *client.Key // guarded by mu
+	akPub []byte      // TPMT_PUBLIC encoding, immutable
 	pub   *ecdsa.PublicKey
 	banks map[tpm2.Algorithm]bool
 	// EventLogPath is the firmware TCG event log read into every quote; ""
@@ -36,7 +39,9 @@ type TPM struct {
 }
 
 // NewTPM creates (or recreates: it is deterministic) the attestation key on rw.
-func NewTPM(rw io.ReadWriter) (*TPM, error) {
+func NewTPM(dev io.ReadWriter) (*TPM, error) {
+	retry := newRetryTransport(dev)
+	var rw io.ReadWriter = retry
 	ak, err := client.AttestationKeyECC(rw)
 	if err != nil {
 		return nil, fmt.Errorf("attest: creating TPM attestation key: %w", err)
@@ -66,8 +71,12 @@ func NewTPM(rw io.ReadWriter) (*TPM, error) {
 		ak.Close()
 		return nil, errors.New("attest: TPM has no SHA-256 PCR bank")
 	}
-	return &TPM{rw: rw, ak: ak, akPub: pubArea, pub: pub, banks: banks}, nil
+	return &TPM{rw: rw, retry: retry, ak: ak, akPub: pubArea, pub: pub, banks: banks}, nil
 }
+
+// Retried returns how many TPM commands were sent again after the
+// kernel's command timeout (tpmretry.go).
+func (t *TPM) Retried() int64 { return t.retry.retried.Load() }
 
 // Close flushes the attestation key. It does not close rw.
 func (t *TPM) Close() {
@@ -123,28 +132,79 @@ func (t *TPM) firmwareLog() []byte {
 // Extend records e in the TPM: PCR 15 events through TPM2_PCR_Event (the TPM
 // hashes EventBytes into every bank), manifest events through TPM2_PCR_Extend
 // of their SHA3 digests into the SHA-256 and SHA-384 banks (as Cocos).
+// An extend that timed out is never simply sent again (it may have run):
+// extendChecked reads the PCR to tell.
 func (t *TPM) Extend(e Event) error {
 	if err := e.Validate(); err != nil {
 		return err
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	pcr := tpmutil.Handle(e.PCR)
 	switch e.PCR {
 	case MeasurePCR:
-		if err := tpm2.PCREvent(t.rw, tpmutil.Handle(e.PCR), e.EventBytes()); err != nil {
+		ev := e.EventBytes()
+		d := sha256.Sum256(ev)
+		if err := t.extendChecked(int(e.PCR), tpm2.AlgSHA256, d[:], func() error { return tpm2.PCREvent(t.rw, pcr, ev) }); err != nil {
 			return fmt.Errorf("attest: extending PCR %d with %s event: %w", e.PCR, e.Type, err)
 		}
 	case ManifestPCR:
-		if err := tpm2.PCRExtend(t.rw, tpmutil.Handle(e.PCR), tpm2.AlgSHA256, e.Data[:32], ""); err != nil {
+		if err := t.extendChecked(int(e.PCR), tpm2.AlgSHA256, e.Data[:32], func() error {
+			return tpm2.PCRExtend(t.rw, pcr, tpm2.AlgSHA256, e.Data[:32], "")
+		}); err != nil {
 			return fmt.Errorf("attest: extending PCR 16 (SHA-256 bank): %w", err)
 		}
 		if t.banks[tpm2.AlgSHA384] {
-			if err := tpm2.PCRExtend(t.rw, tpmutil.Handle(e.PCR), tpm2.AlgSHA384, e.Data[32:], ""); err != nil {
+			if err := t.extendChecked(int(e.PCR), tpm2.AlgSHA384, e.Data[32:], func() error {
+				return tpm2.PCRExtend(t.rw, pcr, tpm2.AlgSHA384, e.Data[32:], "")
+			}); err != nil {
 				return fmt.Errorf("attest: extending PCR 16 (SHA-384 bank): %w", err)
 			}
 		}
 	}
 	return nil
+}
+
+// extendChecked runs extend, which takes bank alg of pcr from its value v
+// to alg(v || digest). If extend times out, the PCR says whether it ran:
+// at the new value it did (its answer was lost), at v it did not and it is
+// sent again (timeoutAttempts in all), at any other value something else
+// extended it meanwhile, which is an error. Called with t.mu held.
+func (t *TPM) extendChecked(pcr int, alg tpm2.Algorithm, digest []byte, extend func() error) error {
+	h, err := alg.Hash()
+	if err != nil {
+		return err
+	}
+	before, err := tpm2.ReadPCR(t.rw, pcr, alg)
+	if err != nil {
+		return fmt.Errorf("reading the PCR before the extend: %w", err)
+	}
+	hh := h.New()
+	hh.Write(before)
+	hh.Write(digest)
+	want := hh.Sum(nil)
+	wait := timeoutBackoff
+	for attempt := 1; ; attempt++ {
+		err := extend()
+		if !isTPMTimeout(err) {
+			return err
+		}
+		now, rerr := tpm2.ReadPCR(t.rw, pcr, alg)
+		switch {
+		case rerr != nil:
+			return fmt.Errorf("%w (and reading the PCR after it: %v)", err, rerr)
+		case bytes.Equal(now, want):
+			t.retry.retried.Add(1)
+			return nil
+		case !bytes.Equal(now, before):
+			return fmt.Errorf("%w, and PCR %d is neither its value before nor the extended one: extended by another", err, pcr)
+		case attempt >= timeoutAttempts:
+			return err
+		}
+		t.retry.sleep(wait)
+		wait *= 2
+		t.retry.retried.Add(1)
+	}
 }
 
 // ReadPCR returns the SHA-256 bank value of pcr.
@@ -169,6 +229,23 @@ func (t *TPM) Sign(tbs []byte) ([]byte, error) {
 	if t.ak == nil {
 		return nil, errors.New("attest: TPM closed")
 	}
+	// A hash sequence step that timed out cannot be sent again (it may have
+	// hashed its part): the sequence is dropped and started over.
+	wait := timeoutBackoff
+	for attempt := 1; ; attempt++ {
+		sig, err := t.signOnce(tbs)
+		if !isTPMTimeout(err) || attempt >= timeoutAttempts {
+			return sig, err
+		}
+		t.retry.sleep(wait)
+		wait *= 2
+		t.retry.retried.Add(1)
+	}
+}
+
+// signOnce hashes tbs in a TPM hash sequence and signs the digest with the
+// AK. Called with t.mu held.
+func (t *TPM) signOnce(tbs []byte) ([]byte, error) {
 	seq, err := tpm2.HashSequenceStart(t.rw, "", tpm2.AlgSHA256)
 	if err != nil {
 		return nil, fmt.Errorf("attest: TPM hash sequence: %w", err)
@@ -183,6 +260,7 @@ func (t *TPM) Sign(tbs []byte) ([]byte, error) {
 	}
 	digest, ticket, err := tpm2.SequenceComplete(t.rw, "", seq, tpm2.HandleOwner, rest)
 	if err != nil {
+		tpm2.FlushContext(t.rw, seq) // gone if it completed; refused then
 		return nil, fmt.Errorf("attest: TPM hash sequence complete: %w", err)
 	}
 	sig, err := tpm2.Sign(t.rw, t.ak.Handle(), "", digest, ticket, nil)

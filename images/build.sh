@@ -104,6 +104,20 @@ for p in libc6 libgcc-s1 libstdc++6 zlib1g; do extract "$p" "$root"; done
 # Tools and data a sandbox base does not need.
 rm -rf "$root/usr/lib/x86_64-linux-gnu/gconv" "$root/usr/bin" "$root/usr/sbin" "$root/usr/libexec" "$root/etc/ld.so.conf.d" "$root/usr/share"
 mkdir -p "$root/usr/bin"
+# mke2fs for the scratch disk (supervisor/pid1/scratch.go), out of PATH at /usr/lib/cvmd: the
+# algorithm sandboxes see /usr but have no business making file systems. With its libraries.
+e2fs_pkgs=(e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1)
+fetch "${e2fs_pkgs[@]}"
+e2dir=$(mktemp -d)
+for p in "${e2fs_pkgs[@]}"; do dpkg-deb -x "$(deb "$p")" "$e2dir"; done
+mkdir -p "$root/usr/lib/cvmd" "$root/usr/lib/x86_64-linux-gnu"
+install -m 0755 "$e2dir/sbin/mke2fs" "$root/usr/lib/cvmd/mke2fs"
+for l in libext2fs.so.2 libe2p.so.2 libcom_err.so.2 libblkid.so.1 libuuid.so.1; do
+  f=$(find "$e2dir" -name "$l" | head -1)
+  [ -n "$f" ] || { log "$l not found in ${e2fs_pkgs[*]}"; exit 1; }
+  cp -L "$f" "$root/usr/lib/x86_64-linux-gnu/$l"
+done
+rm -rf "$e2dir"
 # CA certificates: what update-ca-certificates would make, in a fixed order.
 cadir=$(mktemp -d); dpkg-deb -x "$(deb ca-certificates)" "$cadir"
 find "$cadir/usr/share/ca-certificates" -name '*.crt' | LC_ALL=C sort | xargs cat > "$root/etc/ssl/certs/ca-certificates.crt"
@@ -150,10 +164,18 @@ fi
 
 # --- kernel modules, with their dependencies, in load order ----------------------
 # Built-in on Debian's kernel: tpm_tis, tpm_crb, the 8250 serial, cgroups, seccomp.
+# virtio_blk finds the disks; the scratch disk's own modules (marked "scratch": PID 1 loads them
+# only when the VM has one) are dm-integrity and dm-crypt with AES-GCM (the kernel cannot load
+# crypto modules on demand: there is no modprobe), and ext4 with its crc32c and quota format. The
+# CPU-specific ones are optional (no AES-NI, PCLMUL or SSE4.2: the generic code serves); xts is
+# only for the benchmark's crypt-only volume.
 wanted=(virtio_pci virtio_net virtio_console virtio-rng 9pnet_virtio 9p overlay
-        vsock vmw_vsock_virtio_transport vsock_loopback button evdev sev-guest)
-optional=" sev-guest "
-declare -A modpath=() seen=()
+        vsock vmw_vsock_virtio_transport vsock_loopback button evdev sev-guest virtio_blk)
+scratch_wanted=(dm-integrity dm-crypt ctr ghash-generic gcm aesni-intel ghash-clmulni-intel xts
+        crc32c_generic crc32c-intel ext4 quota_v2)
+optional=" sev-guest aesni-intel ghash-clmulni-intel crc32c-intel xts "
+declare -A modpath=() seen=() group=()
+current_group=
 while read -r f; do m=${f##*/}; m=${m%.ko}; modpath[$m]=${f#"$mroot"/}; done < <(find "$mroot/kernel" -name '*.ko')
 order=()
 visit() {
@@ -166,16 +188,23 @@ visit() {
     visit "$dep"
   done
   order+=("$m")
+  group[$m]=$current_group
 }
 for m in "${wanted[@]}"; do visit "$m"; done
+# What only the scratch disk needs (its dependencies not already listed).
+current_group=scratch
+for m in "${scratch_wanted[@]}"; do visit "$m"; done
 kmods="$root/usr/lib/modules/$kver"
 mkdir -p "$kmods"
 {
-  echo "# load order for cvmd's guestboot: module [optional]"
+  echo "# load order for cvmd's PID 1: module [optional] [scratch]"
   for m in "${order[@]}"; do
     mkdir -p "$kmods/$(dirname "${modpath[$m]}")"
     cp "$mroot/${modpath[$m]}" "$kmods/${modpath[$m]}"
-    if [[ $optional == *" $m "* ]]; then echo "${modpath[$m]} optional"; else echo "${modpath[$m]}"; fi
+    line=${modpath[$m]}
+    if [[ $optional == *" $m "* ]]; then line+=" optional"; fi
+    if [ -n "${group[$m]}" ]; then line+=" ${group[$m]}"; fi
+    echo "$line"
   done
 } > "$kmods/modules.cvmd"
 
@@ -199,7 +228,7 @@ zstd -q -12 -T1 -f --rm "$OUT/$NAME.cpio" -o "$OUT/$NAME.cpio.zst"
 rm -f "$OUT/$NAME.cpio.gz"
 {
   echo "kernel    $KERNEL_PKG ($(dpkg-deb -f "$(deb "$KERNEL_PKG")" Version))"
-  for p in "${base_pkgs[@]}"; do echo "package   $p $(dpkg-deb -f "$(deb "$p")" Version)"; done
+  for p in "${base_pkgs[@]}" "${e2fs_pkgs[@]}"; do echo "package   $p $(dpkg-deb -f "$(deb "$p")" Version)"; done
   echo "modules   ${order[*]}"
   echo "epoch     $SOURCE_DATE_EPOCH"
   echo "python    $IMAGE_PYTHON"

@@ -11,10 +11,11 @@ import (
 // stage). Close waits for the goroutine; w's error is returned by the next
 // Write or by Close.
 type asyncWriter struct {
-	w    io.Writer
-	free chan []byte
-	full chan []byte
-	wg   sync.WaitGroup
+	w      io.Writer
+	free   chan []byte
+	full   chan []byte
+	closed bool // Close ran; full is closed (only the caller's goroutine reads or sets it)
+	wg     sync.WaitGroup
 
 	mu  sync.Mutex
 	err error // guarded by mu
@@ -28,8 +29,12 @@ func newAsyncWriter(w io.Writer) *asyncWriter {
 	for range asyncBuffers {
 		a.free <- make([]byte, asyncBufSize)
 	}
+	// The goroutine ranges over its own copy of the channel: it may first run
+	// after Close (a small blob on a loaded machine), and must then still see
+	// the closed channel.
+	full := a.full
 	a.wg.Go(func() {
-		for b := range a.full {
+		for b := range full {
 			if _, err := a.w.Write(b); err != nil {
 				a.mu.Lock()
 				if a.err == nil {
@@ -62,9 +67,9 @@ func (a *asyncWriter) Write(p []byte) (int, error) {
 
 // Close waits for every queued byte to be written. Idempotent.
 func (a *asyncWriter) Close() error {
-	if a.full != nil {
+	if !a.closed {
+		a.closed = true
 		close(a.full)
-		a.full = nil
 		a.wg.Wait()
 	}
 	a.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 
 	_ "github.com/opencontainers/cgroups/devices" // device rules in cgroups (without it they cannot be applied)
@@ -308,6 +309,19 @@ func (s *Sandbox) Destroy() error {
 		s.rt.mu.Unlock()
 	})
 	return s.derr
+}
+
+// Live returns the ids of the sandboxes started and not yet destroyed,
+// sorted.
+func (r *Runtime) Live() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ids := make([]string, 0, len(r.live))
+	for id := range r.live {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
 }
 
 // Close kills and destroys every live sandbox and removes the cgroup root.

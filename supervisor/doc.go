@@ -36,7 +36,12 @@
 //
 // This package adds the computation sequence the manager link drives
 // (computation.go): the lifecycle loop prepares the children, the agent
-// runs the computation, the measurer extends PCR 16 with its manifest.
+// runs the computation, the measurer extends PCR 16 with its manifest; and
+// the state directory's storage (storage.go: the scratch disk PID 1 set up,
+// or memory), measured right after the table and announced as
+// storage.ready, which sizes the log queue, the results cap and the
+// agent's free-space floor, and whose failed tags become
+// storage.integrity_error events.
 //
 // # Child contract
 //
@@ -57,7 +62,8 @@
 // child.started, child.ready, child.exited (a failure), child.replaced (a
 // new computation replaced it), child.stopped (shutdown), child.restarting,
 // child.failed, child.start_failed, computation.started,
-// computation.manifest_measured, computation.stopped, supervisor.shutdown.
+// computation.manifest_measured, computation.stopped, storage.ready,
+// storage.integrity_error, supervisor.shutdown.
 //
 // # Files on disk
 //

@@ -70,7 +70,7 @@ func TestAlgoLimitsReachTheSandboxes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := algosandbox.New(o.algoConfig(&sandbox.Runtime{}, nil, slog.New(slog.DiscardHandler)))
+	a, err := algosandbox.New(o.algoConfig(&sandbox.Runtime{}, storageOf(o.state, o.algo.ResultsBytes), nil, slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,9 +69,12 @@ func runProper(o *options, log *slog.Logger) error {
 		}
 	}()
 
+	// The state directory's storage (the scratch disk or memory) sizes the
+	// results cap, the agent's floor and the log queue, and is measured.
+	storage := storageOf(o.state, o.algo.ResultsBytes)
 	var sup *lifecycle.Supervisor
 	proxy := tab.WithRole(table.RoleAlgorithmProxy)
-	algo, err := algosandbox.New(o.algoConfig(rt, func(edge string, ln *os.File) error {
+	algo, err := algosandbox.New(o.algoConfig(rt, storage, func(edge string, ln *os.File) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		// The proxy listener goes to egress like any rewired fd.
@@ -99,10 +102,11 @@ func runProper(o *options, log *slog.Logger) error {
 		ListenAddr: listenAddr,
 		LogLevel:   o.logLevel,
 		Dev:        o.dev,
-		Settings:   table.SettingsInput{SimulatedAttestation: o.attestation == "simulated", Environment: environment, PullGrant: comps.currentGrant},
-		Log:        log,
-		Sandboxes:  sandboxes,
-		Measurer:   measurer,
+		Settings: table.SettingsInput{SimulatedAttestation: o.attestation == "simulated", Environment: environment, PullGrant: comps.currentGrant,
+			LogQueueBytes: storage.budget.LogQueueBytes, AgentMinFreeBytes: storage.budget.AgentMinFreeBytes},
+		Log:       log,
+		Sandboxes: sandboxes,
+		Measurer:  storage.measurer(measurer),
 		Link: func(ctx context.Context) error {
 			return manager.RunGuest(ctx, manager.Guest{
 				Environment: environment,
@@ -124,6 +128,7 @@ func runProper(o *options, log *slog.Logger) error {
 	}
 	comps.sup = sup
 	defer comps.close()
+	storage.announce(ctx, sup.Events(), log)
 	log.Info("supervisor started", "state", o.state, "listen", listenAddr, "table_hash", tab.HashHex(), "dev", o.dev)
 	return sup.Run(ctx)
 }
@@ -154,11 +159,21 @@ func listenTCP(addr string) (*os.File, string, error) {
 }
 
 // algoConfig is the algorithm sandboxes' configuration: the maximums of the
-// --algo-* flags, the state directories behind the logical sources, and
-// proxy, which hands each sandbox's proxy listener to egress.
-func (o *options) algoConfig(rt *sandbox.Runtime, proxy func(edge string, ln *os.File) error, log *slog.Logger) algosandbox.Config {
+// --algo-* flags (the results cap following the storage), the state
+// directories behind the logical sources, where results go, and proxy,
+// which hands each sandbox's proxy listener to egress.
+func (o *options) algoConfig(rt *sandbox.Runtime, storage stateStorage, proxy func(edge string, ln *os.File) error, log *slog.Logger) algosandbox.Config {
+	max := o.algo
+	max.ResultsBytes = storage.budget.ResultsBytes
+	results, err := storage.results(o.state)
+	if err != nil {
+		// In memory, then, and capped as results in memory are.
+		max.ResultsBytes = min(max.ResultsBytes, 512<<20)
+		log.Error("results on the scratch disk unavailable; each run's results go to a tmpfs", "err", err, "cap_mib", max.ResultsBytes>>20)
+	}
 	return algosandbox.Config{
-		Max:            o.algo,
+		Max:            max,
+		Results:        results,
 		Runtime:        rt,
 		ComputationDir: filepath.Join(o.state, "computation"),
 		WorkDir:        filepath.Join(o.state, "runner"),

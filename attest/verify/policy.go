@@ -47,6 +47,10 @@ type CVMDPolicy struct {
 	// ManifestSHA3256 (hex) is the computation manifest expected in PCR 16's
 	// log; "" = not checked.
 	ManifestSHA3256 string `json:"manifest_sha3_256,omitempty"`
+	// Storage is where the computation's files must live, as the storage
+	// event measures it: "disk" (the scratch disk, with authenticated
+	// encryption) or "memory"; "" = not checked.
+	Storage string `json:"storage,omitempty"`
 }
 
 type policyJSON struct {

@@ -176,6 +176,7 @@ func checkEventLog(r *Result, c *eat.Claims, o Options) error {
 	r.pass("vtpm.eventlog")
 	r.Restarts = map[string]uint32{}
 	var tables []string
+	var storages []attest.Storage
 	manifest := ""
 	for _, e := range log {
 		switch e.Type {
@@ -203,9 +204,24 @@ func checkEventLog(r *Result, c *eat.Claims, o Options) error {
 			}
 		case attest.EventManifest:
 			manifest = hexs(e.Data[:32])
+		case attest.EventStorage:
+			var st attest.Storage
+			if err := json.Unmarshal(e.Data, &st); err != nil {
+				return fail("cvmd.storage", err)
+			}
+			storages = append(storages, st)
 		}
 	}
 	r.childTables, r.manifest = tables, manifest
+	if len(storages) > 0 {
+		r.Storage = &storages[len(storages)-1]
+	}
+	if want := o.Policy.CVMD.Storage; want != "" {
+		if err := checkStorage(storages, want); err != nil {
+			return err
+		}
+		r.pass("cvmd.storage")
+	}
 	if want := o.Policy.CVMD.ChildTableSHA256; want != "" {
 		if len(tables) == 0 {
 			return mismatch("cvmd.child_table", "no child-table event", want)
@@ -222,6 +238,31 @@ func checkEventLog(r *Result, c *eat.Claims, o Options) error {
 			return mismatch("cvmd.manifest", manifest, want)
 		}
 		r.pass("cvmd.manifest")
+	}
+	return nil
+}
+
+// checkStorage requires every storage event of the log (one per start of
+// the supervisor) to be of kind want; "disk" also requires authenticated
+// encryption (integrity "aead" and a cipher).
+func checkStorage(storages []attest.Storage, want string) error {
+	if want != attest.StorageDisk && want != attest.StorageMemory {
+		return fail("cvmd.storage", fmt.Errorf("policy storage %q: want %q or %q", want, attest.StorageDisk, attest.StorageMemory))
+	}
+	if len(storages) == 0 {
+		return mismatch("cvmd.storage", "no storage event", want)
+	}
+	for _, st := range storages {
+		got := st.Kind
+		if st.Kind == attest.StorageDisk && (st.Integrity != "aead" || st.Cipher == "") {
+			got = fmt.Sprintf("disk with cipher %q and integrity %q", st.Cipher, st.Integrity)
+		}
+		if got != want {
+			if st.Reason != "" {
+				got += " (" + st.Reason + ")"
+			}
+			return mismatch("cvmd.storage", got, want)
+		}
 	}
 	return nil
 }

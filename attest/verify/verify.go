@@ -88,6 +88,7 @@ type Result struct {
 	Events    attest.EventLog       // replayed and matching PCRs 15 and 16
 	Checks    []string              // the checks that ran and passed, in order
 	Restarts  map[string]uint32     // child → highest generation seen in the log
+	Storage   *attest.Storage       // the last storage event of the log; nil without one
 	BootID    string                // the boot the token comes from ("" if it names none)
 	IssuedAt  time.Time
 
@@ -276,6 +277,8 @@ func noVTPMRequirements(p attest.Platform, pol *Policy) error {
 		return mismatch("cvmd.child_table", p.String()+" evidence without a measurement log", pc.ChildTableSHA256)
 	case pc.ManifestSHA3256 != "":
 		return mismatch("cvmd.manifest", p.String()+" evidence without a measurement log", pc.ManifestSHA3256)
+	case pc.Storage != "":
+		return mismatch("cvmd.storage", p.String()+" evidence without a measurement log", pc.Storage)
 	}
 	return nil
 }

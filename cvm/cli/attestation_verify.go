@@ -20,7 +20,7 @@ import (
 func init() { Register("attestation", newAttestationVerifyCmd) }
 
 func newAttestationVerifyCmd() *cobra.Command {
-	var tee, vtpm, bundlePath, childTable, manifest, bootID, tdxCollateral, intelRoots string
+	var tee, vtpm, bundlePath, childTable, manifest, storage, bootID, tdxCollateral, intelRoots string
 	var skew time.Duration
 	var pf policyFlags
 	var aks []string
@@ -90,6 +90,9 @@ failed it, and the exit status is 1.`,
 			if manifest != "" {
 				o.Policy.CVMD.ManifestSHA3256 = manifest
 			}
+			if storage != "" {
+				o.Policy.CVMD.Storage = storage
+			}
 			for _, ak := range aks {
 				if b, err := hex.DecodeString(ak); err != nil || len(b) != 32 {
 					return &UsageError{fmt.Errorf("--ak %q: want the SHA-256 of the AK public area in hex", ak)}
@@ -134,6 +137,13 @@ failed it, and the exit status is 1.`,
 				v["pcr16"] = hex.EncodeToString(r.PCRs[16])
 				v["events"] = r.Events
 				v["restarts"] = r.Restarts
+				if r.Storage != nil {
+					v["storage"] = r.Storage
+					line += fmt.Sprintf("\nstorage: %s (%s, %d MiB)", r.Storage.Kind, r.Storage.FS, r.Storage.SizeBytes>>20)
+					if r.Storage.Cipher != "" {
+						line += fmt.Sprintf(", cipher %s, integrity %s", r.Storage.Cipher, r.Storage.Integrity)
+					}
+				}
 				line += fmt.Sprintf("\nPCR15 %x (%d measured events), PCR16 %x", r.PCRs[15], len(r.Events), r.PCRs[16])
 				for child, gen := range r.Restarts {
 					line += fmt.Sprintf("\nchild %s: generation %d", child, gen)
@@ -149,6 +159,7 @@ failed it, and the exit status is 1.`,
 	f.StringVar(&bundlePath, "amd-bundle", "", "PEM with the AMD ASK and ARK (and optionally the VCEK); default: embedded AMD roots")
 	f.StringVar(&childTable, "child-table", "", "expected supervisor child table SHA-256, hex (cvmd supervise --print-sandbox)")
 	f.StringVar(&manifest, "manifest", "", "expected manifest SHA3-256 in PCR 16's log, hex")
+	f.StringVar(&storage, "storage", "", "required storage of the computation's files: disk (the encrypted, authenticated scratch disk) or memory")
 	f.StringArrayVar(&aks, "ak", nil, "trusted TPM AK (SHA-256 of its public area, hex); needed for vtpm-only evidence")
 	f.BoolVar(&allowSim, "allow-simulated", false, "accept evidence from a simulated platform (development only)")
 	f.StringVar(&tdxCollateral, "tdx-collateral", "", "Intel PCS collateral bundle (JSON of recorded PCS responses) for TDX evidence")

@@ -73,10 +73,47 @@ type Config struct {
 	DebugPort bool
 	// Console, when set, also receives every timestamped serial line.
 	Console io.Writer
+	// Disks are virtio-blk disks, in order (the guest names them vda, vdb,
+	// ...). The image uses the one with serial "cvmd-scratch" as its
+	// encrypted scratch storage (supervisor/pid1/scratch.go).
+	Disks []Disk
 	// ExtraArgs are appended to qemu's command line.
 	ExtraArgs []string
 	// Stderr receives qemu's and swtpm's own messages; nil discards them.
 	Stderr io.Writer
+}
+
+// Disk is a raw disk image given to the guest as a virtio-blk device.
+type Disk struct {
+	// Path is the host file (raw format); it must exist.
+	Path string
+	// Serial is the device's virtio serial (at most 20 bytes), how the
+	// guest recognises the disk.
+	Serial string
+}
+
+// ScratchSerial is the serial that makes the image use a disk as its
+// scratch storage.
+const ScratchSerial = "cvmd-scratch"
+
+// diskArgs are the qemu options for the disks.
+func diskArgs(disks []Disk) ([]string, error) {
+	var args []string
+	for i, d := range disks {
+		if strings.ContainsAny(d.Path, ",") || strings.ContainsAny(d.Serial, ", ") || len(d.Serial) > 20 {
+			return nil, fmt.Errorf("qemu: disk %q (serial %q): no commas in the path, serial at most 20 characters without commas or spaces", d.Path, d.Serial)
+		}
+		if _, err := os.Stat(d.Path); err != nil {
+			return nil, fmt.Errorf("qemu: disk: %w", err)
+		}
+		id := fmt.Sprintf("disk%d", i)
+		dev := "virtio-blk-pci,drive=" + id
+		if d.Serial != "" {
+			dev += ",serial=" + d.Serial
+		}
+		args = append(args, "-drive", "file="+d.Path+",if=none,id="+id+",format=raw,cache=writeback,aio=threads", "-device", dev)
+	}
+	return args, nil
 }
 
 // Line is one line of the serial console.
@@ -196,6 +233,11 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 			args = append(args, "-virtfs", "local,path="+dir+",mount_tag="+tag+",security_model=none,readonly=on,id="+tag)
 		}
 	}
+	da, err := diskArgs(cfg.Disks)
+	if err != nil {
+		return fail(err)
+	}
+	args = append(args, da...)
 	if cfg.TPM {
 		name, err := v.startSwtpm()
 		if err != nil {

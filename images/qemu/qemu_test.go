@@ -102,3 +102,31 @@ func TestStartRefusesBadConfig(t *testing.T) {
 		})
 	}
 }
+
+func TestDiskArgs(t *testing.T) {
+	img := t.TempDir() + "/scratch.img"
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args, err := diskArgs([]Disk{{Path: img, Serial: ScratchSerial}, {Path: img}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"-drive", "file=" + img + ",if=none,id=disk0,format=raw,cache=writeback,aio=threads", "-device", "virtio-blk-pci,drive=disk0,serial=cvmd-scratch",
+		"-drive", "file=" + img + ",if=none,id=disk1,format=raw,cache=writeback,aio=threads", "-device", "virtio-blk-pci,drive=disk1",
+	}
+	if strings.Join(args, " ") != strings.Join(want, " ") {
+		t.Fatalf("diskArgs = %q\nwant %q", args, want)
+	}
+	for _, bad := range []Disk{
+		{Path: img + ",readonly=on"},
+		{Path: img, Serial: "a,b"},
+		{Path: img, Serial: strings.Repeat("s", 21)},
+		{Path: img + ".missing"},
+	} {
+		if _, err := diskArgs([]Disk{bad}); err == nil {
+			t.Errorf("diskArgs(%+v) accepted", bad)
+		}
+	}
+}

@@ -59,6 +59,11 @@ type Config struct {
 	// RunDir holds per-sandbox scratch (the results tmpfs mount points);
 	// root-only, ideally on a tmpfs.
 	RunDir string
+	// Results, when set, makes each sandbox's results directory instead of
+	// a tmpfs in RunDir: on the scratch disk, capped at limit bytes by a
+	// project quota (pid1.ResultsArea.Make), so that results need not fit
+	// in memory. It returns the directory and how to remove it.
+	Results func(name string, id uint64, limit int64, uid, gid int) (dir string, remove func(), err error)
 	// Cvmd is the binary behind the logical source "cvmd"; "" = os.Executable.
 	Cvmd string
 	// UID and GID the algorithm runs as; 0 means 65532 (never root).
@@ -106,7 +111,8 @@ type Sandboxes struct {
 }
 
 type algoRun struct {
-	id string
+	id  string
+	seq uint64 // numbers its results dir's quota
 
 	// mu is never held across the container's creation (kill waits for it).
 	mu         sync.Mutex
@@ -234,7 +240,7 @@ func (a *Sandboxes) Request(ctx context.Context, req *control.SandboxRequest) (m
 		return nil, "", fmt.Errorf("algosandbox: request id %d already running", req.GetId())
 	}
 	a.seq++
-	run := &algoRun{id: fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq)}
+	run := &algoRun{id: fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq), seq: a.seq}
 	a.live[req.GetId()] = run
 	a.wg.Add(1)
 	a.mu.Unlock()
@@ -585,13 +591,22 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 	cleanups = append(cleanups, func() { a.warn(run.id, "removing its scratch dir", os.RemoveAll(dir)) })
 	resultsTmp := ""
 	if plan.results != "" {
-		resultsTmp = filepath.Join(dir, "results")
-		if err := mountResults(resultsTmp, plan.resultsBytes, a.cfg.UID, a.cfg.GID); err != nil {
-			return nil, nil, nil, err
+		if a.cfg.Results != nil {
+			d, remove, err := a.cfg.Results(run.id, run.seq, plan.resultsBytes, a.cfg.UID, a.cfg.GID)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			resultsTmp = d
+			cleanups = append(cleanups, remove)
+		} else {
+			resultsTmp = filepath.Join(dir, "results")
+			if err := mountResults(resultsTmp, plan.resultsBytes, a.cfg.UID, a.cfg.GID); err != nil {
+				return nil, nil, nil, err
+			}
+			cleanups = append(cleanups, func() {
+				a.warn(run.id, "unmounting its results tmpfs", syscall.Unmount(resultsTmp, syscall.MNT_DETACH))
+			})
 		}
-		cleanups = append(cleanups, func() {
-			a.warn(run.id, "unmounting its results tmpfs", syscall.Unmount(resultsTmp, syscall.MNT_DETACH))
-		})
 		plan.spec.Results = resultsTmp
 	}
 	net, err := newAlgoNet(a.cfg.ProxyPort)

@@ -34,6 +34,9 @@ type incarnation struct {
 	started time.Time
 	tail    *tail
 	cancel  context.CancelFunc // ends in-flight sandbox requests
+	// abandonedAt is when the supervisor gave up waiting for its exit
+	// after SIGKILL (zero while it has not).
+	abandonedAt time.Time
 }
 
 // launch is one incarnation on its way: prepared on the loop, started
@@ -381,8 +384,8 @@ func stateDirOf(spec *table.ChildSpec) string {
 	return ""
 }
 
-// sandboxSpec is the translation of a table entry into a sandbox.Spec; id
-// names the sandbox (sandboxID), the hostname is the child's name.
+// sandboxSpec is the translation of a table entry into a sandbox.Spec
+// with the given id (sandboxID); the hostname is the child's name.
 func (s *Supervisor) sandboxSpec(spec *table.ChildSpec, id string) *sandbox.Spec {
 	ss := &sandbox.Spec{
 		ID:       id,

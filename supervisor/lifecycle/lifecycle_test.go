@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -365,6 +366,60 @@ func TestReplacedDuringBootReachesItsServer(t *testing.T) {
 			})
 			if bad := logLines(r.log, "child=cli", "unreachable srv"); len(bad) > 0 || len(logLines(r.log, "child=cli", "reached srv generation 2")) != 1 {
 				t.Fatalf("the replaced client did not reach its server: %v", bad)
+			}
+		})
+	}
+}
+
+// A child whose death after SIGKILL is seen only after the kill margin
+// (a loaded machine: the VM's runner, killed while created, took longer
+// than 2 s to be reaped) is abandoned, and its replacement starts beside
+// it: it is never refused because the old sandbox is still there. When the
+// old one's exit does come, its sandbox is destroyed. A margin of 1 ns
+// makes every death late. Both ways of being killed are covered: while
+// created (its dependency never READY), and after the grace of a stop it
+// ignored.
+func TestReplacementOfAChildThatDiesLate(t *testing.T) {
+	for _, tc := range []struct {
+		name, base, mode string
+		created          bool
+	}{
+		{"created", "silent", "ok", true},
+		{"stubborn", "ok", "stubborn", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runner := spec("runner", tc.mode, "base")
+			runner.Scope = table.PerComputation
+			r := start(t, []table.ChildSpec{spec("base", tc.base), runner}, func(c *Config) {
+				c.KillMargin = time.Nanosecond
+				c.Table.ReadyTimeout = 5 * time.Minute // base may stay silent
+			})
+			want := StatusReady
+			if tc.created {
+				want = StatusCreated
+			}
+			r.waitFor("the runner "+string(want), 60*time.Second, func(m map[string]ChildInfo) bool {
+				return m["runner"].Generation == 1 && m["runner"].Status == want
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			if err := r.sup.NewComputation(ctx, &cvms.ComputationRunReq{Id: "c1"}); err != nil {
+				t.Fatal(err)
+			}
+			r.waitFor("the new runner "+string(want), 60*time.Second, func(m map[string]ChildInfo) bool {
+				return m["runner"].Generation == 2 && m["runner"].Status == want
+			})
+			testutil.WaitUntil(t, 60*time.Second, "the abandoned runner's late exit", func() bool {
+				return len(logLines(r.log, "abandoned child exited", "child=runner", "generation=1")) == 1
+			})
+			if bad := logLines(r.log, "starting child", "child=runner"); len(bad) != 0 {
+				t.Fatalf("the replacement was refused:\n%s", strings.Join(bad, "\n"))
+			}
+			if got := logLines(r.log, "child did not die after SIGKILL", "child=runner", "generation=1"); len(got) != 1 {
+				t.Fatalf("%d abandon lines for the first runner, want 1 (the margin did not force a late death?)", len(got))
+			}
+			if ids := r.sup.rt.Live(); slices.Contains(ids, "runner") || !slices.Contains(ids, "runner-2") {
+				t.Fatalf("live sandboxes %v: want the second runner's, not the first's", ids)
 			}
 		})
 	}

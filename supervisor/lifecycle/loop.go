@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"time"
 
@@ -225,7 +226,7 @@ func (s *Supervisor) handle(ev event) {
 		if c := s.current(e.name, e.gen); c != nil && c.status == StatusStopping {
 			s.log.Warn("child did not stop in time; killing it", "child", e.name, "grace", s.table.StopGrace)
 			c.inc.sb.Kill()
-			c.setTimer(KillMargin, func() { s.post(evKillDeadline(e)) })
+			c.setTimer(s.cfg.KillMargin, func() { s.post(evKillDeadline(e)) })
 		}
 	case evKillDeadline:
 		if c := s.current(e.name, e.gen); c != nil && c.status == StatusStopping {
@@ -234,6 +235,9 @@ func (s *Supervisor) handle(ev event) {
 	case evExit:
 		if c := s.standbyOf(e.name, e.sb); c != nil {
 			s.standbyExited(c, e)
+			return
+		}
+		if s.reapAbandoned(e) {
 			return
 		}
 		c := s.children[e.name]
@@ -622,7 +626,7 @@ func (s *Supervisor) stopChild(c *childState, why stopReason) {
 		// as PID 1 of its namespace it would answer SIGTERM with exit
 		// status 2, which reads like a failure in the log.
 		c.inc.sb.Kill()
-		c.setTimer(KillMargin, func() { s.post(evKillDeadline{name: name, gen: gen}) })
+		c.setTimer(s.cfg.KillMargin, func() { s.post(evKillDeadline{name: name, gen: gen}) })
 		return
 	}
 	c.inc.ctl.Send(stopMessage(string(why)), nil)
@@ -633,12 +637,43 @@ func (s *Supervisor) stopChild(c *childState, why stopReason) {
 // abandon gives up on a child that did not exit after SIGKILL: a shutdown
 // goes on without it (release tries once more), a replaced child is
 // started again beside it.
+//
+// What the incarnation held on the supervisor's side goes now (its control
+// channel, its pending commands, its algorithm sandboxes: the next
+// incarnation gets its own); its sandbox stays until its exit comes
+// (reapAbandoned), or until release.
 func (s *Supervisor) abandon(c *childState) {
-	s.log.Error("child did not die after SIGKILL", "child", c.spec.Name, "generation", c.inc.gen)
+	inc := c.inc
+	s.log.Error("child did not die after SIGKILL", "child", c.spec.Name, "generation", inc.gen, "sandbox", inc.sb.ID())
 	c.stopTimer()
-	s.abandoned = append(s.abandoned, c.inc)
 	c.inc = nil
+	inc.ctl.Close()
+	inc.cancel()
+	if c.spec.Role == table.RoleAlgorithmSandboxes && s.cfg.Sandboxes != nil {
+		s.cfg.Sandboxes.KillAll()
+	}
+	s.cmds.fail(inc)
+	inc.abandonedAt = time.Now()
+	s.abandoned = append(s.abandoned, inc)
 	s.afterExit(c)
+}
+
+// reapAbandoned destroys the sandbox of an abandoned incarnation whose
+// exit came at last, and reports whether e was such an exit.
+func (s *Supervisor) reapAbandoned(e evExit) bool {
+	for i, inc := range s.abandoned {
+		if inc.name != e.name || inc.sb != e.sb {
+			continue
+		}
+		s.abandoned = slices.Delete(s.abandoned, i, i+1)
+		if err := inc.sb.Destroy(); err != nil {
+			s.log.Warn("destroying sandbox", "child", inc.name, "sandbox", inc.sb.ID(), "err", err)
+		}
+		s.log.Warn("abandoned child exited at last; its sandbox is destroyed", "child", inc.name, "generation", inc.gen,
+			"sandbox", inc.sb.ID(), "status", exitText(e), "after_abandon", time.Since(inc.abandonedAt).Round(time.Millisecond))
+		return true
+	}
+	return false
 }
 
 // beginShutdown starts stopping the children in reverse dependency order

@@ -61,9 +61,11 @@ func (evStandbyBuilt) isEvent() {}
 func (evStandbyDue) isEvent()   {}
 
 // sandboxID is the id of a child's n-th sandbox: the child's name for the
-// first, "<name>-<n>" for later ones, so that a standby (built while the
-// current incarnation runs) and the incarnation never share an id or a
-// cgroup.
+// first, "<name>-<n>" for later ones, so that no two sandboxes of a child
+// share an id or a cgroup: a standby (built while the current incarnation
+// runs) and that incarnation; an incarnation that did not die after
+// SIGKILL in time (it keeps its sandbox until its exit comes) and its
+// replacement, which is never refused for it.
 func sandboxID(name string, n int) string {
 	if n <= 1 {
 		return name

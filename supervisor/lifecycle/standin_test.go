@@ -24,6 +24,7 @@ import (
 //   - silent: never says READY, runs until told to stop;
 //   - stubborn: says READY and ignores Stop and SIGTERM (only SIGKILL ends it);
 //   - crash: exits with status 3 before saying READY;
+//   - silent: never says READY (its dependents stay created);
 //   - asksandbox: says READY, asks the supervisor for an algorithm sandbox
 //     and prints the reply's error as "sandbox reply: ...";
 //   - dial: says READY, dials each of its "to:" edges (for 20 s at most)
@@ -40,6 +41,9 @@ func standIn(ctx context.Context, env *child.Env) error {
 	switch mode {
 	case "crash":
 		os.Exit(3)
+	case "silent":
+		<-ctx.Done()
+		return nil
 	case "asksandbox":
 		replied := make(chan string, 1)
 		env.Intercept(func(m *control.Message, files map[string]*os.File) bool {

@@ -87,6 +87,10 @@ type Config struct {
 	// that breaks the child contract in the named way. Only a test build
 	// (-tags cvmdtest) has the flag that sets it, and the probe.
 	TestMisbehave map[string]string
+	// KillMargin is how long a SIGKILLed child has to exit before the
+	// supervisor gives up on it; 0 means the package's KillMargin. Tests
+	// set it tiny to make every death late.
+	KillMargin time.Duration
 	// PanicOnSIGUSR1 makes the event loop panic on SIGUSR1, to prove that
 	// PID 1 survives and the children come back. Only a test build has the
 	// flag that sets it.
@@ -165,6 +169,9 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "info"
+	}
+	if cfg.KillMargin <= 0 {
+		cfg.KillMargin = KillMargin
 	}
 	cfg.Settings.Log = cfg.Log
 	if !filepath.IsAbs(cfg.State) || !filepath.IsAbs(cfg.RunDir) {
@@ -371,7 +378,16 @@ func (s *Supervisor) release() {
 	}
 	for _, inc := range incs {
 		inc.sb.Kill()
-		inc.sb.Wait() // the incarnation's waiter gets the same status
+		// The incarnation's waiter gets the same status. Bounded: a process
+		// that does not die must not hold the shutdown (its sandbox is
+		// destroyed as far as it can be).
+		waited := make(chan struct{})
+		go func() { inc.sb.Wait(); close(waited) }()
+		select {
+		case <-waited:
+		case <-time.After(s.cfg.KillMargin):
+			s.log.Error("child did not die after SIGKILL; destroying its sandbox anyway", "child", inc.name, "generation", inc.gen, "sandbox", inc.sb.ID())
+		}
 		if err := inc.sb.Destroy(); err != nil {
 			s.log.Warn("destroying sandbox", "child", inc.name, "err", err)
 		}

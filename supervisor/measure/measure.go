@@ -18,10 +18,12 @@
 package measure
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"log/slog"
 	"sync"
 	"time"
@@ -81,6 +83,22 @@ func (m *Measurer) Table(ctx context.Context, canonical []byte) {
 func (m *Measurer) Restart(ctx context.Context, child string, gen uint32, computationID string) {
 	ev, err := attest.JSONEvent(attest.EventChildStart, attest.ChildStart{Child: child, Generation: gen, ComputationID: computationID})
 	m.queue(ctx, "restart", ev, err)
+}
+
+// Storage queues the measurement of where the computation's files live:
+// fact is pid1.Storage's JSON (the encrypted scratch disk, or memory),
+// read strictly as attest.Storage, which the supervisor measures right
+// after the table. It never blocks.
+func (m *Measurer) Storage(ctx context.Context, fact []byte) {
+	var st attest.Storage
+	dec := json.NewDecoder(bytes.NewReader(fact))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(&st)
+	var ev attest.Event
+	if err == nil {
+		ev, err = attest.JSONEvent(attest.EventStorage, st)
+	}
+	m.queue(ctx, "storage", ev, err)
 }
 
 func (m *Measurer) queue(ctx context.Context, kind string, ev attest.Event, err error) {

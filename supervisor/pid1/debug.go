@@ -29,7 +29,10 @@ const (
 
 // DebugCommand is one request on the debug port: "kill NAME" sends SIGKILL
 // to the cvmd child NAME; "ping" answers "pong"; "ps" lists every process as
-// pid:name:state:wchan on one line, to explain a hang.
+// pid:name:state:wchan on one line, to explain a hang; "mem" reports the
+// guest's memory and "drop-caches" writes back and drops the page cache
+// (the scratch disk's tests: memory while a dataset streams in, and reads
+// that reach the disk, see storage_debug.go).
 type DebugCommand struct {
 	Verb, Arg string
 }
@@ -38,12 +41,12 @@ type DebugCommand struct {
 func ParseDebugCommand(line string) (DebugCommand, error) {
 	f := strings.Fields(line)
 	switch {
-	case len(f) == 1 && (f[0] == "ping" || f[0] == "ps"):
+	case len(f) == 1 && (f[0] == "ping" || f[0] == "ps" || f[0] == "mem" || f[0] == "drop-caches"):
 		return DebugCommand{Verb: f[0]}, nil
 	case len(f) == 2 && f[0] == "kill" && validChildName(f[1]):
 		return DebugCommand{Verb: "kill", Arg: f[1]}, nil
 	}
-	return DebugCommand{}, fmt.Errorf("pid1: debug command %q: want \"ping\", \"ps\" or \"kill CHILD\"", line)
+	return DebugCommand{}, fmt.Errorf("pid1: debug command %q: want \"ping\", \"ps\", \"mem\", \"drop-caches\" or \"kill CHILD\"", line)
 }
 
 func validChildName(s string) bool {
@@ -121,6 +124,10 @@ func runDebug(log *slog.Logger, line string) string {
 		return "pong"
 	case "ps":
 		return processList()
+	case "mem":
+		return memoryReport()
+	case "drop-caches":
+		return dropCaches()
 	}
 	pids, err := childPIDs(c.Arg)
 	if err != nil {

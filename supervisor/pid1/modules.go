@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,12 +21,16 @@ type Module struct {
 	// Optional modules may fail to load without it being an error: sev-guest
 	// has no device outside an SEV-SNP guest.
 	Optional bool
+	// Scratch modules (dm-crypt, dm-integrity, ext4, AES-GCM...) are needed
+	// only for a scratch disk: they are loaded when the VM has one
+	// (LoadScratchModules), not at boot.
+	Scratch bool
 }
 
 // ParseModuleList reads a load-order file: one module path a line, relative
-// to the release directory, optionally followed by the word "optional".
-// Blank lines and lines starting with # are skipped. A path that is absolute
-// or climbs out of the directory is refused.
+// to the release directory, optionally followed by the words "optional"
+// and "scratch". Blank lines and lines starting with # are skipped. A path
+// that is absolute or climbs out of the directory is refused.
 func ParseModuleList(r io.Reader) ([]Module, error) {
 	var mods []Module
 	sc := bufio.NewScanner(r)
@@ -37,11 +42,15 @@ func ParseModuleList(r io.Reader) ([]Module, error) {
 			continue
 		}
 		m := Module{Path: f[0]}
-		switch {
-		case len(f) == 2 && f[1] == "optional":
-			m.Optional = true
-		case len(f) != 1:
-			return nil, fmt.Errorf("pid1: module list line %d: want \"path [optional]\", got %q", line, sc.Text())
+		for _, w := range f[1:] {
+			switch {
+			case w == "optional" && !m.Optional:
+				m.Optional = true
+			case w == "scratch" && !m.Scratch:
+				m.Scratch = true
+			default:
+				return nil, fmt.Errorf("pid1: module list line %d: want \"path [optional] [scratch]\", got %q", line, sc.Text())
+			}
 		}
 		if !filepath.IsLocal(m.Path) || !strings.HasSuffix(m.Path, ".ko") {
 			return nil, fmt.Errorf("pid1: module list line %d: path %q is not a relative .ko path", line, m.Path)
@@ -54,10 +63,19 @@ func ParseModuleList(r io.Reader) ([]Module, error) {
 	return mods, nil
 }
 
-// loadModules loads, in order, the modules listed for the running kernel. It
-// returns how many were loaded (or already present). A missing list is not an
-// error: the kernel may have everything built in.
-func loadModules(log *slog.Logger, root string) (int, error) {
+// LoadScratchModules loads the modules only a scratch disk needs.
+func LoadScratchModules(log *slog.Logger) error {
+	start := time.Now()
+	n, err := loadModules(log, ModulesDir, true)
+	log.Info("pid1: scratch disk modules loaded", "count", n, "ms", time.Since(start).Milliseconds())
+	return err
+}
+
+// loadModules loads, in order, the modules listed for the running kernel
+// whose Scratch is scratch. It returns how many were loaded (or already
+// present). A missing list is not an error: the kernel may have everything
+// built in.
+func loadModules(log *slog.Logger, root string, scratch bool) (int, error) {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		return 0, fmt.Errorf("pid1: uname: %w", err)
@@ -79,6 +97,9 @@ func loadModules(log *slog.Logger, root string) (int, error) {
 	var errs []error
 	n := 0
 	for _, m := range mods {
+		if m.Scratch != scratch {
+			continue
+		}
 		err := loadModule(filepath.Join(dir, m.Path))
 		switch {
 		case err == nil:

@@ -14,8 +14,11 @@
 // it loads the kernel modules the image ships (virtio, 9p, overlay, vsock,
 // the ACPI power button, sev-guest), mounts the manager's 9p shares
 // (env_share → /etc/cocos, certs_share → /etc/certs), configures eth0 for
-// qemu's user network, and turns a press of the ACPI power button (qemu's
-// system_powerdown) into SIGPWR for the calling process. PID 1 calls
+// qemu's user network, turns a press of the ACPI power button (qemu's
+// system_powerdown) into SIGPWR for the calling process, and puts the
+// computation's files on the scratch disk when the VM has one: a fresh
+// dm-crypt (AES-GCM) over dm-integrity volume each boot, keyed in the guest
+// (scratch.go), whose choice the supervisor measures (storage.go). PID 1 calls
 // Prepare once, after /proc, /sys and /dev are mounted and after the root
 // has been moved to its final place, so that the 9p mounts land in the
 // root the children see. Every step skips what is absent (no module list,
@@ -24,8 +27,11 @@
 //
 // pid1 knows nothing of the children or the child table: the supervisor
 // (package supervisor) passes what it needs in Config. It imports
-// libcontainer's exeseal and x/sys only; the supervisor, images/ (the
-// boot probe) and tests/vm import it.
+// libcontainer's exeseal, x/sys and attest (the storage fact's type); the
+// supervisor (PID 1, and the supervisor proper for the storage it measures
+// and sizes its limits by: StorageOf, BudgetFor, WatchIntegrity), the
+// algorithm sandboxes (MakeQuotaDir), images/ (the boot probe, the scratch
+// benchmark) and tests/vm import it.
 package pid1
 
 import (
@@ -69,14 +75,16 @@ var Shares = map[string]string{
 func LoadModules(log *slog.Logger) error {
 	start := time.Now()
 	log.Info("pid1: start", "kernel_uptime_s", fmt.Sprintf("%.3f", uptime()), "init_start_s", fmt.Sprintf("%.2f", initStart()))
-	n, err := loadModules(log, ModulesDir)
+	n, err := loadModules(log, ModulesDir, false)
 	log.Info("pid1: modules loaded", "count", n, "ms", time.Since(start).Milliseconds())
 	return err
 }
 
 // Prepare mounts securityfs and loads the image's IMA policy (ima.go), mounts
-// the 9p shares that are present, configures the network and starts
-// watching the power button (the modules are LoadModules' part). Every
+// the 9p shares that are present, configures the network, starts watching
+// the power button, and gives StateRoot its storage: the scratch disk as a
+// fresh encrypted volume, or memory (SetupStorage; the modules are
+// LoadModules' part). Every
 // step is attempted even when an earlier one failed; the error joins what
 // went wrong, each part naming its object. The caller logs it and carries
 // on: a VM whose share failed may still be configured from the kernel
@@ -106,6 +114,9 @@ func Prepare(log *slog.Logger) error {
 	if err := startDebugPort(log); err != nil {
 		errs = append(errs, err)
 	}
+	// Last: formatting the scratch disk takes a while, and the debug port
+	// should answer meanwhile.
+	SetupStorage(log, cmd)
 	log.Info("pid1: done", "ms", time.Since(start).Milliseconds())
 	return errors.Join(errs...)
 }

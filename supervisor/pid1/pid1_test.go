@@ -123,7 +123,9 @@ var moduleListTests = []struct {
 	{"absolute path", "/lib/a.ko\n", nil, "not a relative"},
 	{"climbs out", "../a.ko\n", nil, "not a relative"},
 	{"not a module", "kernel/a.txt\n", nil, "not a relative"},
+	{"scratch group", "kernel/c.ko scratch\nkernel/d.ko optional scratch\n", []Module{{Path: "kernel/c.ko", Scratch: true}, {Path: "kernel/d.ko", Optional: true, Scratch: true}}, ""},
 	{"unknown word", "kernel/a.ko maybe\n", nil, "want"},
+	{"word twice", "kernel/a.ko optional optional\n", nil, "want"},
 }
 
 func TestParseModuleList(t *testing.T) {
@@ -161,7 +163,7 @@ func FuzzParseModuleList(f *testing.F) {
 }
 
 func TestLoadModulesWithoutListIsNotAnError(t *testing.T) {
-	n, err := loadModules(slog.New(slog.DiscardHandler), t.TempDir())
+	n, err := loadModules(slog.New(slog.DiscardHandler), t.TempDir(), false)
 	if n != 0 || err != nil {
 		t.Fatalf("loadModules on an empty tree = %d, %v; want 0, nil", n, err)
 	}
@@ -237,6 +239,9 @@ var debugTests = []struct {
 }{
 	{"ping", DebugCommand{Verb: "ping"}, false},
 	{"ps", DebugCommand{Verb: "ps"}, false},
+	{"mem", DebugCommand{Verb: "mem"}, false},
+	{"drop-caches", DebugCommand{Verb: "drop-caches"}, false},
+	{"mem now", DebugCommand{}, true},
 	{"kill agent", DebugCommand{Verb: "kill", Arg: "agent"}, false},
 	{"  kill   logfwd \r", DebugCommand{Verb: "kill", Arg: "logfwd"}, false},
 	{"kill", DebugCommand{}, true},

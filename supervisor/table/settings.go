@@ -9,7 +9,9 @@ import (
 // The settings of each child, as its ChildSpec.Settings. Those that need
 // more than a literal are in ingress.go and egress.go.
 
-func logfwdSettings(*SettingsInput) (proto.Message, error) { return &config.LogfwdSettings{}, nil }
+func logfwdSettings(in *SettingsInput) (proto.Message, error) {
+	return &config.LogfwdSettings{MaxBytes: uint64(in.LogQueueBytes)}, nil
+}
 
 func runnerSettings(*SettingsInput) (proto.Message, error) { return &config.RunnerSettings{}, nil }
 
@@ -19,7 +21,7 @@ func runnerSettings(*SettingsInput) (proto.Message, error) { return &config.Runn
 // agent starts.
 func agentSettings(in *SettingsInput) (proto.Message, error) {
 	return &config.AgentSettings{ComputationDir: ViewState + "/computation", RequireRoleChallenge: roleChallengeRequired(in),
-		Pull: PullSettings(in)}, nil
+		MinFreeBytes: uint64(in.AgentMinFreeBytes), Pull: PullSettings(in)}, nil
 }
 
 // RoleChallengeVar in Cocos's environment (the kernel command line, which

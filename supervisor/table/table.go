@@ -150,6 +150,10 @@ type SettingsInput struct {
 	// Computation is the run request of the computation being started; nil
 	// at boot and for children of scope Always.
 	Computation *cvms.ComputationRunReq
+	// LogQueueBytes and AgentMinFreeBytes size logfwd's queue bound and
+	// the agent's free-space floor by the state directory's storage
+	// (pid1.BudgetFor); 0 leaves the children's defaults.
+	LogQueueBytes, AgentMinFreeBytes int64
 	// PullGrant returns the active computation's pull grant (client →
 	// host:port entries) as the supervisor last set it, so that a restarted
 	// egress keeps it; nil means none.

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -50,6 +51,7 @@ type world struct {
 	control agentctl.ControlClient
 	tcpAddr string
 	compDir string
+	events  *agenttest.Events // the agent's events, when recorded
 }
 
 func newWorld(t *testing.T, opts agenttest.Options, script string) *world {
@@ -106,7 +108,9 @@ func (w *world) cvm(t *testing.T, tcp bool, args ...string) (int, string, string
 		o.Dial = w.dial
 	}
 	o.Getenv = func(k string) string { return env[k] }
-	code := cli.Run(context.Background(), args, o)
+	ctx, cancel := context.WithTimeout(context.Background(), agenttest.CallBound)
+	defer cancel()
+	code := cli.Run(ctx, args, o)
 	return code, out.String(), errb.String()
 }
 
@@ -136,18 +140,38 @@ func (w *world) state(t *testing.T) string {
 	return res.GetState()
 }
 
+// stateBound is how long waitState waits: far above a step's time on a
+// loaded machine (the computations here move a few KiB).
+const stateBound = 2 * time.Minute
+
+// waitState polls the agent's state until it is want; it fails naming the
+// state it waited for, the one it saw last, and (a pull world's) events.
 func (w *world) waitState(t *testing.T, want string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(stateBound)
+	s := ""
 	for time.Now().Before(deadline) {
-		if s := w.state(t); s == want {
+		if s = w.state(t); s == want {
 			return
 		} else if s == "Failed" && want != "Failed" {
-			t.Fatalf("computation failed while waiting for %s", want)
+			t.Fatalf("computation failed while waiting for state %s; %s", want, w.describe())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("state %s, want %s", w.state(t), want)
+	t.Fatalf("waited %v for state %s: still %s; %s", stateBound, want, s, w.describe())
+}
+
+// describe says what the agent published, for a failure message.
+func (w *world) describe() string {
+	if w.events == nil {
+		return "no event recorder"
+	}
+	var b strings.Builder
+	b.WriteString("events:")
+	for _, e := range w.events.All() {
+		fmt.Fprintf(&b, "\n  %s %s %s", e.Type, e.Status, e.Details)
+	}
+	return b.String()
 }
 
 func (w *world) incomingEmpty(t *testing.T) {

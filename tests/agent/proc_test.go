@@ -122,7 +122,7 @@ func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 	sd := ipc.NewDialer("agent-control", supCli)
 	id := ipc.NewDialer("agent", ingCli)
 	p.Dial = id.Dial
-	conn, err := ipc.GRPCClient(sd)
+	conn, err := ipc.GRPCClient(sd, agenttest.BoundedCalls(agenttest.CallBound))
 	if err != nil {
 		t.Fatal(err)
 	}

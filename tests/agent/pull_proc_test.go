@@ -130,8 +130,11 @@ func (pp *pullProc) pull(t *testing.T, id string, src manifest.ResourceSource, k
 		if st.GetState() == "ConsumingResults" {
 			break
 		}
-		if st.GetState() == "Failed" || time.Now().After(deadline) {
-			t.Fatalf("computation %s: %s", id, st.GetState())
+		if st.GetState() == "Failed" {
+			t.Fatalf("computation %s failed while waiting for ConsumingResults", id)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("computation %s: waited %v for ConsumingResults, still %s", id, time.Since(start), st.GetState())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -80,7 +81,8 @@ type pullWorld struct {
 }
 
 func newPullWorld(t *testing.T, script string) *pullWorld {
-	w := &pullWorld{world: &world{dir: t.TempDir()}, ca: pulltest.NewCA(t), events: &agenttest.Events{}}
+	events := &agenttest.Events{}
+	w := &pullWorld{world: &world{dir: t.TempDir(), events: events}, ca: pulltest.NewCA(t), events: events}
 	w.setup(t, script)
 	w.files = pulltest.NewFileServer(t, w.ca)
 	w.kbs = kbstest.Start(t, w.ca.Server)
@@ -242,7 +244,11 @@ func TestPullResumesAfterAgentRestart(t *testing.T) {
 		t.Fatalf("start: %v %v", err, res)
 	}
 	w.mustCVM(t, false, "algo", w.algo, w.algoP.KeyFile)
-	<-died
+	select {
+	case <-died:
+	case <-time.After(stateBound):
+		t.Fatalf("waited %v for the file server to die after 8 MiB of big.dat; %s", stateBound, w.describe())
+	}
 	w.restart(t) // the agent is killed while the server is down
 	w.files.Start()
 	w.waitState(t, "ConsumingResults")

@@ -1,6 +1,7 @@
 package supervisor_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -36,9 +37,7 @@ func TestBadChildren(t *testing.T) {
 						t.Errorf("%s disturbed by a bad ingress: %+v", name, c)
 					}
 				}
-				if !strings.Contains(d.out.String(), tc.wantLog) {
-					t.Errorf("log lacks %q", tc.wantLog)
-				}
+				d.waitLog(30*time.Second, fmt.Sprintf("%q", tc.wantLog), tc.wantLog)
 				return
 			}
 			st := d.waitAll(func(s *status) bool { return s.child("ingress").Status == "failed" }, 60*time.Second, "ingress failed")
@@ -50,14 +49,9 @@ func TestBadChildren(t *testing.T) {
 			if r := st.child("ingress").Restarts; r != 5 {
 				t.Errorf("ingress restarted %d times before failing, want 5", r)
 			}
-			out := d.out.String()
-			if !strings.Contains(out, tc.wantLog) {
-				t.Errorf("log lacks %q", tc.wantLog)
-			}
-			if !strings.Contains(out, "child failed: too many restarts") {
-				t.Errorf("log lacks the failure")
-			}
-			if strings.Contains(out, "supervisor proper exited") {
+			d.waitLog(30*time.Second, fmt.Sprintf("%q", tc.wantLog), tc.wantLog)
+			d.waitLog(30*time.Second, "the failure", "child failed: too many restarts", "child=ingress ")
+			if strings.Contains(d.out.String(), "supervisor proper exited") {
 				t.Errorf("the supervisor proper died")
 			}
 		})

@@ -233,6 +233,15 @@ func (d *dev) waitAll(cond func(*status) bool, timeout time.Duration, what strin
 	}
 }
 
+// waitLog polls the supervisor's output until a line has every one of
+// parts. The output comes through PID 1 and a pipe: a line logged before
+// children.json was written may still be on its way when the file shows
+// its effect.
+func (d *dev) waitLog(timeout time.Duration, what string, parts ...string) {
+	d.t.Helper()
+	testutil.WaitUntil(d.t, timeout, what+" in the supervisor's log", func() bool { return logHas(d.out.String(), parts...) })
+}
+
 // stop sends SIGTERM and waits; it reports how long the exit took.
 func (d *dev) stop(timeout time.Duration) (time.Duration, error) {
 	if d.cmd.ProcessState != nil {

@@ -305,9 +305,7 @@ func TestOOMKillsOnlyTheChild(t *testing.T) {
 	after := d.waitAll(func(s *status) bool {
 		return s.child("agent").Generation == 2 && s.child("agent").Status == "ready"
 	}, 30*time.Second, "agent restarted after OOM")
-	if !strings.Contains(d.out.String(), "OOM-killed in its cgroup") {
-		t.Errorf("supervisor did not report the OOM kill:\n%s", d.out.String())
-	}
+	d.waitLog(30*time.Second, "the OOM kill reported", "OOM-killed in its cgroup")
 	for _, name := range childNames {
 		if name == "agent" {
 			continue
@@ -509,9 +507,7 @@ func TestSupervisorPanicDoesNotKillPID1(t *testing.T) {
 	after := d.waitAll(func(s *status) bool {
 		return allReady(s) && s.Pid != 0 && d.hostPid(s.Pid) != proper && d.hostPid(s.Pid) != 0
 	}, 60*time.Second, "a new supervisor proper with all children ready")
-	if !strings.Contains(d.out.String(), "test-only panic") {
-		t.Errorf("no panic in the log")
-	}
+	d.waitLog(30*time.Second, "the panic", "test-only panic")
 	if procStatus(d.pid1) == nil {
 		t.Fatal("PID 1 died")
 	}

@@ -328,14 +328,29 @@ func setupE2E(t *testing.T) *e2e {
 		e.datasets = append(e.datasets, p)
 	}
 
+	mgrAddr := e.startManager(e.computation("1"))
+	envDir, vmDir := e.guestDirs("vm-e2e")
+	e.akHash = provisionAK(t, filepath.Join(vmDir, "tpm"))
+	e.table = childTableHash(t, cvmd)
+	e.g = boot(t, qemu.Config{
+		Kernel: img.Kernel, Initrd: img.Initrd, TPM: true, EnvDir: envDir, Dir: vmDir,
+		ManagerAddr: mgrAddr, DebugPort: true, MemoryMiB: 2048,
+	})
+	return e
+}
+
+// startManager serves the development manager on a loopback port, sending
+// first when the guest connects, until the test ends; it returns the
+// manager's address.
+func (e *e2e) startManager(first *cvms.ComputationRunReq) string {
+	t := e.t
 	mlog, err := os.Create(filepath.Join(e.dir, "manager.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mlog.Close() })
-	e.mgr = devmanager.New(devmanager.Options{Computation: e.computation("1"), Out: mlog})
-	var ln net.Listener
-	ln, err = net.Listen("tcp", "127.0.0.1:0")
+	e.mgr = devmanager.New(devmanager.Options{Computation: first, Out: mlog})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,20 +358,19 @@ func setupE2E(t *testing.T) *e2e {
 	served := make(chan struct{})
 	go func() { devmanager.Serve(ctx, ln, e.mgr, nil); close(served) }()
 	t.Cleanup(func() { cancel(); <-served })
+	return ln.Addr().String()
+}
 
-	envDir := filepath.Join(e.dir, "env")
+// guestDirs makes the environment file the manager shares (env_share) and
+// the VM's own directory (vTPM state, serial log).
+func (e *e2e) guestDirs(cvmID string) (envDir, vmDir string) {
+	envDir = filepath.Join(e.dir, "env")
 	os.MkdirAll(envDir, 0o755)
 	os.WriteFile(filepath.Join(envDir, "environment"), []byte(
-		"AGENT_LOG_LEVEL=info\nAGENT_CVM_ID=vm-e2e\nAGENT_CVM_GRPC_URL="+qemu.GuestManagerAddr+"\n"), 0o644)
-	vmDir := filepath.Join(e.dir, "vm")
+		"AGENT_LOG_LEVEL=info\nAGENT_CVM_ID="+cvmID+"\nAGENT_CVM_GRPC_URL="+qemu.GuestManagerAddr+"\n"), 0o644)
+	vmDir = filepath.Join(e.dir, "vm")
 	os.MkdirAll(vmDir, 0o755)
-	e.akHash = provisionAK(t, filepath.Join(vmDir, "tpm"))
-	e.table = childTableHash(t, cvmd)
-	e.g = boot(t, qemu.Config{
-		Kernel: img.Kernel, Initrd: img.Initrd, TPM: true, EnvDir: envDir, Dir: vmDir,
-		ManagerAddr: ln.Addr().String(), DebugPort: true, MemoryMiB: 2048,
-	})
-	return e
+	return envDir, vmDir
 }
 
 func (e *e2e) mustLocal(step, name string, args ...string) {
@@ -388,6 +402,10 @@ func runE2E(t *testing.T) time.Duration {
 	// PID 1 re-executed from the moved root, so the overlay seals the file it
 	// runs: no memfd copy of the binary (supervisor/pid1.go, sealing).
 	g.wait("boot: binary sealed by the overlay", 0, `msg="binary sealed per spawn by a read-only overlay" proc=pid1`, time.Second)
+	// Without a scratch disk the computation stays in memory, as before,
+	// and says so (scratch_test.go has the disk).
+	g.wait("boot: storage in memory", 0, `msg="pid1: storage: memory \(tmpfs\)" .*reason="no scratch disk`, time.Second)
+	e.waitManager("boot: storage announced", 2*time.Minute, supervisorEvent("storage.ready", `"kind":"memory"`))
 	e.waitManager("manager link: computation 1 accepted", 3*time.Minute, runResOf("1"))
 	if r := e.waitManager("", time.Second, runResOf("1")).GetRunRes(); r.GetError() != "" {
 		g.fatalf("manager link: computation 1 accepted", "run_res error %q", r.GetError())

@@ -224,26 +224,27 @@ func Start(t testing.TB, o Options) *Harness {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.Run(ctx, l, nil) }()
 	}
-	cconn, err := ipc.GRPCClient(cd)
+	cconn, err := ipc.GRPCClient(cd, BoundedCalls(CallBound))
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.Control = agentctl.NewControlClient(cconn)
+	stopNow := func() {
+		cancel()
+		wg.Wait()
+		cctx, c := context.WithTimeout(context.Background(), 2*time.Second)
+		a.Close(cctx)
+		c()
+		cconn.Close()
+		pd.Close()
+		cd.Close()
+		rconn.Close()
+		rs.Stop()
+		rd.Close()
+	}
 	var once sync.Once
 	h.stop = func() {
-		once.Do(func() {
-			cancel()
-			wg.Wait()
-			cctx, c := context.WithTimeout(context.Background(), 2*time.Second)
-			a.Close(cctx)
-			c()
-			cconn.Close()
-			pd.Close()
-			cd.Close()
-			rconn.Close()
-			rs.Stop()
-			rd.Close()
-		})
+		once.Do(func() { WithinBound(t, StopBound, "stopping the agent (its requests, runs and fetches)", stopNow) })
 	}
 	t.Cleanup(h.stop)
 	return h

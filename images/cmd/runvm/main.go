@@ -51,6 +51,8 @@ func run() error {
 	accel := flag.String("accel", "tcg", "qemu accelerator (tcg; kvm on a host with hardware virtualization)")
 	appendArgs := flag.String("append", "", "extra kernel command line")
 	dir := flag.String("dir", "", "directory for sockets, vTPM state and serial.log (default: a new temporary one)")
+	scratch := flag.String("scratch", "", "raw disk image given as the scratch disk (virtio-blk, serial "+qemu.ScratchSerial+"), made sparse with -scratch-gib if missing; the guest reformats it at every boot")
+	scratchGiB := flag.Int("scratch-gib", 8, "size in GiB of a new -scratch image")
 	flag.Parse()
 
 	if *dir == "" {
@@ -82,10 +84,17 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	var disks []qemu.Disk
+	if *scratch != "" {
+		if err := makeSparse(*scratch, int64(*scratchGiB)<<30); err != nil {
+			return err
+		}
+		disks = append(disks, qemu.Disk{Path: *scratch, Serial: qemu.ScratchSerial})
+	}
 	cfg := qemu.Config{
 		Kernel: *kernel, Initrd: *initrd, Append: *appendArgs, MemoryMiB: *mem, CPUs: *smp, Accel: *accel,
 		TPM: *tpm, EnvDir: envDir, CertsDir: *certs, HostPort: *port, ManagerAddr: *manager,
-		Dir: *dir, Console: os.Stdout, Stderr: os.Stderr,
+		Dir: *dir, Console: os.Stdout, Stderr: os.Stderr, Disks: disks,
 	}
 	if *manager != "" {
 		cfg.PipeCommand = []string{self, "pipe"}
@@ -133,4 +142,24 @@ func orNone(s string) string {
 		return "(none)"
 	}
 	return s
+}
+
+// makeSparse makes a sparse file of n bytes at path unless one exists.
+func makeSparse(path string, n int64) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if n <= 0 {
+		return fmt.Errorf("-scratch-gib must be positive")
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(n); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
 }
