@@ -16,9 +16,12 @@ import (
 // Default is cvmd's child table. Every child but egress has an empty
 // network namespace; only egress may call socket(2); nobody has a
 // capability; each sees only its own state directories, read-only where it
-// only reads; each keeps a standby (its next incarnation, made ahead), built
-// a second after it is READY. Adding a child is an entry here (and its edges) plus its
-// package under children/.
+// only reads. The children a computation restarts (runner, ingress), the
+// agent and attestation keep a standby (their next incarnation, made
+// ahead, built a second after READY); logfwd and egress do not: each
+// standby costs ~3.4 MiB of PSS (docs/supervisor.md), and six would take
+// the idle total over its 60 MiB budget. Adding a child is an entry here
+// (and its edges) plus its package under children/.
 func Default() *Table {
 	fdOnly := sandbox.FDOnlyProfile()
 	noCaps := []string{}
@@ -35,7 +38,6 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 128 << 20, Pids: 64, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     Always,
-				Standby:   true,
 			},
 			{
 				Name:      "attestation",
@@ -66,7 +68,6 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 128 << 20, Pids: 128, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     Always,
-				Standby:   true,
 			},
 			{
 				Name:      "runner",
@@ -86,6 +87,7 @@ func Default() *Table {
 			{
 				Name:     "agent",
 				Main:     agent.Main,
+				Warm:     agent.Warm,
 				Settings: agentSettings,
 				Role:     RoleComputations,
 				Deps:     []string{"logfwd", "attestation", "runner", "egress"},

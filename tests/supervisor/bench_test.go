@@ -165,18 +165,22 @@ func TestBenchSpawn(t *testing.T) {
 
 // TestBenchRestart: kill -9 of a child → its replacement READY and its
 // peers rewired (the supervisor sends the rewires before the replacement
-// can say READY), once every child has its standby, which the replacement
-// is. Each child is killed once per boot, so every restart is a first one
-// (no back-off). Two boots, 12 restarts, each followed by two of
-// TestBenchSpawn's spawns from a sandbox built ahead: cvmd's own spawn,
-// the reference of restart_vs_spawn.
+// can say READY), once every child the table gives a standby has it built.
+// The replacement of those is their standby (restart_ms, against cvmd's own
+// spawn from a sandbox built ahead: restart_vs_spawn); the others' is a new
+// sandbox (restart_cold_ms, against the cold spawn). Each child is killed
+// once per boot, so every restart is a first one (no back-off). Three
+// boots, each restart followed by a spawn of each kind (TestBenchSpawn's),
+// the references, made under the same load.
 func TestBenchRestart(t *testing.T) {
 	testutil.BenchOn(t)
 	s := startSpawner(t)
-	var ms []float64
-	for boot := 0; boot < 2; boot++ {
+	tab, _ := printedTable(t)
+	ms := map[bool][]float64{} // by whether the child has a standby
+	per := map[string][]float64{}
+	for boot := 0; boot < 3; boot++ {
 		d := startDevBin(t, measuredCvmd(t), true)
-		d.waitAll(allStandbys, 30*time.Second, "every child's standby")
+		d.waitAll(allStandbys(t), 30*time.Second, "every child's standby")
 		for _, name := range childNames {
 			old := d.status().child(name)
 			pid := d.hostPid(old.Pid)
@@ -186,17 +190,28 @@ func TestBenchRestart(t *testing.T) {
 				c := s.child(name)
 				return c.Generation == old.Generation+1 && c.Status == "ready"
 			}, 30*time.Second, name+" back")
-			ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
+			took := float64(time.Since(t0).Microseconds()) / 1000
+			standby := tab.Child(name).Standby
+			ms[standby] = append(ms[standby], took)
+			per[name] = append(per[name], took)
 			s.spawn("pool")
-			s.spawn("pool")
+			s.spawn("cold")
 		}
 		d.stop(10 * time.Second)
 	}
-	spawn := percentile(s.ms["pool"], 0.5)
-	t.Logf("restarts (ms): %v; spawns (ms): %v; load average %s", ms, s.ms["pool"], loadavg())
-	testutil.Bench("restart_ms", median(ms), "ms")
+	spawn, cold := percentile(s.ms["pool"], 0.5), percentile(s.ms["cold"], 0.5)
+	for _, name := range childNames {
+		t.Logf("%s (standby %v): restarts (ms) %v", name, tab.Child(name).Standby, per[name])
+	}
+	t.Logf("spawns (ms): %v; cold spawns (ms): %v; load average %s", s.ms["pool"], s.ms["cold"], loadavg())
+	testutil.Bench("restart_ms", median(ms[true]), "ms")
 	testutil.Bench("restart_spawn_p50_ms", spawn, "ms")
-	testutil.Bench("restart_vs_spawn", median(ms)/spawn, "ratio")
+	testutil.Bench("restart_vs_spawn", median(ms[true])/spawn, "ratio")
+	if len(ms[false]) > 0 {
+		testutil.Bench("restart_cold_ms", median(ms[false]), "ms")
+		testutil.Bench("restart_spawn_cold_p50_ms", cold, "ms")
+		testutil.Bench("restart_cold_vs_spawn_cold", median(ms[false])/cold, "ratio")
+	}
 }
 
 func procKiB(pid int, file, key string) float64 {
@@ -216,22 +231,34 @@ func procKiB(pid int, file, key string) float64 {
 	return 0
 }
 
-// TestBenchMemory: once every child has its standby, after 2 s idle, the
-// supervisor proper's RSS and the total PSS of PID 1, the supervisor
-// proper, the six children and their standbys.
+// TestBenchMemory: once every child the table gives a standby has it, after
+// 2 s idle, the supervisor proper's RSS and the total PSS of PID 1, the
+// supervisor proper, the six children and their standbys; and the standbys'
+// share of it (standby_pss_mib).
 func TestBenchMemory(t *testing.T) {
 	testutil.BenchOn(t)
 	d := startDevBin(t, measuredCvmd(t), true)
-	d.waitAll(allStandbys, 30*time.Second, "every child's standby")
+	d.waitAll(allStandbys(t), 30*time.Second, "every child's standby")
 	time.Sleep(2 * time.Second)
 	st := d.status()
 	proper := d.hostPid(st.Pid)
-	var pss float64
-	for _, pid := range d.inNS() {
-		pss += procKiB(pid, "smaps_rollup", "Pss")
+	standbys := map[int]bool{}
+	for _, c := range st.Children {
+		if c.StandbyPid != 0 {
+			standbys[d.hostPid(c.StandbyPid)] = true
+		}
 	}
-	t.Logf("PID 1 RSS %.1f MiB; processes %d", procKiB(d.pid1, "status", "VmRSS")/1024, len(d.inNS()))
+	var pss, standbyPss float64
+	for _, pid := range d.inNS() {
+		p := procKiB(pid, "smaps_rollup", "Pss")
+		pss += p
+		if standbys[pid] {
+			standbyPss += p
+		}
+	}
+	t.Logf("PID 1 RSS %.1f MiB; processes %d, of which %d standbys; load average %s", procKiB(d.pid1, "status", "VmRSS")/1024, len(d.inNS()), len(standbys), loadavg())
 	testutil.Bench("supervisor_rss_mib", procKiB(proper, "status", "VmRSS")/1024, "MiB")
 	testutil.Bench("pid1_rss_mib", procKiB(d.pid1, "status", "VmRSS")/1024, "MiB")
 	testutil.Bench("total_pss_mib", pss/1024, "MiB")
+	testutil.Bench("standby_pss_mib", standbyPss/1024, "MiB")
 }

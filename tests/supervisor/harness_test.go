@@ -99,18 +99,22 @@ type status struct {
 	Children []childInfo `json:"children"`
 }
 
-// allStandbys reports whether every child is READY with its standby built
-// (the table gives every child one).
-func allStandbys(s *status) bool {
-	if !allReady(s) {
-		return false
-	}
-	for _, c := range s.Children {
-		if c.StandbyPid == 0 {
+// allStandbys returns the condition "every child READY, and the standby
+// of each child whose entry in the printed table has one built".
+func allStandbys(t *testing.T) func(*status) bool {
+	t.Helper()
+	tab, _ := printedTable(t)
+	return func(s *status) bool {
+		if !allReady(s) {
 			return false
 		}
+		for _, c := range s.Children {
+			if tab.Child(c.Name).Standby && c.StandbyPid == 0 {
+				return false
+			}
+		}
+		return true
 	}
-	return true
 }
 
 func (s *status) child(name string) childInfo {

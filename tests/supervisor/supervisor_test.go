@@ -31,6 +31,7 @@ type tableSpec struct {
 type tableChild struct {
 	Name    string `json:"name"`
 	HostNet bool   `json:"host_net"`
+	Standby bool   `json:"standby"`
 	Seccomp struct {
 		Name string `json:"name"`
 	} `json:"seccomp"`
@@ -38,6 +39,17 @@ type tableChild struct {
 		MemoryBytes int64 `json:"memory_bytes"`
 		Pids        int64 `json:"pids"`
 	} `json:"limits"`
+}
+
+// edges counts the edges of the named child, either end.
+func (t *tableSpec) edges(name string) int {
+	n := 0
+	for _, e := range t.Edges {
+		if e.Client == name || e.Server == name {
+			n++
+		}
+	}
+	return n
 }
 
 // Child returns the named child of the printed table.
@@ -107,24 +119,40 @@ func cgroupFile(pid int, controller, v1file, v2file string) (string, error) {
 
 func TestIsolation(t *testing.T) {
 	d := startDev(t)
-	// Every child's standby (its next incarnation, made ahead) is checked
+	// Every standby (a child's next incarnation, made ahead) is checked
 	// like the child: it is built from the same table entry.
-	st := d.waitAll(allStandbys, 30*time.Second, "every child's standby")
+	st := d.waitAll(allStandbys(t), 30*time.Second, "every child's standby")
 	tab, _ := printedTable(t)
 	host := map[string]int{}    // child name → host pid
-	standby := map[string]int{} // child name → its standby's host pid
+	standby := map[string]int{} // child name → its standby's host pid, for those the table gives one
 	for _, c := range st.Children {
-		host[c.Name], standby[c.Name] = d.hostPid(c.Pid), d.hostPid(c.StandbyPid)
-		if host[c.Name] == 0 || standby[c.Name] == 0 {
-			t.Fatalf("no host pid for %s (ns pid %d) or its standby (%d)", c.Name, c.Pid, c.StandbyPid)
+		host[c.Name] = d.hostPid(c.Pid)
+		if host[c.Name] == 0 {
+			t.Fatalf("no host pid for %s (ns pid %d)", c.Name, c.Pid)
+		}
+		if !tab.Child(c.Name).Standby {
+			if c.StandbyPid != 0 {
+				t.Errorf("%s has a standby (pid %d) its table entry does not declare", c.Name, c.StandbyPid)
+			}
+			continue
+		}
+		if standby[c.Name] = d.hostPid(c.StandbyPid); standby[c.Name] == 0 {
+			t.Fatalf("no host pid for the standby of %s (ns pid %d)", c.Name, c.StandbyPid)
 		}
 	}
 	proper := d.hostPid(st.Pid)
+	// Nothing runs but PID 1, the supervisor proper, the children and the
+	// standbys the table declares: standbys are bounded by the table.
+	if n, want := len(d.inNS()), 2+len(host)+len(standby); n != want {
+		t.Errorf("%d processes in the namespace, want %d (PID 1, the supervisor, %d children, %d standbys)", n, want, len(host), len(standby))
+	}
 	// each calls f for every child and every standby.
 	each := func(f func(name, label string, pid int)) {
 		for _, name := range childNames {
 			f(name, name, host[name])
-			f(name, name+" (standby)", standby[name])
+			if pid, ok := standby[name]; ok {
+				f(name, name+" (standby)", pid)
+			}
 		}
 	}
 
@@ -217,6 +245,33 @@ func TestIsolation(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a standby is reachable only by the supervisor", func(t *testing.T) {
+		// Its control channel and edges are socketpairs whose other ends the
+		// supervisor holds until it adopts the standby: no child can send
+		// it anything (nor it to them) before it has its config.
+		peers := unixPeers(t)
+		supervisor := map[string]bool{}
+		for _, ino := range socketInodes(proper) {
+			supervisor[ino] = true
+		}
+		for name, pid := range standby {
+			n := 0
+			for _, ino := range socketInodes(pid) {
+				p, ok := peers[ino]
+				if !ok || p == "0" {
+					continue
+				}
+				n++
+				if !supervisor[p] {
+					t.Errorf("%s (standby): socket %s has its peer %s outside the supervisor", name, ino, p)
+				}
+			}
+			if want := 1 + tab.edges(name); n < want {
+				t.Errorf("%s (standby): %d sockets connected to the supervisor, want %d (control + edges)", name, n, want)
+			}
+		}
+	})
+
 	t.Run("ingress holds the listener", func(t *testing.T) {
 		if st.Listen == "" {
 			t.Fatal("no listen address in children.json")
@@ -326,19 +381,23 @@ func TestKillEachChildIsReplacedAndRewired(t *testing.T) {
 	})
 	t.Run("standby", func(t *testing.T) {
 		d := startDev(t)
-		d.waitAll(allStandbys, 30*time.Second, "every child's standby")
+		d.waitAll(allStandbys(t), 30*time.Second, "every child's standby")
 		killEachChild(t, d, true)
 	})
 }
 
-func killEachChild(t *testing.T, d *dev, standby bool) {
+// killEachChild kills each child in turn; with standby, the children whose
+// table entry has one are replaced by it, the others by a new sandbox.
+func killEachChild(t *testing.T, d *dev, standbys bool) {
+	tab, _ := printedTable(t)
 	// At boot, children started together share their edges without rewiring.
 	checkEdgesConnected(t, d)
 	for _, name := range childNames {
+		standby := standbys && tab.Child(name).Standby
 		before := d.status()
 		old := before.child(name)
 		if standby != (old.StandbyPid != 0) {
-			t.Fatalf("%s: standby pid %d before it is killed", name, old.StandbyPid)
+			t.Fatalf("%s: standby pid %d before it is killed, want one: %v", name, old.StandbyPid, standby)
 		}
 		if err := unix.Kill(d.hostPid(old.Pid), unix.SIGKILL); err != nil {
 			t.Fatalf("kill %s: %v", name, err)
@@ -404,18 +463,7 @@ func checkEdgesConnected(t *testing.T, d *dev) {
 func danglingSockets(t *testing.T, d *dev) []string {
 	t.Helper()
 	var problems []string
-	out, err := exec.Command("ss", "-xpn").Output()
-	if err != nil {
-		t.Skipf("ss: %v", err)
-	}
-	// ss -x: Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process
-	peers := map[string]string{} // inode → peer inode ("0" when the peer is gone)
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) >= 8 {
-			peers[f[5]] = f[7]
-		}
-	}
+	peers := unixPeers(t)
 	live := map[string]bool{}
 	for _, pid := range d.inNS() {
 		for _, ino := range socketInodes(pid) {
@@ -442,6 +490,25 @@ func danglingSockets(t *testing.T, d *dev) []string {
 		}
 	}
 	return problems
+}
+
+// unixPeers maps the inode of every unix socket on the host to its peer's
+// ("0" when the peer is gone), as sock_diag (ss) reports them.
+func unixPeers(t *testing.T) map[string]string {
+	t.Helper()
+	out, err := exec.Command("ss", "-xpn").Output()
+	if err != nil {
+		t.Skipf("ss: %v", err)
+	}
+	// ss -x: Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process
+	peers := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 8 {
+			peers[f[5]] = f[7]
+		}
+	}
+	return peers
 }
 
 func queueMentions(state, s string) bool {
