@@ -16,12 +16,12 @@ import (
 // Default is cvmd's child table. Every child but egress has an empty
 // network namespace; only egress may call socket(2); nobody has a
 // capability; each sees only its own state directories, read-only where it
-// only reads. The children a computation restarts (runner, ingress), the
-// agent and attestation keep a standby (their next incarnation, made
-// ahead, built a second after READY); logfwd and egress do not: each
-// standby costs ~3.4 MiB of PSS (docs/supervisor.md), and six would take
-// the idle total over its 60 MiB budget. Adding a child is an entry here
-// (and its edges) plus its package under children/.
+// only reads. The two children every computation restarts (runner,
+// ingress) keep a standby, their next incarnation made ahead (a second
+// after READY); the others, restarted only when they fail, do not: each
+// standby costs ~3 MiB of PSS (docs/supervisor.md), the children without
+// any take ~51 MiB, and the idle budget is 60 MiB. Adding a child is an
+// entry here (and its edges) plus its package under children/.
 func Default() *Table {
 	fdOnly := sandbox.FDOnlyProfile()
 	noCaps := []string{}
@@ -53,7 +53,6 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 128 << 20, Pids: 64, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     Always,
-				Standby:   true,
 			},
 			{
 				Name:      "egress",
@@ -100,7 +99,6 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 256 << 20, Pids: 64, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     Always,
-				Standby:   true,
 			},
 			{
 				Name: "ingress",
