@@ -54,12 +54,7 @@ func commands() map[string]command {
 		add(name, c)
 	}
 	for _, c := range table.Default().Children {
-		add(c.Name, func([]string) int {
-			if c.Warm != nil {
-				go c.Warm()
-			}
-			return exit(child.Run(c.Name, c.Main))
-		})
+		add(c.Name, func([]string) int { return exit(child.Run(c.Name, c.Main)) })
 		for name, cmd := range c.Commands {
 			add(name, cmd)
 		}

@@ -86,7 +86,6 @@ func Default() *Table {
 			{
 				Name:     "agent",
 				Main:     agent.Main,
-				Warm:     agent.Warm,
 				Settings: agentSettings,
 				Role:     RoleComputations,
 				Deps:     []string{"logfwd", "attestation", "runner", "egress"},

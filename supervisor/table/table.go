@@ -129,12 +129,6 @@ type ChildSpec struct {
 	// Main is the child's entry point, run by `cvmd <Name>` through
 	// child.Run inside the sandbox.
 	Main child.Main `json:"-"`
-	// Warm is work of the child that needs neither its config nor a peer
-	// (loading what every incarnation loads the same way), started on a
-	// goroutine of `cvmd <Name>` before the Hello is read: a standby does it
-	// while it waits to be adopted, a cold start beside its Hello. nil for
-	// none.
-	Warm func() `json:"-"`
 	// Settings makes the typed settings sent in the child's ChildConfig
 	// (when, see Scope). nil sends none.
 	Settings func(in *SettingsInput) (proto.Message, error) `json:"-"`
