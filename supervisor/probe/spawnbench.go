@@ -23,8 +23,10 @@ import (
 // "error: ..." before it exits).
 //
 //	pool  Exec of a sandbox built ahead (Create): how the supervisor starts a
-//	      child whose standby is ready. The next one is built, untimed,
-//	      before the answer, so that no build overlaps a later measurement.
+//	      child created at boot once its dependencies are READY; a standby
+//	      goes further (its program runs already) and is timed by the
+//	      restart benchmark. The next one is built, untimed, before the
+//	      answer, so that no build overlaps a later measurement.
 //	cold  Create and start of a new sandbox (Runtime.Start).
 //	runc  `runc run` of a bundle made from the same sandbox.Spec (see
 //	      runcBundle): the reference, measured the same way.

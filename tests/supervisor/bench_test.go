@@ -112,7 +112,7 @@ func startSpawner(t *testing.T) *spawner {
 }
 
 // spawn times one spawn: "pool" (Exec of a sandbox built ahead, as the
-// supervisor starts a child from its standby), "cold" (create and start) or
+// supervisor starts a child created at boot), "cold" (create and start) or
 // "runc" (`runc run`). It returns the milliseconds to the child's first byte.
 func (s *spawner) spawn(mode string) float64 {
 	s.t.Helper()
@@ -137,10 +137,12 @@ func (s *spawner) spawn(mode string) float64 {
 
 // TestBenchSpawn: one sandboxed child (namespaces, cgroup, seccomp, rootfs
 // view, pivot_root) from the spawn to its first byte on fd 3, run from a
-// sealed binary as the supervisor does: from a standby sandbox built ahead
-// (spawn_p50_ms, what a restart or a new computation pays) and cold
-// (spawn_cold_p50_ms, what a boot pays), against `runc run` of the same
-// sandbox and child, interleaved round by round. 40 rounds.
+// sealed binary as the supervisor does: Exec of a sandbox built ahead
+// (spawn_p50_ms: the start of a child created at boot; a standby, whose
+// program runs already, is cheaper still, see TestBenchRestart) and cold
+// (spawn_cold_p50_ms: create and start, what a child without a standby pays
+// at a restart), against `runc run` of the same sandbox and child,
+// interleaved round by round. 40 rounds.
 func TestBenchSpawn(t *testing.T) {
 	testutil.BenchOn(t)
 	s := startSpawner(t)
