@@ -10,7 +10,7 @@ BIN     := bin
 GOTEST  := $(GO) test -tags '$(TAGS)'
 TESTTIMEOUT ?= 40m
 
-.PHONY: help deps build cvmd cvmd-test cvm test race unit run bench bench-vm proto proto-check lint image vm clean
+.PHONY: help deps build cvmd cvmd-test cvm test race unit run bench bench-vm soak-vm proto proto-check lint image vm clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +84,13 @@ vm: image ## boot the image under qemu (TCG, swtpm, 127.0.0.1:7002 → guest); V
 
 bench-vm: build ## VM figures: boot times, end to end, image size, the scratch disk (boots qemu)
 	@set -o pipefail; CVMD_BENCH_VM=1 CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 60m -p 1 -run '^TestBench' -v ./tests/vm/ 2>&1 | tee $(BIN)/bench-vm.log | awk '/^BENCH / && !seen[$$2]++ {print $$1, $$2, $$3, $$4; n++} END{if (!n) {print "bench-vm: no figures (see $(BIN)/bench-vm.log)"; exit 1}}'
+
+SOAK_N ?= 50
+SOAK_BOUND ?= 3m
+SOAK_MACHINE ?= cvmd
+SOAK_TPM ?= 1
+soak-vm: build ## boot the test image SOAK_N times (default 50; SOAK_MACHINE=cocos or cocos-reported: Cocos's VM, SOAK_TPM=0: no vTPM); report each boot not ready within SOAK_BOUND, with its dump
+	@set -o pipefail; CVMD_SOAK_VM=$(SOAK_N) CVMD_SOAK_BOUND=$(SOAK_BOUND) CVMD_SOAK_MACHINE=$(SOAK_MACHINE) CVMD_SOAK_TPM=$(SOAK_TPM) CVMD_BIN=$(CURDIR)/$(BIN) $(GOTEST) -count=1 -timeout 0 -p 1 -run '^TestSoakBoots$$' -v ./tests/vm/ 2>&1 | tee $(BIN)/soak-vm-$$$$.log | grep -E '^(SOAK|--- |FAIL|ok|PASS)|boot [0-9]+/'
 
 clean: ## remove build outputs
 	rm -rf $(BIN)

@@ -111,6 +111,9 @@ type PlatformInfo struct {
 	TDX       string `json:"tdx,omitempty"`   // "", "simulated", "hardware"
 	Azure     string `json:"azure,omitempty"` // "", "simulated", "hardware": an HCL report in the vTPM
 	Simulated bool   `json:"simulated"`
+	// NoPlatform says what the attestation mode needs that the VM lacks (a
+	// forced SEV-SNP on a VM with only a TPM, say): evidence is refused.
+	NoPlatform string `json:"no_platform,omitempty"`
 }
 
 // Boot is the data of a boot event: the supervisor's random id for this boot.

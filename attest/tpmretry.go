@@ -3,7 +3,9 @@ package attest
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/google/go-tpm/tpmutil"
+	"golang.org/x/sys/unix"
 )
 
 // A TPM command can time out in the kernel: the driver waits the
@@ -97,4 +100,36 @@ func (r *retryTransport) Write(cmd []byte) (int, error) {
 	return n, err
 }
 
-func (r *retryTransport) Read(p []byte) (int, error) { return r.rw.Read(p) }
+// Read reads the answer. go-tpm waits for a device file to be readable
+// before it reads (tpmutil.RunCommand polls an *os.File, whose Fd also
+// makes it blocking, so the kernel runs each write to the end); wrapped,
+// the file would no longer be seen as one, and a read of a command the
+// kernel still runs returns nothing (EOF) and the next write EBUSY. So the
+// wait is done here, as go-tpm does it.
+func (r *retryTransport) Read(p []byte) (int, error) {
+	if f, ok := r.rw.(*os.File); ok {
+		if err := waitReadable(f); err != nil {
+			return 0, err
+		}
+	}
+	return r.rw.Read(p)
+}
+
+// waitReadable blocks until f has something to read (go-tpm's
+// tpmutil.poll).
+func waitReadable(f *os.File) error {
+	fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Poll(fds, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("attest: waiting for the TPM's answer: %w", err)
+		}
+		if fds[0].Revents&unix.POLLIN == 0 {
+			return fmt.Errorf("attest: waiting for the TPM's answer: poll events %#x", fds[0].Revents)
+		}
+		return nil
+	}
+}

@@ -3,17 +3,20 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 
 	cmanifest "github.com/cvmd/cvmd/cocos/manifest"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
+	attestpb "github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/cvms"
 	"github.com/cvmd/cvmd/pull"
@@ -28,9 +31,10 @@ import (
 // edge to the child with table.RoleComputations), and its manifest is
 // measured into PCR 16.
 type computations struct {
-	sup      *lifecycle.Supervisor
-	measurer *measure.Measurer
-	log      *slog.Logger
+	sup          *lifecycle.Supervisor
+	measurer     *measure.Measurer
+	log          *slog.Logger
+	startTimeout time.Duration // 0: defaultStartTimeout
 	// settings are the children's settings input (the environment: the
 	// object stores the pull grant names).
 	settings table.SettingsInput
@@ -38,6 +42,11 @@ type computations struct {
 	// of the egress and of the supervisor itself (the agent resumes a
 	// computation on its own, and its fetch must still be allowed).
 	grantFile string
+
+	atlsMu  sync.Mutex
+	atls    int32 // guarded by atlsMu; see refreshATLS
+	atlsErr error // guarded by atlsMu
+	asked   bool  // guarded by atlsMu
 
 	mu   sync.Mutex
 	conn *grpc.ClientConn // guarded by mu; over the edge to the agent
@@ -69,13 +78,51 @@ func (c *computations) close() {
 	}
 }
 
-// Start begins a computation: the children are prepared for it
-// (lifecycle.Supervisor.NewComputation), the manifest goes to the agent,
-// and once the agent accepted it the manifest is measured.
+// defaultStartTimeout bounds a computation's start (--start-timeout): the
+// manager hears why it did not start rather than nothing. It covers a
+// start during boot under TCG (up to ~80 s to every child READY here).
+const defaultStartTimeout = 3 * time.Minute
+
+// Start begins a computation, and whatever fails on the way is the error
+// the manager gets as RunResponse.error, within the start timeout: a
+// computation asking for aTLS on a VM without an attestation platform, an
+// AgentConfig the ingress would refuse (both from the children's settings,
+// lifecycle.Supervisor.NewComputation), a child that failed or is not
+// READY in time (named with how it last ended), the agent refusing the
+// manifest. The children are prepared first (per-computation ones
+// restarted with its settings), the manifest goes to the agent once every
+// child is READY, and once the agent accepted it the manifest is measured.
 func (c *computations) Start(ctx context.Context, req *cvms.ComputationRunReq) error {
+	timeout := c.startTimeout
+	if timeout <= 0 {
+		timeout = defaultStartTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := c.start(ctx, req, timeout); err != nil {
+		if ctx.Err() != nil && !errors.Is(err, errNotReady) {
+			return fmt.Errorf("supervisor: computation %s did not start within %v: %w", req.GetId(), timeout, err)
+		}
+		return err
+	}
+	return nil
+}
+
+func (c *computations) start(ctx context.Context, req *cvms.ComputationRunReq, timeout time.Duration) error {
+	if req.GetAgentConfig().GetAttestedTls() {
+		c.refreshATLS(ctx)
+	}
+	before, err := c.sup.Children(ctx)
+	if err != nil {
+		return fmt.Errorf("supervisor: computation %s: %w", req.GetId(), err)
+	}
 	if err := c.sup.NewComputation(ctx, req); err != nil {
 		return err
 	}
+	if err := c.waitReady(ctx, before, timeout); err != nil {
+		return fmt.Errorf("supervisor: computation %s: %w", req.GetId(), err)
+	}
+	// The egress is READY now: it takes the grant.
 	if err := c.grant(ctx, req); err != nil {
 		return err
 	}
@@ -102,6 +149,99 @@ func (c *computations) Start(ctx context.Context, req *cvms.ComputationRunReq) e
 	}
 	events.Event("computation.started", "ok", "computation_id", req.GetId())
 	return nil
+}
+
+// errNotReady wraps the answer of a start whose children were not all
+// READY in time: it already says how long was waited.
+var errNotReady = errors.New("not every child is READY")
+
+// readyPoll is how often waitReady looks at the children.
+const readyPoll = 100 * time.Millisecond
+
+// waitReady waits until every child is READY, the per-computation ones in
+// an incarnation newer than in before (restarted for this computation). A
+// failed child ends the wait at once; ctx ending (the start timeout) ends
+// it with the children still not READY, each with its status and how it
+// last ended.
+func (c *computations) waitReady(ctx context.Context, before []lifecycle.ChildInfo, timeout time.Duration) error {
+	gen := map[string]uint32{}
+	for _, ci := range before {
+		gen[ci.Name] = ci.Generation
+	}
+	for {
+		// Children goes through the loop: bound it by ctx, and keep the
+		// last answer for the refusal.
+		cs, err := c.sup.Children(ctx)
+		if err != nil {
+			return fmt.Errorf("%w within %v: the supervisor did not say which (%v)", errNotReady, timeout, err)
+		}
+		var waiting []string
+		for _, ci := range cs {
+			perComputation := c.sup.Table().Child(ci.Name).Scope == table.PerComputation
+			switch {
+			case ci.Status == lifecycle.StatusFailed:
+				return fmt.Errorf("child %s failed after %d restarts (last exit: %s)", ci.Name, ci.Restarts, orNone(ci.LastExit))
+			case ci.Status == lifecycle.StatusReady && (!perComputation || ci.Generation > gen[ci.Name]):
+			default:
+				w := fmt.Sprintf("%s %s", ci.Name, ci.Status)
+				if ci.LastExit != "" {
+					w += " (last exit: " + ci.LastExit + ")"
+				}
+				waiting = append(waiting, w)
+			}
+		}
+		if len(waiting) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w within %v: %s", errNotReady, timeout, strings.Join(waiting, ", "))
+		case <-time.After(readyPoll):
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// refreshATLS asks the attestation child which platform aTLS evidence
+// would be made for, or what the VM lacks, and keeps the answer for the
+// ingress's settings (table.SettingsInput.ATLS). It waits for the child
+// while it starts, up to ctx.
+func (c *computations) refreshATLS(ctx context.Context) {
+	child := c.sup.Table().WithRole(table.RoleMeasurements)
+	out, err := commandWhenUp(ctx, c.sup, child, &attestpb.StatusRequest{})
+	var platform int32
+	if err == nil {
+		r, ok := out.(*attestpb.StatusReply)
+		switch {
+		case !ok:
+			err = fmt.Errorf("supervisor: %s answered %T, want StatusReply", child, out)
+		case r.GetNoPlatform() != "":
+			err = fmt.Errorf("attestation: no platform: %s", r.GetNoPlatform())
+		default:
+			platform = r.GetAtlsPlatformType()
+		}
+	} else {
+		err = fmt.Errorf("the %s child did not say which platform it attests with: %w", child, err)
+	}
+	c.atlsMu.Lock()
+	c.atls, c.atlsErr, c.asked = platform, err, true
+	c.atlsMu.Unlock()
+}
+
+// atlsPlatform is the last answer of refreshATLS.
+func (c *computations) atlsPlatform() (int32, error) {
+	c.atlsMu.Lock()
+	defer c.atlsMu.Unlock()
+	if !c.asked {
+		return 0, errors.New("the attestation child was not asked which platform it attests with")
+	}
+	return c.atls, c.atlsErr
 }
 
 // grant gives the agent, in the egress, exactly the hosts its pull mode

@@ -38,6 +38,7 @@ type options struct {
 	window       time.Duration
 	standbyAfter *time.Duration // nil: the table's
 	misbehave    string
+	startTimeout time.Duration
 	algo         algosandbox.Limits
 }
 
@@ -53,7 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level of the supervisor and the children: debug, info, warn, error")
 	fs.BoolVar(&o.print, "print-sandbox", false, "print the child table (the measured sandbox policy) and its hash, then exit")
 	fs.StringVar(&o.cgroupRoot, "cgroup-root", "", "relative cgroup path of the children (default cvmd, or cvmd-<hash of STATE> with --dev)")
-	fs.StringVar(&o.attestation, "attestation", "", "attestation mode: auto or simulated (default auto, simulated with --dev)")
+	fs.StringVar(&o.attestation, "attestation", "", "attestation mode: "+table.AttestationModes+" (default: "+table.AttestationVar+" on the kernel command line or in the environment file, else auto; simulated with --dev)")
 	// The most an algorithm sandbox may get (a request may ask for less).
 	fs.Var(sizeFlag{&o.algo.MemoryBytes}, "algo-memory", "algorithm sandbox memory (and memory+swap) limit, bytes or with a suffix K, M, G, KiB, MiB, GiB (default 1GiB)")
 	fs.Int64Var(&o.algo.Pids, "algo-pids", 0, "algorithm sandbox pids limit, threads count (default 256)")
@@ -66,6 +67,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.sealed, "sealed", false, "internal: PID 1 already set up and re-executed from a sealed copy")
 	fs.BoolVar(&o.rooted, "rooted", false, "internal: PID 1 already mounted, moved the root and loaded modules; it re-executed from the new root and only seals its binary")
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long a child has to say READY (default: the table's, 10s)")
+	fs.DurationVar(&o.startTimeout, "start-timeout", 0, "how long a computation may take to start (every child READY, the agent accepting it) before the manager is told why it did not (default 3m)")
 	fs.DurationVar(&o.window, "restart-window", 0, "the restart policy's window: more than 5 restarts within it mark a child failed (default: the table's, 10s)")
 	fs.Func("standby-after", "how long a child must have been READY before its standby (its next incarnation, made ahead) is built; 0 builds none (default: the table's, 1s)", func(v string) error {
 		d, err := time.ParseDuration(v)
@@ -79,8 +81,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
-	if o.algo.Pids < 0 || o.algo.WallClock < 0 {
-		return nil, errors.New("supervise: --algo-pids and --algo-timeout must not be negative")
+	if o.algo.Pids < 0 || o.algo.WallClock < 0 || o.startTimeout < 0 {
+		return nil, errors.New("supervise: --algo-pids, --algo-timeout and --start-timeout must not be negative")
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("supervise: unexpected argument %q", fs.Arg(0))
@@ -115,15 +117,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 			o.cgroupRoot = "cvmd-" + hex.EncodeToString(h[:6])
 		}
 	}
-	switch o.attestation {
-	case "":
-		o.attestation = "auto"
-		if o.dev {
-			o.attestation = "simulated"
-		}
-	case "auto", "simulated":
-	default:
-		return nil, fmt.Errorf("supervise: --attestation %q: want auto or simulated", o.attestation)
+	if o.attestation != "" && !table.ValidAttestation(o.attestation) {
+		return nil, fmt.Errorf("supervise: --attestation %q: want %s", o.attestation, table.AttestationModes)
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
@@ -136,6 +131,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 // printed, run and measured.
 func (o *options) table() *table.Table {
 	tab := table.Default()
+	tab.Attestation = o.defaultAttestation()
+	if o.attestation != "" {
+		tab.Attestation = o.attestation
+	}
 	if o.readyTimeout > 0 {
 		tab.ReadyTimeout = o.readyTimeout
 	}

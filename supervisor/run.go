@@ -91,7 +91,11 @@ func runProper(o *options, log *slog.Logger) error {
 		return sup.Command(ctx, measurements, body)
 	}, log)
 	environment := manager.GuestEnvironment(o.env, o.dev)
-	comps := &computations{measurer: measurer, log: log, settings: table.SettingsInput{Environment: environment, Log: log},
+	mode, source := o.attestationMode(environment, log)
+	tab.Attestation = mode
+	log.Info("attestation mode", "mode", mode, "from", source)
+	comps := &computations{measurer: measurer, log: log, startTimeout: o.startTimeout,
+		settings:  table.SettingsInput{Attestation: mode, Environment: environment, Log: log},
 		grantFile: filepath.Join(o.runDir, "pull-grant.json")}
 	sup, err = lifecycle.New(lifecycle.Config{
 		Table:      tab,
@@ -102,7 +106,7 @@ func runProper(o *options, log *slog.Logger) error {
 		ListenAddr: listenAddr,
 		LogLevel:   o.logLevel,
 		Dev:        o.dev,
-		Settings: table.SettingsInput{SimulatedAttestation: o.attestation == "simulated", Environment: environment, PullGrant: comps.currentGrant,
+		Settings: table.SettingsInput{Attestation: mode, ATLS: comps.atlsPlatform, Environment: environment, PullGrant: comps.currentGrant,
 			LogQueueBytes: storage.budget.LogQueueBytes, AgentMinFreeBytes: storage.budget.AgentMinFreeBytes},
 		Log:       log,
 		Sandboxes: sandboxes,
@@ -189,16 +193,8 @@ func (o *options) algoConfig(rt *sandbox.Runtime, storage stateStorage, proxy fu
 // Cocos's guest binds it (manager.Guest).
 func evidence(sup *lifecycle.Supervisor, child string) func(context.Context, *attestpb.EvidenceRequest) (*attestpb.EvidenceResponse, error) {
 	return func(ctx context.Context, req *attestpb.EvidenceRequest) (*attestpb.EvidenceResponse, error) {
-		// The link may come up before the attestation child is ready:
-		// retry until the caller's deadline.
-		out, err := sup.Command(ctx, child, req)
-		for (errors.Is(err, lifecycle.ErrNotRunning) || errors.Is(err, lifecycle.ErrChildGone)) && ctx.Err() == nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(200 * time.Millisecond):
-				out, err = sup.Command(ctx, child, req)
-			}
-		}
+		// The link may come up before the attestation child is ready.
+		out, err := commandWhenUp(ctx, sup, child, req)
 		if err != nil {
 			return nil, err
 		}
@@ -208,4 +204,18 @@ func evidence(sup *lifecycle.Supervisor, child string) func(context.Context, *at
 		}
 		return r, nil
 	}
+}
+
+// commandWhenUp sends a command to child, retrying while the child is not
+// running (it may be starting or between restarts) until ctx ends.
+func commandWhenUp(ctx context.Context, sup *lifecycle.Supervisor, child string, body proto.Message) (proto.Message, error) {
+	out, err := sup.Command(ctx, child, body)
+	for (errors.Is(err, lifecycle.ErrNotRunning) || errors.Is(err, lifecycle.ErrChildGone)) && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+			out, err = sup.Command(ctx, child, body)
+		}
+	}
+	return out, err
 }

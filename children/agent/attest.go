@@ -41,7 +41,8 @@ func (a *Agent) attestation(req *agentpb.AttestationRequest, stream agentpb.Agen
 		if s, ok := status.FromError(err); ok {
 			msg = s.Message()
 		}
-		return fmt.Errorf("%w: attestation: %s", ErrUnavailable, msg)
+		// The child's words start with "attestation: " already.
+		return fmt.Errorf("%w: attestation: %s", ErrUnavailable, strings.TrimPrefix(msg, "attestation: "))
 	}
 	tok := res.GetEatToken()
 	return sendFile(stream, bytes.NewReader(tok), int64(len(tok)), func(b []byte) any { return &agentpb.AttestationResponse{File: b} })

@@ -19,13 +19,31 @@ import (
 	rcpb "github.com/cvmd/cvmd/proto/rolechallenge"
 )
 
+// MaxConcurrentStreams bounds the streams one connection may have open.
+// Every stream holds a handler goroutine (and its stack) until its request
+// arrives, and a stream is opened with a few bytes before anything is
+// authenticated: without the bound one connection's thousands of empty
+// streams exhaust the agent's memory. The CLIs use a few streams at a time
+// (and gRPC clients queue beyond the bound rather than fail). With the
+// ingress's 256 connections, at most 4096 such streams, about 45 MiB.
+const MaxConcurrentStreams = 16
+
+// MaxHeaderListSize bounds a request's headers (gRPC metadata: role
+// signatures and challenge nonces are a few hundred bytes). grpc-go's
+// default, 16 MiB, is what every connection may make the agent hold while
+// its header block is in progress.
+const MaxHeaderListSize = 64 << 10
+
 // ServerOptions are the gRPC server settings the agent wants: messages up to
-// 8 MiB (Cocos sends 1 MiB chunks plus framing), and flow-control windows
+// 8 MiB (Cocos sends 1 MiB chunks plus framing), MaxConcurrentStreams
+// streams per connection, headers up to MaxHeaderListSize, and flow-control windows
 // and buffers large enough that one upload is not paced by round trips over
 // a local edge, yet small enough to bound the agent's memory.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(8 << 20),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		grpc.InitialWindowSize(2 << 20),
 		grpc.InitialConnWindowSize(4 << 20),
 		grpc.ReadBufferSize(1 << 20),
@@ -34,7 +52,8 @@ func ServerOptions() []grpc.ServerOption {
 }
 
 // RegisterPublic registers agent.AgentService, cvmd.rolechallenge.v1 and
-// grpc.health.v1 (service "agent" SERVING, which Cocos's CLI checks) on s,
+// grpc.health.v1 (service "agent" SERVING, which Cocos's CLI checks, and
+// "attestation", see attestationHealth) on s,
 // which must have been made with PublicServerOptions (role challenges are
 // bound to connections through its stats handler).
 // It returns the health server, which Run turns NOT_SERVING when stopping.
@@ -76,6 +95,8 @@ func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
 	}
 	errc := make(chan error, len(servers))
 	var wg sync.WaitGroup
+	hctx, hcancel := context.WithCancel(ctx)
+	wg.Go(func() { a.attestationHealth(hctx, h) })
 	for i, s := range servers {
 		wg.Add(1)
 		go func() {
@@ -89,6 +110,7 @@ func (a *Agent) Run(ctx context.Context, public, control net.Listener) error {
 	case err = <-errc:
 	}
 	// New CLI connections see the agent going away while running uploads finish.
+	hcancel()
 	h.Shutdown()
 	for _, s := range servers {
 		child.StopServer(s, 2*time.Second)

@@ -11,9 +11,13 @@
 //
 // Platforms (config.AttestationSettings.mode, chosen in platform.go): AUTO
 // and HARDWARE use /dev/tpmrm0, configfs-tsm or /dev/sev-guest, configfs-tsm
-// or /dev/tdx_guest; SIMULATED uses the go-tpm-tools simulator and, with
-// simulate_snp or simulate_tdx, a simulated SEV-SNP or TDX signed by
-// test-only chains. Simulated tokens say so (attest/sim).
+// or /dev/tdx_guest (all that are present, or the one `force` names);
+// SIMULATED uses the go-tpm-tools simulator and, with simulate_snp or
+// simulate_tdx, a simulated SEV-SNP or TDX signed by test-only chains.
+// Simulated tokens say so (attest/sim). A VM without the platform its mode
+// needs still gets this child: it reports "no platform: <what is missing>"
+// (log, event, health NOT_SERVING, Status) and refuses evidence with
+// FailedPrecondition naming it, so that everything else keeps running.
 package attestation
 
 import (
@@ -31,6 +35,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -62,6 +68,16 @@ func Main(ctx context.Context, env *child.Env) error {
 		env.Log.Warn("SIMULATED attestation platform: tokens prove nothing and verifiers refuse them by default",
 			"tpm", "simulator", "snp", svc.att.SNP != nil)
 	}
+	if np := svc.NoPlatform(); np != "" {
+		// A fact of this VM, said once: computations without aTLS go on.
+		env.Log.Warn("attestation: no platform: evidence and aTLS are refused", "mode", svc.mode, "missing", np)
+		env.Events().Event("attestation.no_platform", "Warning", "mode", svc.mode, "missing", np)
+	} else {
+		env.Log.Info("attestation platform", "mode", svc.mode, "platform", svc.describe())
+	}
+	env.HandleCommand(&pb.StatusRequest{}, func(ctx context.Context, body proto.Message) (proto.Message, error) {
+		return svc.Status(ctx, body.(*pb.StatusRequest))
+	})
 	env.HandleCommand(&pb.MeasureRequest{}, func(ctx context.Context, body proto.Message) (proto.Message, error) {
 		return svc.Measure(body.(*pb.MeasureRequest))
 	})
@@ -83,11 +99,13 @@ type Service struct {
 	// Log receives one line per measurement and per refused request; nil = none.
 	Log *slog.Logger
 
-	att       *attest.Attester
-	tpm       *attest.TPM
-	store     *store
-	simulated bool
-	closers   []io.Closer
+	att        *attest.Attester
+	tpm        *attest.TPM
+	store      *store
+	simulated  bool
+	mode       string // the attestation mode (ModeSettings' names)
+	noPlatform string // what the mode needs that the VM lacks; "" when nothing
+	closers    []io.Closer
 
 	wg        sync.WaitGroup // background warm-up; Close waits for it
 	quit      chan struct{}  // closed by Close: a warm-up not begun is dropped
@@ -164,6 +182,16 @@ func (s *Service) Attester() *attest.Attester { return s.att }
 func (s *Service) Run(ctx context.Context, ln net.Listener, ready func() error) error {
 	srv := grpc.NewServer()
 	pb.RegisterAttestationServer(srv, s)
+	// NOT_SERVING says "no platform" to a health check; Status says what
+	// is missing.
+	h := health.NewServer()
+	serving := healthpb.HealthCheckResponse_SERVING
+	if s.noPlatform != "" {
+		serving = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	h.SetServingStatus("", serving)
+	h.SetServingStatus(pb.Attestation_ServiceDesc.ServiceName, serving)
+	healthpb.RegisterHealthServer(srv, h)
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
 	wg.Go(func() { errc <- srv.Serve(ln) })
@@ -189,6 +217,9 @@ func (s *Service) Run(ctx context.Context, ln net.Listener, ready func() error) 
 // Evidence implements the Attestation service.
 func (s *Service) Evidence(ctx context.Context, req *pb.EvidenceRequest) (*pb.EvidenceResponse, error) {
 	p := attest.Platform(req.GetPlatformType())
+	if s.noPlatform != "" {
+		return nil, status.Error(codes.FailedPrecondition, "attestation: no platform: "+s.noPlatform)
+	}
 	tok, err := s.att.Attest(attest.Request{ReportData: req.GetReportData(), Nonce: req.GetNonce(), Platform: p})
 	if err != nil {
 		s.logger().Warn("evidence refused", "platform", p.String(), "err", err)
@@ -217,15 +248,27 @@ func (s *Service) ExtendManifest(ctx context.Context, req *pb.ExtendManifestRequ
 	return s.reply(attest.ManifestPCR)
 }
 
+// Status implements the Attestation service and the supervisor's command
+// of the same name: the mode, and the platform or what is missing.
+func (s *Service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusReply, error) {
+	r := &pb.StatusReply{Mode: s.mode, NoPlatform: s.noPlatform, Simulated: s.simulated}
+	if s.noPlatform == "" {
+		r.Platform = s.describe()
+		r.AtlsPlatformType = int32(s.atlsPlatform())
+	}
+	return r, nil
+}
+
+// describe names what produces this VM's aTLS evidence.
+func (s *Service) describe() string { return s.att.Describe(s.atlsPlatform()) }
+
 // Measure applies a supervisor MeasureRequest exactly once per (boot_id, seq).
 //
-// Without a TPM only the supervisor's boot event is kept (in the log file,
-// not extended anywhere), so tokens still name their boot; other events
-// have no PCR to go to and are refused.
+// Without a TPM the events are kept in the log file only, not extended
+// anywhere (tokens still name their boot; nothing quotes the rest), and
+// acknowledged with an empty pcr_sha256: there is no PCR to go to, and a
+// refusal would only make the supervisor resend them forever.
 func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
-	if s.tpm == nil && req.GetType() != attest.EventBoot {
-		return nil, errors.New("attestation: no TPM: measurement not recorded")
-	}
 	if req.GetSeq() == 0 || req.GetBootId() == "" {
 		return nil, errors.New("attestation: measure: boot_id and seq (≥ 1) are required")
 	}
@@ -253,9 +296,9 @@ func (s *Service) Measure(req *pb.MeasureRequest) (*pb.MeasureReply, error) {
 		if err := s.store.append(e); err != nil {
 			return nil, err
 		}
-		s.logger().Info("boot recorded (no TPM to measure it into)", "data", string(e.Data))
+		s.logger().Info("event recorded (no TPM to measure it into)", "type", e.Type, "data", string(e.Data), "seq", e.Seq)
 		s.lastBoot, s.lastSeq = e.BootID, e.Seq
-		return &pb.MeasureReply{Pcr: attest.MeasurePCR, Events: uint64(len(s.store.snapshot()))}, nil
+		return s.reply(attest.MeasurePCR)
 	}
 	if err := s.apply(e); err != nil {
 		s.logger().Error("measurement failed", "type", e.Type, "seq", e.Seq, "err", err)
@@ -274,12 +317,19 @@ func (s *Service) apply(e attest.Event) error {
 	return s.tpm.Extend(e)
 }
 
+// reply is a measurement's answer: the PCR's value after it, which a VM
+// without a TPM does not have. Preconditions: s.mu held (or New).
 func (s *Service) reply(pcr uint32) (*pb.MeasureReply, error) {
+	r := &pb.MeasureReply{Pcr: pcr, Events: uint64(len(s.store.snapshot()))}
+	if s.tpm == nil {
+		return r, nil
+	}
 	v, err := s.tpm.ReadPCR(int(pcr))
 	if err != nil {
 		return nil, err
 	}
-	return &pb.MeasureReply{Pcr: pcr, PcrSha256: v, Events: uint64(len(s.store.snapshot()))}, nil
+	r.PcrSha256 = v
+	return r, nil
 }
 
 // openTPM opens a TPM character device, or a swtpm UnixIO socket (a

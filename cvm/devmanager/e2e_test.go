@@ -32,6 +32,8 @@ func binaries(t *testing.T) string {
 		}
 	}
 	build("build", "-tags", "seccomp netgo osusergo grpcnotrace", "-ldflags", `-linkmode external -extldflags "-static"`, "-o", filepath.Join(dir, "cvmd"), "./cmd/cvmd")
+	// The test build (make cvmd-test): --test-misbehave and the other test switches.
+	build("build", "-tags", "seccomp netgo osusergo grpcnotrace cvmdtest", "-ldflags", `-linkmode external -extldflags "-static"`, "-o", filepath.Join(dir, "cvmd-test"), "./cmd/cvmd")
 	build("build", "-o", filepath.Join(dir, "cvm"), "./cmd/cvm")
 	return dir
 }
@@ -65,6 +67,7 @@ type guest struct {
 	algo, data, priv   string
 	req                *cvms.ComputationRunReq
 	managers           []*devmanager.Server
+	cvmdName           string // the binary in bin: "cvmd", or "cvmd-test" for test switches
 	stopMgr            func()
 	ctx                context.Context
 	cvmdPid            int // the `cvmd supervise` process, once started
@@ -77,7 +80,7 @@ func newGuest(t *testing.T) *guest {
 	if os.Geteuid() != 0 {
 		t.Skip("cvmd --dev needs root")
 	}
-	g := &guest{t: t, bin: binaries(t), work: t.TempDir(), agentAddr: freePort(t), mgrAddr: freePort(t)}
+	g := &guest{t: t, bin: binaries(t), work: t.TempDir(), agentAddr: freePort(t), mgrAddr: freePort(t), cvmdName: "cvmd"}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	g.ctx = ctx

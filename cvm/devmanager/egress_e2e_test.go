@@ -16,12 +16,15 @@ import (
 )
 
 // startCvmdEnv is startCvmd with extra lines in the Cocos environment file.
-func (g *guest) startCvmdEnv(extra string) {
+func (g *guest) startCvmdEnv(extra string) { g.startCvmdArgs(extra, "--attestation", "simulated") }
+
+// startCvmdArgs is startCvmdEnv with cvmd's flags after the common ones.
+func (g *guest) startCvmdArgs(extra string, args ...string) {
 	t := g.t
 	env := filepath.Join(g.work, "environment")
 	os.WriteFile(env, []byte("AGENT_CVM_GRPC_URL="+g.mgrAddr+"\nAGENT_CVM_ID=e2e\n"+extra), 0o600)
-	sup := exec.Command(filepath.Join(g.bin, "cvmd"), "supervise", "--dev", "--state", filepath.Join(g.work, "state"),
-		"--listen", g.agentAddr, "--env", env, "--attestation", "simulated")
+	sup := exec.Command(filepath.Join(g.bin, g.cvmdName), append([]string{"supervise", "--dev", "--state", filepath.Join(g.work, "state"),
+		"--listen", g.agentAddr, "--env", env}, args...)...)
 	logf, _ := os.Create(filepath.Join(g.work, "supervisor.log"))
 	sup.Stdout, sup.Stderr = logf, logf
 	sup.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

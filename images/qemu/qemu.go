@@ -4,7 +4,9 @@
 // address inside the guest → a 127.0.0.1 port on the host), the manager's 9p
 // shares, and the serial console captured line by line with host
 // timestamps. Power-off goes through QMP's system_powerdown (the ACPI power
-// button), as a cloud host would do it.
+// button), as a cloud host would do it. MachineCocos is instead the VM
+// Cocos's manager makes (cocos.go), run in a network namespace of its own
+// (NetNS) and stopped as that manager stops it, with SIGTERM.
 //
 // It runs TCG by default (this project's machine has no usable KVM); it does
 // not build images (images/build.sh does) and does not know what runs in the
@@ -81,6 +83,14 @@ type Config struct {
 	ExtraArgs []string
 	// Stderr receives qemu's and swtpm's own messages; nil discards them.
 	Stderr io.Writer
+	// Machine is the VM's shape: the zero value is cvmd's own (above);
+	// MachineCocos is the command line of Cocos's manager (cocos.go).
+	Machine Machine
+	// NetNS, when set, is the network namespace qemu and swtpm run in
+	// (required by MachineCocos, whose hostfwd listens on every address).
+	NetNS *NetNS
+	// Cocos is what only MachineCocos uses.
+	Cocos CocosOptions
 }
 
 // Disk is a raw disk image given to the guest as a virtio-blk device.
@@ -156,11 +166,22 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.ManagerAddr != "" && len(cfg.PipeCommand) == 0 {
 		return nil, errors.New("qemu: ManagerAddr needs a PipeCommand")
 	}
+	if cfg.Machine == MachineCocos {
+		if err := cfg.checkCocos(); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.MemoryMiB == 0 {
 		cfg.MemoryMiB = 1024
+		if cfg.Machine == MachineCocos {
+			cfg.MemoryMiB = 2048 // the manager's MEMORY_SIZE
+		}
 	}
 	if cfg.CPUs == 0 {
 		cfg.CPUs = 2
+		if cfg.Machine == MachineCocos {
+			cfg.CPUs = 4 // the manager's SMP_COUNT
+		}
 	}
 	if cfg.Accel == "" {
 		cfg.Accel = "tcg"
@@ -173,13 +194,24 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	}
 	v := &VM{cfg: cfg, readDone: make(chan struct{}), exited: make(chan struct{}), changed: make(chan bool)}
 	if cfg.HostPort == 0 {
-		p, err := freePort()
+		p, err := freePortIn(cfg.NetNS)
 		if err != nil {
 			return nil, err
 		}
 		cfg.HostPort = p
 	}
 	v.hostPort = cfg.HostPort
+	if cfg.NetNS != nil {
+		// Everything that makes a socket or a process, in the namespace.
+		var vm *VM
+		err := cfg.NetNS.Do(func() (err error) { vm, err = v.launch(ctx, cfg); return err })
+		return vm, err
+	}
+	return v.launch(ctx, cfg)
+}
+
+// launch is Start once cfg is complete.
+func (v *VM) launch(ctx context.Context, cfg Config) (*VM, error) {
 	if cfg.ManagerAddr != "" {
 		for _, a := range append(cfg.PipeCommand, cfg.ManagerAddr) {
 			if strings.ContainsAny(a, " ,'\"\\") {
@@ -215,23 +247,14 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 	if err != nil {
 		return fail(err)
 	}
-	args := []string{
-		"-accel", cfg.Accel, "-cpu", "max", "-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMiB),
-		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-serial", "stdio", "-monitor", "none", "-chardev", qmpDev, "-mon", "chardev=qmp,mode=control",
-		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd,
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet " + cfg.Append),
-		"-device", "virtio-rng-pci",
-	}
-	netdev := fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:7002", cfg.HostPort)
-	if cfg.ManagerAddr != "" {
-		netdev += ",guestfwd=tcp:" + GuestManagerAddr + "-cmd:" + strings.Join(append(cfg.PipeCommand, cfg.ManagerAddr), " ")
-	}
-	args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile=")
-	for tag, dir := range map[string]string{"env_share": cfg.EnvDir, "certs_share": cfg.CertsDir} {
-		if dir != "" {
-			args = append(args, "-virtfs", "local,path="+dir+",mount_tag="+tag+",security_model=none,readonly=on,id="+tag)
+	var args []string
+	if cfg.Machine == MachineCocos {
+		if args, err = cocosArgs(cfg); err != nil {
+			return fail(err)
 		}
+		args = append(args, "-chardev", qmpDev, "-mon", "chardev=qmp,mode=control")
+	} else {
+		args = cvmdArgs(cfg, qmpDev)
 	}
 	da, err := diskArgs(cfg.Disks)
 	if err != nil {
@@ -291,6 +314,42 @@ func Start(ctx context.Context, cfg Config) (*VM, error) {
 		close(v.exited)
 	}()
 	return v, nil
+}
+
+// cvmdArgs is the command line of cvmd's own VM (images/README.md).
+func cvmdArgs(cfg Config, qmpDev string) []string {
+	args := []string{
+		"-accel", cfg.Accel, "-cpu", "max", "-smp", strconv.Itoa(cfg.CPUs), "-m", strconv.Itoa(cfg.MemoryMiB),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-serial", "stdio", "-monitor", "none", "-chardev", qmpDev, "-mon", "chardev=qmp,mode=control",
+		"-kernel", cfg.Kernel, "-initrd", cfg.Initrd,
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 quiet " + tcgCmdline(cfg.Accel) + cfg.Append),
+		"-device", "virtio-rng-pci",
+	}
+	netdev := fmt.Sprintf("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:7002", cfg.HostPort)
+	if cfg.ManagerAddr != "" {
+		netdev += ",guestfwd=tcp:" + GuestManagerAddr + "-cmd:" + strings.Join(append(cfg.PipeCommand, cfg.ManagerAddr), " ")
+	}
+	args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile=")
+	for tag, dir := range map[string]string{"env_share": cfg.EnvDir, "certs_share": cfg.CertsDir} {
+		if dir != "" {
+			args = append(args, "-virtfs", "local,path="+dir+",mount_tag="+tag+",security_model=none,readonly=on,id="+tag)
+		}
+	}
+	return args
+}
+
+// tcgCmdline is what the guest kernel is told under TCG that it assumes by
+// itself under KVM: no_timer_check, which a KVM guest sets on its own
+// (kvmclock) and which skips the boot-time check that the PIT's interrupt
+// reaches the IO-APIC within ~40 ms. Under TCG on a loaded host that check
+// fails now and then ("Kernel panic - not syncing: IO-APIC + timer doesn't
+// work!", seen by make soak-vm): the emulated timer is late, not broken.
+func tcgCmdline(accel string) string {
+	if accel == "tcg" {
+		return "no_timer_check "
+	}
+	return ""
 }
 
 // startSwtpm starts a swtpm socket emulator for one qemu and returns the
@@ -526,6 +585,21 @@ func (v *VM) Wait(ctx context.Context) error {
 	}
 }
 
+// Terminate sends qemu SIGTERM, as Cocos's manager stops a VM: qemu exits
+// at once, without telling the guest (docs/manager-link.md says what is
+// lost), and swtpm with it. It waits for the exit, up to ctx.
+func (v *VM) Terminate(ctx context.Context) error {
+	select {
+	case <-v.exited:
+		return v.exitErr
+	default:
+	}
+	if err := v.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("qemu: SIGTERM: %w", err)
+	}
+	return v.Wait(ctx)
+}
+
 // Kill stops qemu at once (and swtpm with it) and waits for it.
 func (v *VM) Kill() {
 	select {
@@ -535,6 +609,16 @@ func (v *VM) Kill() {
 	}
 	v.cmd.Process.Kill()
 	<-v.exited
+}
+
+// freePortIn is freePort in ns (nil: the caller's namespace).
+func freePortIn(ns *NetNS) (int, error) {
+	if ns == nil {
+		return freePort()
+	}
+	var p int
+	err := ns.Do(func() (err error) { p, err = freePort(); return err })
+	return p, err
 }
 
 func freePort() (int, error) {

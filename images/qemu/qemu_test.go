@@ -103,6 +103,94 @@ func TestStartRefusesBadConfig(t *testing.T) {
 	}
 }
 
+// MachineCocos is Cocos's manager's command line, option for option.
+func TestCocosArgs(t *testing.T) {
+	dir := t.TempDir()
+	vars := dir + "/vars.fd"
+	os.WriteFile(vars, []byte("vars"), 0o600)
+	cfg := Config{Kernel: "vmlinuz", Initrd: "initrd", Dir: dir, Accel: "tcg", CPUs: 4, MemoryMiB: 2048, HostPort: 6100,
+		EnvDir: dir + "/env", Append: "cvmd.x=1", Cocos: CocosOptions{OVMFCode: vars, OVMFVars: vars, ID: "abc"}}
+	args, err := cocosArgs(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(args, " ")
+	for _, want := range []string{
+		"-machine q35 -cpu EPYC -smp 4,maxcpus=64 -m 2048M,slots=5,maxmem=30G",
+		"-drive if=pflash,format=raw,unit=0,file=" + vars + ",readonly=on",
+		"-drive if=pflash,format=raw,unit=1,file=" + dir + "/OVMF_VARS-abc.fd",
+		"-netdev user,id=vmnic-abc,hostfwd=tcp::6100-:7002",
+		"-device virtio-net-pci,disable-legacy=on,iommu_platform=true,netdev=vmnic-abc,addr=0x2,romfile=",
+		// no_timer_check: what a KVM guest assumes by itself, under TCG.
+		"-kernel vmlinuz -append quiet console=null no_timer_check cvmd.x=1 -initrd initrd -nographic -monitor pty",
+		"-fsdev local,id=cert_fs,path=" + dir + "/cert_fs,security_model=mapped -device virtio-9p-pci,fsdev=cert_fs,mount_tag=certs_share",
+		"-fsdev local,id=env_fs,path=" + dir + "/env,security_model=mapped -device virtio-9p-pci,fsdev=env_fs,mount_tag=env_share",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("command line lacks %q:\n%s", want, got)
+		}
+	}
+	for _, not := range []string{"restrict=on", "127.0.0.1", "-nodefaults", "virtio-rng"} {
+		if strings.Contains(got, not) {
+			t.Errorf("command line has %q, which the manager's has not:\n%s", not, got)
+		}
+	}
+	if b, err := os.ReadFile(dir + "/OVMF_VARS-abc.fd"); err != nil || string(b) != "vars" {
+		t.Errorf("variable store not copied: %q, %v", b, err)
+	}
+	if err := (&Config{Machine: MachineCocos}).checkCocos(); err == nil || !strings.Contains(err.Error(), "NetNS") {
+		t.Errorf("MachineCocos without a network namespace: %v", err)
+	}
+	cfg.Accel = "kvm"
+	if args, _ := cocosArgs(cfg); strings.Contains(strings.Join(args, " "), "no_timer_check") {
+		t.Errorf("no_timer_check under KVM, which sets it itself")
+	}
+}
+
+// A NetNS has its own loopback: a listener made in it is not reachable
+// from the caller's namespace, and is from inside.
+func TestNetNS(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root (unshare CLONE_NEWNET)")
+	}
+	ns, err := NewNetNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	var ln net.Listener
+	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("inside\n"))
+			c.Close()
+		}
+	}()
+	if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		c.Close()
+		t.Fatalf("the namespace's listener %s is reachable from outside it", ln.Addr())
+	}
+	var got string
+	if err := ns.Do(func() error {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		got, err = bufio.NewReader(c).ReadString('\n')
+		return err
+	}); err != nil || got != "inside\n" {
+		t.Fatalf("from inside: %q, %v", got, err)
+	}
+}
+
 func TestDiskArgs(t *testing.T) {
 	img := t.TempDir() + "/scratch.img"
 	if err := os.WriteFile(img, nil, 0o644); err != nil {

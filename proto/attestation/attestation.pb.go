@@ -311,6 +311,129 @@ func (x *MeasureReply) GetEvents() uint64 {
 	return 0
 }
 
+// StatusRequest is the body of a control.Command from the supervisor (and an
+// Attestation client may ask the same with Status, see below): which
+// platform this VM attests with.
+type StatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatusRequest) Reset() {
+	*x = StatusRequest{}
+	mi := &file_proto_attestation_attestation_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusRequest) ProtoMessage() {}
+
+func (x *StatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_attestation_attestation_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
+func (*StatusRequest) Descriptor() ([]byte, []int) {
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{5}
+}
+
+type StatusReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The attestation mode the child runs in: "auto", "simulated", or the
+	// forced platform ("vtpm", "snp", "snp-vtpm", "tdx", "azure").
+	Mode string `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
+	// Empty when evidence can be produced; else what is missing, e.g. "no TPM
+	// at /dev/tpmrm0, no SEV-SNP and no TDX report interface". Evidence then
+	// answers FailedPrecondition "attestation: no platform: <no_platform>".
+	NoPlatform string `protobuf:"bytes,2,opt,name=no_platform,json=noPlatform,proto3" json:"no_platform,omitempty"`
+	// What produces evidence, e.g. "vTPM", "simulated SNP-vTPM"; "" with none.
+	Platform string `protobuf:"bytes,3,opt,name=platform,proto3" json:"platform,omitempty"`
+	// The agent-wire platform type aTLS evidence is made for (SNP=0, vTPM=1,
+	// SNP+vTPM=2, Azure=3, TDX=4); meaningless when no_platform is set.
+	AtlsPlatformType int32 `protobuf:"varint,4,opt,name=atls_platform_type,json=atlsPlatformType,proto3" json:"atls_platform_type,omitempty"`
+	Simulated        bool  `protobuf:"varint,5,opt,name=simulated,proto3" json:"simulated,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *StatusReply) Reset() {
+	*x = StatusReply{}
+	mi := &file_proto_attestation_attestation_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatusReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatusReply) ProtoMessage() {}
+
+func (x *StatusReply) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_attestation_attestation_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatusReply.ProtoReflect.Descriptor instead.
+func (*StatusReply) Descriptor() ([]byte, []int) {
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *StatusReply) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *StatusReply) GetNoPlatform() string {
+	if x != nil {
+		return x.NoPlatform
+	}
+	return ""
+}
+
+func (x *StatusReply) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
+func (x *StatusReply) GetAtlsPlatformType() int32 {
+	if x != nil {
+		return x.AtlsPlatformType
+	}
+	return 0
+}
+
+func (x *StatusReply) GetSimulated() bool {
+	if x != nil {
+		return x.Simulated
+	}
+	return false
+}
+
 var File_proto_attestation_attestation_proto protoreflect.FileDescriptor
 
 const file_proto_attestation_attestation_proto_rawDesc = "" +
@@ -335,10 +458,19 @@ const file_proto_attestation_attestation_proto_rawDesc = "" +
 	"\x03pcr\x18\x01 \x01(\rR\x03pcr\x12\x1d\n" +
 	"\n" +
 	"pcr_sha256\x18\x02 \x01(\fR\tpcrSha256\x12\x16\n" +
-	"\x06events\x18\x03 \x01(\x04R\x06events2\xbf\x01\n" +
+	"\x06events\x18\x03 \x01(\x04R\x06events\"\x0f\n" +
+	"\rStatusRequest\"\xaa\x01\n" +
+	"\vStatusReply\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x1f\n" +
+	"\vno_platform\x18\x02 \x01(\tR\n" +
+	"noPlatform\x12\x1a\n" +
+	"\bplatform\x18\x03 \x01(\tR\bplatform\x12,\n" +
+	"\x12atls_platform_type\x18\x04 \x01(\x05R\x10atlsPlatformType\x12\x1c\n" +
+	"\tsimulated\x18\x05 \x01(\bR\tsimulated2\x8b\x02\n" +
 	"\vAttestation\x12S\n" +
 	"\bEvidence\x12!.cvmd.attestation.EvidenceRequest\x1a\".cvmd.attestation.EvidenceResponse\"\x00\x12[\n" +
-	"\x0eExtendManifest\x12'.cvmd.attestation.ExtendManifestRequest\x1a\x1e.cvmd.attestation.MeasureReply\"\x00B4Z2github.com/cvmd/cvmd/proto/attestation;attestationb\x06proto3"
+	"\x0eExtendManifest\x12'.cvmd.attestation.ExtendManifestRequest\x1a\x1e.cvmd.attestation.MeasureReply\"\x00\x12J\n" +
+	"\x06Status\x12\x1f.cvmd.attestation.StatusRequest\x1a\x1d.cvmd.attestation.StatusReply\"\x00B4Z2github.com/cvmd/cvmd/proto/attestation;attestationb\x06proto3"
 
 var (
 	file_proto_attestation_attestation_proto_rawDescOnce sync.Once
@@ -352,21 +484,25 @@ func file_proto_attestation_attestation_proto_rawDescGZIP() []byte {
 	return file_proto_attestation_attestation_proto_rawDescData
 }
 
-var file_proto_attestation_attestation_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_proto_attestation_attestation_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_proto_attestation_attestation_proto_goTypes = []any{
 	(*EvidenceRequest)(nil),       // 0: cvmd.attestation.EvidenceRequest
 	(*EvidenceResponse)(nil),      // 1: cvmd.attestation.EvidenceResponse
 	(*MeasureRequest)(nil),        // 2: cvmd.attestation.MeasureRequest
 	(*ExtendManifestRequest)(nil), // 3: cvmd.attestation.ExtendManifestRequest
 	(*MeasureReply)(nil),          // 4: cvmd.attestation.MeasureReply
+	(*StatusRequest)(nil),         // 5: cvmd.attestation.StatusRequest
+	(*StatusReply)(nil),           // 6: cvmd.attestation.StatusReply
 }
 var file_proto_attestation_attestation_proto_depIdxs = []int32{
 	0, // 0: cvmd.attestation.Attestation.Evidence:input_type -> cvmd.attestation.EvidenceRequest
 	3, // 1: cvmd.attestation.Attestation.ExtendManifest:input_type -> cvmd.attestation.ExtendManifestRequest
-	1, // 2: cvmd.attestation.Attestation.Evidence:output_type -> cvmd.attestation.EvidenceResponse
-	4, // 3: cvmd.attestation.Attestation.ExtendManifest:output_type -> cvmd.attestation.MeasureReply
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
+	5, // 2: cvmd.attestation.Attestation.Status:input_type -> cvmd.attestation.StatusRequest
+	1, // 3: cvmd.attestation.Attestation.Evidence:output_type -> cvmd.attestation.EvidenceResponse
+	4, // 4: cvmd.attestation.Attestation.ExtendManifest:output_type -> cvmd.attestation.MeasureReply
+	6, // 5: cvmd.attestation.Attestation.Status:output_type -> cvmd.attestation.StatusReply
+	3, // [3:6] is the sub-list for method output_type
+	0, // [0:3] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -383,7 +519,7 @@ func file_proto_attestation_attestation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_attestation_attestation_proto_rawDesc), len(file_proto_attestation_attestation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

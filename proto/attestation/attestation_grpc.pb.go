@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Attestation_Evidence_FullMethodName       = "/cvmd.attestation.Attestation/Evidence"
 	Attestation_ExtendManifest_FullMethodName = "/cvmd.attestation.Attestation/ExtendManifest"
+	Attestation_Status_FullMethodName         = "/cvmd.attestation.Attestation/Status"
 )
 
 // AttestationClient is the client API for Attestation service.
@@ -31,11 +32,15 @@ const (
 type AttestationClient interface {
 	// Evidence returns an EAT token (COSE_Sign1/CBOR) for the requested platform.
 	// Errors: InvalidArgument (nonce too long, unknown platform_type),
-	// Unimplemented (a platform this VM does not have), Internal.
+	// Unimplemented (a platform this VM does not have), FailedPrecondition
+	// ("attestation: no platform: <what is missing>": the VM has no platform
+	// at all, or not the one the attestation mode forces), Internal.
 	Evidence(ctx context.Context, in *EvidenceRequest, opts ...grpc.CallOption) (*EvidenceResponse, error)
 	// ExtendManifest extends PCR16 with the computation manifest as Cocos does
 	// (SHA3-256 into the SHA-256 bank, SHA3-384 into the SHA-384 bank) and logs it.
 	ExtendManifest(ctx context.Context, in *ExtendManifestRequest, opts ...grpc.CallOption) (*MeasureReply, error)
+	// Status says which platform this VM attests with, or what it lacks.
+	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusReply, error)
 }
 
 type attestationClient struct {
@@ -66,17 +71,31 @@ func (c *attestationClient) ExtendManifest(ctx context.Context, in *ExtendManife
 	return out, nil
 }
 
+func (c *attestationClient) Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatusReply)
+	err := c.cc.Invoke(ctx, Attestation_Status_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AttestationServer is the server API for Attestation service.
 // All implementations must embed UnimplementedAttestationServer
 // for forward compatibility.
 type AttestationServer interface {
 	// Evidence returns an EAT token (COSE_Sign1/CBOR) for the requested platform.
 	// Errors: InvalidArgument (nonce too long, unknown platform_type),
-	// Unimplemented (a platform this VM does not have), Internal.
+	// Unimplemented (a platform this VM does not have), FailedPrecondition
+	// ("attestation: no platform: <what is missing>": the VM has no platform
+	// at all, or not the one the attestation mode forces), Internal.
 	Evidence(context.Context, *EvidenceRequest) (*EvidenceResponse, error)
 	// ExtendManifest extends PCR16 with the computation manifest as Cocos does
 	// (SHA3-256 into the SHA-256 bank, SHA3-384 into the SHA-384 bank) and logs it.
 	ExtendManifest(context.Context, *ExtendManifestRequest) (*MeasureReply, error)
+	// Status says which platform this VM attests with, or what it lacks.
+	Status(context.Context, *StatusRequest) (*StatusReply, error)
 	mustEmbedUnimplementedAttestationServer()
 }
 
@@ -92,6 +111,9 @@ func (UnimplementedAttestationServer) Evidence(context.Context, *EvidenceRequest
 }
 func (UnimplementedAttestationServer) ExtendManifest(context.Context, *ExtendManifestRequest) (*MeasureReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExtendManifest not implemented")
+}
+func (UnimplementedAttestationServer) Status(context.Context, *StatusRequest) (*StatusReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
 }
 func (UnimplementedAttestationServer) mustEmbedUnimplementedAttestationServer() {}
 func (UnimplementedAttestationServer) testEmbeddedByValue()                     {}
@@ -150,6 +172,24 @@ func _Attestation_ExtendManifest_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Attestation_Status_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AttestationServer).Status(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Attestation_Status_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AttestationServer).Status(ctx, req.(*StatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Attestation_ServiceDesc is the grpc.ServiceDesc for Attestation service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,6 +204,10 @@ var Attestation_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExtendManifest",
 			Handler:    _Attestation_ExtendManifest_Handler,
+		},
+		{
+			MethodName: "Status",
+			Handler:    _Attestation_Status_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -26,13 +26,15 @@ const (
 // Which evidence providers to use. Zero value (AUTO) picks by what the VM
 // has: /dev/tpmrm0 (or /dev/tpm0) for the vTPM (an Azure CVM when its HCL
 // report NV index exists), configfs-tsm or /dev/sev-guest for SNP,
-// configfs-tsm or /dev/tdx_guest for TDX; with none, the child refuses to
-// start unless SIMULATED is chosen explicitly.
+// configfs-tsm or /dev/tdx_guest for TDX. With none (or without the
+// platform `force` names) the VM has no platform: the child still starts,
+// says so, and refuses evidence with FailedPrecondition naming what is
+// missing; simulation is only ever chosen explicitly (SIMULATED).
 type AttestationSettings_Mode int32
 
 const (
 	AttestationSettings_AUTO      AttestationSettings_Mode = 0
-	AttestationSettings_HARDWARE  AttestationSettings_Mode = 1 // vTPM, SNP and/or TDX devices; fail if none is present
+	AttestationSettings_HARDWARE  AttestationSettings_Mode = 1 // the same as AUTO (kept for settings that name it)
 	AttestationSettings_SIMULATED AttestationSettings_Mode = 2 // go-tpm-tools TPM simulator (+ simulated SNP if simulate_snp)
 )
 
@@ -96,6 +98,11 @@ type AttestationSettings struct {
 	// (HCL report) of a simulated "snp" or "tdx" is in the simulated TPM's NV
 	// index, as Azure provides it; "" = not Azure.
 	SimulateAzure string `protobuf:"bytes,7,opt,name=simulate_azure,json=simulateAzure,proto3" json:"simulate_azure,omitempty"`
+	// Only with AUTO/HARDWARE: use this platform and no other: "vtpm" (a TPM),
+	// "snp" (SEV-SNP), "snp-vtpm" (both), "tdx", "azure" (a TPM holding
+	// Azure's HCL report); "" detects. A VM without it has no platform (an
+	// unknown value too), so evidence is never silently of a weaker kind.
+	Force         string `protobuf:"bytes,8,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -179,11 +186,18 @@ func (x *AttestationSettings) GetSimulateAzure() string {
 	return ""
 }
 
+func (x *AttestationSettings) GetForce() string {
+	if x != nil {
+		return x.Force
+	}
+	return ""
+}
+
 var File_proto_config_attestation_proto protoreflect.FileDescriptor
 
 const file_proto_config_attestation_proto_rawDesc = "" +
 	"\n" +
-	"\x1eproto/config/attestation.proto\x12\vcvmd.config\"\xb3\x02\n" +
+	"\x1eproto/config/attestation.proto\x12\vcvmd.config\"\xc9\x02\n" +
 	"\x13AttestationSettings\x129\n" +
 	"\x04mode\x18\x01 \x01(\x0e2%.cvmd.config.AttestationSettings.ModeR\x04mode\x12!\n" +
 	"\fsimulate_snp\x18\x02 \x01(\bR\vsimulateSnp\x12\x19\n" +
@@ -191,7 +205,8 @@ const file_proto_config_attestation_proto_rawDesc = "" +
 	"\x04vmpl\x18\x04 \x01(\rR\x04vmpl\x12\x16\n" +
 	"\x06issuer\x18\x05 \x01(\tR\x06issuer\x12!\n" +
 	"\fsimulate_tdx\x18\x06 \x01(\bR\vsimulateTdx\x12%\n" +
-	"\x0esimulate_azure\x18\a \x01(\tR\rsimulateAzure\"-\n" +
+	"\x0esimulate_azure\x18\a \x01(\tR\rsimulateAzure\x12\x14\n" +
+	"\x05force\x18\b \x01(\tR\x05force\"-\n" +
 	"\x04Mode\x12\b\n" +
 	"\x04AUTO\x10\x00\x12\f\n" +
 	"\bHARDWARE\x10\x01\x12\r\n" +

@@ -33,6 +33,7 @@ type childState struct {
 	// started (or at boot); nil until then.
 	settings proto.Message
 	failText string // last StartFailed text
+	lastExit string // how the last incarnation ended, with failText (children.json, Children)
 	serving  bool   // the supervisor reached its gRPC server over the edge (children the supervisor dials)
 	// stop is why the supervisor stopped the current incarnation; "" when
 	// it did not.
@@ -545,8 +546,10 @@ func (s *Supervisor) reap(c *childState, e evExit) {
 	s.cmds.fail(inc)
 	how := exitText(e)
 	attrs := []any{"child", c.spec.Name, "generation", inc.gen, "status", how, "uptime", time.Since(inc.started).Round(time.Millisecond)}
+	c.lastExit = how
 	if c.failText != "" {
 		attrs = append(attrs, "reason", c.failText)
+		c.lastExit += ": " + c.failText
 	}
 	switch {
 	case c.stop == stopReplaced && !s.stopping:

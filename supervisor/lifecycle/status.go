@@ -26,13 +26,16 @@ type ChildInfo struct {
 	Sandbox string `json:"sandbox,omitempty"`
 	// StandbyPid is the pid of the child's standby, when it has one built.
 	StandbyPid int `json:"standby_pid,omitempty"`
+	// LastExit is how the last incarnation ended ("exit status 1: not READY
+	// within 10s", ...); "" before any exit.
+	LastExit string `json:"last_exit,omitempty"`
 }
 
 func (s *Supervisor) snapshot() []ChildInfo {
 	out := make([]ChildInfo, 0, len(s.table.Children))
 	for _, spec := range s.table.Children {
 		c := s.children[spec.Name]
-		ci := ChildInfo{Name: spec.Name, Status: c.status, Generation: c.gen, Restarts: c.restarts.Total(), Serving: c.serving && c.inc != nil}
+		ci := ChildInfo{Name: spec.Name, Status: c.status, Generation: c.gen, Restarts: c.restarts.Total(), Serving: c.serving && c.inc != nil, LastExit: c.lastExit}
 		if c.inc != nil {
 			ci.Pid = c.inc.sb.Pid()
 			ci.Sandbox = c.inc.sb.ID()

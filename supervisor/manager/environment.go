@@ -17,7 +17,7 @@ const DefaultEnvFile = "/etc/cocos/environment"
 // (KEY=VALUE lines, # comments, an optional "export " and quotes; the last
 // assignment wins; "" or a missing file has none), then the KEY=VALUE tokens
 // of cmdline, the kernel command line, for Cocos's variables (AGENT_* and
-// COCOS_*), which win: the command line is measured, the file is not. A
+// COCOS_*) and cvmd's own (CVMD_*), which win: the command line is measured, the file is not. A
 // line of the file that is not KEY=VALUE is an error naming it. This is the
 // one parser of the environment: the manager link (LoadConfig) and the
 // egress allowlist both read it.
@@ -29,7 +29,7 @@ func ReadEnvironment(envFile, cmdline string) (map[string]string, error) {
 		}
 	}
 	for _, tok := range strings.Fields(cmdline) {
-		if k, v, ok := strings.Cut(tok, "="); ok && (strings.HasPrefix(k, "AGENT_") || strings.HasPrefix(k, "COCOS_")) {
+		if k, v, ok := strings.Cut(tok, "="); ok && (strings.HasPrefix(k, "AGENT_") || strings.HasPrefix(k, "COCOS_") || strings.HasPrefix(k, "CVMD_")) {
 			vars[k] = unquote(v)
 		}
 	}

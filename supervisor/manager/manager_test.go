@@ -672,3 +672,24 @@ func (l *logRecorder) waitCount(t *testing.T, s string, n int, d time.Duration) 
 	t.Helper()
 	testutil.WaitUntil(t, d, fmt.Sprintf("%q logged %d times", s, n), func() bool { return l.count(s) >= n })
 }
+
+// The kernel command line gives Cocos's variables and cvmd's own (CVMD_*,
+// the attestation mode among them), and wins over the file; other tokens
+// are the kernel's.
+func TestReadEnvironmentCommandLine(t *testing.T) {
+	file := t.TempDir() + "/environment"
+	os.WriteFile(file, []byte("CVMD_ATTESTATION=simulated\nCOCOS_EGRESS_ALLOWLIST=a.example\n"), 0o600)
+	vars, err := ReadEnvironment(file, "quiet console=null CVMD_ATTESTATION=vtpm AGENT_CVM_ID=x root=/dev/sda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"CVMD_ATTESTATION": "vtpm", "AGENT_CVM_ID": "x", "COCOS_EGRESS_ALLOWLIST": "a.example"}
+	if len(vars) != len(want) {
+		t.Fatalf("vars %v, want %v", vars, want)
+	}
+	for k, v := range want {
+		if vars[k] != v {
+			t.Fatalf("%s = %q, want %q (all: %v)", k, vars[k], v, vars)
+		}
+	}
+}

@@ -29,24 +29,30 @@ const (
 
 // DebugCommand is one request on the debug port: "kill NAME" sends SIGKILL
 // to the cvmd child NAME; "ping" answers "pong"; "ps" lists every process as
-// pid:name:state:wchan on one line, to explain a hang; "mem" reports the
-// guest's memory and "drop-caches" writes back and drops the page cache
-// (the scratch disk's tests: memory while a dataset streams in, and reads
-// that reach the disk, see storage_debug.go).
+// pid:name:state:wchan on one line; "stacks" gives every process's kernel
+// stack (/proc/PID/stack); "goroutines" sends SIGQUIT to the supervisor
+// proper, whose Go runtime then prints every goroutine's stack on the
+// console and exits (PID 1 starts a new one). The last three explain a hang.
+// "mem" reports the guest's memory and "drop-caches" writes back and drops
+// the page cache (the scratch disk's tests: memory while a dataset streams
+// in, and reads that reach the disk, see storage_debug.go).
 type DebugCommand struct {
 	Verb, Arg string
 }
+
+// debugVerbs are the commands without an argument.
+var debugVerbs = map[string]bool{"ping": true, "ps": true, "stacks": true, "goroutines": true, "mem": true, "drop-caches": true}
 
 // ParseDebugCommand parses one line of the debug port.
 func ParseDebugCommand(line string) (DebugCommand, error) {
 	f := strings.Fields(line)
 	switch {
-	case len(f) == 1 && (f[0] == "ping" || f[0] == "ps" || f[0] == "mem" || f[0] == "drop-caches"):
+	case len(f) == 1 && debugVerbs[f[0]]:
 		return DebugCommand{Verb: f[0]}, nil
 	case len(f) == 2 && f[0] == "kill" && validChildName(f[1]):
 		return DebugCommand{Verb: "kill", Arg: f[1]}, nil
 	}
-	return DebugCommand{}, fmt.Errorf("pid1: debug command %q: want \"ping\", \"ps\", \"mem\", \"drop-caches\" or \"kill CHILD\"", line)
+	return DebugCommand{}, fmt.Errorf("pid1: debug command %q: want \"ping\", \"ps\", \"stacks\", \"goroutines\", \"mem\", \"drop-caches\" or \"kill CHILD\"", line)
 }
 
 func validChildName(s string) bool {
@@ -124,6 +130,10 @@ func runDebug(log *slog.Logger, line string) string {
 		return "pong"
 	case "ps":
 		return processList()
+	case "stacks":
+		return kernelStacks()
+	case "goroutines":
+		return dumpProper(log)
 	case "mem":
 		return memoryReport()
 	case "drop-caches":
@@ -151,7 +161,11 @@ func runDebug(log *slog.Logger, line string) string {
 
 // childPIDs finds the processes running cvmd's child name: their argv is
 // [<cvmd>, name, ...] (the supervisor re-executes itself inside the sandbox).
-func childPIDs(name string) ([]int, error) {
+func childPIDs(name string) ([]int, error) { return processesWithArgs(name) }
+
+// processesWithArgs finds the other processes whose argv, after argv[0],
+// starts with args.
+func processesWithArgs(args ...string) ([]int, error) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
@@ -168,7 +182,14 @@ func childPIDs(name string) ([]int, error) {
 			continue
 		}
 		argv := bytes.Split(bytes.TrimRight(b, "\x00"), []byte{0})
-		if len(argv) >= 2 && string(argv[1]) == name {
+		if len(argv) < 1+len(args) {
+			continue
+		}
+		match := true
+		for i, a := range args {
+			match = match && string(argv[1+i]) == a
+		}
+		if match {
 			pids = append(pids, pid)
 		}
 	}
@@ -200,4 +221,54 @@ func processList() string {
 		out = append(out, fmt.Sprintf("%s:%s:%c:%s", e.Name(), name, st[rp+2], wchan))
 	}
 	return strings.Join(out, " ")
+}
+
+// kernelStacks gives, for every process, "pid:name:" and its kernel stack's
+// function names, comma-separated, in one space-separated line.
+func kernelStacks() string {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var out []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stack"))
+		if err != nil {
+			continue
+		}
+		var fns []string
+		for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			// "[<0>] do_wait+0x160/0x2f0"
+			if _, fn, ok := strings.Cut(l, "] "); ok {
+				fn, _, _ = strings.Cut(fn, "+")
+				fns = append(fns, fn)
+			}
+		}
+		name := strings.ReplaceAll(strings.TrimSpace(string(comm)), " ", "_")
+		out = append(out, fmt.Sprintf("%s:%s:%s", e.Name(), name, strings.Join(fns, ",")))
+	}
+	return strings.Join(out, " ")
+}
+
+// dumpProper sends SIGQUIT to the supervisor proper (the process whose argv
+// is [<cvmd>, "supervise", "--proper", ...]).
+func dumpProper(log *slog.Logger) string {
+	pids, err := processesWithArgs("supervise", "--proper")
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	if len(pids) == 0 {
+		return "error: no supervisor proper running"
+	}
+	for _, pid := range pids {
+		if err := unix.Kill(pid, unix.SIGQUIT); err != nil {
+			return fmt.Sprintf("error: SIGQUIT to %d: %v", pid, err)
+		}
+	}
+	log.Warn("pid1: debug port made the supervisor proper dump its goroutines", "pids", pids)
+	return fmt.Sprintf("sigquit %v", pids)
 }

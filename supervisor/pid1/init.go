@@ -97,8 +97,9 @@ func Run(cfg Config) error {
 			}
 		}
 		// A child must never be able to write the binary it runs
-		// (CVE-2019-5736). sealing picks the cheaper of the two ways.
-		exe, why, err := sealing()
+		// (CVE-2019-5736). sealing picks the cheaper of the two ways; in
+		// the VM that is one copy (see sealing).
+		exe, why, err := sealing(!cfg.Dev)
 		switch {
 		case err == nil && exe == nil:
 			log.Info("binary sealed per spawn by a read-only overlay")
@@ -326,7 +327,18 @@ func RunDev(args []string, log *slog.Logger) error {
 // of the binary for PID 1 to re-execute from once, so that libcontainer
 // does not copy it for every spawn and all processes share the memfd's
 // pages.
-func sealing() (exe *os.File, why string, err error) {
+//
+// inVM asks for the copy always. The VM's IMA policy (ima.go) measures
+// every execution, and IMA keeps what it measured per inode: each spawn's
+// overlay is a new inode, so every spawn had the kernel hash the whole
+// binary (23 MB) before libcontainer's init could run, non-preemptibly.
+// Under TCG on a loaded host that took tens of seconds per spawn: children
+// missed their READY timeouts, their restarts hashed again, and boots
+// stalled for minutes (make soak-vm's dumps: the spawns' execve in
+// ima_calc_file_hash through ovl_read_iter). One sealed copy is one inode:
+// hashed once, when the supervisor proper starts. The path's file, which
+// nothing runs from then on, is removed, so the copy costs no memory.
+func sealing(inVM bool) (exe *os.File, why string, err error) {
 	self, err := os.Open("/proc/self/exe")
 	if err != nil {
 		return nil, "", err
@@ -340,9 +352,21 @@ func sealing() (exe *os.File, why string, err error) {
 	if err != nil {
 		return nil, "", err
 	}
-	if byPath, err := os.Stat(path); err != nil || !os.SameFile(st, byPath) {
+	switch byPath, err := os.Stat(path); {
+	case err != nil || !os.SameFile(st, byPath):
 		why = fmt.Sprintf("%s is not the file this process runs", path)
-	} else {
+	case inVM:
+		exe, err := exeseal.CloneBinary(self, st.Size(), "/proc/self/exe", os.TempDir())
+		if err != nil {
+			return nil, "", err
+		}
+		// Only this process runs the file, and it is about to run the copy.
+		if err := os.Remove(path); err != nil {
+			exe.Close()
+			return nil, "", fmt.Errorf("removing %s once copied: %w", path, err)
+		}
+		return exe, "IMA measures each spawn's overlay anew; a copy is measured once", nil
+	default:
 		exe, err := exeseal.CloneSelfExe(os.TempDir())
 		if err != nil {
 			return nil, "", err

@@ -239,6 +239,8 @@ var debugTests = []struct {
 }{
 	{"ping", DebugCommand{Verb: "ping"}, false},
 	{"ps", DebugCommand{Verb: "ps"}, false},
+	{"stacks", DebugCommand{Verb: "stacks"}, false},
+	{"goroutines", DebugCommand{Verb: "goroutines"}, false},
 	{"mem", DebugCommand{Verb: "mem"}, false},
 	{"drop-caches", DebugCommand{Verb: "drop-caches"}, false},
 	{"mem now", DebugCommand{}, true},

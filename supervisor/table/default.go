@@ -126,5 +126,6 @@ func Default() *Table {
 		ReadyTimeout: 10 * time.Second,
 		StopGrace:    2 * time.Second,
 		StandbyAfter: time.Second,
+		Attestation:  attestation.ModeAuto,
 	}
 }

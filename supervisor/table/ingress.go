@@ -1,12 +1,15 @@
 package table
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/cvms"
 )
@@ -15,11 +18,38 @@ import (
 // computation's AgentConfig (Cocos §1.3), translated into IngressSettings
 // when the computation starts (the ingress, a per-computation child, is then
 // restarted with them); before the first computation it serves plaintext.
+//
+// A computation whose AgentConfig the ingress would refuse is refused here,
+// when it starts, naming the field (the manager's RunResponse says it),
+// rather than by an ingress that fails to start again and again; so is one
+// asking for aTLS on a VM that has no attestation platform.
 func ingressSettings(in *SettingsInput) (proto.Message, error) {
 	if in.Computation == nil {
 		return &config.IngressSettings{}, nil
 	}
-	return ingressFromAgentConfig(in.Computation.GetAgentConfig(), atlsPlatform(in.SimulatedAttestation))
+	ac := in.Computation.GetAgentConfig()
+	var platform int32
+	if ac.GetAttestedTls() {
+		if in.ATLS == nil {
+			return nil, errors.New("agent_config.attested_tls: aTLS cannot be served: no attestation child")
+		}
+		var err error
+		if platform, err = in.ATLS(); err != nil {
+			return nil, fmt.Errorf("agent_config.attested_tls: aTLS cannot be served: %w", err)
+		}
+	}
+	s, err := ingressFromAgentConfig(ac, platform)
+	if err != nil {
+		return nil, err
+	}
+	// The ingress's own check; evidence is never asked for here.
+	unused := func(context.Context, [64]byte, [32]byte) ([]byte, error) {
+		return nil, errors.New("table: validation only")
+	}
+	if _, err := ingress.ConfigFromSettings(s, unused); err != nil {
+		return nil, fmt.Errorf("agent_config: %w", err)
+	}
+	return s, nil
 }
 
 // isPEMPath is Cocos's rule for the certificate fields of AgentConfig: a
@@ -59,28 +89,4 @@ func ingressFromAgentConfig(ac *cvms.AgentConfig, platform int32) (*config.Ingre
 		*f.dst = pem
 	}
 	return s, nil
-}
-
-// atlsPlatform is the agent-wire platform type the ingress asks the
-// attestation child for: SNP+vTPM (2) when the attestation is simulated
-// with SNP or the VM has both, vTPM (1) with a TPM only, SNP (0) with SNP
-// only.
-func atlsPlatform(simulated bool) int32 {
-	if simulated {
-		return 2 // the simulated attestation child simulates SNP over the TPM simulator
-	}
-	snp, tpm := exists("/dev/sev-guest"), exists("/dev/tpmrm0")
-	switch {
-	case snp && tpm:
-		return 2
-	case snp:
-		return 0
-	default:
-		return 1
-	}
-}
-
-func exists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

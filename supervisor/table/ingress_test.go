@@ -1,11 +1,13 @@
 package table
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/cvmd/cvmd/proto/config"
 	"github.com/cvmd/cvmd/proto/cvms"
 )
 
@@ -57,8 +59,53 @@ func TestIngressSettingsFromAgentConfig(t *testing.T) {
 	}
 }
 
-func TestATLSPlatformSimulated(t *testing.T) {
-	if p := atlsPlatform(true); p != 2 {
-		t.Fatalf("simulated attestation: platform %d, want 2 (SNP+vTPM)", p)
+// ingressSettings refuses, when the computation starts, what the ingress
+// could not serve, naming the field: aTLS without a platform, and an
+// AgentConfig the ingress itself refuses.
+func TestIngressSettingsRefusals(t *testing.T) {
+	noPlatform := func() (int32, error) { return 0, errors.New("attestation: no platform: no TPM at /dev/tpmrm0") }
+	vtpm := func() (int32, error) { return 1, nil }
+	tests := []struct {
+		name     string
+		ac       *cvms.AgentConfig
+		atls     func() (int32, error)
+		wantErr  []string // every piece the error must name; nil: accepted
+		platform int32
+	}{
+		{"plaintext needs no platform", nil, noPlatform, nil, 0},
+		{"aTLS on a VM without a platform", &cvms.AgentConfig{AttestedTls: true}, noPlatform,
+			[]string{"agent_config.attested_tls", "no platform: no TPM at /dev/tpmrm0"}, 0},
+		{"aTLS without an attestation child", &cvms.AgentConfig{AttestedTls: true}, nil,
+			[]string{"agent_config.attested_tls", "no attestation child"}, 0},
+		{"aTLS with the child's platform", &cvms.AgentConfig{AttestedTls: true}, vtpm, nil, 1},
+		{"key without certificate", &cvms.AgentConfig{KeyFile: testPEM}, vtpm,
+			[]string{"agent_config", "cert_file and key_file must be given together"}, 0},
+		{"certificate that is not one", &cvms.AgentConfig{CertFile: testPEM, KeyFile: testPEM}, vtpm,
+			[]string{"agent_config", "cert_file and key_file"}, 0},
+		{"client CA without TLS", &cvms.AgentConfig{ClientCaFile: testPEM}, vtpm,
+			[]string{"agent_config", "client_ca"}, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := &SettingsInput{ATLS: tc.atls, Computation: &cvms.ComputationRunReq{Id: "c1", AgentConfig: tc.ac}}
+			m, err := ingressSettings(in)
+			if tc.wantErr != nil {
+				if err == nil {
+					t.Fatalf("accepted %v, want a refusal naming %q", m, tc.wantErr)
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Fatalf("error %q does not name %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p := m.(*config.IngressSettings).GetPlatformType(); p != tc.platform {
+				t.Fatalf("platform_type %d, want %d", p, tc.platform)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package table
 import (
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/children/attestation"
 	"github.com/cvmd/cvmd/proto/config"
 )
 
@@ -54,11 +55,25 @@ func roleChallengeRequired(in *SettingsInput) bool {
 	}
 }
 
+// AttestationVar in Cocos's environment (the kernel command line, which
+// wins, or the environment file) chooses the attestation mode, one of
+// attestation.Modes; unset means auto (--attestation, if given, wins over
+// both).
+const AttestationVar = "CVMD_ATTESTATION"
+
+// The attestation modes, for the supervisor's flags and environment: the
+// names are children/attestation's, the one place that knows them.
+const (
+	AttestationAuto      = attestation.ModeAuto
+	AttestationSimulated = attestation.ModeSimulated
+	AttestationModes     = attestation.Modes
+)
+
+// ValidAttestation reports whether mode names an attestation mode.
+func ValidAttestation(mode string) bool { return attestation.ValidMode(mode) }
+
+// attestationSettings: the mode's settings (the one place modes become
+// settings is children/attestation).
 func attestationSettings(in *SettingsInput) (proto.Message, error) {
-	m := &config.AttestationSettings{}
-	if in.SimulatedAttestation {
-		m.Mode = config.AttestationSettings_SIMULATED
-		m.SimulateSnp = true
-	}
-	return m, nil
+	return attestation.ModeSettings(in.Attestation), nil
 }

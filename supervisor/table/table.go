@@ -140,9 +140,12 @@ type ChildSpec struct {
 
 // SettingsInput is what a child's settings are made from.
 type SettingsInput struct {
-	// SimulatedAttestation is set when the attestation child simulates
-	// its platform (the TPM simulator, simulated SNP).
-	SimulatedAttestation bool
+	// Attestation is the attestation mode (Table.Attestation).
+	Attestation string
+	// ATLS returns the agent-wire platform type aTLS evidence is made for,
+	// as the attestation child last said, or why aTLS cannot be served
+	// ("attestation: no platform: ..."); nil: it cannot be.
+	ATLS func() (int32, error)
 	// Environment returns Cocos's variables (the environment file, then
 	// the kernel command line in the VM), read again at every call, and a
 	// description of where they came from; nil means none.
@@ -206,6 +209,11 @@ type Table struct {
 	// once does not cost a build per failure, and a build does not compete
 	// with the starts it would speed up. Zero builds none.
 	StandbyAfter time.Duration `json:"standby_after"`
+	// Attestation is the attestation child's mode (children/attestation:
+	// "auto", "simulated", or the platform it forces); the supervisor sets
+	// it from --attestation, the kernel command line or the environment
+	// file (AttestationVar), so the measured table shows the mode in force.
+	Attestation string `json:"attestation"`
 }
 
 // Child returns the spec of the named child, or nil.

@@ -65,8 +65,9 @@ type e2e struct {
 	datasets []string
 	g        *guest
 	mgr      *devmanager.Server
-	akHash   string // SHA-256 of the vTPM's AK, provisioned before boot
-	table    string // expected child table hash
+	akHash   string      // SHA-256 of the vTPM's AK, provisioned before boot
+	table    string      // expected child table hash
+	netns    *qemu.NetNS // the VM's network namespace, where cvm runs; nil: the host's
 }
 
 // cvmRun runs the cvm CLI against the guest's forwarded port.
@@ -76,8 +77,17 @@ func (e *e2e) cvmRun(step string, timeout time.Duration, args ...string) (string
 	cmd := exec.CommandContext(ctx, e.cvm, args...)
 	cmd.Dir = e.dir
 	cmd.Env = append(os.Environ(), "AGENT_GRPC_URL="+e.g.vm.HostAddr())
-	out, err := cmd.CombinedOutput()
-	return string(out), err
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := cmd.Start
+	if e.netns != nil {
+		start = func() error { return e.netns.Do(cmd.Start) }
+	}
+	if err := start(); err != nil {
+		return "", err
+	}
+	err := cmd.Wait()
+	return out.String(), err
 }
 
 // mustCVM runs cvm and fails the step with the serial log on error.
@@ -307,26 +317,13 @@ func (g *guest) waitChildrenReady(step string, from int, names []string, timeout
 // setupE2E builds everything and boots the image with the manager attached.
 func setupE2E(t *testing.T) *e2e {
 	requireQEMU(t)
-	e := &e2e{t: t, dir: t.TempDir()}
+	e := newE2E(t)
 	cvmd := cvmdBinary(t)
-	e.cvm = cvmBinary(t)
 
 	extra := filepath.Join(e.dir, "extra")
 	os.MkdirAll(filepath.Join(extra, "etc/cvmd"), 0o755)
 	os.WriteFile(filepath.Join(extra, "etc/cvmd/debug-port"), nil, 0o644)
 	img := buildImage(t, "vmtest-cvmd", cvmd, extra)
-
-	e.mustLocal("keys", e.cvm, "keys", "-k", "ecdsa", "--dir", e.dir)
-	e.key, e.pub = filepath.Join(e.dir, "private.pem"), filepath.Join(e.dir, "public.pem")
-	src := filepath.Join(e.dir, "sum.c")
-	os.WriteFile(src, []byte(algoSource), 0o644)
-	e.algo = filepath.Join(e.dir, "sum")
-	e.mustLocal("compile algorithm", "gcc", "-O2", "-o", e.algo, src)
-	for name, data := range map[string]string{"a.csv": "1\n2\n3\n", "b.csv": "10 20\n"} {
-		p := filepath.Join(e.dir, name)
-		os.WriteFile(p, []byte(data), 0o644)
-		e.datasets = append(e.datasets, p)
-	}
 
 	mgrAddr := e.startManager(e.computation("1"))
 	envDir, vmDir := e.guestDirs("vm-e2e")
@@ -343,6 +340,17 @@ func setupE2E(t *testing.T) *e2e {
 // first when the guest connects, until the test ends; it returns the
 // manager's address.
 func (e *e2e) startManager(first *cvms.ComputationRunReq) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.serveManager(ln, first)
+	return ln.Addr().String()
+}
+
+// serveManager serves the development manager on ln, sending first when
+// the guest connects, until the test ends.
+func (e *e2e) serveManager(ln net.Listener, first *cvms.ComputationRunReq) {
 	t := e.t
 	mlog, err := os.Create(filepath.Join(e.dir, "manager.log"))
 	if err != nil {
@@ -350,15 +358,10 @@ func (e *e2e) startManager(first *cvms.ComputationRunReq) string {
 	}
 	t.Cleanup(func() { mlog.Close() })
 	e.mgr = devmanager.New(devmanager.Options{Computation: first, Out: mlog})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan struct{})
 	go func() { devmanager.Serve(ctx, ln, e.mgr, nil); close(served) }()
 	t.Cleanup(func() { cancel(); <-served })
-	return ln.Addr().String()
 }
 
 // guestDirs makes the environment file the manager shares (env_share) and
@@ -371,6 +374,24 @@ func (e *e2e) guestDirs(cvmID string) (envDir, vmDir string) {
 	vmDir = filepath.Join(e.dir, "vm")
 	os.MkdirAll(vmDir, 0o755)
 	return envDir, vmDir
+}
+
+// newE2E makes the parties' files: keys, the algorithm, the datasets.
+func newE2E(t *testing.T) *e2e {
+	e := &e2e{t: t, dir: t.TempDir()}
+	e.cvm = cvmBinary(t)
+	e.mustLocal("keys", e.cvm, "keys", "-k", "ecdsa", "--dir", e.dir)
+	e.key, e.pub = filepath.Join(e.dir, "private.pem"), filepath.Join(e.dir, "public.pem")
+	src := filepath.Join(e.dir, "sum.c")
+	os.WriteFile(src, []byte(algoSource), 0o644)
+	e.algo = filepath.Join(e.dir, "sum")
+	e.mustLocal("compile algorithm", "gcc", "-O2", "-o", e.algo, src)
+	for name, data := range map[string]string{"a.csv": "1\n2\n3\n", "b.csv": "10 20\n"} {
+		p := filepath.Join(e.dir, name)
+		os.WriteFile(p, []byte(data), 0o644)
+		e.datasets = append(e.datasets, p)
+	}
+	return e
 }
 
 func (e *e2e) mustLocal(step, name string, args ...string) {
@@ -399,9 +420,10 @@ func runE2E(t *testing.T) time.Duration {
 	g := e.g
 
 	ready, _ := g.waitChildrenReady("boot: every child ready", 0, children, 5*time.Minute)
-	// PID 1 re-executed from the moved root, so the overlay seals the file it
-	// runs: no memfd copy of the binary (supervisor/pid1.go, sealing).
-	g.wait("boot: binary sealed by the overlay", 0, `msg="binary sealed per spawn by a read-only overlay" proc=pid1`, time.Second)
+	// In the VM PID 1 runs one sealed copy of the binary, which IMA hashes
+	// once, rather than a fresh overlay per spawn, which it would hash at
+	// every spawn (supervisor/pid1/init.go, sealing).
+	g.wait("boot: binary sealed by one copy", 0, `msg="binary sealed by one memfd copy" proc=pid1 why="IMA measures each spawn's overlay anew`, time.Second)
 	// Without a scratch disk the computation stays in memory, as before,
 	// and says so (scratch_test.go has the disk).
 	g.wait("boot: storage in memory", 0, `msg="pid1: storage: memory \(tmpfs\)" .*reason="no scratch disk`, time.Second)

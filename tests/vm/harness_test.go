@@ -203,15 +203,56 @@ func (g *guest) wait(step string, from int, re string, timeout time.Duration) (i
 // in test images, the guest's processes with what they wait in).
 func (g *guest) fatalf(step, format string, args ...any) {
 	g.t.Helper()
-	ps := ""
-	if g.debug {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if out, err := g.vm.Debug(ctx, "ps"); err == nil {
-			ps = "\nguest processes (pid:name:state:wchan):\n  " + strings.ReplaceAll(out, " ", "\n  ")
-		}
-		cancel()
+	g.t.Fatalf("step %q: %s\nlast serial lines:\n%s%s", step, fmt.Sprintf(format, args...), g.vm.Tail(60), g.processes())
+}
+
+// processes is, in test images, the guest's processes with what they wait
+// in and their kernel stacks ("" without a debug port).
+func (g *guest) processes() string {
+	if !g.debug {
+		return ""
 	}
-	g.t.Fatalf("step %q: %s\nlast serial lines:\n%s%s", step, fmt.Sprintf(format, args...), g.vm.Tail(60), ps)
+	var b strings.Builder
+	for _, q := range []struct{ cmd, title string }{
+		{"ps", "guest processes (pid:name:state:wchan)"},
+		{"stacks", "kernel stacks (pid:name:functions)"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := g.vm.Debug(ctx, q.cmd)
+		cancel()
+		if err != nil {
+			fmt.Fprintf(&b, "\n%s: %v", q.title, err)
+			continue
+		}
+		fmt.Fprintf(&b, "\n%s:\n  %s", q.title, strings.ReplaceAll(out, " ", "\n  "))
+	}
+	return b.String()
+}
+
+// goroutines makes the guest's supervisor proper print its goroutines on
+// the console (it exits; PID 1 starts another) and returns those lines.
+// Test images only.
+func (g *guest) goroutines() string {
+	if !g.debug {
+		return ""
+	}
+	from := len(g.vm.Lines())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := g.vm.Debug(ctx, "goroutines"); err != nil || strings.HasPrefix(out, "error") {
+		return fmt.Sprintf("goroutines: %q, %v", out, err)
+	}
+	end, _, err := g.vm.WaitLine(ctx, from, regexp.MustCompile(`msg="supervisor proper exited"`))
+	ls := g.vm.Lines()[from:]
+	if err == nil {
+		ls = ls[:end-from]
+	}
+	var b strings.Builder
+	for _, l := range ls {
+		b.WriteString(l.Text)
+		b.WriteByte('\n')
+	}
+	return b.String()
 }
 
 // powerOff presses the power button and expects qemu to exit 0 in time.
