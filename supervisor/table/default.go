@@ -20,7 +20,7 @@ import (
 // ingress) keep a standby, their next incarnation made ahead (a second
 // after READY); the others, restarted only when they fail, do not: each
 // standby costs ~3 MiB of PSS (docs/supervisor.md), the children without
-// any take ~51 MiB, and the idle budget is 60 MiB. Adding a child is an
+// any take ~47–51 MiB, and the idle budget is 60 MiB. Adding a child is an
 // entry here (and its edges) plus its package under children/.
 func Default() *Table {
 	fdOnly := sandbox.FDOnlyProfile()
