@@ -2,7 +2,8 @@
 # deps.sh installs what building and testing cvmd needs, idempotently.
 # Usage: scripts/deps.sh [build|test|vm|all]   (default: test)
 #   build: C libraries for cgo (libseccomp, libssl), protoc and the pinned Go tools
-#   test:  build + python3 packages for the sample algorithms
+#   test:  build + python3 packages for the sample algorithms, Debian's docker-registry,
+#          and runc (the reference of the spawn and boot benchmarks)
 #   vm:    test + qemu, OVMF (the firmware Cocos's manager boots), swtpm, cpio and the Debian kernel package for images/
 set -euo pipefail
 what=${1:-test}
@@ -10,7 +11,7 @@ what=${1:-test}
 apt_pkgs=(gcc libc6-dev make pkg-config libseccomp-dev libssl-dev protobuf-compiler libprotobuf-dev git ca-certificates)
 case "$what" in
   build) ;;
-  test|all|vm) apt_pkgs+=(python3 python3-venv python3-pip python3-sklearn python3-pandas python3-joblib docker-registry) ;;&
+  test|all|vm) apt_pkgs+=(python3 python3-venv python3-pip python3-sklearn python3-pandas python3-joblib docker-registry runc) ;;&
   vm|all) apt_pkgs+=(qemu-system-x86 ovmf swtpm swtpm-tools cpio gzip zstd kmod) ;;
   test) ;;
   *) echo "deps.sh: unknown target $what (want build, test, vm or all)" >&2; exit 2 ;;

@@ -91,3 +91,34 @@ func FuzzParseSize(f *testing.F) {
 		}
 	})
 }
+
+// --standby-after changes the table that is printed and measured; 0 builds
+// no standby, and an unset flag keeps the table's value.
+func TestStandbyAfterFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    time.Duration
+		wantErr bool
+	}{
+		{nil, time.Second, false},
+		{[]string{"--standby-after", "0"}, 0, false},
+		{[]string{"--standby-after", "250ms"}, 250 * time.Millisecond, false},
+		{[]string{"--standby-after", "-1s"}, 0, true},
+		{[]string{"--standby-after", "soon"}, 0, true},
+	} {
+		var out bytes.Buffer
+		o, err := parseFlags(append([]string{"--dev", "--state", t.TempDir()}, tc.args...), &out)
+		if tc.wantErr {
+			if err == nil || !strings.Contains(err.Error()+out.String(), "standby-after") {
+				t.Errorf("%v: err %v (%s), want a refusal naming the flag", tc.args, err, out.String())
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := o.table().StandbyAfter; got != tc.want {
+			t.Errorf("%v: table's standby_after %v, want %v", tc.args, got, tc.want)
+		}
+	}
+}

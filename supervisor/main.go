@@ -36,6 +36,7 @@ type options struct {
 	testPanic    bool
 	readyTimeout time.Duration
 	window       time.Duration
+	standbyAfter *time.Duration // nil: the table's
 	misbehave    string
 	startTimeout time.Duration
 	algo         algosandbox.Limits
@@ -68,6 +69,14 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.readyTimeout, "ready-timeout", 0, "how long a child has to say READY (default: the table's, 10s)")
 	fs.DurationVar(&o.startTimeout, "start-timeout", 0, "how long a computation may take to start (every child READY, the agent accepting it) before the manager is told why it did not (default 3m)")
 	fs.DurationVar(&o.window, "restart-window", 0, "the restart policy's window: more than 5 restarts within it mark a child failed (default: the table's, 10s)")
+	fs.Func("standby-after", "how long a child must have been READY before its standby (its next incarnation, made ahead) is built; 0 builds none (default: the table's, 1s)", func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("want a duration ≥ 0, e.g. 1s or 0")
+		}
+		o.standbyAfter = &d
+		return nil
+	})
 	testFlags(fs, o) // only in a test build
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -131,6 +140,9 @@ func (o *options) table() *table.Table {
 	}
 	if o.window > 0 {
 		tab.Policy.Window = o.window
+	}
+	if o.standbyAfter != nil {
+		tab.StandbyAfter = *o.standbyAfter
 	}
 	return tab
 }

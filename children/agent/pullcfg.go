@@ -24,13 +24,21 @@ import (
 // the system pool plus the settings' extra PEM, the object stores, and a KBS client
 // whose evidence comes from the attestation child (att, may be nil: then
 // encrypted resources fail with a KBS error).
+//
+// Without extra PEM the roots are left nil, which crypto/tls reads as the
+// system's, loaded at the first verification: parsing them takes ~12 ms,
+// most of the agent's start to READY, and a computation without pull
+// sources never needs them.
 func PullConfig(s *config.PullSettings, egress *ipc.Dialer, att attestation.AttestationClient) (*pull.Config, error) {
-	roots, err := x509.SystemCertPool()
-	if err != nil || roots == nil {
-		roots = x509.NewCertPool()
-	}
-	if pem := s.GetCaPem(); len(pem) > 0 && !roots.AppendCertsFromPEM(pem) {
-		return nil, errors.New("agent: pull.ca_pem has no certificate")
+	var roots *x509.CertPool
+	if pem := s.GetCaPem(); len(pem) > 0 {
+		var err error
+		if roots, err = x509.SystemCertPool(); err != nil || roots == nil {
+			roots = x509.NewCertPool()
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, errors.New("agent: pull.ca_pem has no certificate")
+		}
 	}
 	dial := (&pull.EgressDialer{Edge: egress.Dial}).DialContext
 	cfg := &pull.Config{

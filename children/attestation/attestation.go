@@ -32,6 +32,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -345,6 +346,14 @@ func (s *Service) reply(pcr uint32) (*pb.MeasureReply, error) {
 
 // openTPM opens a TPM character device, or a swtpm UnixIO socket (a
 // software TPM whose state outlives this process: development and tests).
+//
+// The device is opened in blocking mode, not with os.OpenFile: Go sets a
+// pollable file non-blocking, and a non-blocking write to /dev/tpmrm0 only
+// queues the command, so a read right after it returns 0 (EOF) when the
+// kernel's worker has not taken it yet (a slow vTPM: swtpm under TCG, a
+// loaded host), and every later write fails with EBUSY while the answer
+// waits unread. go-tpm polls before reading only when it is handed the
+// *os.File itself, which the retrying transport around it is not.
 func openTPM(path string) (io.ReadWriteCloser, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -353,7 +362,11 @@ func openTPM(path string) (io.ReadWriteCloser, error) {
 	if fi.Mode()&os.ModeSocket != 0 {
 		return net.Dial("unix", path)
 	}
-	return os.OpenFile(path, os.O_RDWR, 0)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
 func (s *Service) logger() *slog.Logger {

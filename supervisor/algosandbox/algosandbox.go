@@ -113,6 +113,9 @@ type Sandboxes struct {
 type algoRun struct {
 	id  string
 	seq uint64 // numbers its results dir's quota
+	// ended is closed once the run is destroyed, cleaned up and no longer
+	// live.
+	ended chan struct{}
 
 	// mu is never held across the container's creation (kill waits for it).
 	mu         sync.Mutex
@@ -230,24 +233,15 @@ func (a *Sandboxes) Request(ctx context.Context, req *control.SandboxRequest) (m
 	if err := ctx.Err(); err != nil {
 		return nil, "", fmt.Errorf("algosandbox: request %d: %w", req.GetId(), err)
 	}
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return nil, "", errors.New("algosandbox: stopping")
+	run, err := a.claim(ctx, req.GetId())
+	if err != nil {
+		return nil, "", err
 	}
-	if _, dup := a.live[req.GetId()]; dup {
-		a.mu.Unlock()
-		return nil, "", fmt.Errorf("algosandbox: request id %d already running", req.GetId())
-	}
-	a.seq++
-	run := &algoRun{id: fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq), seq: a.seq}
-	a.live[req.GetId()] = run
-	a.wg.Add(1)
-	a.mu.Unlock()
 	forget := func() {
 		a.mu.Lock()
 		delete(a.live, req.GetId())
 		a.mu.Unlock()
+		close(run.ended)
 		a.wg.Done()
 	}
 	cancelRequest := context.AfterFunc(ctx, func() { run.kill("its request was cancelled") })
@@ -291,6 +285,39 @@ func (a *Sandboxes) Request(ctx context.Context, req *control.SandboxRequest) (m
 		}
 	}()
 	return files, run.id, nil
+}
+
+// claim makes request id's run live. An id still held by a run that was
+// killed (its runner exited: a restarted runner asks again with the same
+// ids, and the dead one's sandbox may still be on its way down) is waited
+// for, within ctx, so that a run never starts beside the remains of the
+// one it replaces; an id held by a run nobody killed is refused.
+func (a *Sandboxes) claim(ctx context.Context, id uint64) (*algoRun, error) {
+	for {
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			return nil, errors.New("algosandbox: stopping")
+		}
+		old, dup := a.live[id]
+		if !dup {
+			a.seq++
+			run := &algoRun{id: fmt.Sprintf("algo-%d-%d", os.Getpid(), a.seq), seq: a.seq, ended: make(chan struct{})}
+			a.live[id] = run
+			a.wg.Add(1)
+			a.mu.Unlock()
+			return run, nil
+		}
+		a.mu.Unlock()
+		if !old.killed() {
+			return nil, fmt.Errorf("algosandbox: request id %d already running", id)
+		}
+		select {
+		case <-old.ended:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("algosandbox: request %d: waiting for the killed run with the same id to end: %w", id, ctx.Err())
+		}
+	}
 }
 
 // Kill kills the sandbox of request id (the runner's SandboxKill).
@@ -339,6 +366,13 @@ func (a *Sandboxes) kill(id uint64, reason string) {
 	if r != nil {
 		r.kill(reason)
 	}
+}
+
+// killed reports whether the run was told to end.
+func (r *algoRun) killed() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopReason != ""
 }
 
 // kill ends the run: its sandbox at once if it exists, else as soon as it

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	_ "github.com/opencontainers/runc/libcontainer/nsenter"
 
@@ -90,4 +92,36 @@ func TestRequestHonoursItsContext(t *testing.T) {
 			t.Errorf("%d sandboxes live after a cancelled request", n)
 		}
 	})
+}
+
+// A restarted runner asks again with the ids its dead predecessor used: a
+// request whose id is held by a run KillAll killed waits for that run to
+// end, then is served (it was refused "already running" when the runner
+// restarted faster than the old sandbox was torn down); an id held by a
+// run nobody killed is still refused.
+func TestRequestAfterKillAllReusesTheID(t *testing.T) {
+	a := realSandboxes(t, nil)
+	sleep := &control.SandboxRequest{Id: 1, ComputationId: "c", Args: []string{"/bin/sleep", "60"}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	request := func() error {
+		files, _, err := a.Request(ctx, sleep)
+		for _, f := range files {
+			f.Close()
+		}
+		return err
+	}
+	if err := request(); err != nil {
+		t.Fatal(err)
+	}
+	if err := request(); err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Fatalf("a second request for a live id: %v, want refused as already running", err)
+	}
+	a.KillAll()
+	if err := request(); err != nil {
+		t.Fatalf("the request after KillAll: %v", err)
+	}
+	if n := a.Live(); n != 1 {
+		t.Fatalf("%d sandboxes live, want 1: the killed one ended before its id was reused", n)
+	}
 }

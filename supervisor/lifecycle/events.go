@@ -4,6 +4,7 @@ import (
 	"os"
 
 	"github.com/cvmd/cvmd/proto/control"
+	"github.com/cvmd/cvmd/sandbox"
 )
 
 // event is something a child's goroutines or a timer tell the loop. Every
@@ -34,10 +35,11 @@ type evGarbage struct {
 	err  error
 }
 
-// evExit: the child's process is gone.
+// evExit: the process of one of the child's sandboxes is gone: its current
+// incarnation's, its standby's, or an abandoned one's (told apart by sb).
 type evExit struct {
 	name  string
-	gen   uint32
+	sb    *sandbox.Sandbox
 	state *os.ProcessState
 	err   error
 	oom   bool

@@ -55,6 +55,9 @@ type launch struct {
 	exec     bool // run the program at once (its dependencies are READY); else only build the sandbox
 	sb       *sandbox.Sandbox
 	err      error
+	// standby is set when the launch adopts the child's standby: the
+	// sandbox runs already, and its output and exit are followed.
+	standby *standby
 }
 
 // prepare makes the control channel, the edge ends (parked or rewired, see
@@ -66,6 +69,7 @@ func (s *Supervisor) prepare(c *childState) (*launch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("settings of %s: %w", spec.Name, err)
 	}
+	c.sandboxes++
 	l := &launch{spec: spec, gen: gen}
 	l.ctlMine, l.ctlChild, err = ipc.Socketpair(unix.SOCK_SEQPACKET, spec.Name+":control")
 	if err != nil {
@@ -87,30 +91,38 @@ func (s *Supervisor) prepare(c *childState) (*launch, error) {
 	}
 	var fds map[string]int32
 	l.extra, fds = extraFiles(l.ctlChild, l.named)
-	var anySettings *anypb.Any
-	if settings != nil {
-		if anySettings, err = anypb.New(settings); err != nil {
-			l.abort()
-			return nil, fmt.Errorf("encoding settings of %s: %w", spec.Name, err)
-		}
-	}
-	l.cfg = &control.ChildConfig{
-		Version:       1,
-		Name:          spec.Name,
-		ComputationId: s.computationID(),
-		LogLevel:      s.cfg.LogLevel,
-		StateDir:      stateDirOf(spec),
-		Fds:           fds,
-		Settings:      anySettings,
-		Generation:    gen,
+	if l.cfg, err = s.childConfig(c, settings, fds); err != nil {
+		l.abort()
+		return nil, err
 	}
 	if l.pr, l.pw, err = os.Pipe(); err != nil {
 		l.abort()
 		return nil, err
 	}
-	c.sandboxes++
 	l.sbSpec = s.sandboxSpec(spec, sandboxID(spec.Name, c.sandboxes))
 	return l, nil
+}
+
+// childConfig is the config of c's next incarnation (c.gen), sent in its
+// Hello.
+func (s *Supervisor) childConfig(c *childState, settings proto.Message, fds map[string]int32) (*control.ChildConfig, error) {
+	var anySettings *anypb.Any
+	if settings != nil {
+		var err error
+		if anySettings, err = anypb.New(settings); err != nil {
+			return nil, fmt.Errorf("encoding settings of %s: %w", c.spec.Name, err)
+		}
+	}
+	return &control.ChildConfig{
+		Version:       1,
+		Name:          c.spec.Name,
+		ComputationId: s.computationID(),
+		LogLevel:      s.cfg.LogLevel,
+		StateDir:      stateDirOf(c.spec),
+		Fds:           fds,
+		Settings:      anySettings,
+		Generation:    c.gen,
+	}, nil
 }
 
 // settingsOf makes the settings of c's next incarnation: once per
@@ -172,7 +184,8 @@ func (l *launch) run(rt *sandbox.Runtime) {
 }
 
 // finish sends Hello and the peers' rewires and starts the goroutines that
-// report to the loop. Runs on the loop.
+// report to the loop (an adopted standby's output and exit are followed
+// already). Runs on the loop.
 func (s *Supervisor) finish(l *launch) (*incarnation, error) {
 	if l.err != nil {
 		l.abort()
@@ -181,29 +194,38 @@ func (s *Supervisor) finish(l *launch) (*incarnation, error) {
 	spec, sb := l.spec, l.sb
 	ctx, cancel := context.WithCancel(context.Background())
 	inc := &incarnation{name: spec.Name, role: spec.Role, gen: l.gen, sb: sb, ctl: ipc.NewControl(l.ctlMine), started: time.Now(), tail: newTail(4096), cancel: cancel}
+	if l.standby != nil {
+		inc.tail = l.standby.tail
+	}
 	if err := inc.ctl.Send(&control.Message{Body: &control.Message_Hello{Hello: &control.Hello{Config: l.cfg}}}, nil); err != nil {
 		s.log.Warn("sending hello", "child", spec.Name, "err", err)
 	}
 	s.sendRewires(l.rewires)
 	log := s.log.With("child", spec.Name)
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.readControl(ctx, inc, log) }()
+	if l.standby != nil {
+		return inc, nil
+	}
 	pr := l.pr
 	outDone := make(chan struct{})
-	s.wg.Add(3)
-	go func() { defer s.wg.Done(); defer close(outDone); inc.readOutput(pr, log) }()
-	go func() { defer s.wg.Done(); s.readControl(ctx, inc, log) }()
-	go func() {
-		defer s.wg.Done()
-		st, err := sb.Wait()
-		oom := sb.OOMKilled()
-		// The pipe ends when the last process of the sandbox is gone; wait
-		// (briefly) so the crash text is complete.
-		select {
-		case <-outDone:
-		case <-time.After(500 * time.Millisecond):
-		}
-		s.post(evExit{name: inc.name, gen: inc.gen, state: st, err: err, oom: oom})
-	}()
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); defer close(outDone); readOutput(pr, inc.tail, log) }()
+	go func() { defer s.wg.Done(); s.post(waitExit(inc.name, sb, outDone)) }()
 	return inc, nil
+}
+
+// waitExit waits for the sandbox's process to exit and for its output to
+// end (briefly: the pipe ends when the last process of the sandbox is gone,
+// and the crash text should be complete), and says how it ended.
+func waitExit(name string, sb *sandbox.Sandbox, outDone <-chan struct{}) evExit {
+	st, err := sb.Wait()
+	oom := sb.OOMKilled()
+	select {
+	case <-outDone:
+	case <-time.After(500 * time.Millisecond):
+	}
+	return evExit{name: name, sb: sb, state: st, err: err, oom: oom}
 }
 
 // sendRewires hands the peers their new ends and closes our copies.
@@ -331,10 +353,10 @@ func (s *Supervisor) serveSandboxRequest(ctx context.Context, inc *incarnation, 
 // as its crash text. It reads to EOF whatever the child writes: a line over
 // outputPiece bytes is logged in pieces (cut=true on all but the last), since
 // a reader that stopped would kill the child with SIGPIPE.
-func (inc *incarnation) readOutput(r io.ReadCloser, log *slog.Logger) {
+func readOutput(r io.ReadCloser, tail *tail, log *slog.Logger) {
 	defer r.Close()
 	lines.Each(r, outputPiece, func(line string, more bool) {
-		inc.tail.add(line)
+		tail.add(line)
 		if more {
 			log.Info("child output", "line", line, "cut", true)
 		} else {
@@ -362,20 +384,8 @@ func stateDirOf(spec *table.ChildSpec) string {
 	return ""
 }
 
-// sandboxID is the id of a child's n-th sandbox: the child's name for the
-// first, "<name>-<n>" for later ones. An incarnation that did not die
-// after SIGKILL in time keeps its sandbox (its id, state and cgroup) until
-// its exit comes; its replacement, with an id of its own, is never refused
-// for it, nor shares its cgroup.
-func sandboxID(name string, n int) string {
-	if n <= 1 {
-		return name
-	}
-	return fmt.Sprintf("%s-%d", name, n)
-}
-
 // sandboxSpec is the translation of a table entry into a sandbox.Spec
-// with the given id; the hostname is the child's name.
+// with the given id (sandboxID); the hostname is the child's name.
 func (s *Supervisor) sandboxSpec(spec *table.ChildSpec, id string) *sandbox.Spec {
 	ss := &sandbox.Spec{
 		ID:       id,

@@ -49,6 +49,12 @@ type childState struct {
 	startAt  time.Time
 	// sandboxes counts the sandboxes made for the child (their ids).
 	sandboxes int
+	// standby is the child's next incarnation made ahead (standby.go); nil
+	// when it has none. standbyWanted queues its build, standbyTimer arms
+	// it StandbyAfter after READY.
+	standby       *standby
+	standbyWanted bool
+	standbyTimer  *time.Timer
 }
 
 // stopReason is why the supervisor stopped a child.
@@ -165,6 +171,10 @@ func (s *Supervisor) handle(ev event) {
 	switch e := ev.(type) {
 	case evBuilt:
 		s.built(e.l)
+	case evStandbyBuilt:
+		s.standbyBuilt(e)
+	case evStandbyDue:
+		s.standbyDue(e)
 	case evReady:
 		c := s.current(e.name, e.gen)
 		if c == nil || c.status != StatusStarting {
@@ -176,6 +186,7 @@ func (s *Supervisor) handle(ev event) {
 		s.log.Info("child ready", "child", e.name, "generation", e.gen, "after", c.readyAt.Sub(c.startAt).Round(time.Microsecond))
 		s.Events().Event("child.ready", "ok", "child", e.name, "generation", e.gen)
 		s.noteBooted()
+		s.armStandby(c)
 		if d := s.Dialer(e.name); d != nil {
 			s.wg.Add(1)
 			go func() { defer s.wg.Done(); s.checkServing(e.name, e.gen, d) }()
@@ -223,12 +234,16 @@ func (s *Supervisor) handle(ev event) {
 			s.abandon(c)
 		}
 	case evExit:
+		if c := s.standbyOf(e.name, e.sb); c != nil {
+			s.standbyExited(c, e)
+			return
+		}
 		if s.reapAbandoned(e) {
 			return
 		}
-		c := s.current(e.name, e.gen)
-		if c == nil {
-			return
+		c := s.children[e.name]
+		if c == nil || c.inc == nil || c.inc.sb != e.sb {
+			return // an abandoned incarnation's
 		}
 		s.reap(c, e)
 		s.afterExit(c)
@@ -326,14 +341,34 @@ func (s *Supervisor) kick() {
 		if c.status != StatusPending {
 			continue
 		}
+		standby := c.hasStandby()
+		if standby && !s.depsReady(c) {
+			// Its standby's program waits for its config, and gets it only
+			// once its dependencies are READY (a later kick).
+			continue
+		}
 		c.gen++
 		if c.gen > 1 {
-			// Measured before the new incarnation runs.
+			// Measured before the new incarnation runs (or, from a standby,
+			// gets its config).
 			if m := s.cfg.Measurer; m != nil {
 				m.Restart(context.Background(), c.spec.Name, c.gen, s.computationID())
 			}
 		}
 		c.startAt = time.Now()
+		if standby {
+			st := c.standby
+			l, err := s.adopt(c, st)
+			if err != nil {
+				s.startFailed(c, err) // the standby stays for the next incarnation
+				continue
+			}
+			c.standby = nil
+			s.enter(c, StatusBuilding)
+			s.log.Debug("adopting standby", "child", c.spec.Name, "sandbox", st.id, "generation", c.gen)
+			s.launched(l)
+			continue
+		}
 		l, err := s.prepare(c)
 		if err != nil {
 			s.startFailed(c, err)
@@ -373,6 +408,12 @@ func (s *Supervisor) depsReady(c *childState) bool {
 // waits for its dependencies); or the restart policy applies.
 func (s *Supervisor) built(l *launch) {
 	s.building--
+	s.launched(l)
+}
+
+// launched finishes a launch whose sandbox is built (or adopted from the
+// standby): the child is started, or created, or the restart policy applies.
+func (s *Supervisor) launched(l *launch) {
 	c := s.children[l.spec.Name]
 	inc, err := s.finish(l)
 	s.log.Debug("spawned", "child", c.spec.Name, "executed", l.exec, "took", time.Since(c.startAt))
@@ -493,11 +534,15 @@ func (s *Supervisor) reap(c *childState, e evExit) {
 	if c.spec.Role == table.RoleAlgorithmSandboxes && s.cfg.Sandboxes != nil {
 		s.cfg.Sandboxes.KillAll()
 	}
-	t0 := time.Now()
-	if err := inc.sb.Destroy(); err != nil {
-		s.log.Warn("destroying sandbox", "child", c.spec.Name, "err", err)
-	}
-	s.log.Debug("sandbox destroyed", "child", c.spec.Name, "took", time.Since(t0))
+	// Off the loop: every sandbox has its own id, so the next incarnation
+	// need not wait for this one's cgroups and state to be removed.
+	s.wg.Go(func() {
+		t0 := time.Now()
+		if err := inc.sb.Destroy(); err != nil {
+			s.log.Warn("destroying sandbox", "child", inc.name, "err", err)
+		}
+		s.log.Debug("sandbox destroyed", "child", inc.name, "took", time.Since(t0))
+	})
 	s.cmds.fail(inc)
 	how := exitText(e)
 	attrs := []any{"child", c.spec.Name, "generation", inc.gen, "status", how, "uptime", time.Since(inc.started).Round(time.Millisecond)}
@@ -620,7 +665,7 @@ func (s *Supervisor) abandon(c *childState) {
 // exit came at last, and reports whether e was such an exit.
 func (s *Supervisor) reapAbandoned(e evExit) bool {
 	for i, inc := range s.abandoned {
-		if inc.name != e.name || inc.gen != e.gen {
+		if inc.name != e.name || inc.sb != e.sb {
 			continue
 		}
 		s.abandoned = slices.Delete(s.abandoned, i, i+1)
@@ -640,6 +685,7 @@ func (s *Supervisor) beginShutdown() {
 	s.stopping = true
 	s.log.Info("shutting down")
 	s.Events().Event("supervisor.shutdown", "ok")
+	s.dropStandbys()
 	for _, c := range s.children {
 		switch c.status {
 		case StatusPending, StatusBackoff, StatusFailed:
@@ -689,11 +735,11 @@ func (s *Supervisor) needed(name string) bool {
 
 // allStopped reports whether nothing of any child runs or is being built.
 func (s *Supervisor) allStopped() bool {
-	if s.building > 0 {
+	if s.building > 0 || s.standbyBuilding {
 		return false
 	}
 	for _, c := range s.children {
-		if c.inc != nil {
+		if c.inc != nil || c.standby != nil {
 			return false
 		}
 	}

@@ -30,7 +30,7 @@ func TestChildOutputLongLineKeepsTheWriterAlive(t *testing.T) {
 	var logs testutil.Buffer
 	inc := &incarnation{tail: newTail(4096)}
 	read := make(chan struct{})
-	go func() { defer close(read); inc.readOutput(pr, slog.New(slog.NewJSONHandler(&logs, nil))) }()
+	go func() { defer close(read); readOutput(pr, inc.tail, slog.New(slog.NewJSONHandler(&logs, nil))) }()
 	err = cmd.Wait()
 	<-read
 	if cmd.ProcessState.ExitCode() != 7 {

@@ -21,6 +21,7 @@ import (
 // "MODE[:computation id]") say how it behaves:
 //
 //   - ok: says READY and runs until told to stop;
+//   - silent: never says READY, runs until told to stop;
 //   - stubborn: says READY and ignores Stop and SIGTERM (only SIGKILL ends it);
 //   - crash: exits with status 3 before saying READY;
 //   - silent: never says READY (its dependents stay created);
@@ -69,6 +70,10 @@ func standIn(ctx context.Context, env *child.Env) error {
 		case <-ctx.Done():
 			return nil
 		}
+		<-ctx.Done()
+		return nil
+	}
+	if mode == "silent" {
 		<-ctx.Done()
 		return nil
 	}

@@ -21,6 +21,11 @@ type ChildInfo struct {
 	// Serving is set for children the supervisor dials (agent, logfwd) once a
 	// gRPC call over the edge was answered by this generation.
 	Serving bool `json:"serving,omitempty"`
+	// Sandbox is the id of the current incarnation's sandbox (its
+	// container under the runtime's state directory, and its cgroup's leaf).
+	Sandbox string `json:"sandbox,omitempty"`
+	// StandbyPid is the pid of the child's standby, when it has one built.
+	StandbyPid int `json:"standby_pid,omitempty"`
 	// LastExit is how the last incarnation ended ("exit status 1: not READY
 	// within 10s", ...); "" before any exit.
 	LastExit string `json:"last_exit,omitempty"`
@@ -33,6 +38,10 @@ func (s *Supervisor) snapshot() []ChildInfo {
 		ci := ChildInfo{Name: spec.Name, Status: c.status, Generation: c.gen, Restarts: c.restarts.Total(), Serving: c.serving && c.inc != nil, LastExit: c.lastExit}
 		if c.inc != nil {
 			ci.Pid = c.inc.sb.Pid()
+			ci.Sandbox = c.inc.sb.ID()
+		}
+		if c.hasStandby() {
+			ci.StandbyPid = c.standby.sb.Pid()
 		}
 		out = append(out, ci)
 	}
@@ -75,6 +84,9 @@ func (s *Supervisor) noteBooted() {
 		}
 	}
 	s.booted = true
+	for _, c := range s.children {
+		s.armStandby(c)
+	}
 	attrs := []any{"after", time.Since(s.bornAt).Round(time.Millisecond)}
 	if !s.cfg.Dev {
 		if used, err := memUsedMiB(); err == nil {

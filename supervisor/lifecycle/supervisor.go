@@ -3,7 +3,8 @@
 // wires the children together with socketpairs (no socket files), waits
 // for each to say READY before running its dependents, restarts children
 // that exit under the table's restart policy (rewiring their peers instead
-// of restarting them), serves the runner's algorithm sandbox requests
+// of restarting them; a child's standby, made ahead, becomes its next
+// incarnation), serves the runner's algorithm sandbox requests
 // through a Sandboxes, and stops everything in reverse dependency order.
 //
 // All mutable state of the children is owned by the loop goroutine (Run);
@@ -133,18 +134,19 @@ type Supervisor struct {
 	sink   *logsink.Sink
 
 	// Owned by the loop goroutine.
-	children     map[string]*childState
-	computation  *cvms.ComputationRunReq
-	wantKick     bool           // a kick is due at the end of this step
-	building     int            // sandboxes being built off the loop
-	stopping     bool           // shutting down
-	dirty        bool           // children.json is out of date
-	waiters      []*waiter      // callers waiting for a condition (NewComputation)
-	abandoned    []*incarnation // did not die after SIGKILL; release tries again
-	illegal      int            // status changes not in the state machine (a bug)
-	statusFailed bool           // the last children.json write failed
-	booted       bool           // every child was READY once
-	bornAt       time.Time      // when New made the supervisor
+	children        map[string]*childState
+	computation     *cvms.ComputationRunReq
+	wantKick        bool           // a kick is due at the end of this step
+	building        int            // sandboxes being built off the loop
+	standbyBuilding bool           // a standby is being built off the loop (one at a time)
+	stopping        bool           // shutting down
+	dirty           bool           // children.json is out of date
+	waiters         []*waiter      // callers waiting for a condition (NewComputation)
+	abandoned       []*incarnation // did not die after SIGKILL; release tries again
+	illegal         int            // status changes not in the state machine (a bug)
+	statusFailed    bool           // the last children.json write failed
+	booted          bool           // every child was READY once
+	bornAt          time.Time      // when New made the supervisor
 
 	dialMu  sync.Mutex
 	dialers map[string]*ipc.Dialer // guarded by dialMu; supervisor's "to:<server>"
@@ -358,6 +360,17 @@ func (s *Supervisor) release() {
 	incs := s.abandoned
 	for _, c := range s.children {
 		c.stopTimer()
+		if c.standbyTimer != nil {
+			c.standbyTimer.Stop()
+		}
+		if st := c.standby; st != nil && st.sb != nil {
+			// Not adopted, and its exit will not be handled: the loop is over.
+			st.sb.Kill()
+			st.sb.Wait()
+			st.sb.Destroy()
+			st.release()
+			c.standby = nil
+		}
 		if c.inc != nil {
 			incs = append(incs, c.inc)
 			c.inc = nil

@@ -61,10 +61,7 @@ func (w *wiring) endsFor(child string, gen uint32, live liveness) (map[string]*o
 		return nil, nil, err
 	}
 	for name, e := range w.table.EdgesOf(child) {
-		peer, peerName := e.Server, "from:"+child
-		if e.Server == child {
-			peer, peerName = e.Client, "to:"+child
-		}
+		peer, peerName := peerOf(e, child)
 		key := parkKey{e, child}
 		p, havePark := w.parked[key]
 		if havePark {
@@ -90,13 +87,58 @@ func (w *wiring) endsFor(child string, gen uint32, live liveness) (map[string]*o
 			out = append(out, rewire{peer: peer, name: peerName, f: b})
 			continue
 		}
-		pk := parkKey{e, peer}
-		if old, ok := w.parked[pk]; ok {
-			old.f.Close()
-		}
-		w.parked[pk] = parked{f: b, peerGen: gen}
+		w.park(e, peer, b, gen)
 	}
 	return mine, out, nil
+}
+
+// peerOf is the other party of edge e and the name of its fd for child's end.
+func peerOf(e table.Edge, child string) (peer, peerName string) {
+	if e.Server == child {
+		return e.Client, "to:" + child
+	}
+	return e.Server, "from:" + child
+}
+
+// park keeps f for peer until it starts, usable while the party that holds
+// the other end runs its generation gen; an older parked end is closed.
+func (w *wiring) park(e table.Edge, peer string, f *os.File, gen uint32) {
+	pk := parkKey{e, peer}
+	if old, ok := w.parked[pk]; ok {
+		old.f.Close()
+	}
+	w.parked[pk] = parked{f: f, peerGen: gen}
+}
+
+// adopt wires a child whose ends were made ahead (its standby holds its
+// ends; held are the other ends, by the child's fd name): for peers that
+// run, the held ends are returned as rewires; for peers that do not, they
+// are parked for them (usable while generation gen of child runs). Ends
+// parked for the child itself are closed: it has its own. The caller owns
+// the returned files; adopt owns held.
+func (w *wiring) adopt(child string, gen uint32, held map[string]*os.File, live liveness) []rewire {
+	var out []rewire
+	for name, e := range w.table.EdgesOf(child) {
+		peer, peerName := peerOf(e, child)
+		if p, ok := w.parked[parkKey{e, child}]; ok {
+			p.f.Close()
+			delete(w.parked, parkKey{e, child})
+		}
+		f := held[name]
+		delete(held, name)
+		if f == nil {
+			continue
+		}
+		if _, up := live(peer); up || peer == table.SupervisorName {
+			out = append(out, rewire{peer: peer, name: peerName, f: f})
+			continue
+		}
+		w.park(e, peer, f, gen)
+	}
+	for _, f := range held {
+		f.Close() // an edge the table no longer has (cannot happen: one table)
+	}
+	return out
 }
 
 // close releases every parked end.

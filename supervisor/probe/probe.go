@@ -6,7 +6,8 @@
 // (joining its namespaces and cgroup, under its capabilities, seccomp
 // profile and no-new-privileges, like `runc exec`), and `probe in` tries
 // what a child must not be able to do and prints what happened. `probe
-// spawnbench` times sandboxed spawns for the benchmarks, and `probe child`
+// spawnbench` times sandboxed spawns for the benchmarks (cvmd's, and
+// `runc run` of the same sandbox as their reference), and `probe child`
 // stands in for a child that breaks the child contract (--test-misbehave).
 //
 // The supervisor never runs it and children cannot reach it; only tests
@@ -16,23 +17,18 @@ package probe
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
-	"github.com/opencontainers/runc/libcontainer/exeseal"
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/control"
-	"github.com/cvmd/cvmd/sandbox"
 )
 
 // Main is `cvmd probe <mode> ...`.
@@ -184,73 +180,6 @@ func inside(args []string) error {
 		os.NewFile(3, "ready").Write([]byte{1})
 	default:
 		return fmt.Errorf("probe in: unknown check %q", args[0])
-	}
-	return nil
-}
-
-// spawnBench starts N sandboxes running `probe in ready` (which writes one
-// byte on fd 3) and prints each Start→byte time in µs, sorted:
-// probe spawnbench DIR N
-func spawnBench(args []string) error {
-	fs := flag.NewFlagSet("spawnbench", flag.ContinueOnError)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() != 2 {
-		return errors.New("probe spawnbench: want DIR N")
-	}
-	var n int
-	fmt.Sscan(fs.Arg(1), &n)
-	if !exeseal.IsSelfExeCloned() {
-		// Run like the supervisor proper does: from a sealed memfd copy, so
-		// libcontainer does not clone the binary for every spawn.
-		self, err := os.Open("/proc/self/exe")
-		if err != nil {
-			return err
-		}
-		st, _ := self.Stat()
-		exe, err := exeseal.CloneBinary(self, st.Size(), "/proc/self/exe", os.TempDir())
-		self.Close()
-		if err != nil {
-			return err
-		}
-		path := fmt.Sprintf("/proc/self/fd/%d", exe.Fd())
-		return unix.Exec(path, append([]string{"cvmd", "probe", "spawnbench"}, args...), os.Environ())
-	}
-	rt, err := sandbox.NewRuntime(sandbox.RuntimeConfig{StateDir: filepath.Join(fs.Arg(0), "sandbox"), CgroupRoot: fmt.Sprintf("cvmd-spawnbench-%d", os.Getpid())})
-	if err != nil {
-		return err
-	}
-	defer rt.Close()
-	var times []time.Duration
-	for i := 0; i < n; i++ {
-		r, w, err := os.Pipe()
-		if err != nil {
-			return err
-		}
-		t0 := time.Now()
-		sb, err := rt.Start(&sandbox.Spec{ID: fmt.Sprintf("spawn%d", i), Args: []string{"/proc/self/exe", "probe", "in", "ready"},
-			Mounts: []sandbox.Mount{{Kind: sandbox.Tmpfs, Dest: "/tmp"}}, Limits: sandbox.Limits{MemoryBytes: 64 << 20, Pids: 64}},
-			sandbox.IO{ExtraFiles: []*os.File{w}})
-		w.Close()
-		if err != nil {
-			r.Close()
-			return err
-		}
-		buf := make([]byte, 1)
-		_, err = r.Read(buf)
-		d := time.Since(t0)
-		r.Close()
-		sb.Wait()
-		sb.Destroy()
-		if err != nil {
-			return fmt.Errorf("probe spawnbench: child %d: %w", i, err)
-		}
-		times = append(times, d)
-	}
-	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-	for _, d := range times {
-		fmt.Println(d.Microseconds())
 	}
 	return nil
 }

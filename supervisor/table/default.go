@@ -16,8 +16,12 @@ import (
 // Default is cvmd's child table. Every child but egress has an empty
 // network namespace; only egress may call socket(2); nobody has a
 // capability; each sees only its own state directories, read-only where it
-// only reads. Adding a child is an entry here (and its edges) plus its
-// package under children/.
+// only reads. The two children every computation restarts (runner,
+// ingress) keep a standby, their next incarnation made ahead (a second
+// after READY); the others, restarted only when they fail, do not: each
+// standby costs ~3 MiB of PSS (docs/supervisor.md), the children without
+// any take ~47–51 MiB, and the idle budget is 60 MiB. Adding a child is an
+// entry here (and its edges) plus its package under children/.
 func Default() *Table {
 	fdOnly := sandbox.FDOnlyProfile()
 	noCaps := []string{}
@@ -77,6 +81,7 @@ func Default() *Table {
 				Limits:    sandbox.Limits{MemoryBytes: 512 << 20, Pids: 128, CPUMillis: 2000},
 				TmpBytes:  16 << 20,
 				Scope:     PerComputation,
+				Standby:   true,
 			},
 			{
 				Name:     "agent",
@@ -107,6 +112,7 @@ func Default() *Table {
 				Limits:   sandbox.Limits{MemoryBytes: 256 << 20, Pids: 64, CPUMillis: 2000},
 				TmpBytes: 16 << 20,
 				Scope:    PerComputation,
+				Standby:  true,
 			},
 		},
 		Edges: []Edge{
@@ -119,6 +125,7 @@ func Default() *Table {
 		Policy:       DefaultPolicy(),
 		ReadyTimeout: 10 * time.Second,
 		StopGrace:    2 * time.Second,
+		StandbyAfter: time.Second,
 		Attestation:  attestation.ModeAuto,
 	}
 }

@@ -114,6 +114,17 @@ type ChildSpec struct {
 	HostDirs []string `json:"host_dirs,omitempty"`
 	// Role is what the supervisor uses the child for; "" for none.
 	Role Role `json:"role,omitempty"`
+	// Standby keeps the child's next incarnation made ahead of need: a
+	// second sandbox, built from this same entry (its own namespaces,
+	// cgroup with these limits, seccomp profile, state directories and
+	// fds, fresh edge ends the supervisor holds), whose program is started
+	// and waits on its control channel for the Hello that carries its
+	// config. A restart, or a new computation for a per-computation child,
+	// hands the standby its config and its edges (the peers get the other
+	// ends, as at every restart) instead of building a sandbox; a new
+	// standby is built Table.StandbyAfter later. A standby never gets its
+	// config before the child's dependencies are READY.
+	Standby bool `json:"standby"`
 
 	// Main is the child's entry point, run by `cvmd <Name>` through
 	// child.Run inside the sandbox.
@@ -192,6 +203,12 @@ type Table struct {
 	ReadyTimeout time.Duration `json:"ready_timeout"`
 	// StopGrace is how long a child has to exit after Stop / SIGTERM.
 	StopGrace time.Duration `json:"stop_grace"`
+	// StandbyAfter is how long a child with a standby (ChildSpec.Standby)
+	// must have been READY, once every child was READY (the boot is over),
+	// before its standby is built, one at a time: a child that fails at
+	// once does not cost a build per failure, and a build does not compete
+	// with the starts it would speed up. Zero builds none.
+	StandbyAfter time.Duration `json:"standby_after"`
 	// Attestation is the attestation child's mode (children/attestation:
 	// "auto", "simulated", or the platform it forces); the supervisor sets
 	// it from --attestation, the kernel command line or the environment
@@ -289,6 +306,9 @@ func (t *Table) Validate() error {
 	}
 	if t.ReadyTimeout <= 0 || t.StopGrace <= 0 {
 		return fmt.Errorf("table: ready timeout %v and stop grace %v must be positive", t.ReadyTimeout, t.StopGrace)
+	}
+	if t.StandbyAfter < 0 {
+		return fmt.Errorf("table: standby after %v: want ≥ 0", t.StandbyAfter)
 	}
 	return t.Policy.Validate()
 }

@@ -89,12 +89,32 @@ type childInfo struct {
 	Generation uint32 `json:"generation"`
 	Restarts   int    `json:"restarts"`
 	Serving    bool   `json:"serving"`
+	Sandbox    string `json:"sandbox"`
+	StandbyPid int    `json:"standby_pid"`
 }
 
 type status struct {
 	Pid      int         `json:"pid"`
 	Listen   string      `json:"listen"`
 	Children []childInfo `json:"children"`
+}
+
+// allStandbys returns the condition "every child READY, and the standby
+// of each child whose entry in the printed table has one built".
+func allStandbys(t *testing.T) func(*status) bool {
+	t.Helper()
+	tab, _ := printedTable(t)
+	return func(s *status) bool {
+		if !allReady(s) {
+			return false
+		}
+		for _, c := range s.Children {
+			if tab.Child(c.Name).Standby && c.StandbyPid == 0 {
+				return false
+			}
+		}
+		return true
+	}
 }
 
 func (s *status) child(name string) childInfo {
@@ -308,16 +328,27 @@ func (d *dev) hostPid(nsPid int) int {
 	return 0
 }
 
-// probe runs `cvmd probe in ARGS` inside child's sandbox and returns its output.
+// probe runs `cvmd probe in ARGS` inside the sandbox of child's current
+// incarnation and returns its output.
 func (d *dev) probe(child string, args ...string) string {
 	d.t.Helper()
 	cmdArgs := append([]string{"-t", strconv.Itoa(d.pid1), "-p", "-m", "--", d.bin, "probe", "exec",
-		filepath.Join(d.state, "run", "sandbox", "containers"), child}, args...)
+		filepath.Join(d.state, "run", "sandbox", "containers"), d.sandbox(child)}, args...)
 	out, err := exec.Command("nsenter", cmdArgs...).CombinedOutput()
 	if err != nil {
 		d.t.Fatalf("probe in %s: %v\n%s", child, err, out)
 	}
 	return string(out)
+}
+
+// sandbox is the id of the sandbox of child's current incarnation.
+func (d *dev) sandbox(child string) string {
+	d.t.Helper()
+	id := d.status().child(child).Sandbox
+	if id == "" {
+		d.t.Fatalf("%s has no sandbox in children.json", child)
+	}
+	return id
 }
 
 // results parses "name:value" lines.

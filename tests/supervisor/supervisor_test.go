@@ -25,17 +25,41 @@ type tableSpec struct {
 		Client string `json:"client"`
 		Server string `json:"server"`
 	} `json:"edges"`
-	Children []struct {
-		Name    string `json:"name"`
-		HostNet bool   `json:"host_net"`
-		Seccomp struct {
-			Name string `json:"name"`
-		} `json:"seccomp"`
-		Limits struct {
-			MemoryBytes int64 `json:"memory_bytes"`
-			Pids        int64 `json:"pids"`
-		} `json:"limits"`
-	} `json:"children"`
+	Children []tableChild `json:"children"`
+}
+
+type tableChild struct {
+	Name    string `json:"name"`
+	HostNet bool   `json:"host_net"`
+	Standby bool   `json:"standby"`
+	Seccomp struct {
+		Name string `json:"name"`
+	} `json:"seccomp"`
+	Limits struct {
+		MemoryBytes int64 `json:"memory_bytes"`
+		Pids        int64 `json:"pids"`
+	} `json:"limits"`
+}
+
+// edges counts the edges of the named child, either end.
+func (t *tableSpec) edges(name string) int {
+	n := 0
+	for _, e := range t.Edges {
+		if e.Client == name || e.Server == name {
+			n++
+		}
+	}
+	return n
+}
+
+// Child returns the named child of the printed table.
+func (t *tableSpec) Child(name string) *tableChild {
+	for i := range t.Children {
+		if t.Children[i].Name == name {
+			return &t.Children[i]
+		}
+	}
+	return &tableChild{Name: name}
 }
 
 func printedTable(t *testing.T) (*tableSpec, string) {
@@ -95,57 +119,93 @@ func cgroupFile(pid int, controller, v1file, v2file string) (string, error) {
 
 func TestIsolation(t *testing.T) {
 	d := startDev(t)
+	// Every standby (a child's next incarnation, made ahead) is checked
+	// like the child: it is built from the same table entry.
+	st := d.waitAll(allStandbys(t), 30*time.Second, "every child's standby")
 	tab, _ := printedTable(t)
-	st := d.status()
-	host := map[string]int{}
+	host := map[string]int{}    // child name → host pid
+	standby := map[string]int{} // child name → its standby's host pid, for those the table gives one
 	for _, c := range st.Children {
 		host[c.Name] = d.hostPid(c.Pid)
 		if host[c.Name] == 0 {
 			t.Fatalf("no host pid for %s (ns pid %d)", c.Name, c.Pid)
 		}
+		if !tab.Child(c.Name).Standby {
+			if c.StandbyPid != 0 {
+				t.Errorf("%s has a standby (pid %d) its table entry does not declare", c.Name, c.StandbyPid)
+			}
+			continue
+		}
+		if standby[c.Name] = d.hostPid(c.StandbyPid); standby[c.Name] == 0 {
+			t.Fatalf("no host pid for the standby of %s (ns pid %d)", c.Name, c.StandbyPid)
+		}
 	}
 	proper := d.hostPid(st.Pid)
+	// Nothing runs but PID 1, the supervisor proper, the children and the
+	// standbys the table declares: standbys are bounded by the table.
+	if n, want := len(d.inNS()), 2+len(host)+len(standby); n != want {
+		t.Errorf("%d processes in the namespace, want %d (PID 1, the supervisor, %d children, %d standbys)", n, want, len(host), len(standby))
+	}
+	// each calls f for every child and every standby.
+	each := func(f func(name, label string, pid int)) {
+		for _, name := range childNames {
+			f(name, name, host[name])
+			if pid, ok := standby[name]; ok {
+				f(name, name+" (standby)", pid)
+			}
+		}
+	}
 
 	t.Run("own namespaces", func(t *testing.T) {
 		for _, kind := range []string{"mnt", "pid", "ipc", "uts", "net"} {
 			seen := map[string]string{nsOf(proper, kind): "supervisor"}
-			for _, name := range childNames {
-				ns := nsOf(host[name], kind)
+			each(func(name, label string, pid int) {
+				ns := nsOf(pid, kind)
 				if ns == "" {
-					t.Fatalf("%s: no %s namespace", name, kind)
+					t.Fatalf("%s: no %s namespace", label, kind)
 				}
 				if kind == "net" && name == "egress" {
 					if ns != nsOf(proper, "net") {
-						t.Errorf("egress must share the supervisor's network namespace")
+						t.Errorf("%s must share the supervisor's network namespace", label)
 					}
-					continue
+					return
 				}
 				if other, dup := seen[ns]; dup {
-					t.Errorf("%s shares its %s namespace with %s", name, kind, other)
+					t.Errorf("%s shares its %s namespace with %s", label, kind, other)
 				}
-				seen[ns] = name
-			}
+				seen[ns] = label
+			})
 		}
 	})
 	t.Run("seccomp and capabilities", func(t *testing.T) {
-		for _, name := range childNames {
-			s := procStatus(host[name])
+		each(func(_, label string, pid int) {
+			s := procStatus(pid)
 			if s["Seccomp"] != "2" || s["CapEff"] != "0000000000000000" || s["CapPrm"] != "0000000000000000" || s["NoNewPrivs"] != "1" {
-				t.Errorf("%s: Seccomp %q CapEff %q CapPrm %q NoNewPrivs %q", name, s["Seccomp"], s["CapEff"], s["CapPrm"], s["NoNewPrivs"])
+				t.Errorf("%s: Seccomp %q CapEff %q CapPrm %q NoNewPrivs %q", label, s["Seccomp"], s["CapEff"], s["CapPrm"], s["NoNewPrivs"])
 			}
-		}
+		})
 	})
 	t.Run("cgroup limits", func(t *testing.T) {
-		for _, c := range tab.Children {
-			mem, err := cgroupFile(host[c.Name], "memory", "memory.limit_in_bytes", "memory.max")
+		each(func(name, label string, pid int) {
+			c := tab.Child(name)
+			mem, err := cgroupFile(pid, "memory", "memory.limit_in_bytes", "memory.max")
 			if err != nil || mem != strconv.FormatInt(c.Limits.MemoryBytes, 10) {
-				t.Errorf("%s: memory limit %q (%v), want %d", c.Name, mem, err, c.Limits.MemoryBytes)
+				t.Errorf("%s: memory limit %q (%v), want %d", label, mem, err, c.Limits.MemoryBytes)
 			}
-			pids, err := cgroupFile(host[c.Name], "pids", "pids.max", "pids.max")
+			pids, err := cgroupFile(pid, "pids", "pids.max", "pids.max")
 			if err != nil || pids != strconv.FormatInt(c.Limits.Pids, 10) {
-				t.Errorf("%s: pids limit %q (%v), want %d", c.Name, pids, err, c.Limits.Pids)
+				t.Errorf("%s: pids limit %q (%v), want %d", label, pids, err, c.Limits.Pids)
 			}
-		}
+		})
+		// Each sandbox has a cgroup of its own.
+		seen := map[string]string{}
+		each(func(_, label string, pid int) {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+			if other, dup := seen[string(b)]; dup {
+				t.Errorf("%s shares its cgroups with %s", label, other)
+			}
+			seen[string(b)] = label
+		})
 	})
 	t.Run("denied syscalls inside each sandbox", func(t *testing.T) {
 		for _, c := range tab.Children {
@@ -185,6 +245,33 @@ func TestIsolation(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a standby is reachable only by the supervisor", func(t *testing.T) {
+		// Its control channel and edges are socketpairs whose other ends the
+		// supervisor holds until it adopts the standby: no child can send
+		// it anything (nor it to them) before it has its config.
+		peers := unixPeers(t)
+		supervisor := map[string]bool{}
+		for _, ino := range socketInodes(proper) {
+			supervisor[ino] = true
+		}
+		for name, pid := range standby {
+			n := 0
+			for _, ino := range socketInodes(pid) {
+				p, ok := peers[ino]
+				if !ok || p == "0" {
+					continue
+				}
+				n++
+				if !supervisor[p] {
+					t.Errorf("%s (standby): socket %s has its peer %s outside the supervisor", name, ino, p)
+				}
+			}
+			if want := 1 + tab.edges(name); n < want {
+				t.Errorf("%s (standby): %d sockets connected to the supervisor, want %d (control + edges)", name, n, want)
+			}
+		}
+	})
+
 	t.Run("ingress holds the listener", func(t *testing.T) {
 		if st.Listen == "" {
 			t.Fatal("no listen address in children.json")
@@ -269,7 +356,7 @@ func TestOOMKillsOnlyTheChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	exec.Command("nsenter", "-t", strconv.Itoa(d.pid1), "-p", "-m", "--", d.bin, "probe", "exec",
-		filepath.Join(d.state, "run", "sandbox", "containers"), "agent", "hog").Run()
+		filepath.Join(d.state, "run", "sandbox", "containers"), d.sandbox("agent"), "hog").Run()
 	after := d.waitAll(func(s *status) bool {
 		return s.child("agent").Generation == 2 && s.child("agent").Status == "ready"
 	}, 30*time.Second, "agent restarted after OOM")
@@ -284,13 +371,34 @@ func TestOOMKillsOnlyTheChild(t *testing.T) {
 	}
 }
 
+// TestKillEachChildIsReplacedAndRewired kills each child in turn, with no
+// standbys (each replacement is a new sandbox) and once every child has its
+// standby (each replacement is its standby, given its config and edges).
 func TestKillEachChildIsReplacedAndRewired(t *testing.T) {
-	d := startDev(t)
+	t.Run("built", func(t *testing.T) {
+		d := startDev(t, "--standby-after", "0")
+		killEachChild(t, d, false)
+	})
+	t.Run("standby", func(t *testing.T) {
+		d := startDev(t)
+		d.waitAll(allStandbys(t), 30*time.Second, "every child's standby")
+		killEachChild(t, d, true)
+	})
+}
+
+// killEachChild kills each child in turn; with standby, the children whose
+// table entry has one are replaced by it, the others by a new sandbox.
+func killEachChild(t *testing.T, d *dev, standbys bool) {
+	tab, _ := printedTable(t)
 	// At boot, children started together share their edges without rewiring.
 	checkEdgesConnected(t, d)
 	for _, name := range childNames {
+		standby := standbys && tab.Child(name).Standby
 		before := d.status()
 		old := before.child(name)
+		if standby != (old.StandbyPid != 0) {
+			t.Fatalf("%s: standby pid %d before it is killed, want one: %v", name, old.StandbyPid, standby)
+		}
 		if err := unix.Kill(d.hostPid(old.Pid), unix.SIGKILL); err != nil {
 			t.Fatalf("kill %s: %v", name, err)
 		}
@@ -300,6 +408,9 @@ func TestKillEachChildIsReplacedAndRewired(t *testing.T) {
 			return c.Generation == old.Generation+1 && c.Status == "ready"
 		}, 30*time.Second, name+" replaced")
 		t.Logf("%s: killed → replacement ready in %v", name, time.Since(t0).Round(time.Millisecond))
+		if got := after.child(name); standby && got.Pid != old.StandbyPid {
+			t.Errorf("%s: the replacement is pid %d, not its standby %d", name, got.Pid, old.StandbyPid)
+		}
 		if name == "agent" || name == "logfwd" {
 			// The supervisor dials these: its gRPC call over the rewired edge
 			// must be answered by the new generation.
@@ -352,18 +463,7 @@ func checkEdgesConnected(t *testing.T, d *dev) {
 func danglingSockets(t *testing.T, d *dev) []string {
 	t.Helper()
 	var problems []string
-	out, err := exec.Command("ss", "-xpn").Output()
-	if err != nil {
-		t.Skipf("ss: %v", err)
-	}
-	// ss -x: Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process
-	peers := map[string]string{} // inode → peer inode ("0" when the peer is gone)
-	for _, l := range strings.Split(string(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) >= 8 {
-			peers[f[5]] = f[7]
-		}
-	}
+	peers := unixPeers(t)
 	live := map[string]bool{}
 	for _, pid := range d.inNS() {
 		for _, ino := range socketInodes(pid) {
@@ -390,6 +490,25 @@ func danglingSockets(t *testing.T, d *dev) []string {
 		}
 	}
 	return problems
+}
+
+// unixPeers maps the inode of every unix socket on the host to its peer's
+// ("0" when the peer is gone), as sock_diag (ss) reports them.
+func unixPeers(t *testing.T) map[string]string {
+	t.Helper()
+	out, err := exec.Command("ss", "-xpn").Output()
+	if err != nil {
+		t.Skipf("ss: %v", err)
+	}
+	// ss -x: Netid State Recv-Q Send-Q Local Address:Port Peer Address:Port Process
+	peers := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 8 {
+			peers[f[5]] = f[7]
+		}
+	}
+	return peers
 }
 
 func queueMentions(state, s string) bool {
