@@ -93,7 +93,7 @@ func TestSoakBoots(t *testing.T) {
 	// The kernel's own view of a hang: "quiet" hides the registers and
 	// stack of a soft lockup or an RCU stall (printed at the default
 	// level); loglevel=5 shows them, for every CPU. nokaslr: the vCPUs'
-	// instruction pointers in a dump resolve with the image's System.map.
+	// instruction pointers in a dump (qemuView) stay comparable.
 	cfg := qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd, TPM: os.Getenv("CVMD_SOAK_TPM") != "0", EnvDir: envDir, DebugPort: true, MemoryMiB: 2048,
 		Append: "loglevel=5 softlockup_all_cpu_backtrace=1 nokaslr"}
 	if machine == qemu.MachineCocos {
@@ -114,11 +114,10 @@ func TestSoakBoots(t *testing.T) {
 
 	logs := filepath.Join(repoRoot(t), "images/out/logs")
 	os.MkdirAll(logs, 0o755)
-	symbols := loadKernelSymbols(repoRoot(t))
 	var ready, spawn []float64
 	var failed []string
 	for n := 1; n <= boots; n++ {
-		took, sup, dump := soakBoot(t, cfg, mgr, symbols, bound)
+		took, sup, dump := soakBoot(t, cfg, mgr, bound)
 		if dump == "" {
 			ready = append(ready, took.Seconds())
 			spawn = append(spawn, sup.Seconds())
@@ -144,7 +143,7 @@ func TestSoakBoots(t *testing.T) {
 // soakBoot boots once and returns how long the guest took to be ready
 // (from qemu's start, and from the supervisor's), or the dump that explains
 // why it was not within bound.
-func soakBoot(t *testing.T, cfg qemu.Config, mgr *devmanager.Server, symbols *kernelSymbols, bound time.Duration) (ready, fromSupervisor time.Duration, dump string) {
+func soakBoot(t *testing.T, cfg qemu.Config, mgr *devmanager.Server, bound time.Duration) (ready, fromSupervisor time.Duration, dump string) {
 	cfg.Dir = t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	vm, err := qemu.Start(ctx, cfg)
@@ -166,7 +165,7 @@ func soakBoot(t *testing.T, cfg qemu.Config, mgr *devmanager.Server, symbols *ke
 		if err != nil {
 			// qemu's view first: asking the guest takes it 40 s when it
 			// does not answer.
-			view := qemuView(vm, symbols)
+			view := qemuView(vm)
 			return 0, 0, fmt.Sprintf("waiting for %s: %v\n\n== qemu ==\n%s\n== processes ==%s\n\n== goroutines of the supervisor proper ==\n%s\n\n== serial log ==\n%s",
 				re, err, view, g.processes(), g.goroutines(), serialText(vm.Lines()))
 		}
