@@ -14,10 +14,9 @@ import (
 // instruction pointer, privilege level and halt state in three samples a
 // second apart (the soak boots with nokaslr, so that they resolve against
 // the System.map of Debian's linux-image-*-dbg package: the image's own is
-// a stub), and the host
-// threads of qemu and swtpm with their wait channels. A vCPU whose RIP
-// moves in the kernel is busy there; one halted with CPL 0 is idle; qemu
-// not answering QMP is stuck itself.
+// a stub), and the host threads of qemu and swtpm with their wait
+// channels. A vCPU whose RIP moves in the kernel is busy there; one halted
+// with CPL 0 is idle; qemu not answering QMP is stuck itself.
 func qemuView(vm *qemu.VM) string {
 	var b strings.Builder
 	st, err := vm.HMP("info status")
