@@ -15,6 +15,13 @@ import (
 	"time"
 )
 
+// MaxResponseHeaderBytes bounds the response headers of every pull-mode
+// server (source, redirect, object store, registry, KBS). net/http's default
+// is 10 MiB, which a hostile server turns into far more of the agent's heap
+// (a map entry and strings per line) than its memory limit allows; honest
+// servers send a few KiB.
+const MaxResponseHeaderBytes = 64 << 10
+
 func (f *Fetcher) httpClient() *http.Client { return NewHTTPClient(f.cfg.Dial, f.cfg.RootCAs) }
 
 // NewHTTPClient is the client every HTTP(S) request of pull mode uses (the
@@ -33,6 +40,8 @@ func NewHTTPClient(dial func(ctx context.Context, network, addr string) (net.Con
 		MaxIdleConnsPerHost:   4,
 		// Bytes are hashed as they are: no transparent gzip.
 		DisableCompression: true,
+		// Also HTTP/2's SETTINGS_MAX_HEADER_LIST_SIZE.
+		MaxResponseHeaderBytes: MaxResponseHeaderBytes,
 	}
 	return &http.Client{Transport: tr, CheckRedirect: func(req *http.Request, via []*http.Request) error {
 		if len(via) >= 10 {
@@ -129,6 +138,10 @@ func netErr(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) && strings.Contains(ue.Err.Error(), "redirect") {
 		return classErr(ErrForbidden, "%v", ue.Err)
+	}
+	if s := err.Error(); strings.Contains(s, "server response headers exceeded") || strings.Contains(s, "response header list larger than") {
+		// The server will not send fewer next time: not worth retrying.
+		return classErr(ErrTooLarge, "response headers of more than %d bytes: %v", MaxResponseHeaderBytes, err)
 	}
 	var certErr *tls.CertificateVerificationError
 	if errors.As(err, &certErr) {

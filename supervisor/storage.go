@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"path/filepath"
 
+	"github.com/cvmd/cvmd/supervisor/algosandbox"
 	"github.com/cvmd/cvmd/supervisor/lifecycle"
 	"github.com/cvmd/cvmd/supervisor/measure"
 	"github.com/cvmd/cvmd/supervisor/pid1"
@@ -40,7 +41,9 @@ func (s stateStorage) results(state string) (func(name string, id uint64, limit 
 	if err != nil {
 		return nil, err
 	}
-	return area.Make, nil
+	return func(name string, id uint64, limit int64, uid, gid int) (string, func(), error) {
+		return area.Make(name, id, limit, algosandbox.ResultsFiles(limit), uid, gid)
+	}, nil
 }
 
 // measurer measures the storage right after the table: before any child

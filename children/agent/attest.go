@@ -45,7 +45,7 @@ func (a *Agent) attestation(req *agentpb.AttestationRequest, stream agentpb.Agen
 		return fmt.Errorf("%w: attestation: %s", ErrUnavailable, strings.TrimPrefix(msg, "attestation: "))
 	}
 	tok := res.GetEatToken()
-	return sendFile(stream, bytes.NewReader(tok), int64(len(tok)), func(b []byte) any { return &agentpb.AttestationResponse{File: b} })
+	return sendFile(stream, bytes.NewReader(tok), int64(len(tok)), &agentpb.AttestationResponse{})
 }
 
 // evidenceTimeout bounds one evidence request (a vTPM quote under TCG
@@ -94,9 +94,7 @@ func (a *Agent) imaMeasurements(stream agentpb.AgentService_IMAMeasurementsServe
 	pcr10 := a.readPCR10()
 	// PCR10 in every message: Cocos's CLI copies pcr10[:20] from each one
 	// and panics on an empty one (a list over one 1 MiB message).
-	err = sendFile(stream, tmp, n, func(b []byte) any {
-		return &agentpb.IMAMeasurementsResponse{File: b, Pcr10: pcr10}
-	})
+	err = sendFile(stream, tmp, n, &agentpb.IMAMeasurementsResponse{Pcr10: pcr10})
 	if err == nil && n == 0 && pcr10 != nil {
 		err = stream.Send(&agentpb.IMAMeasurementsResponse{Pcr10: pcr10})
 	}

@@ -7,25 +7,42 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/cocos/chunks"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/proto/cvms"
 	rcpb "github.com/cvmd/cvmd/proto/rolechallenge"
 )
 
+// MaxConcurrentStreams bounds the streams one connection may have open.
+// Every stream holds a handler goroutine (and its stack) until its request
+// arrives, and a stream is opened with a few bytes before anything is
+// authenticated: without the bound one connection's thousands of empty
+// streams exhaust the agent's memory. The CLIs use a few streams at a time
+// (and gRPC clients queue beyond the bound rather than fail). With the
+// ingress's 256 connections, at most 4096 such streams, about 45 MiB.
+const MaxConcurrentStreams = 16
+
+// MaxHeaderListSize bounds a request's headers (gRPC metadata: role
+// signatures and challenge nonces are a few hundred bytes). grpc-go's
+// default, 16 MiB, is what every connection may make the agent hold while
+// its header block is in progress.
+const MaxHeaderListSize = 64 << 10
+
 // ServerOptions are the gRPC server settings the agent wants: messages up to
-// 8 MiB (Cocos sends 1 MiB chunks plus framing), and flow-control windows
+// 8 MiB (Cocos sends 1 MiB chunks plus framing), MaxConcurrentStreams
+// streams per connection, headers up to MaxHeaderListSize, and flow-control windows
 // and buffers large enough that one upload is not paced by round trips over
 // a local edge, yet small enough to bound the agent's memory.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(8 << 20),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		grpc.InitialWindowSize(2 << 20),
 		grpc.InitialConnWindowSize(4 << 20),
 		grpc.ReadBufferSize(1 << 20),
@@ -49,9 +66,11 @@ func (a *Agent) RegisterPublic(s *grpc.Server) *health.Server {
 }
 
 // PublicServerOptions are ServerOptions plus the stats handler that tells
-// the public server's connections apart (role challenges).
+// the public server's connections apart (role challenges) and the codec
+// that receives and sends upload and download chunks without copying them
+// (cocos/chunks: the same bytes on the wire as the proto codec).
 func (a *Agent) PublicServerOptions() []grpc.ServerOption {
-	return append(ServerOptions(), grpc.StatsHandler(&connTagger{ch: a.challenges}))
+	return append(ServerOptions(), grpc.StatsHandler(&connTagger{ch: a.challenges}), grpc.ForceServerCodecV2(chunks.Codec{}))
 }
 
 // RegisterControl registers agentctl.Control on s. Only the supervisor may
@@ -129,8 +148,13 @@ func (s *publicService) IMAMeasurements(_ *agentpb.IMAMeasurementsRequest, strea
 	return toStatus(s.a.log, "IMAMeasurements", s.a.imaMeasurements(stream))
 }
 
-func (s *publicService) AzureAttestationToken(context.Context, *agentpb.AttestationTokenRequest) (*agentpb.AttestationTokenResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "Azure attestation tokens are not available: this agent does not run on Azure")
+// AzureAttestationToken is unauthenticated, as in Cocos.
+func (s *publicService) AzureAttestationToken(ctx context.Context, req *agentpb.AttestationTokenRequest) (*agentpb.AttestationTokenResponse, error) {
+	tok, err := s.a.azureToken(ctx, req)
+	if err != nil {
+		return nil, toStatus(s.a.log, "AzureAttestationToken", err)
+	}
+	return &agentpb.AttestationTokenResponse{File: tok}, nil
 }
 
 type controlService struct {

@@ -11,8 +11,11 @@ import (
 	"slices"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/cocos/chunks"
 	"github.com/cvmd/cvmd/cocos/manifest"
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	"github.com/cvmd/cvmd/cocos/zipdir"
@@ -22,6 +25,14 @@ import (
 
 // maxRequirements caps requirements.txt.
 const maxRequirements = 16 << 20
+
+// The bulk fields of the upload and download messages (proto/agent), which
+// travel as gRPC buffers (cocos/chunks).
+const (
+	algorithmField = 1 // AlgoRequest.algorithm
+	datasetField   = 1 // DataRequest.dataset
+	fileField      = 1 // ResultResponse, AttestationResponse and IMAMeasurementsResponse .file
+)
 
 // snapshot is what a request needs from the shared state, read under mu.
 type snapshot struct {
@@ -79,18 +90,20 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	}
 	defer sp.abort()
 	reqs := smallFile{max: maxRequirements, what: "requirements"}
+	rest := &agentpb.AlgoRequest{}
 	for {
-		msg, err := stream.Recv()
-		if err != nil {
+		msg := chunks.Message{Field: algorithmField, Rest: rest}
+		if err := stream.RecvMsg(&msg); err != nil {
 			if err := recvErr(err); err != nil {
 				return err
 			}
 			break
 		}
-		if err := reqs.add(msg.GetRequirements()); err != nil {
+		if err := reqs.add(rest.GetRequirements()); err != nil {
+			msg.Data.Free()
 			return err
 		}
-		if err := sp.Write(msg.GetAlgorithm()); err != nil {
+		if err := sp.WriteBuffers(msg.Data); err != nil {
 			return err
 		}
 	}
@@ -144,7 +157,7 @@ func (a *Agent) algo(stream agentpb.AgentService_AlgoServer) error {
 	}
 	a.rec.PythonRuntime = m.PythonRuntime
 	a.rec.Requirements = reqs.Len() > 0
-	a.log.Info("algorithm received", "bytes", sp.n, "algo_type", a.rec.AlgoType)
+	a.log.Info("algorithm received", append(sp.logAttrs(), "algo_type", a.rec.AlgoType)...)
 	if err := a.transitionLocked(EvAlgorithmReceived); err != nil {
 		return err
 	}
@@ -171,14 +184,18 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 	if sn.state != ReceivingData {
 		return ErrWrongState
 	}
-	first, err := stream.Recv()
-	if err != nil {
+	rest := &agentpb.DataRequest{}
+	msg := chunks.Message{Field: datasetField, Rest: rest}
+	if err := stream.RecvMsg(&msg); err != nil {
 		if err := recvErr(err); err != nil {
 			return err
 		}
 		return ErrEmptyDataset
 	}
-	name := first.GetFilename()
+	// Until the spool takes them, the first chunk's buffers are ours to free.
+	first := msg.Data
+	defer func() { first.Free() }()
+	name := rest.GetFilename()
 	if err := manifest.ValidFilename(name); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadFilename, err)
 	}
@@ -191,14 +208,17 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 		return err
 	}
 	defer sp.abort()
-	for msg := first; ; {
-		if f := msg.GetFilename(); f != "" && f != name {
+	first = nil
+	for {
+		if f := rest.GetFilename(); f != "" && f != name {
+			msg.Data.Free()
 			return fmt.Errorf("%w: filename changed from %q to %q during the upload", ErrBadFilename, name, f)
 		}
-		if err := sp.Write(msg.GetDataset()); err != nil {
+		if err := sp.WriteBuffers(msg.Data); err != nil {
 			return err
 		}
-		if msg, err = stream.Recv(); err != nil {
+		msg = chunks.Message{Field: datasetField, Rest: rest}
+		if err := stream.RecvMsg(&msg); err != nil {
 			if err := recvErr(err); err != nil {
 				return err
 			}
@@ -276,7 +296,7 @@ func (a *Agent) data(stream agentpb.AgentService_DataServer) error {
 		}
 		return err
 	}
-	a.log.Info("dataset received", "filename", name, "bytes", sp.n, "decompressed", decompress)
+	a.log.Info("dataset received", append(sp.logAttrs(), "filename", name, "decompressed", decompress)...)
 	return stream.SendAndClose(&agentpb.DataResponse{})
 }
 
@@ -448,7 +468,7 @@ func (a *Agent) result(stream agentpb.AgentService_ResultServer) error {
 	if err != nil {
 		return err
 	}
-	err = sendFile(stream, f, st.Size(), func(b []byte) any { return &agentpb.ResultResponse{File: b} })
+	err = sendFile(stream, f, st.Size(), &agentpb.ResultResponse{})
 	if err != nil {
 		return err
 	}
@@ -463,30 +483,30 @@ func (a *Agent) result(stream agentpb.AgentService_ResultServer) error {
 // chunkSize is the largest chunk a download sends, as Cocos (1 MiB).
 const chunkSize = 1 << 20
 
-// sendFile sends the file-size header, then r in chunks of at most 1 MiB.
-func sendFile(stream grpc.ServerStream, r io.Reader, size int64, msg func([]byte) any) error {
+// downloadBuffers are the chunks downloads are read into; gRPC hands each
+// back once written (cocos/chunks), so a download reuses a few buffers.
+var downloadBuffers = chunks.NewPool(chunkSize)
+
+// sendFile sends the file-size header, then r in chunks of at most 1 MiB,
+// each a message whose file field (1) is the chunk and whose other fields
+// are rest's. r is read ahead of the sending, in a goroutine of its own.
+func sendFile(stream grpc.ServerStream, r io.Reader, size int64, rest proto.Message) error {
 	if err := stream.SetHeader(metadata.Pairs(mdFileSize, fmt.Sprint(size))); err != nil {
 		return fmt.Errorf("sending header: %w", err)
 	}
-	var sent int64
-	for {
-		// A fresh buffer per message: gRPC may hold a sent message.
-		buf := make([]byte, chunkSize)
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			if serr := stream.SendMsg(msg(buf[:n])); serr != nil {
-				return fmt.Errorf("sending: %w", serr)
-			}
-			sent += int64(n)
+	var sendErr error
+	sent, err := chunks.ReadChunks(r, downloadBuffers, func(b mem.Buffer) error {
+		if sendErr = stream.SendMsg(&chunks.Message{Field: fileField, Data: mem.BufferSlice{b}, Rest: rest}); sendErr != nil {
+			return sendErr
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("reading: %w", err)
-		}
-	}
-	if sent != size {
+		return nil
+	})
+	switch {
+	case sendErr != nil:
+		return fmt.Errorf("sending: %w", sendErr)
+	case err != nil:
+		return fmt.Errorf("reading: %w", err)
+	case sent != size:
 		return fmt.Errorf("sent %d bytes of %d", sent, size)
 	}
 	return nil

@@ -10,16 +10,21 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/mem"
 
+	"github.com/cvmd/cvmd/cocos/chunks"
 	"github.com/cvmd/cvmd/cocos/digest"
 )
 
 // spool receives one upload into a temporary file in the incoming dir while
 // hashing it. Hashing and writing run in their own goroutines so that
 // receiving, hashing and writing overlap: SHA3-256 is the slowest stage and
-// sets the rate. Chunks are never copied: each received chunk goes to both.
+// sets the rate. Chunks are never copied: each received chunk (gRPC's own
+// receive buffers, see cocos/chunks) goes to both, each stage holding its
+// own reference, and is written with one writev.
 type spool struct {
 	slot    chan struct{} // released by stop
 	path    string
@@ -31,11 +36,14 @@ type spool struct {
 
 	n         int64
 	nextCheck int64
-	hashCh    chan []byte
-	writeCh   chan []byte
+	hashCh    chan mem.BufferSlice
+	writeCh   chan mem.BufferSlice
 	wg        sync.WaitGroup
 	mu        sync.Mutex
 	werr      error // guarded by mu: the writer's first error
+
+	start    time.Time
+	hashWait time.Duration // the hash stage's time without a chunk to hash; read after stop
 }
 
 // spoolDepth bounds the chunks in flight per stage (≈ MiB of memory each).
@@ -68,29 +76,35 @@ func (a *Agent) newSpool(ctx context.Context, what string, max int64) (*spool, e
 		<-a.uploads
 		return nil, fmt.Errorf("creating upload file: %w", err)
 	}
-	s := &spool{slot: a.uploads, path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
-		nextCheck: min(r, diskCheckEvery), hashCh: make(chan []byte, spoolDepth), writeCh: make(chan []byte, spoolDepth)}
+	s := &spool{start: time.Now(), slot: a.uploads, path: f.Name(), f: f, h: digest.New(), max: max, minFree: a.lim.minFree, what: what,
+		nextCheck: min(r, diskCheckEvery), hashCh: make(chan mem.BufferSlice, spoolDepth), writeCh: make(chan mem.BufferSlice, spoolDepth)}
 	hashCh, writeCh := s.hashCh, s.writeCh // stop nils the fields
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		for b := range hashCh {
-			s.h.Write(b)
+		ready := time.Now()
+		for bs := range hashCh {
+			s.hashWait += time.Since(ready)
+			for _, b := range bs {
+				s.h.Write(b.ReadOnlyData())
+			}
+			bs.Free()
+			ready = time.Now()
 		}
 	}()
 	go func() {
 		defer s.wg.Done()
 		failed := false
-		for b := range writeCh {
-			if failed {
-				continue // drain
+		for bs := range writeCh {
+			if !failed {
+				if err := chunks.WriteBuffers(s.f, bs); err != nil {
+					s.mu.Lock()
+					s.werr = writeErr(s.what, err)
+					s.mu.Unlock()
+					failed = true // then drain
+				}
 			}
-			if _, err := s.f.Write(b); err != nil {
-				s.mu.Lock()
-				s.werr = writeErr(s.what, err)
-				s.mu.Unlock()
-				failed = true
-			}
+			bs.Free()
 		}
 	}()
 	return s, nil
@@ -98,7 +112,27 @@ func (a *Agent) newSpool(ctx context.Context, what string, max int64) (*spool, e
 
 // Write queues b, which the caller must not modify afterwards.
 func (s *spool) Write(b []byte) error {
-	if len(b) == 0 {
+	return s.WriteBuffers(mem.BufferSlice{mem.SliceBuffer(b)})
+}
+
+// WriteBuffers queues bs, taking over the caller's reference (freed here
+// on an error, else once hashed and written).
+func (s *spool) WriteBuffers(bs mem.BufferSlice) error {
+	n := bs.Len()
+	if err := s.admit(n); err != nil || n == 0 {
+		bs.Free()
+		return err
+	}
+	bs.Ref() // one reference per stage
+	s.hashCh <- bs
+	s.writeCh <- bs
+	return nil
+}
+
+// admit counts n more bytes, refusing them past the size limit, the
+// free-space floor or a failed write.
+func (s *spool) admit(n int) error {
+	if n == 0 {
 		return nil
 	}
 	s.mu.Lock()
@@ -107,7 +141,7 @@ func (s *spool) Write(b []byte) error {
 	if err != nil {
 		return err
 	}
-	s.n += int64(len(b))
+	s.n += int64(n)
 	if s.n > s.max {
 		return fmt.Errorf("%w: %s is larger than %d bytes", ErrTooLarge, s.what, s.max)
 	}
@@ -118,13 +152,11 @@ func (s *spool) Write(b []byte) error {
 		if err != nil {
 			return err
 		}
-		if r < int64(len(b)) {
+		if r < int64(n) {
 			return fmt.Errorf("%w: receiving %s would leave less than min_free_bytes %d free (%d bytes of room left)", ErrNoSpace, s.what, s.minFree, max(r, 0))
 		}
 		s.nextCheck = s.n + min(r, diskCheckEvery)
 	}
-	s.hashCh <- b
-	s.writeCh <- b
 	return nil
 }
 
@@ -141,6 +173,14 @@ func (s *spool) finish() ([digest.Size]byte, error) {
 	}
 	copy(sum[:], s.h.Sum(nil))
 	return sum, nil
+}
+
+// logAttrs describe a finished upload for the agent's log: its duration
+// and the share of it the hash stage (the bound on the rate) waited for
+// data, which says whether receiving kept up.
+func (s *spool) logAttrs() []any {
+	el := time.Since(s.start)
+	return []any{"bytes", s.n, "ms", el.Milliseconds(), "hash_waited_pct", int(100 * s.hashWait.Seconds() / max(el.Seconds(), 1e-9))}
 }
 
 // abort stops the stages and removes the file. Safe after finish.

@@ -571,11 +571,15 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, upstream net.Conn)
 		http.Error(w, "egress: sending request: "+err.Error(), http.StatusBadGateway)
 		return body.n.Load(), 0, err
 	}
-	res, err := http.ReadResponse(bufio.NewReader(upstream), out)
+	// The response's head is read into memory: bounded as the request's
+	// (MaxHeaderBytes), or an upstream could grow the proxy without limit.
+	head := &headLimit{r: upstream, left: maxResponseHeadBytes}
+	res, err := http.ReadResponse(bufio.NewReader(head), out)
 	if err != nil {
 		http.Error(w, "egress: reading response: "+err.Error(), http.StatusBadGateway)
 		return body.n.Load(), 0, err
 	}
+	head.left = -1
 	defer res.Body.Close()
 	stripHop(res.Header)
 	for k, v := range res.Header {
@@ -584,6 +588,34 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, upstream net.Conn)
 	w.WriteHeader(res.StatusCode)
 	down, err = io.Copy(w, res.Body)
 	return body.n.Load(), down, err
+}
+
+// maxResponseHeadBytes bounds a forwarded response's status line and
+// headers (and what the reader buffers past them).
+const maxResponseHeadBytes = 64<<10 + 4096
+
+var errResponseHeadTooLarge = fmt.Errorf("response headers exceed %d bytes", maxResponseHeadBytes)
+
+// headLimit reads at most left bytes from r while left ≥ 0; -1 lifts the
+// bound (the head has been read).
+type headLimit struct {
+	r    io.Reader
+	left int64
+}
+
+func (h *headLimit) Read(b []byte) (int, error) {
+	if h.left < 0 {
+		return h.r.Read(b)
+	}
+	if h.left == 0 {
+		return 0, errResponseHeadTooLarge
+	}
+	if int64(len(b)) > h.left {
+		b = b[:h.left]
+	}
+	n, err := h.r.Read(b)
+	h.left -= int64(n)
+	return n, err
 }
 
 type countReader struct {

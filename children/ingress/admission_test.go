@@ -371,25 +371,38 @@ func TestStreamlessTimeout(t *testing.T) {
 
 // TestFloodFromOneSource holds a flood of connections from 127.0.0.2 that
 // send the HTTP/2 preface and then nothing, renewing them as fast as it
-// can, and checks that health checks from another source and from the
-// flood's own source are each answered within floodBound.
+// can, and checks that health checks from another source are each answered
+// within floodBound.
+//
+// A check from the flood's own source is tried too but only logged: it
+// competes with the flood for that source's 32 slots, and a new connection
+// of the flood evicts the oldest of them that has no stream yet, so the
+// check's connection lives only until 32 flood connections arrive after
+// it (a few milliseconds here). On an idle machine its request is in by
+// then; under load it may not be. Per-source fairness protects the other
+// sources, not the clients sharing an attacker's address.
 func TestFloodFromOneSource(t *testing.T) {
 	testutil.CheckLeaks(t)
 	addr := startIngress(t, Config{Backend: startBackend(t)})
 	f := startFlood(t, "127.0.0.2", addr, floodSize(t))
 	defer f.stop()
 	var took []time.Duration
-	for _, src := range []string{"127.0.0.1", "127.0.0.2"} {
-		for range 5 {
-			d, err := healthFrom(t, src, addr, floodBound)
-			if err != nil {
-				t.Fatalf("health check from %s during the flood (%d connections opened so far): %v after %v", src, f.opened(), err, d)
-			}
-			took = append(took, d)
+	for range 5 {
+		d, err := healthFrom(t, "127.0.0.1", addr, floodBound)
+		if err != nil {
+			t.Fatalf("health check from 127.0.0.1 during the flood from 127.0.0.2 (%d connections opened so far): %v after %v", f.opened(), err, d)
 		}
+		took = append(took, d)
 	}
 	slices.Sort(took)
-	t.Logf("%d flood connections opened; 10 health checks answered in %v..%v (bound %v)", f.opened(), took[0], took[len(took)-1], floodBound)
+	t.Logf("%d flood connections opened; 5 health checks from another source answered in %v..%v (bound %v)", f.opened(), took[0], took[len(took)-1], floodBound)
+	answered := 0
+	for range 5 {
+		if _, err := healthFrom(t, "127.0.0.2", addr, floodBound); err == nil {
+			answered++
+		}
+	}
+	t.Logf("health checks from the flood's own source: %d of 5 answered within %v", answered, floodBound)
 }
 
 // floodBound is how long a legitimate health check may take during a flood

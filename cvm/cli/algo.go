@@ -5,8 +5,10 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/cvmd/cvmd/cocos/chunks"
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
 )
@@ -65,7 +67,9 @@ checks the file's SHA3-256 against the manifest.`,
 				}
 			}
 			p := newProgress(o, st.Size(), "algorithm")
-			n, err := sendFile(f, p, func(b []byte) error { return stream.Send(&agentpb.AlgoRequest{Algorithm: b}) })
+			n, err := sendFile(f, p, func(b mem.BufferSlice) error {
+				return stream.SendMsg(&chunks.Message{Field: fileField, Data: b, Rest: &agentpb.AlgoRequest{}})
+			})
 			p.done()
 			if err != nil {
 				return uploadErr("algorithm", stream.CloseAndRecv, err)

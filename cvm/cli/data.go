@@ -7,8 +7,10 @@ import (
 	"strconv"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/cvmd/cvmd/cocos/chunks"
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	"github.com/cvmd/cvmd/cocos/zipdir"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
@@ -72,7 +74,10 @@ its datasets directory.`,
 				return fmt.Errorf("uploading dataset: %s", statusText(err))
 			}
 			p := newProgress(o, st.Size(), name)
-			n, err := sendFile(f, p, func(b []byte) error { return stream.Send(&agentpb.DataRequest{Dataset: b, Filename: name}) })
+			rest := &agentpb.DataRequest{Filename: name} // in every message, as Cocos's CLI
+			n, err := sendFile(f, p, func(b mem.BufferSlice) error {
+				return stream.SendMsg(&chunks.Message{Field: fileField, Data: b, Rest: rest})
+			})
 			p.done()
 			if err != nil {
 				return uploadErr("dataset", stream.CloseAndRecv, err)

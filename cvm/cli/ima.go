@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/mem"
 
 	"github.com/cvmd/cvmd/attest/verify"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
@@ -60,8 +61,9 @@ verified quote: then the list is what the TPM measured. A mismatch is an error.`
 			var list bytes.Buffer
 			var pcr10 []byte
 			var mixed bool
-			_, err = recvFile(stream, &list, o, "IMA", func() ([]byte, error) {
-				m, err := stream.Recv()
+			_, err = recvFile(stream, &list, o, "IMA", func() (mem.BufferSlice, error) {
+				m := &agentpb.IMAMeasurementsResponse{}
+				file, err := recvChunk(stream, m)
 				// Cocos's agent sends PCR 10 in the first message, cvmd's in
 				// every one (Cocos's CLI needs that); they must agree.
 				if p := m.GetPcr10(); len(p) > 0 {
@@ -70,7 +72,7 @@ verified quote: then the list is what the TPM measured. A mismatch is an error.`
 					}
 					pcr10 = p
 				}
-				return m.GetFile(), err
+				return file, err
 			})
 			if err != nil {
 				return fmt.Errorf("getting IMA measurements: %s", statusText(err))

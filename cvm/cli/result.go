@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/mem"
 
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
@@ -48,9 +49,8 @@ so an interrupted download leaves no partial results file.`,
 			}
 			defer os.Remove(tmp.Name())
 			defer tmp.Close()
-			n, err := recvFile(stream, tmp, o, "results", func() ([]byte, error) {
-				m, err := stream.Recv()
-				return m.GetFile(), err
+			n, err := recvFile(stream, tmp, o, "results", func() (mem.BufferSlice, error) {
+				return recvChunk(stream, &agentpb.ResultResponse{})
 			})
 			if err != nil {
 				return fmt.Errorf("downloading results: %s", statusText(err))

@@ -13,15 +13,24 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/cocos/chunks"
 	"github.com/cvmd/cvmd/cocos/rolesig"
 	"github.com/cvmd/cvmd/proto/rolechallenge"
 )
 
 // chunkSize is the upload chunk, as Cocos's CLI (1 MiB).
 const chunkSize = 1 << 20
+
+// cocos/chunks's codec stands in for gRPC's proto codec in this process:
+// the same bytes on the wire and the same content-type, but upload and
+// download chunks pass through gRPC without being copied.
+func init() { encoding.RegisterCodecV2(chunks.Codec{}) }
 
 // signedContext adds the auth metadata for role, signed with the private
 // key in keyFile, for one call to ag. When ag offers a role challenge (a cvmd
@@ -88,33 +97,32 @@ func (p *progress) done() {
 	}
 }
 
-// sendFile streams r in 1 MiB chunks through send, which builds and sends
-// one message around each chunk. The chunk buffer is reused: gRPC has
-// encoded a message when SendMsg returns.
-func sendFile(r io.Reader, p *progress, send func([]byte) error) (int64, error) {
-	buf := make([]byte, chunkSize)
-	var total int64
-	for {
-		n, err := io.ReadFull(r, buf)
-		if n > 0 {
-			if serr := send(buf[:n]); serr != nil {
-				return total, serr
-			}
-			total += int64(n)
-			p.add(n)
+// uploadBuffers are the chunks uploads are read into; gRPC hands each
+// back once written (cocos/chunks), so an upload reuses a few buffers.
+var uploadBuffers = chunks.NewPool(chunkSize)
+
+// sendFile streams r in 1 MiB chunks through send, which sends one message
+// around each chunk (a chunks.Message: gRPC writes the buffer itself and
+// frees it). r is read ahead of the sending, in a goroutine of its own.
+func sendFile(r io.Reader, p *progress, send func(mem.BufferSlice) error) (int64, error) {
+	return chunks.ReadChunks(r, uploadBuffers, func(b mem.Buffer) error {
+		n := b.Len()
+		if err := send(mem.BufferSlice{b}); err != nil {
+			return err
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-	}
+		p.add(n)
+		return nil
+	})
 }
 
+// writeDepth is how many received chunks may wait for the writer.
+const writeDepth = 4
+
 // recvFile reads a download's file-size header, then writes every chunk
-// that get returns to w until EOF. It returns the bytes written.
-func recvFile(stream grpc.ClientStream, w io.Writer, o IO, desc string, get func() ([]byte, error)) (int64, error) {
+// that recv returns (references into gRPC's receive buffers) to w until
+// EOF. Writing runs in a goroutine of its own, overlapped with receiving,
+// one writev per chunk when w is a file. It returns the bytes written.
+func recvFile(stream grpc.ClientStream, w io.Writer, o IO, desc string, recv func() (mem.BufferSlice, error)) (int64, error) {
 	var size int64
 	if md, err := stream.Header(); err == nil {
 		if v := md.Get("file-size"); len(v) > 0 {
@@ -123,19 +131,63 @@ func recvFile(stream grpc.ClientStream, w io.Writer, o IO, desc string, get func
 	}
 	p := newProgress(o, size, desc)
 	defer p.done()
-	var total int64
+	ch := make(chan mem.BufferSlice, writeDepth)
+	var written int64
+	var werr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for bs := range ch {
+			if werr == nil {
+				n := bs.Len()
+				if werr = writeChunk(w, bs); werr == nil {
+					written += int64(n)
+				}
+			}
+			bs.Free()
+		}
+	}()
+	var err error
 	for {
-		b, err := get()
-		if errors.Is(err, io.EOF) {
-			return total, nil
+		var bs mem.BufferSlice
+		if bs, err = recv(); err != nil {
+			break
 		}
-		if err != nil {
-			return total, err
-		}
-		if _, err := w.Write(b); err != nil {
-			return total, err
-		}
-		total += int64(len(b))
-		p.add(len(b))
+		p.add(bs.Len())
+		ch <- bs
 	}
+	close(ch)
+	<-done
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	if werr != nil {
+		err = werr
+	}
+	return written, err
 }
+
+// writeChunk writes bs to w: with one writev to a file.
+func writeChunk(w io.Writer, bs mem.BufferSlice) error {
+	if f, ok := w.(*os.File); ok {
+		return chunks.WriteBuffers(f, bs)
+	}
+	for _, b := range bs {
+		if _, err := w.Write(b.ReadOnlyData()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recvChunk receives one message of a download into rest, its file field
+// (1, in every download message of proto/agent) as gRPC's buffers.
+func recvChunk(stream grpc.ClientStream, rest proto.Message) (mem.BufferSlice, error) {
+	m := chunks.Message{Field: fileField, Rest: rest}
+	err := stream.RecvMsg(&m)
+	return m.Data, err
+}
+
+// fileField is the bulk field of the upload and download messages:
+// AlgoRequest.algorithm, DataRequest.dataset, ResultResponse.file, ...
+const fileField = 1

@@ -772,7 +772,10 @@ func (a *Sandboxes) start(req *control.SandboxRequest, run *algoRun) (status *os
 			case full:
 				exit.ResultsOverQuota = true
 			case exit.ExitCode == 0:
-				if skipped, err := copyResults(resultsTmp, plan.results); err != nil {
+				var over *resultsOverCap
+				if skipped, err := copyResults(resultsTmp, plan.results, plan.resultsBytes); errors.As(err, &over) {
+					exit.ResultsOverQuota, exit.ResultsBytes = true, uint64(over.bytes)
+				} else if err != nil {
 					exit.Error = "copying results: " + err.Error()
 				} else if skipped > 0 {
 					a.log.Warn("results: skipped entries that are not regular files or dirs", "sandbox", run.id, "skipped", skipped)

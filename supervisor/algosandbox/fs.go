@@ -75,33 +75,83 @@ func mountResults(dir string, size int64, uid, gid int) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	data := fmt.Sprintf("size=%d,mode=0700,uid=%d,gid=%d", size, uid, gid)
+	data := fmt.Sprintf("size=%d,nr_inodes=%d,mode=0700,uid=%d,gid=%d", size, ResultsFiles(size), uid, gid)
 	if err := unix.Mount("cvmd-results", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data); err != nil {
 		return fmt.Errorf("mounting results tmpfs on %s: %w", dir, err)
 	}
 	return nil
 }
 
-// resultsUsage reports the bytes used in the results tmpfs and whether it is full.
+// ResultsFiles is how many files and directories a results directory of
+// capBytes may hold: one per 64 KiB of the cap (the scratch file system's
+// own inode density), at least 4096. Empty files take no blocks, so the
+// byte cap alone does not bound them: without this an algorithm fills the
+// state file system's inodes (on the disk) or the supervisor's memory with
+// their copies (in memory). pid1.ResultsArea gives its project quotas the
+// same file limit.
+func ResultsFiles(capBytes int64) uint64 {
+	return uint64(max(capBytes>>16, 4096))
+}
+
+// resultsUsage reports the bytes used in the results tmpfs and whether it
+// is full: no block or no file left.
 func resultsUsage(dir string) (used uint64, full bool, err error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
 		return 0, false, err
 	}
 	bs := uint64(st.Bsize)
-	return (st.Blocks - st.Bfree) * bs, st.Bavail == 0, nil
+	return (st.Blocks - st.Bfree) * bs, st.Bavail == 0 || st.Ffree == 0, nil
+}
+
+// resultsOverCap is copyResults' refusal: the files' sizes add up to more
+// than the cap, whatever blocks they take.
+type resultsOverCap struct{ bytes int64 }
+
+func (e *resultsOverCap) Error() string {
+	return fmt.Sprintf("results of %d bytes are over the cap", e.bytes)
+}
+
+// resultsSize adds up the sizes of the regular files under root. A sparse
+// file's size counts, not the blocks it takes: the copy and the results
+// zip are as large as the size, so a file truncated to a terabyte (no
+// blocks, nothing against the tmpfs size or the project quota) would
+// otherwise be written out in full as zeros on the state disk or in the
+// guest's memory.
+func resultsSize(root *os.Root) (int64, error) {
+	var total int64
+	err := fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		total += fi.Size()
+		return nil
+	})
+	return total, err
 }
 
 // copyResults copies the regular files and directories under src into dst
 // (both through os.Root, so nothing the algorithm left, symlinks included,
 // can make the copy escape), giving them to the owner of dst. Symlinks and
-// special files are skipped and counted.
-func copyResults(src, dst string) (skipped int, err error) {
+// special files are skipped and counted. Files whose sizes add up to more
+// than limit are not copied at all (*resultsOverCap).
+func copyResults(src, dst string, limit int64) (skipped int, err error) {
 	sr, err := os.OpenRoot(src)
 	if err != nil {
 		return 0, err
 	}
 	defer sr.Close()
+	total, err := resultsSize(sr)
+	if err != nil {
+		return 0, err
+	}
+	if total > limit {
+		return 0, &resultsOverCap{bytes: total}
+	}
 	dr, err := os.OpenRoot(dst)
 	if err != nil {
 		return 0, err
@@ -136,10 +186,17 @@ func copyResults(src, dst string) (skipped int, err error) {
 			if err != nil {
 				return err
 			}
-			if _, err := io.Copy(out, in); err != nil {
+			// The sizes were added up above; a file that grew since is cut
+			// at the cap rather than copied on.
+			n, err := io.Copy(out, io.LimitReader(in, limit+1))
+			if err == nil && n > limit {
+				err = &resultsOverCap{bytes: n}
+			}
+			if err != nil {
 				out.Close()
 				return err
 			}
+			limit -= n
 			if err := out.Close(); err != nil {
 				return err
 			}

@@ -176,6 +176,7 @@ const (
 	qSetQuota           = 0x800008   // Q_SETQUOTA
 	prjQuota            = 2          // PRJQUOTA
 	qifBLimits          = 1          // QIF_BLIMITS
+	qifILimits          = 4          // QIF_ILIMITS
 	quotaBlockBytes     = 1024       // QIF_DQBLKSIZE
 	firstResultsProject = 1 << 20    // project ids of results dirs start here
 )
@@ -197,27 +198,27 @@ func NewResultsArea(dir string) (*ResultsArea, error) {
 }
 
 // Make makes the results directory of the sandbox called name (id numbers
-// it among the live ones), owned by uid:gid, where at most limit bytes can
-// be written: a write past the cap fails with EDQUOT, and statfs on the
-// directory reports the cap as its size (so usage and fullness read as on
-// a tmpfs of that size). remove deletes it with its contents and lifts the
-// quota.
-func (a *ResultsArea) Make(name string, id uint64, limit int64, uid, gid int) (dir string, remove func(), err error) {
+// it among the live ones), owned by uid:gid, where at most limit bytes and
+// files files and directories can be written: a write or a create past the
+// cap fails with EDQUOT, and statfs on the directory reports the caps as
+// its size and inode count (so usage and fullness read as on a tmpfs of
+// that size). remove deletes it with its contents and lifts the quota.
+func (a *ResultsArea) Make(name string, id uint64, limit int64, files uint64, uid, gid int) (dir string, remove func(), err error) {
 	if !filepath.IsLocal(name) || strings.Contains(name, "/") {
 		return "", nil, fmt.Errorf("pid1: results directory name %q", name)
 	}
 	dir = filepath.Join(a.dir, name)
-	if err := makeQuotaDir(dir, id, limit, uid, gid); err != nil {
+	if err := makeQuotaDir(dir, id, limit, files, uid, gid); err != nil {
 		return "", nil, err
 	}
 	return dir, func() { removeQuotaDir(dir, id) }, nil
 }
 
 // makeQuotaDir makes dir (which must not exist) with a project quota of
-// limit bytes, owned by uid:gid.
-func makeQuotaDir(dir string, id uint64, limit int64, uid, gid int) error {
-	if limit <= 0 {
-		return fmt.Errorf("pid1: results cap %d", limit)
+// limit bytes and files inodes, owned by uid:gid.
+func makeQuotaDir(dir string, id uint64, limit int64, files uint64, uid, gid int) error {
+	if limit <= 0 || files == 0 {
+		return fmt.Errorf("pid1: results cap %d bytes, %d files", limit, files)
 	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return err
@@ -241,8 +242,10 @@ func makeQuotaDir(dir string, id uint64, limit int64, uid, gid int) error {
 		if err := fsxattrIoctl(f.Fd(), fsIOCSetXattr, &x); err != nil {
 			return fmt.Errorf("setting project %d on %s: %w", proj, dir, err)
 		}
-		q := ifDqblk{BHardLimit: uint64(limit+quotaBlockBytes-1) / quotaBlockBytes, Valid: qifBLimits}
-		q.BSoftLimit = q.BHardLimit
+		// Empty files take no blocks: the inode limit bounds them (the
+		// file system's inodes are shared with the agent and the log queue).
+		q := ifDqblk{BHardLimit: uint64(limit+quotaBlockBytes-1) / quotaBlockBytes, IHardLimit: files, Valid: qifBLimits | qifILimits}
+		q.BSoftLimit, q.ISoftLimit = q.BHardLimit, q.IHardLimit
 		if err := quotactlFD(f.Fd(), qSetQuota<<8|prjQuota, proj, &q); err != nil {
 			return fmt.Errorf("setting the quota of project %d: %w", proj, err)
 		}
@@ -261,7 +264,7 @@ func removeQuotaDir(dir string, id uint64) error {
 	parent, err := os.Open(filepath.Dir(dir))
 	if err == nil {
 		proj := uint32(firstResultsProject + id%(1<<30))
-		q := ifDqblk{Valid: qifBLimits}
+		q := ifDqblk{Valid: qifBLimits | qifILimits}
 		quotactlFD(parent.Fd(), qSetQuota<<8|prjQuota, proj, &q)
 		parent.Close()
 	}

@@ -21,6 +21,7 @@ import (
 	agentchild "github.com/cvmd/cvmd/children/agent"
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/children/child"
+	"github.com/cvmd/cvmd/children/ingress"
 	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
@@ -32,7 +33,15 @@ import (
 // TestMain turns the test binary into `cvmd agent` when asked, so tests can
 // run the real child (its Main and the child runtime) as its own process.
 func TestMain(m *testing.M) {
-	testutil.Main(m, testutil.Helpers{"agent": func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) }})
+	helpers := testutil.Helpers{
+		"agent":    withPprof("agent", func() int { return testutil.ExitCode(child.Run("agent", agentchild.Main)) }),
+		"ingress":  withPprof("ingress", func() int { return testutil.ExitCode(child.Run("ingress", ingress.Main)) }),
+		"sha3file": sha3FileHelper,
+	}
+	for name, h := range refHelpers {
+		helpers[name] = h
+	}
+	testutil.Main(m, helpers)
 }
 
 // proc is the agent child running as a separate process, wired as the
@@ -44,7 +53,10 @@ type proc struct {
 	Dial    func(ctx context.Context) (net.Conn, error)
 	Control agentctl.ControlClient
 	Runner  *agenttest.Runner // the runner stand-in, in the test process
-	closers []func()
+	// ingressEdge is the dialing end of the agent's from:ingress edge, for
+	// an ingress child to dial the agent with (as the supervisor wires it).
+	ingressEdge *os.File
+	closers     []func()
 }
 
 func startProc(t *testing.T, stateDir string) *proc {
@@ -103,7 +115,7 @@ func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 		f.Close()
 	}
 	p := &proc{cmd: cmd, ctl: ipc.NewControl(ctlParent), Runner: rn}
-	cfg := &control.ChildConfig{Version: 1, Name: "agent", StateDir: stateDir, LogLevel: "warn", Fds: fds}
+	cfg := &control.ChildConfig{Version: 1, Name: "agent", StateDir: stateDir, LogLevel: agentLogLevel(), Fds: fds}
 	if o.Settings != nil {
 		a, err := anypb.New(o.Settings)
 		if err != nil {
@@ -120,6 +132,11 @@ func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 		t.Fatalf("agent child did not say ready: %v %v", msg, err)
 	}
 	sd := ipc.NewDialer("agent-control", supCli)
+	ingDup, err := unix.Dup(int(ingCli.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ingressEdge = os.NewFile(uintptr(ingDup), "to:agent")
 	id := ipc.NewDialer("agent", ingCli)
 	p.Dial = id.Dial
 	conn, err := ipc.GRPCClient(sd, agenttest.BoundedCalls(agenttest.CallBound))
@@ -127,7 +144,7 @@ func startProcWith(t *testing.T, stateDir string, o procOptions) *proc {
 		t.Fatal(err)
 	}
 	p.Control = agentctl.NewControlClient(conn)
-	p.closers = []func(){func() { conn.Close() }, func() { sd.Close() }, func() { id.Close() }, rs.Stop, func() { rd.Close() }}
+	p.closers = []func(){func() { conn.Close() }, func() { sd.Close() }, func() { id.Close() }, func() { p.ingressEdge.Close() }, rs.Stop, func() { rd.Close() }}
 	t.Cleanup(p.kill)
 	return p
 }
@@ -209,4 +226,13 @@ func (p *proc) cpuSeconds(t *testing.T) float64 {
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	return (ut + st) / 100 // USER_HZ
+}
+
+// agentLogLevel is the agent child's log level: warn, or
+// CVMD_TEST_AGENT_LOG (info shows each upload's timing).
+func agentLogLevel() string {
+	if l := os.Getenv("CVMD_TEST_AGENT_LOG"); l != "" {
+		return l
+	}
+	return "warn"
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/cvmd/cvmd/children/agent/agenttest"
 	"github.com/cvmd/cvmd/cocos/digest"
 	"github.com/cvmd/cvmd/cocos/manifest"
+	"github.com/cvmd/cvmd/internal/testutil"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	attpb "github.com/cvmd/cvmd/proto/attestation"
@@ -176,7 +177,12 @@ func TestPull2GiBBoundedMemory(t *testing.T) {
 	d := pp.pull(t, "big", manifest.ResourceSource{URL: files.URL("/big.dat")}, nil, sum)
 	rss := pp.p.peakRSSMiB(t)
 	t.Logf("2 GiB pulled in %v, agent peak RSS %.1f MiB", d, rss)
-	if rss > 64 {
+	switch {
+	case testutil.Race:
+		// The agent is this test binary (HelperCommand): under -race its
+		// RSS is the detector's shadow memory; make test checks the bound.
+		t.Logf("race detector on: the 64 MiB bound is checked by the build without it")
+	case rss > 64:
 		t.Fatalf("agent peak RSS %.1f MiB > 64 MiB for a 2 GiB pull", rss)
 	}
 }

@@ -115,6 +115,9 @@ func TestEscapeAttempts(t *testing.T) {
 		{"take another process's fd with pidfd_getfd", []string{"pidfd_getfd"}, ""},
 		{"fork bomb", []string{"forkbomb"}, ""},
 		{"fill results past the cap", []string{"fill"}, "results over quota"},
+		{"a sparse results file far past the cap", []string{"sparse"}, "results over quota"},
+		{"one results file under many hard links", []string{"hardlinks"}, "results over quota"},
+		{"empty results files past the file cap", []string{"files"}, "results over quota"},
 		{"allocate past the memory limit", []string{"oom"}, "out of memory"},
 	}
 	for _, tc := range tests {
@@ -146,8 +149,10 @@ func TestEscapeAttempts(t *testing.T) {
 		t.Error("the host loopback server accepted a connection from an algorithm")
 	default:
 	}
-	if _, err := os.Stat(filepath.Join(w.comp, "results", "big")); err == nil {
-		t.Error("results over quota were copied out")
+	for _, f := range []string{"big", "sparse", "one"} {
+		if _, err := os.Stat(filepath.Join(w.comp, "results", f)); err == nil {
+			t.Errorf("results over quota were copied out (%s)", f)
+		}
 	}
 }
 

@@ -312,6 +312,37 @@ func main() {
 			}
 		}
 		escaped("wrote 16 GiB into results")
+	case "sparse": // a sparse file: a huge size in no blocks, under the results quota
+		f, err := os.Create("/cocos/results/sparse")
+		if err != nil {
+			fmt.Println("create:", err)
+			os.Exit(1)
+		}
+		if err := f.Truncate(256 << 20); err != nil {
+			blocked("truncate: %v", err)
+		}
+		f.Close()
+		fmt.Println("made a 256 MiB sparse results file; its copy is what must not happen")
+	case "hardlinks": // one file's blocks, counted once by the quota, under many names
+		if err := os.WriteFile("/cocos/results/one", make([]byte, 1<<20), 0o644); err != nil {
+			fmt.Println("write:", err)
+			os.Exit(1)
+		}
+		for i := 0; i < 64; i++ {
+			if err := os.Link("/cocos/results/one", fmt.Sprintf("/cocos/results/link%d", i)); err != nil {
+				blocked("link %d: %v", i, err)
+			}
+		}
+		fmt.Println("made 64 links to a 1 MiB results file")
+	case "files": // empty files take no blocks, only inodes
+		for i := 0; i < 20000; i++ {
+			f, err := os.Create(fmt.Sprintf("/cocos/results/f%d", i))
+			if err != nil {
+				blocked("after %d files: %v", i, err)
+			}
+			f.Close()
+		}
+		escaped("made 20000 empty results files")
 	case "oom": // allocate past the memory limit
 		var keep [][]byte
 		for i := 0; i < 1<<14; i++ {
