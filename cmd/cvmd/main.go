@@ -75,10 +75,15 @@ func main() {
 
 func run(args []string) int {
 	// PID 1 with no arguments is the supervisor: that is how the kernel starts /init.
-	if len(args) < 2 {
-		if os.Getpid() == 1 {
+	if os.Getpid() == 1 {
+		if ignored := kernelWords(args, commands()); len(args) < 2 || ignored != nil {
+			if ignored != nil {
+				fmt.Fprintf(os.Stderr, "cvmd: PID 1 ignores the words of the kernel command line the kernel passed it as arguments: %q\n", ignored)
+			}
 			return exit(supervisor.Main(nil))
 		}
+	}
+	if len(args) < 2 {
 		usage()
 		return 2
 	}
@@ -94,6 +99,21 @@ func run(args []string) int {
 		usage()
 		return 2
 	}
+}
+
+// kernelWords returns PID 1's arguments when they are not a command of
+// cvmd's: the kernel passes init the words of its command line that it
+// does not know itself (such as nokaslr, which only its decompressor
+// reads), and PID 1 must not exit on them (the kernel would panic).
+// nil when args name a command (PID 1 re-executing itself) or are none.
+func kernelWords(args []string, cmds map[string]command) []string {
+	if len(args) < 2 {
+		return nil
+	}
+	if _, ok := cmds[args[1]]; ok {
+		return nil
+	}
+	return args[1:]
 }
 
 func exit(err error) int {

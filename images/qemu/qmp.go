@@ -8,6 +8,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -92,4 +95,75 @@ func readQMP(r *bufio.Reader) (QMPMessage, error) {
 		return nil, fmt.Errorf("bad QMP message %q: %v", line, err)
 	}
 	return m, nil
+}
+
+// HMP runs one human-monitor command (info registers, info status, ...)
+// through QMP and returns its text: qemu's own view of a guest that no
+// longer answers on its ports.
+func (v *VM) HMP(command string) (string, error) {
+	if v.qmp == nil {
+		return "", fmt.Errorf("qemu: no QMP monitor")
+	}
+	return v.qmp.hmp(command)
+}
+
+func (q *qmpConn) hmp(command string) (string, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.c.SetDeadline(time.Now().Add(10 * time.Second))
+	req, err := json.Marshal(map[string]any{"execute": "human-monitor-command", "arguments": map[string]string{"command-line": command}})
+	if err != nil {
+		return "", err
+	}
+	if _, err := q.c.Write(append(req, '\n')); err != nil {
+		return "", fmt.Errorf("qemu: HMP %s: %w", command, err)
+	}
+	for {
+		m, err := readQMP(q.r)
+		if err != nil {
+			return "", fmt.Errorf("qemu: HMP %s: %w", command, err)
+		}
+		if e, ok := m["error"]; ok {
+			return "", fmt.Errorf("qemu: HMP %s: %s", command, e)
+		}
+		if r, ok := m["return"]; ok {
+			var out string
+			if err := json.Unmarshal(r, &out); err != nil {
+				return "", fmt.Errorf("qemu: HMP %s: answer %s: %v", command, r, err)
+			}
+			return out, nil
+		}
+	}
+}
+
+// HostThreads lists the threads of qemu and of its swtpm on the host, each
+// as name, state and wait channel: whether qemu's vCPUs run, or wait, and
+// on what.
+func (v *VM) HostThreads() string {
+	var b strings.Builder
+	for _, p := range []struct {
+		name string
+		cmd  *exec.Cmd
+	}{{"qemu", v.cmd}, {"swtpm", v.swtpm}} {
+		if p.cmd == nil || p.cmd.Process == nil {
+			continue
+		}
+		dir := fmt.Sprintf("/proc/%d/task", p.cmd.Process.Pid)
+		tasks, err := os.ReadDir(dir)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", p.name, err)
+			continue
+		}
+		for _, t := range tasks {
+			stat, _ := os.ReadFile(filepath.Join(dir, t.Name(), "stat"))
+			wchan, _ := os.ReadFile(filepath.Join(dir, t.Name(), "wchan"))
+			comm, _ := os.ReadFile(filepath.Join(dir, t.Name(), "comm"))
+			state := "?"
+			if i := strings.LastIndexByte(string(stat), ')'); i >= 0 && i+2 < len(stat) {
+				state = string(stat[i+2])
+			}
+			fmt.Fprintf(&b, "%s %s %s %s %s\n", p.name, t.Name(), strings.TrimSpace(string(comm)), state, wchan)
+		}
+	}
+	return b.String()
 }

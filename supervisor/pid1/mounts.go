@@ -59,6 +59,10 @@ func vmSetup(log *slog.Logger) (moved bool, _ error) {
 		// table's cgroup limits would not hold.
 		if err := os.WriteFile("/sys/fs/cgroup/cgroup.subtree_control", []byte("+memory +pids +cpu"), 0); err != nil {
 			errs = append(errs, fmt.Errorf("enabling the cgroup controllers: %w", err))
+		} else if err := warmCgroupKeys(); err != nil {
+			log.Warn("pid1: cgroup static keys not switched on at boot", "err", err)
+		} else {
+			log.Info("pid1: cgroup static keys switched on before any sandbox", "cgroup", warmCgroup)
 		}
 	}
 	if err := unix.Sethostname([]byte("cvmd")); err != nil {

@@ -424,6 +424,10 @@ func runE2E(t *testing.T) time.Duration {
 	// once, rather than a fresh overlay per spawn, which it would hash at
 	// every spawn (supervisor/pid1/init.go, sealing).
 	g.wait("boot: binary sealed by one copy", 0, `msg="binary sealed by one memfd copy" proc=pid1 why="IMA measures each spawn's overlay anew`, time.Second)
+	// The cgroup static keys are switched on before any sandbox: switched
+	// by the first sandbox's cgroup, under TCG, they livelocked boots
+	// (supervisor/pid1/cgroupwarm.go).
+	g.wait("boot: cgroup static keys on", 0, `msg="pid1: cgroup static keys switched on before any sandbox"`, time.Second)
 	// Without a scratch disk the computation stays in memory, as before,
 	// and says so (scratch_test.go has the disk).
 	g.wait("boot: storage in memory", 0, `msg="pid1: storage: memory \(tmpfs\)" .*reason="no scratch disk`, time.Second)

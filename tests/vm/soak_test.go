@@ -92,9 +92,10 @@ func TestSoakBoots(t *testing.T) {
 		"AGENT_LOG_LEVEL=info\nAGENT_CVM_ID=soak\nAGENT_CVM_GRPC_URL="+guestURL+"\n"), 0o644)
 	// The kernel's own view of a hang: "quiet" hides the registers and
 	// stack of a soft lockup or an RCU stall (printed at the default
-	// level); loglevel=5 shows them, for every CPU.
+	// level); loglevel=5 shows them, for every CPU. nokaslr: the vCPUs'
+	// instruction pointers in a dump (qemuView) stay comparable.
 	cfg := qemu.Config{Kernel: img.Kernel, Initrd: img.Initrd, TPM: os.Getenv("CVMD_SOAK_TPM") != "0", EnvDir: envDir, DebugPort: true, MemoryMiB: 2048,
-		Append: "loglevel=5 softlockup_all_cpu_backtrace=1"}
+		Append: "loglevel=5 softlockup_all_cpu_backtrace=1 nokaslr"}
 	if machine == qemu.MachineCocos {
 		cfg.Machine, cfg.NetNS = qemu.MachineCocos, ns
 		cfg.Cocos.Cmdline = "quiet console=ttyS0"
@@ -162,8 +163,11 @@ func soakBoot(t *testing.T, cfg qemu.Config, mgr *devmanager.Server, bound time.
 		_, l, err := vm.WaitLine(wctx, 0, regexp.MustCompile(re))
 		cancel()
 		if err != nil {
-			return 0, 0, fmt.Sprintf("waiting for %s: %v\n\n== processes ==%s\n\n== goroutines of the supervisor proper ==\n%s\n\n== serial log ==\n%s",
-				re, err, g.processes(), g.goroutines(), serialText(vm.Lines()))
+			// qemu's view first: asking the guest takes it 40 s when it
+			// does not answer.
+			view := qemuView(vm)
+			return 0, 0, fmt.Sprintf("waiting for %s: %v\n\n== qemu ==\n%s\n== processes ==%s\n\n== goroutines of the supervisor proper ==\n%s\n\n== serial log ==\n%s",
+				re, err, view, g.processes(), g.goroutines(), serialText(vm.Lines()))
 		}
 		last = max(last, l.At)
 	}
