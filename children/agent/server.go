@@ -35,13 +35,13 @@ const MaxConcurrentStreams = 16
 const MaxHeaderListSize = 64 << 10
 
 // ServerOptions are the gRPC server settings the agent wants: messages up to
-// 8 MiB (Cocos sends 1 MiB chunks plus framing), MaxConcurrentStreams
+// MaxRecvMsgSize (Cocos sends 1 MiB chunks plus framing), MaxConcurrentStreams
 // streams per connection, headers up to MaxHeaderListSize, and flow-control windows
 // and buffers large enough that one upload is not paced by round trips over
 // a local edge, yet small enough to bound the agent's memory.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(8 << 20),
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		grpc.InitialWindowSize(2 << 20),
@@ -63,13 +63,16 @@ func (a *Agent) RegisterPublic(s *grpc.Server) *health.Server {
 	h := health.NewServer()
 	h.SetServingStatus("agent", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, h)
+	a.admit.learn(s)
 	return h
 }
 
 // PublicServerOptions are ServerOptions plus the stats handler that tells
-// the public server's connections apart (role challenges).
+// the public server's connections apart (role challenges), and the budget
+// of unauthenticated streams across all of them (admission.go).
 func (a *Agent) PublicServerOptions() []grpc.ServerOption {
-	return append(ServerOptions(), grpc.StatsHandler(&connTagger{ch: a.challenges}))
+	opts := append(ServerOptions(), a.admit.options()...)
+	return append(opts, grpc.StatsHandler(&connTagger{ch: a.challenges}))
 }
 
 // RegisterControl registers agentctl.Control on s. Only the supervisor may
