@@ -289,6 +289,38 @@ func (t *TPM) ReadNV(index uint32) ([]byte, error) {
 	return b, nil
 }
 
+// WriteNV writes data at the start of NV index with the owner's (empty)
+// authorization, 1 KiB at a time. With define, an index that is absent or
+// of another size is (re)defined first with data's size, owner read and
+// write, as Cocos defines the HCL's user-data index. (Writing the same
+// bytes again is harmless, so the retried transport may repeat a write.)
+func (t *TPM) WriteNV(index uint32, data []byte, define bool) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := tpmutil.Handle(index)
+	if define {
+		pub, err := tpm2.NVReadPublic(t.rw, h)
+		if err == nil && int(pub.DataSize) != len(data) {
+			if err := tpm2.NVUndefineSpace(t.rw, "", tpm2.HandleOwner, h); err != nil {
+				return fmt.Errorf("attest: undefining NV index %#x (%d bytes, want %d): %w", index, pub.DataSize, len(data), err)
+			}
+		}
+		if err != nil || int(pub.DataSize) != len(data) {
+			attrs := tpm2.AttrOwnerWrite | tpm2.AttrOwnerRead
+			if err := tpm2.NVDefineSpace(t.rw, tpm2.HandleOwner, h, "", "", nil, attrs, uint16(len(data))); err != nil {
+				return fmt.Errorf("attest: defining NV index %#x (%d bytes): %w", index, len(data), err)
+			}
+		}
+	}
+	for off := 0; off < len(data); off += maxTPMBuffer {
+		end := min(off+maxTPMBuffer, len(data))
+		if err := tpm2.NVWrite(t.rw, tpm2.HandleOwner, h, "", data[off:end], uint16(off)); err != nil {
+			return fmt.Errorf("attest: writing NV index %#x: %w", index, err)
+		}
+	}
+	return nil
+}
+
 // CertifyAK has the key at signer (a persistent handle, e.g. Azure's AK)
 // certify this TPM's attestation key: a TPMS_ATTEST naming the AK, over
 // qualifyingData, and the signer's signature (TPMT_SIGNATURE). It proves

@@ -8,11 +8,11 @@
 // "runtimeData": {"data": b64url(claims), "dataType": "JSON"}, "nonce":
 // b64url(nonce)} → {"token": "<JWT>"}.
 //
-// Not wired yet: the attestation child has no network, and reaching MAA
-// through the egress child needs an edge attestation → egress in the child
-// table (docs/attestation.md, "Not done"). The AzureGuest endpoint (SEV-SNP)
-// needs the host's THIM certificates and TPM key certifications and is not
-// implemented.
+// The agent uses it for `azure-token` (children/agent/azuretoken.go):
+// the attestation child makes the evidence, the agent posts it through the
+// egress child; the CLI validates the token. The AzureGuest endpoint
+// (SEV-SNP) needs the host's THIM certificates and TPM key certifications
+// and is not implemented.
 //
 // maa imports only the standard library; anyone may import it.
 package maa
@@ -25,6 +25,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +35,9 @@ import (
 	"strings"
 	"time"
 )
+
+// DefaultURL is the instance Cocos uses when AGENT_MAA_URL is not set.
+const DefaultURL = "https://sharedeus2.eus2.attest.azure.net"
 
 // APIVersion is the TdxVm API version cvmd speaks.
 const APIVersion = "2025-06-01"
@@ -63,6 +67,22 @@ func NewTDXRequest(quote, claims, nonce []byte) *TDXRequest {
 		typ = "Binary"
 	}
 	return &TDXRequest{Quote: b64.EncodeToString(quote), RuntimeData: RuntimeData{Data: b64.EncodeToString(claims), DataType: typ}, Nonce: b64.EncodeToString(nonce)}
+}
+
+// NonceSize is the most a token nonce has (Cocos's tokenNonce); shorter
+// ones are zero-padded to it.
+const NonceSize = 32
+
+// UserData is what a token over nonce asks the HCL to put in its runtime
+// claims (and so, through their hash, in the TD's REPORTDATA), as Cocos:
+// SHA-256 of the nonce zero-padded to NonceSize, then 32 zero bytes.
+func UserData(nonce []byte) [64]byte {
+	var padded [NonceSize]byte
+	copy(padded[:], nonce)
+	var ud [64]byte
+	h := sha256.Sum256(padded[:])
+	copy(ud[:], h[:])
+	return ud
 }
 
 // Client talks to one MAA instance.
@@ -103,7 +123,7 @@ func (c *Client) AttestTDX(ctx context.Context, req *TDXRequest) (string, error)
 		return "", fmt.Errorf("maa: answer over %d bytes", MaxResponse)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("maa: %s: %s", resp.Status, bytes.TrimSpace(b))
+		return "", &StatusError{URL: u, Status: resp.StatusCode, Body: snippet(b)}
 	}
 	var out struct {
 		Token string `json:"token"`
@@ -112,6 +132,40 @@ func (c *Client) AttestTDX(ctx context.Context, req *TDXRequest) (string, error)
 		return "", fmt.Errorf("maa: answer without a token: %q", b)
 	}
 	return out.Token, nil
+}
+
+// StatusError is MAA's answer other than 200 OK: its status and the start
+// of its body (MAA says there why it refused the evidence).
+type StatusError struct {
+	URL    string
+	Status int
+	Body   string
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("maa: %s answered %d %s: %s", e.URL, e.Status, http.StatusText(e.Status), e.Body)
+}
+
+// maxSnippet bounds how much of a refusal's body an error carries.
+const maxSnippet = 512
+
+// snippet is b trimmed, cut at maxSnippet bytes, with control characters
+// replaced: it goes into error messages and logs.
+func snippet(b []byte) string {
+	cut := len(b) > maxSnippet
+	if cut {
+		b = b[:maxSnippet]
+	}
+	s := strings.TrimSpace(strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(string(b), "?")))
+	if cut {
+		s += "…"
+	}
+	return s
 }
 
 // JWKS is MAA's signing keys (<MAA>/certs).
@@ -123,6 +177,36 @@ type JWKS struct {
 		E   string   `json:"e"`
 		X5c []string `json:"x5c"`
 	} `json:"keys"`
+}
+
+// FetchJWKS gets the instance's signing keys from <URL>/certs (what Cocos's
+// CLI trusts). Whoever runs it trusts the route to the instance (TLS).
+func (c *Client) FetchJWKS(ctx context.Context) ([]byte, error) {
+	u := strings.TrimRight(c.URL, "/") + "/certs"
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("maa: %w", err)
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(hr)
+	if err != nil {
+		return nil, fmt.Errorf("maa: signing keys: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponse+1))
+	if err != nil {
+		return nil, fmt.Errorf("maa: reading the signing keys: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, &StatusError{URL: u, Status: resp.StatusCode, Body: snippet(b)}
+	}
+	if len(b) > MaxResponse {
+		return nil, fmt.Errorf("maa: signing keys over %d bytes", MaxResponse)
+	}
+	return b, nil
 }
 
 // Claims are what cvmd checks of an MAA token.
@@ -195,6 +279,22 @@ func (c *Client) Validate(token string, jwks []byte, now time.Time, skew time.Du
 		return nil, errors.New("maa: token not valid yet")
 	}
 	return &cl, nil
+}
+
+// CheckUserData checks that the token's runtime claims (x-ms-runtime, the
+// HCL report's claims MAA checked against the quote) carry UserData(nonce):
+// the token answers this nonce, not an earlier one.
+func (c *Claims) CheckUserData(nonce []byte) error {
+	rt, ok := c.All["x-ms-runtime"].(map[string]any)
+	if !ok {
+		return errors.New("maa: token has no runtime claims (x-ms-runtime): it is not bound to a nonce")
+	}
+	got, _ := rt["user-data"].(string)
+	ud := UserData(nonce)
+	if want := hex.EncodeToString(ud[:]); !strings.EqualFold(got, want) {
+		return fmt.Errorf("maa: token's user-data %q is not this nonce's %s", got, want)
+	}
+	return nil
 }
 
 func decodeJSON(seg string, v any) error {

@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"math/big"
 	"net/http"
@@ -108,4 +109,62 @@ func TestAttestTDX(t *testing.T) {
 	if _, err := c.AttestTDX(context.Background(), NewTDXRequest(quote, claims, nonce)); err == nil || !strings.Contains(err.Error(), "InvalidParameter") {
 		t.Fatalf("MAA error: %v", err)
 	}
+}
+
+// UserData is Cocos's: SHA-256 of the nonce zero-padded to 32 bytes, then
+// 32 zero bytes; CheckUserData finds it in x-ms-runtime and refuses a token
+// without runtime claims or over another nonce.
+func TestUserData(t *testing.T) {
+	padded := make([]byte, 32)
+	copy(padded, "abc")
+	h := sha256.Sum256(padded)
+	if ud := UserData([]byte("abc")); string(ud[:32]) != string(h[:]) || [32]byte(ud[32:]) != [32]byte{} {
+		t.Fatalf("UserData %x", ud)
+	}
+	ud := UserData([]byte("abc"))
+	for _, tc := range []struct {
+		name string
+		all  map[string]any
+		want string
+	}{
+		{"bound", map[string]any{"x-ms-runtime": map[string]any{"user-data": strings.ToUpper(hex.EncodeToString(ud[:]))}}, ""},
+		{"other nonce", map[string]any{"x-ms-runtime": map[string]any{"user-data": hex.EncodeToString(make([]byte, 64))}}, "not this nonce's"},
+		{"no runtime claims", map[string]any{}, "no runtime claims"},
+	} {
+		err := (&Claims{All: tc.all}).CheckUserData([]byte("abc"))
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// A refusal's body reaches the error bounded and without control
+// characters.
+func TestSnippet(t *testing.T) {
+	if got := snippet([]byte("  {\"error\":\n\"x\"}\x00 ")); got != `{"error": "x"}` {
+		t.Fatalf("snippet %q", got)
+	}
+	if got := snippet([]byte(strings.Repeat("a", 2*maxSnippet))); len(got) != maxSnippet+len("…") {
+		t.Fatalf("snippet of %d bytes", len(got))
+	}
+}
+
+// FuzzValidate: whatever MAA (or whoever answers in its place) sends,
+// Validate neither panics nor accepts a token its key did not sign.
+func FuzzValidate(f *testing.F) {
+	k, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		f.Fatal(err)
+	}
+	m := &testMAA{key: k}
+	jwks := m.jwks("k1")
+	f.Add("e30.e30.")
+	f.Add(b64.EncodeToString([]byte(`{"alg":"RS256","kid":"k1"}`)) + ".e30.AAAA")
+	f.Add("a.b.c.d")
+	c := &Client{URL: "https://maa.example"}
+	f.Fuzz(func(t *testing.T, tok string) {
+		if _, err := c.Validate(tok, jwks, time.Now(), time.Minute); err == nil {
+			t.Fatalf("accepted %q", tok)
+		}
+	})
 }

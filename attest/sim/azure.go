@@ -25,17 +25,25 @@ import (
 
 // ProvisionAzureSNP provisions rw with an HCL report of s.
 func ProvisionAzureSNP(rw io.ReadWriter, s *SNP) error {
-	return provisionAzure(rw, hcl.TypeSNP, func(rd [64]byte) ([]byte, error) {
+	_, err := provisionAzure(rw, hcl.TypeSNP, func(rd [64]byte) ([]byte, error) {
 		raw, err := s.GetRawQuote(rd)
 		if err != nil {
 			return nil, err
 		}
 		return raw[:abi.ReportSize], nil
 	})
+	return err
 }
 
 // ProvisionAzureTDX provisions rw with an HCL report holding a TDREPORT of t.
 func ProvisionAzureTDX(rw io.ReadWriter, t *TDX) error {
+	_, err := ProvisionAzureTDXParavisor(rw, t)
+	return err
+}
+
+// ProvisionAzureTDXParavisor is ProvisionAzureTDX, and returns the
+// simulated paravisor that makes the CVM's next HCL reports.
+func ProvisionAzureTDXParavisor(rw io.ReadWriter, t *TDX) (*AzureParavisor, error) {
 	return provisionAzure(rw, hcl.TypeTDX, func(rd [64]byte) ([]byte, error) { return t.TDReport(rd), nil })
 }
 
@@ -45,49 +53,67 @@ func (s *SNP) SNPCertChain() *sevsnp.CertificateChain {
 	return &sevsnp.CertificateChain{VcekCert: s.chain.vcek.Raw, AskCert: s.chain.ask.Raw, ArkCert: s.chain.ark.Raw}
 }
 
-func provisionAzure(rw io.ReadWriter, typ uint32, hardware func([64]byte) ([]byte, error)) error {
-	ak, err := client.NewCachedKey(rw, tpm2.HandleEndorsement, client.AKTemplateRSA(), hcl.AKHandle)
-	if err != nil {
-		return fmt.Errorf("sim: Azure AK at %#x: %w", hcl.AKHandle, err)
-	}
-	pub, ok := ak.PublicKey().(*rsa.PublicKey)
-	ak.Close()
-	if !ok {
-		return fmt.Errorf("sim: Azure AK is %T, want RSA", ak.PublicKey())
-	}
-	jwk := hcl.RSAJWK("HCLAkPub", pub)
+// AzureParavisor stands for Azure's paravisor (the HCL) of a simulated CVM:
+// it makes the HCL report, whose runtime claims name the vTPM's AK and
+// carry the user data the guest asked for (on Azure the guest writes it to
+// hcl.UserDataNVIndex and the HCL refreshes hcl.ReportNVIndex), and whose
+// hardware report's REPORTDATA[0:32] is SHA-256 of those claims.
+type AzureParavisor struct {
+	typ      uint32
+	akPub    *rsa.PublicKey
+	hardware func([64]byte) ([]byte, error)
+}
+
+// Report makes an HCL report whose runtime claims carry userData (as hex,
+// Azure's "user-data").
+func (p *AzureParavisor) Report(userData [64]byte) ([]byte, error) {
+	jwk := hcl.RSAJWK("HCLAkPub", p.akPub)
 	jwk.KeyOps = nil
 	claims, err := json.Marshal(map[string]any{
 		"keys":             []hcl.JWK{jwk},
 		"vm-configuration": map[string]any{"console-enabled": false, "secure-boot": true, "tpm-enabled": true, "vmUniqueId": "cvmd-simulated-azure-vm"},
-		"user-data":        hex.EncodeToString(make([]byte, 64)),
+		"user-data":        hex.EncodeToString(userData[:]),
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var rd [64]byte
 	h := sha256.Sum256(claims)
 	copy(rd[:], h[:])
-	hw, err := hardware(rd)
+	hw, err := p.hardware(rd)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	report, err := hcl.Build(typ, hw, claims)
+	return hcl.Build(p.typ, hw, claims)
+}
+
+func provisionAzure(rw io.ReadWriter, typ uint32, hardware func([64]byte) ([]byte, error)) (*AzureParavisor, error) {
+	ak, err := client.NewCachedKey(rw, tpm2.HandleEndorsement, client.AKTemplateRSA(), hcl.AKHandle)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("sim: Azure AK at %#x: %w", hcl.AKHandle, err)
+	}
+	pub, ok := ak.PublicKey().(*rsa.PublicKey)
+	ak.Close()
+	if !ok {
+		return nil, fmt.Errorf("sim: Azure AK is %T, want RSA", ak.PublicKey())
+	}
+	p := &AzureParavisor{typ: typ, akPub: pub, hardware: hardware}
+	report, err := p.Report([64]byte{})
+	if err != nil {
+		return nil, err
 	}
 	idx := tpmutil.Handle(hcl.ReportNVIndex)
 	attrs := tpm2.AttrOwnerWrite | tpm2.AttrOwnerRead | tpm2.AttrAuthRead | tpm2.AttrNoDA
 	if err := tpm2.NVDefineSpace(rw, tpm2.HandleOwner, idx, "", "", nil, attrs, uint16(len(report))); err != nil {
-		return fmt.Errorf("sim: defining the HCL report NV index (%d bytes): %w", len(report), err)
+		return nil, fmt.Errorf("sim: defining the HCL report NV index (%d bytes): %w", len(report), err)
 	}
 	for off := 0; off < len(report); off += 1024 {
 		end := min(off+1024, len(report))
 		if err := tpm2.NVWrite(rw, tpm2.HandleOwner, idx, "", report[off:end], uint16(off)); err != nil {
-			return fmt.Errorf("sim: writing the HCL report: %w", err)
+			return nil, fmt.Errorf("sim: writing the HCL report: %w", err)
 		}
 	}
-	return nil
+	return p, nil
 }
 
 // TDReport returns a TDREPORT (0x400 bytes) over reportData: REPORTMACSTRUCT

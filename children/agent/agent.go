@@ -13,11 +13,13 @@
 //
 // Remote sources (Cocos's "pull mode") are fetched through the egress
 // child with package pull, as the entry actions of ReceivingAlgorithm and
-// ReceivingData (pull.go).
+// ReceivingData (pull.go). Cocos's azure-token posts the attestation
+// child's evidence to Microsoft Azure Attestation through the egress too
+// (azuretoken.go).
 //
 // It does not open sockets, run algorithms itself, or produce evidence (the
-// attestation child does). It imports children/child, logsink, proto, pull
-// and the shared helpers (cocos/manifest, rolesig, zipdir, digest); never
+// attestation child does). It imports children/child, logsink, proto, pull,
+// attest/maa (the MAA client, standard library only) and the shared helpers (cocos/manifest, rolesig, zipdir, digest); never
 // supervisor/, sandbox/ or another child.
 package agent
 
@@ -34,6 +36,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cvmd/cvmd/attest/maa"
 	"github.com/cvmd/cvmd/cocos/manifest"
 	"github.com/cvmd/cvmd/internal/logsink"
 	"github.com/cvmd/cvmd/proto/attestation"
@@ -60,6 +63,9 @@ type Config struct {
 	// SetComputationID, if set, is told the computation id whenever it
 	// changes (the child's log sink stamps it on records).
 	SetComputationID func(string)
+	// MAA is the Microsoft Azure Attestation client for azure-token, its
+	// HTTP client going through the egress; nil: azure-token is refused.
+	MAA *maa.Client
 	// Pull configures fetching remote sources (Dir and MaxBytes are the
 	// agent's own); nil: manifests with remote sources are refused.
 	Pull *pull.Config

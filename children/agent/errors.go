@@ -53,6 +53,12 @@ var (
 	// ErrUndecryptable: an encrypted upload whose key the KBS did not
 	// release, or that does not decrypt under it.
 	ErrUndecryptable = errors.New("malformed data, the encrypted upload was not decrypted")
+	// ErrNotSupported: a platform feature this VM lacks (an Azure token
+	// off Azure, or where it is not implemented).
+	ErrNotSupported = errors.New("not supported on this platform")
+	// ErrUpstream: a remote service the agent asked on a client's behalf
+	// (MAA) could not be reached or refused.
+	ErrUpstream = errors.New("remote service failed")
 	// ErrBusy: a Start while another computation is active.
 	ErrBusy = errors.New("another computation is active")
 )
@@ -82,6 +88,10 @@ func toStatus(log *slog.Logger, method string, err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrAlgorithmNotDeclared), errors.Is(err, ErrDatasetNotDeclared):
 		code = codes.NotFound
+	case errors.Is(err, ErrNotSupported):
+		code = codes.Unimplemented
+	case errors.Is(err, ErrUpstream):
+		code = codes.Unavailable
 	case errors.Is(err, ErrUnauthenticated):
 		code = codes.Unauthenticated
 	case errors.Is(err, ErrUndeclaredConsumer), errors.Is(err, ErrPermissionDenied):

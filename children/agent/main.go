@@ -54,6 +54,7 @@ func Main(ctx context.Context, env *child.Env) error {
 		if cfg.Pull, err = PullConfig(settings.GetPull(), d, cfg.Attestation); err != nil {
 			return err
 		}
+		cfg.MAA = MAAClient(settings.GetMaaUrl(), cfg.Pull)
 	} else {
 		env.Log.Warn("no egress: manifests with remote sources will be refused", "err", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/cvmd/cvmd/attest/maa"
 	"github.com/cvmd/cvmd/ipc"
 	"github.com/cvmd/cvmd/proto/attestation"
 	"github.com/cvmd/cvmd/proto/config"
@@ -75,4 +76,21 @@ func AttestationEvidence(att attestation.AttestationClient) kbs.EvidenceFunc {
 		}
 		return nil, "", fmt.Errorf("no platform gives evidence: %w", errors.Join(errs...))
 	}
+}
+
+// MAAClient is the client of the MAA instance at url (maa.DefaultURL if
+// empty, as Cocos's AGENT_MAA_URL), reached like pull mode's sources:
+// through the egress, with its TLS roots. The egress lets the agent reach
+// the instance's host:port only (the supervisor's table grants it).
+func MAAClient(url string, p *pull.Config) *maa.Client {
+	return &maa.Client{URL: MAAURL(url), HTTP: pull.NewHTTPClient(p.Dial, p.RootCAs)}
+}
+
+// MAAURL is the MAA instance a setting names: url, or Cocos's default
+// (maa.DefaultURL) if empty.
+func MAAURL(url string) string {
+	if url == "" {
+		return maa.DefaultURL
+	}
+	return url
 }

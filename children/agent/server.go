@@ -7,10 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 
 	"github.com/cvmd/cvmd/children/child"
 	agentpb "github.com/cvmd/cvmd/proto/agent"
@@ -150,8 +148,13 @@ func (s *publicService) IMAMeasurements(_ *agentpb.IMAMeasurementsRequest, strea
 	return toStatus(s.a.log, "IMAMeasurements", s.a.imaMeasurements(stream))
 }
 
-func (s *publicService) AzureAttestationToken(context.Context, *agentpb.AttestationTokenRequest) (*agentpb.AttestationTokenResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "Azure attestation tokens are not available: this agent does not run on Azure")
+// AzureAttestationToken is unauthenticated, as in Cocos.
+func (s *publicService) AzureAttestationToken(ctx context.Context, req *agentpb.AttestationTokenRequest) (*agentpb.AttestationTokenResponse, error) {
+	tok, err := s.a.azureToken(ctx, req)
+	if err != nil {
+		return nil, toStatus(s.a.log, "AzureAttestationToken", err)
+	}
+	return &agentpb.AttestationTokenResponse{File: tok}, nil
 }
 
 type controlService struct {

@@ -227,6 +227,18 @@ func (s *Service) Evidence(ctx context.Context, req *pb.EvidenceRequest) (*pb.Ev
 	return &pb.EvidenceResponse{EatToken: tok, Platform: s.att.Describe(p)}, nil
 }
 
+// AzureTokenEvidence implements the Attestation service: what the agent
+// posts to Microsoft Azure Attestation for a token (the child has no
+// network).
+func (s *Service) AzureTokenEvidence(ctx context.Context, req *pb.AzureTokenEvidenceRequest) (*pb.AzureTokenEvidenceResponse, error) {
+	quote, claims, err := s.att.AzureTokenEvidence(req.GetNonce())
+	if err != nil {
+		s.logger().Warn("Azure token evidence refused", "err", err)
+		return nil, grpcError(err)
+	}
+	return &pb.AzureTokenEvidenceResponse{Quote: quote, RuntimeClaims: claims, Platform: s.att.Describe(attest.Azure)}, nil
+}
+
 // ExtendManifest implements the Attestation service and the supervisor's
 // command of the same name: PCR 16, as Cocos.
 func (s *Service) ExtendManifest(ctx context.Context, req *pb.ExtendManifestRequest) (*pb.MeasureReply, error) {

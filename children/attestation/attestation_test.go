@@ -3,10 +3,12 @@
 package attestation
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -25,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/hcl"
 	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/attest/verify"
 	"github.com/cvmd/cvmd/internal/testutil"
@@ -624,5 +627,87 @@ func TestBenchAttestTDXAzure(t *testing.T) {
 			testutil.Bench("verify_ms_"+tc.name, verifyMS, "ms")
 			testutil.Bench("eat_token_bytes_"+tc.name, float64(len(tok)), "bytes")
 		}()
+	}
+}
+
+// An Azure token's evidence (simulated Azure TDX): the HCL report is
+// refreshed with user data SHA-256(nonce), its runtime claims carry it, and
+// the quote's REPORTDATA is SHA-256 of those claims; each nonce its own.
+// The Azure evidence made after a refresh still verifies. Other platforms
+// refuse as Unimplemented, a nonce over 32 bytes as InvalidArgument.
+func TestAzureTokenEvidence(t *testing.T) {
+	s, err := New(&config.AttestationSettings{Mode: config.AttestationSettings_SIMULATED, SimulateAzure: "tdx"}, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	c := serve(t, s)
+	ctx := context.Background()
+	// SHA-256 of the nonce zero-padded to 32 bytes, then 32 zero bytes (Cocos).
+	want := func(nonce []byte) string {
+		padded := make([]byte, 32)
+		copy(padded, nonce)
+		h := sha256.Sum256(padded)
+		return hex.EncodeToString(append(h[:], make([]byte, 32)...))
+	}
+	seen := map[string]bool{}
+	for _, nonce := range [][]byte{random32(t), []byte("short nonce")} {
+		res, err := c.AzureTokenEvidence(ctx, &pb.AzureTokenEvidenceRequest{Nonce: nonce})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var claims struct {
+			UserData string `json:"user-data"`
+		}
+		if err := json.Unmarshal(res.GetRuntimeClaims(), &claims); err != nil {
+			t.Fatalf("runtime claims: %v", err)
+		}
+		if claims.UserData != want(nonce) {
+			t.Fatalf("user-data %s, want %s", claims.UserData, want(nonce))
+		}
+		q, err := attest.ParseTDXQuote(res.GetQuote())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch := sha256.Sum256(res.GetRuntimeClaims())
+		if rd := q.GetTdQuoteBody().GetReportData(); !bytes.Equal(rd[:32], ch[:]) {
+			t.Fatalf("quote REPORTDATA %x, want SHA-256 of the claims %x", rd[:32], ch)
+		}
+		// The user data went the way Azure's HCL takes it: its NV index.
+		if ud, err := s.tpm.ReadNV(hcl.UserDataNVIndex); err != nil || hex.EncodeToString(ud) != want(nonce) {
+			t.Fatalf("NV %#x holds %x (%v), want the user data", hcl.UserDataNVIndex, ud, err)
+		}
+		seen[claims.UserData] = true
+	}
+	if len(seen) != 2 {
+		t.Fatal("two nonces gave the same user data")
+	}
+	tee, vn := []byte("tee nonce"), random32(t)
+	ev, err := c.Evidence(ctx, &pb.EvidenceRequest{ReportData: tee, Nonce: vn, PlatformType: int32(attest.Azure)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := verify.Token(ev.GetEatToken(), verify.Options{ReportData: tee, Nonce: vn, AllowSimulated: true}); err != nil {
+		t.Fatalf("Azure evidence after a refresh: %v", err)
+	}
+	if _, err := c.AzureTokenEvidence(ctx, &pb.AzureTokenEvidenceRequest{Nonce: make([]byte, 33)}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("33-byte nonce: %v, want InvalidArgument", err)
+	}
+	for name, st := range map[string]*config.AttestationSettings{
+		"azure-snp": {Mode: config.AttestationSettings_SIMULATED, SimulateAzure: "snp"},
+		"snp":       {Mode: config.AttestationSettings_SIMULATED, SimulateSnp: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s.Close() // one TPM simulator per process
+			o, err := New(st, t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer o.Close()
+			reason := map[string]string{"azure-snp": "Azure SEV-SNP", "snp": "not an Azure confidential VM"}[name]
+			if _, err := serve(t, o).AzureTokenEvidence(ctx, &pb.AzureTokenEvidenceRequest{Nonce: []byte("n")}); status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), reason) {
+				t.Fatalf("%v: %v, want Unimplemented saying %q", st, err, reason)
+			}
+		})
 	}
 }

@@ -11,6 +11,7 @@ import (
 	sevclient "github.com/google/go-sev-guest/client"
 
 	"github.com/cvmd/cvmd/attest"
+	"github.com/cvmd/cvmd/attest/hcl"
 	"github.com/cvmd/cvmd/attest/sim"
 	"github.com/cvmd/cvmd/proto/config"
 )
@@ -84,7 +85,28 @@ func (s *Service) provisionAzure(rw io.ReadWriter, tee string) error {
 		return err
 	}
 	s.att.Azure.TDXQuote, s.att.TDXCollateral = tdx.QuoteTDReport, tdx.Collateral
-	return sim.ProvisionAzureTDX(rw, tdx)
+	pv, err := sim.ProvisionAzureTDXParavisor(rw, tdx)
+	if err != nil {
+		return err
+	}
+	// The simulated paravisor does what Azure's HCL does when the guest has
+	// written user data to its NV index: a new report carrying it, in the
+	// report's index (through s.tpm, made once provisioned).
+	s.att.Azure.RefreshHCL = func() error {
+		ud, err := s.tpm.ReadNV(hcl.UserDataNVIndex)
+		if err != nil {
+			return err
+		}
+		if len(ud) != 64 {
+			return fmt.Errorf("simulated paravisor: user data of %d bytes, want 64", len(ud))
+		}
+		report, err := pv.Report([64]byte(ud))
+		if err != nil {
+			return err
+		}
+		return s.tpm.WriteNV(hcl.ReportNVIndex, report, false)
+	}
+	return nil
 }
 
 // snpWarmDelay is how long after start the simulated SNP is built unasked.

@@ -18,6 +18,7 @@ var platformTypes = map[string]int32{"snp": 0, "vtpm": 1, "snp-vtpm": 2, "azure"
 
 func newAttestationGetCmd() *cobra.Command {
 	var tee, vtpm, token, out string
+	var tv azureTokenVerify
 	c := &cobra.Command{
 		Use:   "get <snp|vtpm|snp-vtpm|tdx|azure|azure-token>",
 		Short: "Download attestation evidence (an EAT token) from the agent",
@@ -27,8 +28,15 @@ nonces given in hex: --tee (up to 64 bytes; snp, snp-vtpm and tdx need it) and
 the --tee nonce is sent for tdx too, so a TDX quote is bound to it. azure is
 the evidence of an Azure confidential VM (the paravisor's SEV-SNP or TDX
 report in the vTPM, and a vTPM quote). The token is written to --output
-(default attestation.bin). azure-token asks for an Azure MAA token (--token,
-up to 32 bytes), which cvmd agents do not provide yet.`,
+(default attestation.bin).
+
+azure-token asks for a Microsoft Azure Attestation token over --token (up
+to 32 bytes; Azure TDX confidential VMs): the agent has MAA (AGENT_MAA_URL
+in the VM's environment) check the VM's evidence. Unlike Cocos's CLI, the
+JWT is verified before it is saved (default azure_attest_token.jwt): its
+RS256 signature by a key of --jwks (a file) or of <--maa>/certs (fetched),
+its issuer (--maa), its time claims (--clock-skew) and that its runtime
+claims carry the user data of this nonce. --no-verify saves it unchecked.`,
 		Example: `  cvm attestation get snp-vtpm --tee $(openssl rand -hex 64) --vtpm $(openssl rand -hex 32)`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
@@ -66,13 +74,17 @@ up to 32 bytes), which cvmd agents do not provide yet.`,
 				if err != nil {
 					return fmt.Errorf("getting Azure token: %s", statusText(err))
 				}
+				claims, err := tv.check(cmd.Context(), o, string(res.GetFile()), tokB)
+				if err != nil {
+					return err
+				}
 				if out == "" {
 					out = "azure_attest_token.jwt"
 				}
 				if err := os.WriteFile(out, res.GetFile(), 0o644); err != nil {
 					return err
 				}
-				return o.Print("Azure token saved to "+out, map[string]any{"file": out, "bytes": len(res.GetFile())})
+				return o.Print("Azure token saved to "+out, map[string]any{"file": out, "bytes": len(res.GetFile()), "verified": claims != nil, "claims": claims})
 			}
 			if out == "" {
 				out = "attestation.bin"
@@ -96,6 +108,7 @@ up to 32 bytes), which cvmd agents do not provide yet.`,
 	c.Flags().StringVar(&vtpm, "vtpm", "", "vTPM quote nonce, hex, up to 32 bytes")
 	c.Flags().StringVar(&token, "token", "", "Azure token nonce, hex, up to 32 bytes")
 	c.Flags().StringVarP(&out, "output", "o", "", "output file (default attestation.bin)")
+	tv.flags(c)
 	return c
 }
 

@@ -23,6 +23,110 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AzureTokenEvidenceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nonce         []byte                 `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"` // ≤ 32 bytes, zero-padded (Cocos's token nonce)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AzureTokenEvidenceRequest) Reset() {
+	*x = AzureTokenEvidenceRequest{}
+	mi := &file_proto_attestation_attestation_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AzureTokenEvidenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AzureTokenEvidenceRequest) ProtoMessage() {}
+
+func (x *AzureTokenEvidenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_attestation_attestation_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AzureTokenEvidenceRequest.ProtoReflect.Descriptor instead.
+func (*AzureTokenEvidenceRequest) Descriptor() ([]byte, []int) {
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AzureTokenEvidenceRequest) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+type AzureTokenEvidenceResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Quote         []byte                 `protobuf:"bytes,1,opt,name=quote,proto3" json:"quote,omitempty"`                                      // the TD quote of the HCL report's TDREPORT
+	RuntimeClaims []byte                 `protobuf:"bytes,2,opt,name=runtime_claims,json=runtimeClaims,proto3" json:"runtime_claims,omitempty"` // the HCL report's runtime claims, as hashed into REPORTDATA
+	Platform      string                 `protobuf:"bytes,3,opt,name=platform,proto3" json:"platform,omitempty"`                                // what produced it, e.g. "simulated Azure TDX"
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AzureTokenEvidenceResponse) Reset() {
+	*x = AzureTokenEvidenceResponse{}
+	mi := &file_proto_attestation_attestation_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AzureTokenEvidenceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AzureTokenEvidenceResponse) ProtoMessage() {}
+
+func (x *AzureTokenEvidenceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_proto_attestation_attestation_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AzureTokenEvidenceResponse.ProtoReflect.Descriptor instead.
+func (*AzureTokenEvidenceResponse) Descriptor() ([]byte, []int) {
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AzureTokenEvidenceResponse) GetQuote() []byte {
+	if x != nil {
+		return x.Quote
+	}
+	return nil
+}
+
+func (x *AzureTokenEvidenceResponse) GetRuntimeClaims() []byte {
+	if x != nil {
+		return x.RuntimeClaims
+	}
+	return nil
+}
+
+func (x *AzureTokenEvidenceResponse) GetPlatform() string {
+	if x != nil {
+		return x.Platform
+	}
+	return ""
+}
+
 type EvidenceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ReportData    []byte                 `protobuf:"bytes,1,opt,name=report_data,json=reportData,proto3" json:"report_data,omitempty"`        // ≤ 64 bytes, zero-padded (SNP REPORT_DATA)
@@ -34,7 +138,7 @@ type EvidenceRequest struct {
 
 func (x *EvidenceRequest) Reset() {
 	*x = EvidenceRequest{}
-	mi := &file_proto_attestation_attestation_proto_msgTypes[0]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +150,7 @@ func (x *EvidenceRequest) String() string {
 func (*EvidenceRequest) ProtoMessage() {}
 
 func (x *EvidenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_attestation_attestation_proto_msgTypes[0]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +163,7 @@ func (x *EvidenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvidenceRequest.ProtoReflect.Descriptor instead.
 func (*EvidenceRequest) Descriptor() ([]byte, []int) {
-	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{0}
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *EvidenceRequest) GetReportData() []byte {
@@ -93,7 +197,7 @@ type EvidenceResponse struct {
 
 func (x *EvidenceResponse) Reset() {
 	*x = EvidenceResponse{}
-	mi := &file_proto_attestation_attestation_proto_msgTypes[1]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +209,7 @@ func (x *EvidenceResponse) String() string {
 func (*EvidenceResponse) ProtoMessage() {}
 
 func (x *EvidenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_attestation_attestation_proto_msgTypes[1]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +222,7 @@ func (x *EvidenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvidenceResponse.ProtoReflect.Descriptor instead.
 func (*EvidenceResponse) Descriptor() ([]byte, []int) {
-	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{1}
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EvidenceResponse) GetEatToken() []byte {
@@ -151,7 +255,7 @@ type MeasureRequest struct {
 
 func (x *MeasureRequest) Reset() {
 	*x = MeasureRequest{}
-	mi := &file_proto_attestation_attestation_proto_msgTypes[2]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -163,7 +267,7 @@ func (x *MeasureRequest) String() string {
 func (*MeasureRequest) ProtoMessage() {}
 
 func (x *MeasureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_attestation_attestation_proto_msgTypes[2]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -176,7 +280,7 @@ func (x *MeasureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasureRequest.ProtoReflect.Descriptor instead.
 func (*MeasureRequest) Descriptor() ([]byte, []int) {
-	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{2}
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MeasureRequest) GetBootId() string {
@@ -216,7 +320,7 @@ type ExtendManifestRequest struct {
 
 func (x *ExtendManifestRequest) Reset() {
 	*x = ExtendManifestRequest{}
-	mi := &file_proto_attestation_attestation_proto_msgTypes[3]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -228,7 +332,7 @@ func (x *ExtendManifestRequest) String() string {
 func (*ExtendManifestRequest) ProtoMessage() {}
 
 func (x *ExtendManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_attestation_attestation_proto_msgTypes[3]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -241,7 +345,7 @@ func (x *ExtendManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendManifestRequest.ProtoReflect.Descriptor instead.
 func (*ExtendManifestRequest) Descriptor() ([]byte, []int) {
-	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{3}
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ExtendManifestRequest) GetManifestJson() []byte {
@@ -262,7 +366,7 @@ type MeasureReply struct {
 
 func (x *MeasureReply) Reset() {
 	*x = MeasureReply{}
-	mi := &file_proto_attestation_attestation_proto_msgTypes[4]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -274,7 +378,7 @@ func (x *MeasureReply) String() string {
 func (*MeasureReply) ProtoMessage() {}
 
 func (x *MeasureReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_attestation_attestation_proto_msgTypes[4]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -287,7 +391,7 @@ func (x *MeasureReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasureReply.ProtoReflect.Descriptor instead.
 func (*MeasureReply) Descriptor() ([]byte, []int) {
-	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{4}
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MeasureReply) GetPcr() uint32 {
@@ -322,7 +426,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_proto_attestation_attestation_proto_msgTypes[5]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +438,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_attestation_attestation_proto_msgTypes[5]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +451,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{5}
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{7}
 }
 
 type StatusReply struct {
@@ -371,7 +475,7 @@ type StatusReply struct {
 
 func (x *StatusReply) Reset() {
 	*x = StatusReply{}
-	mi := &file_proto_attestation_attestation_proto_msgTypes[6]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -383,7 +487,7 @@ func (x *StatusReply) String() string {
 func (*StatusReply) ProtoMessage() {}
 
 func (x *StatusReply) ProtoReflect() protoreflect.Message {
-	mi := &file_proto_attestation_attestation_proto_msgTypes[6]
+	mi := &file_proto_attestation_attestation_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -396,7 +500,7 @@ func (x *StatusReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusReply.ProtoReflect.Descriptor instead.
 func (*StatusReply) Descriptor() ([]byte, []int) {
-	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{6}
+	return file_proto_attestation_attestation_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatusReply) GetMode() string {
@@ -438,7 +542,13 @@ var File_proto_attestation_attestation_proto protoreflect.FileDescriptor
 
 const file_proto_attestation_attestation_proto_rawDesc = "" +
 	"\n" +
-	"#proto/attestation/attestation.proto\x12\x10cvmd.attestation\"m\n" +
+	"#proto/attestation/attestation.proto\x12\x10cvmd.attestation\"1\n" +
+	"\x19AzureTokenEvidenceRequest\x12\x14\n" +
+	"\x05nonce\x18\x01 \x01(\fR\x05nonce\"u\n" +
+	"\x1aAzureTokenEvidenceResponse\x12\x14\n" +
+	"\x05quote\x18\x01 \x01(\fR\x05quote\x12%\n" +
+	"\x0eruntime_claims\x18\x02 \x01(\fR\rruntimeClaims\x12\x1a\n" +
+	"\bplatform\x18\x03 \x01(\tR\bplatform\"m\n" +
 	"\x0fEvidenceRequest\x12\x1f\n" +
 	"\vreport_data\x18\x01 \x01(\fR\n" +
 	"reportData\x12\x14\n" +
@@ -466,11 +576,12 @@ const file_proto_attestation_attestation_proto_rawDesc = "" +
 	"noPlatform\x12\x1a\n" +
 	"\bplatform\x18\x03 \x01(\tR\bplatform\x12,\n" +
 	"\x12atls_platform_type\x18\x04 \x01(\x05R\x10atlsPlatformType\x12\x1c\n" +
-	"\tsimulated\x18\x05 \x01(\bR\tsimulated2\x8b\x02\n" +
+	"\tsimulated\x18\x05 \x01(\bR\tsimulated2\xfe\x02\n" +
 	"\vAttestation\x12S\n" +
 	"\bEvidence\x12!.cvmd.attestation.EvidenceRequest\x1a\".cvmd.attestation.EvidenceResponse\"\x00\x12[\n" +
 	"\x0eExtendManifest\x12'.cvmd.attestation.ExtendManifestRequest\x1a\x1e.cvmd.attestation.MeasureReply\"\x00\x12J\n" +
-	"\x06Status\x12\x1f.cvmd.attestation.StatusRequest\x1a\x1d.cvmd.attestation.StatusReply\"\x00B4Z2github.com/cvmd/cvmd/proto/attestation;attestationb\x06proto3"
+	"\x06Status\x12\x1f.cvmd.attestation.StatusRequest\x1a\x1d.cvmd.attestation.StatusReply\"\x00\x12q\n" +
+	"\x12AzureTokenEvidence\x12+.cvmd.attestation.AzureTokenEvidenceRequest\x1a,.cvmd.attestation.AzureTokenEvidenceResponse\"\x00B4Z2github.com/cvmd/cvmd/proto/attestation;attestationb\x06proto3"
 
 var (
 	file_proto_attestation_attestation_proto_rawDescOnce sync.Once
@@ -484,25 +595,29 @@ func file_proto_attestation_attestation_proto_rawDescGZIP() []byte {
 	return file_proto_attestation_attestation_proto_rawDescData
 }
 
-var file_proto_attestation_attestation_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_proto_attestation_attestation_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_proto_attestation_attestation_proto_goTypes = []any{
-	(*EvidenceRequest)(nil),       // 0: cvmd.attestation.EvidenceRequest
-	(*EvidenceResponse)(nil),      // 1: cvmd.attestation.EvidenceResponse
-	(*MeasureRequest)(nil),        // 2: cvmd.attestation.MeasureRequest
-	(*ExtendManifestRequest)(nil), // 3: cvmd.attestation.ExtendManifestRequest
-	(*MeasureReply)(nil),          // 4: cvmd.attestation.MeasureReply
-	(*StatusRequest)(nil),         // 5: cvmd.attestation.StatusRequest
-	(*StatusReply)(nil),           // 6: cvmd.attestation.StatusReply
+	(*AzureTokenEvidenceRequest)(nil),  // 0: cvmd.attestation.AzureTokenEvidenceRequest
+	(*AzureTokenEvidenceResponse)(nil), // 1: cvmd.attestation.AzureTokenEvidenceResponse
+	(*EvidenceRequest)(nil),            // 2: cvmd.attestation.EvidenceRequest
+	(*EvidenceResponse)(nil),           // 3: cvmd.attestation.EvidenceResponse
+	(*MeasureRequest)(nil),             // 4: cvmd.attestation.MeasureRequest
+	(*ExtendManifestRequest)(nil),      // 5: cvmd.attestation.ExtendManifestRequest
+	(*MeasureReply)(nil),               // 6: cvmd.attestation.MeasureReply
+	(*StatusRequest)(nil),              // 7: cvmd.attestation.StatusRequest
+	(*StatusReply)(nil),                // 8: cvmd.attestation.StatusReply
 }
 var file_proto_attestation_attestation_proto_depIdxs = []int32{
-	0, // 0: cvmd.attestation.Attestation.Evidence:input_type -> cvmd.attestation.EvidenceRequest
-	3, // 1: cvmd.attestation.Attestation.ExtendManifest:input_type -> cvmd.attestation.ExtendManifestRequest
-	5, // 2: cvmd.attestation.Attestation.Status:input_type -> cvmd.attestation.StatusRequest
-	1, // 3: cvmd.attestation.Attestation.Evidence:output_type -> cvmd.attestation.EvidenceResponse
-	4, // 4: cvmd.attestation.Attestation.ExtendManifest:output_type -> cvmd.attestation.MeasureReply
-	6, // 5: cvmd.attestation.Attestation.Status:output_type -> cvmd.attestation.StatusReply
-	3, // [3:6] is the sub-list for method output_type
-	0, // [0:3] is the sub-list for method input_type
+	2, // 0: cvmd.attestation.Attestation.Evidence:input_type -> cvmd.attestation.EvidenceRequest
+	5, // 1: cvmd.attestation.Attestation.ExtendManifest:input_type -> cvmd.attestation.ExtendManifestRequest
+	7, // 2: cvmd.attestation.Attestation.Status:input_type -> cvmd.attestation.StatusRequest
+	0, // 3: cvmd.attestation.Attestation.AzureTokenEvidence:input_type -> cvmd.attestation.AzureTokenEvidenceRequest
+	3, // 4: cvmd.attestation.Attestation.Evidence:output_type -> cvmd.attestation.EvidenceResponse
+	6, // 5: cvmd.attestation.Attestation.ExtendManifest:output_type -> cvmd.attestation.MeasureReply
+	8, // 6: cvmd.attestation.Attestation.Status:output_type -> cvmd.attestation.StatusReply
+	1, // 7: cvmd.attestation.Attestation.AzureTokenEvidence:output_type -> cvmd.attestation.AzureTokenEvidenceResponse
+	4, // [4:8] is the sub-list for method output_type
+	0, // [0:4] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -519,7 +634,7 @@ func file_proto_attestation_attestation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_attestation_attestation_proto_rawDesc), len(file_proto_attestation_attestation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,9 +21,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Attestation_Evidence_FullMethodName       = "/cvmd.attestation.Attestation/Evidence"
-	Attestation_ExtendManifest_FullMethodName = "/cvmd.attestation.Attestation/ExtendManifest"
-	Attestation_Status_FullMethodName         = "/cvmd.attestation.Attestation/Status"
+	Attestation_Evidence_FullMethodName           = "/cvmd.attestation.Attestation/Evidence"
+	Attestation_ExtendManifest_FullMethodName     = "/cvmd.attestation.Attestation/ExtendManifest"
+	Attestation_Status_FullMethodName             = "/cvmd.attestation.Attestation/Status"
+	Attestation_AzureTokenEvidence_FullMethodName = "/cvmd.attestation.Attestation/AzureTokenEvidence"
 )
 
 // AttestationClient is the client API for Attestation service.
@@ -41,6 +42,13 @@ type AttestationClient interface {
 	ExtendManifest(ctx context.Context, in *ExtendManifestRequest, opts ...grpc.CallOption) (*MeasureReply, error)
 	// Status says which platform this VM attests with, or what it lacks.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusReply, error)
+	// AzureTokenEvidence returns what Microsoft Azure Attestation's TdxVm
+	// endpoint takes for a token over nonce: the TD quote of the HCL report
+	// refreshed with user data SHA-256(nonce), and its runtime claims. The
+	// child has no network: the agent posts them to MAA.
+	// Errors: InvalidArgument (nonce too long), Unimplemented (not an Azure
+	// CVM, Azure SEV-SNP, or no host quoting service), Internal.
+	AzureTokenEvidence(ctx context.Context, in *AzureTokenEvidenceRequest, opts ...grpc.CallOption) (*AzureTokenEvidenceResponse, error)
 }
 
 type attestationClient struct {
@@ -81,6 +89,16 @@ func (c *attestationClient) Status(ctx context.Context, in *StatusRequest, opts 
 	return out, nil
 }
 
+func (c *attestationClient) AzureTokenEvidence(ctx context.Context, in *AzureTokenEvidenceRequest, opts ...grpc.CallOption) (*AzureTokenEvidenceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AzureTokenEvidenceResponse)
+	err := c.cc.Invoke(ctx, Attestation_AzureTokenEvidence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AttestationServer is the server API for Attestation service.
 // All implementations must embed UnimplementedAttestationServer
 // for forward compatibility.
@@ -96,6 +114,13 @@ type AttestationServer interface {
 	ExtendManifest(context.Context, *ExtendManifestRequest) (*MeasureReply, error)
 	// Status says which platform this VM attests with, or what it lacks.
 	Status(context.Context, *StatusRequest) (*StatusReply, error)
+	// AzureTokenEvidence returns what Microsoft Azure Attestation's TdxVm
+	// endpoint takes for a token over nonce: the TD quote of the HCL report
+	// refreshed with user data SHA-256(nonce), and its runtime claims. The
+	// child has no network: the agent posts them to MAA.
+	// Errors: InvalidArgument (nonce too long), Unimplemented (not an Azure
+	// CVM, Azure SEV-SNP, or no host quoting service), Internal.
+	AzureTokenEvidence(context.Context, *AzureTokenEvidenceRequest) (*AzureTokenEvidenceResponse, error)
 	mustEmbedUnimplementedAttestationServer()
 }
 
@@ -114,6 +139,9 @@ func (UnimplementedAttestationServer) ExtendManifest(context.Context, *ExtendMan
 }
 func (UnimplementedAttestationServer) Status(context.Context, *StatusRequest) (*StatusReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedAttestationServer) AzureTokenEvidence(context.Context, *AzureTokenEvidenceRequest) (*AzureTokenEvidenceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AzureTokenEvidence not implemented")
 }
 func (UnimplementedAttestationServer) mustEmbedUnimplementedAttestationServer() {}
 func (UnimplementedAttestationServer) testEmbeddedByValue()                     {}
@@ -190,6 +218,24 @@ func _Attestation_Status_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Attestation_AzureTokenEvidence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AzureTokenEvidenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AttestationServer).AzureTokenEvidence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Attestation_AzureTokenEvidence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AttestationServer).AzureTokenEvidence(ctx, req.(*AzureTokenEvidenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Attestation_ServiceDesc is the grpc.ServiceDesc for Attestation service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -208,6 +254,10 @@ var Attestation_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Attestation_Status_Handler,
+		},
+		{
+			MethodName: "AzureTokenEvidence",
+			Handler:    _Attestation_AzureTokenEvidence_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

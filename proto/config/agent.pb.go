@@ -53,7 +53,11 @@ type AgentSettings struct {
 	// (docs/agent.md, "Role signatures"). A manifest can also require it.
 	RequireRoleChallenge bool `protobuf:"varint,10,opt,name=require_role_challenge,json=requireRoleChallenge,proto3" json:"require_role_challenge,omitempty"`
 	// Pull mode: fetching remote algorithms and datasets (docs/agent.md).
-	Pull          *PullSettings `protobuf:"bytes,11,opt,name=pull,proto3" json:"pull,omitempty"`
+	Pull *PullSettings `protobuf:"bytes,11,opt,name=pull,proto3" json:"pull,omitempty"`
+	// Microsoft Azure Attestation instance asked for `azure-token`s, through
+	// the egress (AGENT_MAA_URL, as Cocos). "" = Cocos's default,
+	// https://sharedeus2.eus2.attest.azure.net.
+	MaaUrl        string `protobuf:"bytes,12,opt,name=maa_url,json=maaUrl,proto3" json:"maa_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -163,6 +167,13 @@ func (x *AgentSettings) GetPull() *PullSettings {
 		return x.Pull
 	}
 	return nil
+}
+
+func (x *AgentSettings) GetMaaUrl() string {
+	if x != nil {
+		return x.MaaUrl
+	}
+	return ""
 }
 
 // PullSettings are what the agent needs to fetch remote sources; the
@@ -336,7 +347,7 @@ var File_proto_config_agent_proto protoreflect.FileDescriptor
 
 const file_proto_config_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x18proto/config/agent.proto\x12\vcvmd.config\"\xf6\x03\n" +
+	"\x18proto/config/agent.proto\x12\vcvmd.config\"\x8f\x04\n" +
 	"\rAgentSettings\x12'\n" +
 	"\x0fcomputation_dir\x18\x01 \x01(\tR\x0ecomputationDir\x12.\n" +
 	"\x13max_algorithm_bytes\x18\x02 \x01(\x04R\x11maxAlgorithmBytes\x12*\n" +
@@ -350,7 +361,8 @@ const file_proto_config_agent_proto_rawDesc = "" +
 	"\x12memory_limit_bytes\x18\t \x01(\x04R\x10memoryLimitBytes\x124\n" +
 	"\x16require_role_challenge\x18\n" +
 	" \x01(\bR\x14requireRoleChallenge\x12-\n" +
-	"\x04pull\x18\v \x01(\v2\x19.cvmd.config.PullSettingsR\x04pull\"\xcd\x01\n" +
+	"\x04pull\x18\v \x01(\v2\x19.cvmd.config.PullSettingsR\x04pull\x12\x17\n" +
+	"\amaa_url\x18\f \x01(\tR\x06maaUrl\"\xcd\x01\n" +
 	"\fPullSettings\x12\x15\n" +
 	"\x06ca_pem\x18\x01 \x01(\fR\x05caPem\x120\n" +
 	"\x02s3\x18\x02 \x01(\v2 .cvmd.config.ObjectStoreSettingsR\x02s3\x122\n" +

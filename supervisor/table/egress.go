@@ -18,6 +18,13 @@ const EgressAllowlistVar = "COCOS_EGRESS_ALLOWLIST"
 // egress then denies everything.
 func egressSettings(in *SettingsInput) (proto.Message, error) {
 	s := &config.EgressSettings{Allow: egressAllowlist(in)}
+	// The agent may reach its MAA instance (azure-token), and nothing else
+	// beyond the allowlist and its pull grant.
+	if e, err := maaGrant(maaURL(in)); err != nil {
+		in.log().Error("MAA instance not granted: azure-token will be refused by the egress", "err", err)
+	} else {
+		s.Clients = map[string]*config.EgressAllowlist{MAAClient: {Allow: []string{e}}}
+	}
 	if in.PullGrant != nil {
 		for client, entries := range in.PullGrant() {
 			if s.Grants == nil {
@@ -28,6 +35,9 @@ func egressSettings(in *SettingsInput) (proto.Message, error) {
 	}
 	return s, nil
 }
+
+// MAAClient is the egress client that asks MAA: the agent (its edge name).
+const MAAClient = "agent"
 
 func egressAllowlist(in *SettingsInput) []string {
 	if in.Environment == nil {

@@ -1,6 +1,8 @@
 package table
 
 import (
+	"fmt"
+
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cvmd/cvmd/children/attestation"
@@ -18,11 +20,11 @@ func runnerSettings(*SettingsInput) (proto.Message, error) { return &config.Runn
 
 // agentSettings: the agent's default computation dir (<state_dir>/computation)
 // is inside its own state dir, which the runner cannot see: use the shared one.
-// Pull mode's settings come from the environment too, read each time the
-// agent starts.
+// Pull mode's settings and the MAA instance come from the environment too,
+// read each time the agent starts.
 func agentSettings(in *SettingsInput) (proto.Message, error) {
 	return &config.AgentSettings{ComputationDir: ViewState + "/computation", RequireRoleChallenge: roleChallengeRequired(in),
-		MinFreeBytes: uint64(in.AgentMinFreeBytes), Pull: PullSettings(in)}, nil
+		MinFreeBytes: uint64(in.AgentMinFreeBytes), Pull: PullSettings(in), MaaUrl: maaURL(in)}, nil
 }
 
 // RoleChallengeVar in Cocos's environment (the kernel command line, which
@@ -72,8 +74,37 @@ const (
 // ValidAttestation reports whether mode names an attestation mode.
 func ValidAttestation(mode string) bool { return attestation.ValidMode(mode) }
 
+// SimulatedPlatformVar in Cocos's environment chooses what a simulated
+// attestation child (--attestation simulated) stands for: "snp" (the
+// default: TPM simulator and SEV-SNP), "tdx", "azure-snp" or "azure-tdx"
+// (the TPM simulator provisioned as an Azure CVM's vTPM). Ignored without
+// simulation: hardware says what it is.
+const SimulatedPlatformVar = "CVMD_SIMULATED_PLATFORM"
+
 // attestationSettings: the mode's settings (the one place modes become
-// settings is children/attestation).
+// settings is children/attestation), and in simulation the platform
+// simulated.
 func attestationSettings(in *SettingsInput) (proto.Message, error) {
-	return attestation.ModeSettings(in.Attestation), nil
+	m := attestation.ModeSettings(in.Attestation)
+	if m.GetMode() != config.AttestationSettings_SIMULATED {
+		return m, nil
+	}
+	m.SimulateSnp = false
+	platform := ""
+	if in.Environment != nil {
+		if vars, _, err := in.Environment(); err == nil {
+			platform = vars[SimulatedPlatformVar]
+		}
+	}
+	switch platform {
+	case "", "snp":
+		m.SimulateSnp = true
+	case "tdx":
+		m.SimulateTdx = true
+	case "azure-snp", "azure-tdx":
+		m.SimulateAzure = platform[len("azure-"):]
+	default:
+		return nil, fmt.Errorf("%s=%q: want snp, tdx, azure-snp or azure-tdx", SimulatedPlatformVar, platform)
+	}
+	return m, nil
 }

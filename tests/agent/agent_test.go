@@ -426,8 +426,13 @@ func TestWire(t *testing.T) {
 	if _, err := as3.Recv(); err == nil || !strings.Contains(err.Error(), "invalid attestation type 9") {
 		t.Errorf("bad type: %v", err)
 	}
-	if _, err := c.AzureAttestationToken(ctx, &agentpb.AttestationTokenRequest{}); status.Code(err) != codes.Unimplemented {
-		t.Errorf("azure: %v", err)
+	if _, err := c.AzureAttestationToken(ctx, &agentpb.AttestationTokenRequest{TokenNonce: make([]byte, 33)}); status.Code(err) != codes.InvalidArgument ||
+		!strings.Contains(err.Error(), "malformed token nonce, expect less or equal to 32 bytes") {
+		t.Errorf("azure, long nonce: %v", err)
+	}
+	if _, err := c.AzureAttestationToken(ctx, &agentpb.AttestationTokenRequest{}); status.Code(err) != codes.FailedPrecondition ||
+		!strings.Contains(err.Error(), "no attestation service") {
+		t.Errorf("azure without an attestation service: %v", err)
 	}
 }
 
