@@ -31,8 +31,9 @@ const MaxUnauthenticatedStreams = 16
 // unauthenticated slot: an upload until its first chunk, a public call
 // (health, attestation, IMA, role challenge) until it ends. A call still
 // holding its slot then is cancelled, so slow senders and readers cannot
-// keep the slots.
-const UnauthenticatedCallTimeout = time.Minute
+// keep the slots. It is longer than any public call's own bound (an Azure
+// token's 60 s).
+const UnauthenticatedCallTimeout = 90 * time.Second
 
 // authenticatedMethods authenticate their caller in the handler, right
 // after their request (Result) or before their first chunk (Algo, Data):
