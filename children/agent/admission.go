@@ -116,9 +116,16 @@ func (ad *admission) tap(ctx context.Context, info *tap.Info) (context.Context, 
 		return nil, status.Errorf(codes.ResourceExhausted,
 			"agent: %d requests not yet authenticated are in progress, the most it receives at once across all connections; retry later", ad.max)
 	}
+	// A call whose deadline is sooner ends then anyway; grpc-go may even
+	// abort it right after the tap, without the End that gives the slot
+	// back, so the timer does at that deadline.
+	hold := ad.timeout
+	if dl, ok := ctx.Deadline(); ok {
+		hold = min(hold, time.Until(dl))
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &slot{ad: ad, cancel: cancel}
-	s.timer.Store(time.AfterFunc(ad.timeout, func() {
+	s.timer.Store(time.AfterFunc(hold, func() {
 		if s.release() {
 			cancel() // the call still held its slot: end it
 		}

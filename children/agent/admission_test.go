@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,7 +39,7 @@ func (h *holdingAlgo) Algo(stream agentpb.AgentService_AlgoServer) error {
 
 // admissionServer serves health and holdingAlgo behind an admission of max
 // slots and the given timeout.
-func admissionServer(t *testing.T, max int64, timeout time.Duration) (*grpc.ClientConn, *holdingAlgo) {
+func admissionServer(t *testing.T, max int64, timeout time.Duration) (*grpc.ClientConn, *holdingAlgo, *ipc.Dialer) {
 	t.Helper()
 	ad := &admission{max: max, timeout: timeout}
 	srv := grpc.NewServer(append(ServerOptions(), ad.options()...)...)
@@ -59,7 +62,7 @@ func admissionServer(t *testing.T, max int64, timeout time.Duration) (*grpc.Clie
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	return cc, algo
+	return cc, algo, d
 }
 
 func wantCode(t *testing.T, what string, err error, code codes.Code) {
@@ -78,7 +81,7 @@ func TestAdmission(t *testing.T) {
 	const timeout = 300 * time.Millisecond
 
 	t.Run("unknown method", func(t *testing.T) {
-		cc, _ := admissionServer(t, 1, time.Minute)
+		cc, _, _ := admissionServer(t, 1, time.Minute)
 		err := cc.Invoke(ctx, "/agent.AgentService/NoSuch", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
 		wantCode(t, "unknown method", err, codes.Unimplemented)
 		// It took no slot.
@@ -87,7 +90,7 @@ func TestAdmission(t *testing.T) {
 	})
 
 	t.Run("public calls hold their slot until they end", func(t *testing.T) {
-		cc, _ := admissionServer(t, 1, time.Minute)
+		cc, _, _ := admissionServer(t, 1, time.Minute)
 		hc := healthpb.NewHealthClient(cc)
 		wctx, wcancel := context.WithCancel(ctx)
 		w, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{})
@@ -111,7 +114,7 @@ func TestAdmission(t *testing.T) {
 	})
 
 	t.Run("the timeout ends a public call", func(t *testing.T) {
-		cc, _ := admissionServer(t, 1, timeout)
+		cc, _, _ := admissionServer(t, 1, timeout)
 		w, err := healthpb.NewHealthClient(cc).Watch(ctx, &healthpb.HealthCheckRequest{})
 		if err != nil {
 			t.Fatal(err)
@@ -126,8 +129,53 @@ func TestAdmission(t *testing.T) {
 		}
 	})
 
+	t.Run("a call aborted at its deadline gives its slot back", func(t *testing.T) {
+		cc, _, d := admissionServer(t, 1, time.Minute)
+		// grpc-timeout 1n: grpc-go aborts the stream right after the tap,
+		// without a stats End.
+		c, err := d.Dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte(http2.ClientPreface))
+		fr := http2.NewFramer(c, c)
+		fr.WriteSettings()
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", "/grpc.health.v1.Health/Check"},
+			{":authority", "agent"}, {"content-type", "application/grpc"}, {"te", "trailers"}, {"grpc-timeout", "1n"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h, ok := f.(*http2.HeadersFrame); ok && h.StreamID == 1 {
+				break // the abort's trailers
+			}
+		}
+		hc := healthpb.NewHealthClient(cc)
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer wcancel()
+		for {
+			_, err := hc.Check(wctx, &healthpb.HealthCheckRequest{})
+			if err == nil {
+				break
+			}
+			if wctx.Err() != nil {
+				t.Fatalf("the aborted call kept its slot: %v", err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+
 	t.Run("an upload gives its slot back at its first chunk", func(t *testing.T) {
-		cc, algo := admissionServer(t, 1, timeout)
+		cc, algo, _ := admissionServer(t, 1, timeout)
 		uctx, ucancel := context.WithCancel(ctx)
 		defer ucancel()
 		up, err := agentpb.NewAgentServiceClient(cc).Algo(uctx)
