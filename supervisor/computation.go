@@ -144,10 +144,11 @@ func (c *computations) start(ctx context.Context, req *cvms.ComputationRunReq, t
 		c.starting--
 		c.grantMu.Unlock()
 	}()
-	if err := c.grant(ctx, req); err != nil {
-		return err
+	err = c.grant(ctx, req)
+	if err == nil {
+		err = c.startOnAgent(ctx, req)
 	}
-	if err := c.startOnAgent(ctx, req); err != nil {
+	if err != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		c.revokeGrant(rctx, req.GetId(), 0, "the computation did not start")
