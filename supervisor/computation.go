@@ -43,9 +43,10 @@ type computations struct {
 	// computation on its own, and its fetch must still be allowed); see
 	// grant.go for its lifetime.
 	grantFile string
-	// agentState is the agent's state directory, whose record says which
-	// computation it resumes (resumedGrant).
-	agentState string
+	// tab and state (--state) say where the agent keeps the record of the
+	// computation it resumes (resumedGrant), before the supervisor runs.
+	tab   *table.Table
+	state string
 
 	grantOpMu    sync.Mutex  // serializes changes of the grant (file, then egress)
 	grantMu      sync.Mutex  // guards the grant file's content and the fields below; never held across a command

@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/cvmd/cvmd/children/agent"
 	"github.com/cvmd/cvmd/proto/agentctl"
 	"github.com/cvmd/cvmd/supervisor/table"
 )
@@ -23,22 +21,6 @@ import (
 // grantPoll is how often followGrant asks the agent about the granted
 // computation.
 const grantPoll = time.Second
-
-// agentStateDir is the agent's own state directory under state (the first
-// writable one of the child with table.RoleComputations), where it keeps
-// the record it resumes from.
-func agentStateDir(tab *table.Table, state string) string {
-	spec := tab.Child(tab.WithRole(table.RoleComputations))
-	if spec == nil {
-		return ""
-	}
-	for _, d := range spec.StateDirs {
-		if d.Writable {
-			return filepath.Join(state, d.Dir)
-		}
-	}
-	return ""
-}
 
 // loadGrant reads grantFile; nil when there is none (or it is unreadable,
 // which grants nothing).
@@ -71,12 +53,12 @@ func (c *computations) resumedGrant() *savedGrant {
 		return g
 	}
 	c.grantChecked = true
-	id, st, err := agent.SavedComputation(c.agentState)
-	if err == nil && id == g.ComputationID && st.UnderWay() {
-		c.log.Info("pull grant renewed: the agent resumes its computation", "computation_id", id, "state", st)
+	id, underWay, err := c.tab.ResumedComputation(c.state)
+	if err == nil && id == g.ComputationID && underWay {
+		c.log.Info("pull grant renewed: the agent resumes its computation", "computation_id", id)
 		return g
 	}
-	why := fmt.Sprintf("the agent resumes computation %q in state %s", id, st)
+	why := fmt.Sprintf("the agent resumes computation %q, under way: %v", id, underWay)
 	if err != nil {
 		why = fmt.Sprintf("the agent's record is unreadable (%v)", err)
 	}
@@ -157,11 +139,10 @@ func (c *computations) followGrant(ctx context.Context) {
 		if err != nil {
 			continue // the agent is restarting: it resumes from its record
 		}
-		state := agent.State(st.GetState())
-		if st.GetComputationId() == g.ComputationID && state.UnderWay() {
+		if st.GetComputationId() == g.ComputationID && table.UnderWay(st.GetState()) {
 			continue
 		}
-		why := fmt.Sprintf("the agent's computation is %q in state %s", st.GetComputationId(), state)
+		why := fmt.Sprintf("the agent's computation is %q in state %s", st.GetComputationId(), st.GetState())
 		c.revokeGrant(ctx, g.ComputationID, gen, why)
 	}
 }
