@@ -40,8 +40,20 @@ type computations struct {
 	settings table.SettingsInput
 	// grantFile keeps the active computation's pull grant across restarts
 	// of the egress and of the supervisor itself (the agent resumes a
-	// computation on its own, and its fetch must still be allowed).
+	// computation on its own, and its fetch must still be allowed); see
+	// grant.go for its lifetime.
 	grantFile string
+	// tab and state (--state) say where the agent keeps the record of the
+	// computation it resumes (resumedGrant), before the supervisor runs.
+	tab   *table.Table
+	state string
+
+	grantOpMu    sync.Mutex  // serializes changes of the grant (file, then egress)
+	grantMu      sync.Mutex  // guards the grant file's content and the fields below; never held across a command
+	grantGen     uint64      // guarded by grantMu; counts changes of the grant file
+	grantChecked bool        // guarded by grantMu; resumedGrant has checked the saved grant
+	starting     int         // guarded by grantMu; starts in progress
+	unannounced  [][2]string // guarded by grantMu; revocations (id, why) before the supervisor ran
 
 	atlsMu  sync.Mutex
 	atls    int32 // guarded by atlsMu; see refreshATLS
@@ -122,20 +134,26 @@ func (c *computations) start(ctx context.Context, req *cvms.ComputationRunReq, t
 	if err := c.waitReady(ctx, before, timeout); err != nil {
 		return fmt.Errorf("supervisor: computation %s: %w", req.GetId(), err)
 	}
-	// The egress is READY now: it takes the grant.
-	if err := c.grant(ctx, req); err != nil {
-		return err
+	// The egress is READY now: it takes the grant. While the agent is being
+	// given the computation, followGrant leaves the grant alone; if the
+	// agent does not take it, the grant goes.
+	c.grantMu.Lock()
+	c.starting++
+	c.grantMu.Unlock()
+	defer func() {
+		c.grantMu.Lock()
+		c.starting--
+		c.grantMu.Unlock()
+	}()
+	err = c.grant(ctx, req)
+	if err == nil {
+		err = c.startOnAgent(ctx, req)
 	}
-	cl, err := c.agent()
 	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		c.revokeGrant(rctx, req.GetId(), 0, "the computation did not start")
 		return err
-	}
-	resp, err := cl.Start(ctx, req, grpc.WaitForReady(true))
-	if err != nil {
-		return fmt.Errorf("supervisor: starting computation %s on the agent: %w", req.GetId(), err)
-	}
-	if resp.GetError() != "" {
-		return fmt.Errorf("supervisor: agent refused computation %s: %s", req.GetId(), resp.GetError())
 	}
 	// PCR 16, as Cocos, before the manager hears that the computation runs.
 	// Without it evidence does not name the manifest (a verifier pinning it
@@ -148,6 +166,22 @@ func (c *computations) start(ctx context.Context, req *cvms.ComputationRunReq, t
 		events.Event("computation.manifest_measured", "ok", "computation_id", req.GetId())
 	}
 	events.Event("computation.started", "ok", "computation_id", req.GetId())
+	return nil
+}
+
+// startOnAgent gives the agent the computation.
+func (c *computations) startOnAgent(ctx context.Context, req *cvms.ComputationRunReq) error {
+	cl, err := c.agent()
+	if err != nil {
+		return err
+	}
+	resp, err := cl.Start(ctx, req, grpc.WaitForReady(true))
+	if err != nil {
+		return fmt.Errorf("supervisor: starting computation %s on the agent: %w", req.GetId(), err)
+	}
+	if resp.GetError() != "" {
+		return fmt.Errorf("supervisor: agent refused computation %s: %s", req.GetId(), resp.GetError())
+	}
 	return nil
 }
 
@@ -267,37 +301,61 @@ type savedGrant struct {
 	Entries       []string `json:"entries"`
 }
 
-// currentGrant is the saved grant (table.SettingsInput.PullGrant).
+// currentGrant is the saved grant (table.SettingsInput.PullGrant); at the
+// supervisor's start only if the agent resumes its computation
+// (resumedGrant).
 func (c *computations) currentGrant() map[string][]string {
-	b, err := os.ReadFile(c.grantFile)
-	if err != nil {
-		return nil
-	}
-	var g savedGrant
-	if err := json.Unmarshal(b, &g); err != nil || g.Client == "" {
-		c.log.Warn("pull grant file unreadable: not granted", "file", c.grantFile, "err", err)
+	g := c.resumedGrant()
+	if g == nil {
 		return nil
 	}
 	return map[string][]string{g.Client: g.Entries}
 }
 
+// setGrant makes entries computation id's grant (none: no grant), in the
+// file and then in the egress.
 func (c *computations) setGrant(ctx context.Context, id string, entries []string) error {
+	c.grantOpMu.Lock()
+	defer c.grantOpMu.Unlock()
+	client := c.sup.Table().WithRole(table.RoleComputations)
+	c.grantMu.Lock()
+	old := c.loadGrant()
+	err := c.writeGrantLocked(savedGrant{ComputationID: id, Client: client, Entries: entries})
+	c.grantMu.Unlock()
+	if err != nil {
+		return err
+	}
+	if old != nil && old.ComputationID != id {
+		c.announceRevoked(old.ComputationID, fmt.Sprintf("computation %s started", id))
+	}
+	return c.sendGrant(ctx, id, entries)
+}
+
+// writeGrantLocked saves g (no entries: removes the file); grantMu is held.
+func (c *computations) writeGrantLocked(g savedGrant) error {
+	c.grantGen++
+	if c.grantFile == "" {
+		return nil
+	}
+	if len(g.Entries) == 0 {
+		os.Remove(c.grantFile)
+		return nil
+	}
+	b, _ := json.Marshal(g)
+	tmp := c.grantFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("supervisor: saving the pull grant: %w", err)
+	}
+	if err := os.Rename(tmp, c.grantFile); err != nil {
+		return fmt.Errorf("supervisor: saving the pull grant: %w", err)
+	}
+	return nil
+}
+
+// sendGrant gives the egress computation id's grant (none: revokes it).
+func (c *computations) sendGrant(ctx context.Context, id string, entries []string) error {
 	tab := c.sup.Table()
 	client := tab.WithRole(table.RoleComputations)
-	if c.grantFile != "" {
-		if len(entries) == 0 {
-			os.Remove(c.grantFile)
-		} else {
-			b, _ := json.Marshal(savedGrant{ComputationID: id, Client: client, Entries: entries})
-			tmp := c.grantFile + ".tmp"
-			if err := os.WriteFile(tmp, b, 0o600); err != nil {
-				return fmt.Errorf("supervisor: saving the pull grant: %w", err)
-			}
-			if err := os.Rename(tmp, c.grantFile); err != nil {
-				return fmt.Errorf("supervisor: saving the pull grant: %w", err)
-			}
-		}
-	}
 	msg := &config.EgressSetGrant{Client: client, ComputationId: id, Entries: entries}
 	if _, err := c.sup.Command(ctx, tab.WithRole(table.RoleAlgorithmProxy), msg); err != nil {
 		if len(entries) == 0 {
@@ -325,9 +383,7 @@ func (c *computations) Stop(ctx context.Context, id string) error {
 	if resp.GetError() != "" {
 		return fmt.Errorf("supervisor: agent refused to stop %s: %s", id, resp.GetError())
 	}
-	if err := c.setGrant(ctx, id, nil); err != nil {
-		c.log.Warn("revoking the pull grant", "computation_id", id, "err", err)
-	}
+	c.revokeGrant(ctx, "", 0, "stopped")
 	c.sup.Events().Event("computation.stopped", "ok", "computation_id", id)
 	return nil
 }

@@ -96,7 +96,7 @@ func runProper(o *options, log *slog.Logger) error {
 	log.Info("attestation mode", "mode", mode, "from", source)
 	comps := &computations{measurer: measurer, log: log, startTimeout: o.startTimeout,
 		settings:  table.SettingsInput{Attestation: mode, Environment: environment, Log: log},
-		grantFile: filepath.Join(o.runDir, "pull-grant.json")}
+		grantFile: filepath.Join(o.runDir, "pull-grant.json"), tab: tab, state: o.state}
 	sup, err = lifecycle.New(lifecycle.Config{
 		Table:      tab,
 		Runtime:    rt,
@@ -132,6 +132,7 @@ func runProper(o *options, log *slog.Logger) error {
 	}
 	comps.sup = sup
 	defer comps.close()
+	go comps.followGrant(ctx)
 	storage.announce(ctx, sup.Events(), log)
 	log.Info("supervisor started", "state", o.state, "listen", listenAddr, "table_hash", tab.HashHex(), "dev", o.dev)
 	return sup.Run(ctx)

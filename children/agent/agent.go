@@ -83,6 +83,7 @@ type Agent struct {
 
 	uploads    chan struct{} // a slot per upload being received (maxUploads)
 	challenges *challenges   // role-signature nonces offered
+	admit      *admission    // the public server's budget of unauthenticated streams
 	fetcher    *pull.Fetcher // nil: no pull mode
 
 	runs  sync.WaitGroup
@@ -151,7 +152,7 @@ func New(cfg Config) (*Agent, error) {
 	if s == nil {
 		s = &config.AgentSettings{}
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, uploads: make(chan struct{}, maxUploads), challenges: newChallenges()}
+	a := &Agent{cfg: cfg, log: cfg.Log, uploads: make(chan struct{}, maxUploads), challenges: newChallenges(), admit: newAdmission()}
 	a.lim = limits{
 		maxAlgorithm:  int64(orDefault(s.GetMaxAlgorithmBytes(), 4<<30)),
 		maxDataset:    int64(orDefault(s.GetMaxDatasetBytes(), 64<<30)),

@@ -34,13 +34,13 @@ const MaxConcurrentStreams = 16
 const MaxHeaderListSize = 64 << 10
 
 // ServerOptions are the gRPC server settings the agent wants: messages up to
-// 8 MiB (Cocos sends 1 MiB chunks plus framing), MaxConcurrentStreams
+// MaxRecvMsgSize (Cocos sends 1 MiB chunks plus framing), MaxConcurrentStreams
 // streams per connection, headers up to MaxHeaderListSize, and flow-control windows
 // and buffers large enough that one upload is not paced by round trips over
 // a local edge, yet small enough to bound the agent's memory.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(8 << 20),
+		grpc.MaxRecvMsgSize(MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		grpc.InitialWindowSize(2 << 20),
@@ -62,15 +62,18 @@ func (a *Agent) RegisterPublic(s *grpc.Server) *health.Server {
 	h := health.NewServer()
 	h.SetServingStatus("agent", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s, h)
+	a.admit.learn(s)
 	return h
 }
 
 // PublicServerOptions are ServerOptions plus the stats handler that tells
-// the public server's connections apart (role challenges) and the codec
+// the public server's connections apart (role challenges), the budget of
+// unauthenticated streams across all of them (admission.go), and the codec
 // that receives and sends upload and download chunks without copying them
 // (cocos/chunks: the same bytes on the wire as the proto codec).
 func (a *Agent) PublicServerOptions() []grpc.ServerOption {
-	return append(ServerOptions(), grpc.StatsHandler(&connTagger{ch: a.challenges}), grpc.ForceServerCodecV2(chunks.Codec{}))
+	opts := append(ServerOptions(), a.admit.options()...)
+	return append(opts, grpc.StatsHandler(&connTagger{ch: a.challenges}), grpc.ForceServerCodecV2(chunks.Codec{}))
 }
 
 // RegisterControl registers agentctl.Control on s. Only the supervisor may

@@ -149,6 +149,38 @@ func TestE2EPullMode(t *testing.T) {
 	if kbs.Releases.Load() != 1 {
 		t.Fatalf("the KBS released %d keys", kbs.Releases.Load())
 	}
+	// The results are consumed: the computation is over, and so is its grant.
+	g.waitEvent(srv, "supervisor/computation.pull_revoked/ok")
+	if _, err := os.Stat(g.grantFile()); !os.IsNotExist(err) {
+		t.Fatalf("the pull grant outlived its computation: %v", err)
+	}
+}
+
+func (g *guest) grantFile() string { return filepath.Join(g.work, "state", "run", "pull-grant.json") }
+
+// TestE2EPullGrantNotRenewedForEndedComputation: a supervisor starting on a
+// state whose saved pull grant names a computation the agent does not
+// resume (it ended, or never reached the agent) renews nothing: the file
+// is removed and the manager hears why.
+func TestE2EPullGrantNotRenewedForEndedComputation(t *testing.T) {
+	g := newGuest(t)
+	os.MkdirAll(filepath.Dir(g.grantFile()), 0o700)
+	os.WriteFile(g.grantFile(), []byte(`{"computation_id":"e2e-0","client":"agent","entries":["127.0.0.1:9"]}`), 0o600)
+	srv := g.startManager(false)
+	g.startCvmdProc("")
+	g.waitEvent(srv, "supervisor/computation.pull_revoked/ok")
+	var why string
+	for _, m := range srv.Messages() {
+		if e := m.Msg.GetAgentEvent(); e != nil && e.GetEventType() == "computation.pull_revoked" {
+			why = string(e.GetDetails())
+		}
+	}
+	if !strings.Contains(why, "e2e-0") || !strings.Contains(why, "not renewed") {
+		t.Fatalf("revocation event %s", why)
+	}
+	if _, err := os.Stat(g.grantFile()); !os.IsNotExist(err) {
+		t.Fatalf("the grant of an ended computation was kept: %v", err)
+	}
 }
 
 // TestE2EPullSupervisorKilledMidFetch: the source dies in the middle of the
