@@ -23,8 +23,12 @@ import (
 // The loop owns it; its goroutines (the output reader, the waiter) only
 // post events.
 type standby struct {
-	id      string           // the sandbox's id
-	sb      *sandbox.Sandbox // nil while building
+	id string // the sandbox's id
+	// sb is the built sandbox, nil while building. Loop only: run sets
+	// started off the loop, and standbyBuilt copies it here once the
+	// build's event has come (the race detector saw the loop read sb
+	// while run wrote it).
+	sb      *sandbox.Sandbox
 	ctlMine *os.File
 	// held are the peers' ends of its edges, by the child's fd name.
 	held map[string]*os.File
@@ -41,6 +45,7 @@ type standby struct {
 	named    map[string]*os.File // the child's ends and extra fds
 	extra    []*os.File
 	pr, pw   *os.File
+	started  *sandbox.Sandbox
 	err      error
 }
 
@@ -166,7 +171,7 @@ func (s *Supervisor) prepareStandby(c *childState) (st *standby, err error) {
 
 // run builds the sandbox and starts its program. Off the loop.
 func (st *standby) run(rt *sandbox.Runtime) {
-	st.sb, st.err = rt.Start(st.spec, sandbox.IO{Stdout: st.pw, Stderr: st.pw, ExtraFiles: st.extra})
+	st.started, st.err = rt.Start(st.spec, sandbox.IO{Stdout: st.pw, Stderr: st.pw, ExtraFiles: st.extra})
 	st.pw.Close()
 	st.ctlChild.Close()
 	for _, f := range st.named {
@@ -198,6 +203,7 @@ func (s *Supervisor) standbyBuilt(e evStandbyBuilt) {
 	defer s.buildStandbys()
 	c := s.children[e.name]
 	st := e.st
+	st.sb, st.started = st.started, nil
 	if st.err != nil {
 		s.log.Warn("building a standby", "child", e.name, "err", st.err)
 		st.release()

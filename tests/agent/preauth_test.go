@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	agentchild "github.com/cvmd/cvmd/children/agent"
+	"github.com/cvmd/cvmd/internal/testutil"
 )
 
 // h2Client is an HTTP/2 client that writes gRPC frames as an attacker
@@ -264,8 +265,10 @@ func TestUnauthenticatedRequestsHoldBoundedMemory(t *testing.T) {
 			t.Errorf("refusal %q: want ResourceExhausted naming the bound", a)
 		}
 	}
-	// 16 requests of about 1 MiB, and their buffers.
-	if grew > 64 {
+	// 16 requests of about 1 MiB, and their buffers. Under -race the agent
+	// (this test binary) carries the detector's shadow memory: make test
+	// checks the bound, make race the refusals.
+	if grew > 64 && !testutil.Race {
 		t.Errorf("the agent's RSS grew by %.1f MiB under an unauthenticated attack, want at most 64", grew)
 	}
 
