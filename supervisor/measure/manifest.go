@@ -33,8 +33,8 @@ func manifestJSON(req *cvms.ComputationRunReq) ([]byte, error) {
 
 // Manifest extends PCR 16 with the computation's manifest through the
 // attestation child, so that evidence given during the computation (aTLS,
-// the manager's attestation requests) names it. It waits up to 10 s for
-// the child's answer.
+// the manager's attestation requests) names it, after every measurement
+// queued before it (Flush). It waits up to 10 s for the child's answers.
 func (m *Measurer) Manifest(ctx context.Context, req *cvms.ComputationRunReq) error {
 	b, err := manifestJSON(req)
 	if err != nil {
@@ -42,6 +42,9 @@ func (m *Measurer) Manifest(ctx context.Context, req *cvms.ComputationRunReq) er
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if err := m.Flush(ctx); err != nil {
+		return err
+	}
 	if _, err := m.send(ctx, &attestpb.ExtendManifestRequest{ManifestJson: b}); err != nil {
 		return fmt.Errorf("measure: extending PCR 16 with the manifest: %w", err)
 	}

@@ -24,6 +24,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -51,6 +52,9 @@ type Measurer struct {
 	started bool                       // guarded by mu
 	dropped int                        // guarded by mu
 	applied uint64                     // guarded by mu; last seq acknowledged
+	// delivered is closed (and replaced) whenever applied moves: Flush
+	// waits on it.
+	delivered chan struct{} // guarded by mu
 }
 
 // New returns a Measurer delivering with send. log may be nil.
@@ -60,7 +64,7 @@ func New(send SendFunc, log *slog.Logger) *Measurer {
 	}
 	id := make([]byte, 8)
 	rand.Read(id) // crypto/rand.Read never fails (Go 1.24)
-	return &Measurer{bootID: hex.EncodeToString(id), send: send, log: log.With("part", "measure"), wake: make(chan struct{}, 1)}
+	return &Measurer{bootID: hex.EncodeToString(id), send: send, log: log.With("part", "measure"), wake: make(chan struct{}, 1), delivered: make(chan struct{})}
 }
 
 // Table queues the measurement of the child table, whose canonical
@@ -131,6 +135,28 @@ func (m *Measurer) queue(ctx context.Context, kind string, ev attest.Event, err 
 // the first Measure call is done).
 func (m *Measurer) Wait() { m.wg.Wait() }
 
+// Flush waits until every event queued before it was called has reached
+// the attestation child, or ctx ends. Evidence made after it includes them
+// (a computation's manifest goes into PCR 16 only after the boot, the
+// table and the storage are in the log: a verifier asking during the
+// computation sees all of them).
+func (m *Measurer) Flush(ctx context.Context) error {
+	m.mu.Lock()
+	want := m.seq
+	for m.applied < want {
+		ch, left := m.delivered, len(m.pending)
+		m.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("measure: %d measurements not yet taken by the attestation child: %w", left, context.Cause(ctx))
+		case <-ch:
+		}
+		m.mu.Lock()
+	}
+	m.mu.Unlock()
+	return nil
+}
+
 // Pending reports how many events wait for the attestation child.
 func (m *Measurer) Pending() int {
 	m.mu.Lock()
@@ -165,6 +191,8 @@ func (m *Measurer) run(ctx context.Context) {
 			m.mu.Lock()
 			m.pending = m.pending[1:]
 			m.applied = next.GetSeq()
+			close(m.delivered)
+			m.delivered = make(chan struct{})
 			m.mu.Unlock()
 			if failing {
 				m.log.Info("measurements delivered again", "seq", next.GetSeq())
