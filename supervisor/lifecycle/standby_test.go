@@ -112,8 +112,9 @@ func TestStandbyWaitsForItsDependencies(t *testing.T) {
 	r.waitFor("top's exit handled", 30*time.Second, func(m map[string]ChildInfo) bool {
 		return m["top"].Generation != 1 || m["top"].Status == StatusPending
 	})
-	// Give a wrong loop every chance to hand the standby its config.
-	time.Sleep(300 * time.Millisecond)
+	// The children call is served by the loop after every event queued
+	// before it (the exit, the restart's timers due by then): a wrong loop
+	// would have handed the standby its config by the time it answers.
 	m, err := r.children(5 * time.Second)
 	if err != nil {
 		t.Fatal(err)
